@@ -1,0 +1,375 @@
+"""The daemon's configuration, declared once (CONTRACT §1).
+
+One TOML file, every key overridable by `IOC_<SECTION>__<KEY>`, secrets by `*_file`. Loading is strict:
+an unknown section or key is an error that names `file:line`, so a typo never passes as a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ioc.errors import ConfigError
+from ioc.models import SOURCE_PATTERN
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2,
+               "GB": 1000**3}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """`30s`, `10m`, `2h`, `1d`, `1h30m`, `250ms` (or a number of seconds) -> seconds."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(text)
+    if not isinstance(text, str):
+        raise ValueError("expected a duration such as '30s', '10m' or '1h30m'")
+    position, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position = match.end()
+    if position != len(text) or not text:
+        raise ValueError(f"{text!r} is not a duration such as '30s', '10m' or '1h30m'")
+    return total
+
+
+def parse_size(text: str | int) -> int:
+    """`8MiB`, `512KiB`, `1000000` -> bytes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    match = _SIZE.match(str(text).strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a size such as '8MiB' or '512KiB'")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+# Durations and sizes are written the way operators write them ("10m", "8MiB"); numbers also work.
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _read_secret(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror}") from None
+
+
+class HttpSettings(_Section):
+    listen: str = "127.0.0.1:8080"
+    max_body: Size = parse_size("8MiB")
+    durable_wait: Duration = parse_duration("5s")  # how long a POST waits for its points to be durable before 202
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not HOST:PORT")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class MqttSettings(_Section):
+    url: str = "mqtt://127.0.0.1:1883"  # mqtt://, mqtts://, or "embedded" (the demo's in-process broker)
+    enabled: bool = True
+    client_id: str = "ioc"
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    password_file: str = ""
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive: int = Field(default=30, ge=5, le=65535)
+    session_expiry: Duration = parse_duration("7d")
+    receive_maximum: int = Field(default=65535, ge=1, le=65535)
+    subscribe: list[str] = ["ioc/v1/events/+"]
+    share_group: str = ""  # MQTT 5 shared subscription group, to split intake across daemons
+    reconnect_min: Duration = parse_duration("1s")
+    reconnect_max: Duration = parse_duration("60s")
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_insecure: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value != "embedded" and not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", value):
+            raise ValueError(f"{value!r} is not mqtt://HOST[:PORT], mqtts://HOST[:PORT] or 'embedded'")
+        return value
+
+    @model_validator(mode="after")
+    def _secret_file(self) -> MqttSettings:
+        if self.password_file:
+            self.password = SecretStr(_read_secret(self.password_file))
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("mqtts://")
+
+    @property
+    def host(self) -> str:
+        return self.url.split("://", 1)[1].rstrip("/").rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        rest = self.url.split("://", 1)[1].rstrip("/")
+        return int(rest.rsplit(":", 1)[1]) if ":" in rest else (8883 if self.tls else 1883)
+
+
+class InfluxSettings(_Section):
+    url: str = "http://127.0.0.1:8086"  # empty: no InfluxDB
+    api: Literal["v1", "v2"] = "v1"
+    database: str = "ioc"
+    retention_policy: str = ""
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    password_file: str = ""
+    org: str = ""
+    bucket: str = ""
+    token: SecretStr = SecretStr("")
+    token_file: str = ""
+    batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    flush_interval: Duration = parse_duration("1s")
+    timeout: Duration = parse_duration("10s")
+    retry_min: Duration = parse_duration("250ms")
+    retry_max: Duration = parse_duration("30s")
+    queue_max_points: int = Field(default=200_000, ge=1)
+    spool_max_points: int = Field(default=10_000_000, ge=0)
+    spool_on_full: Literal["block", "drop"] = "block"
+
+    @model_validator(mode="after")
+    def _v2_and_secrets(self) -> InfluxSettings:
+        if self.token_file:
+            self.token = SecretStr(_read_secret(self.token_file))
+        if self.password_file:
+            self.password = SecretStr(_read_secret(self.password_file))
+        if self.url and self.api == "v2":
+            missing = [k for k in ("org", "bucket") if not getattr(self, k)]
+            if not self.token.get_secret_value():
+                missing.append("token")
+            if missing:
+                raise ValueError(f"api = 'v2' needs {', '.join(missing)}")
+        if self.url and not re.match(r"^https?://", self.url):
+            raise ValueError(f"url {self.url!r} is not http(s)://HOST:PORT")
+        return self
+
+
+class StoreSettings(_Section):
+    path: str = "var/ioc.db"
+
+
+class IntakeSettings(_Section):
+    dedup_window: Duration = parse_duration("24h")
+    dedup_max_keys: int = Field(default=2_000_000, ge=0)
+    max_future: Duration = parse_duration("5m")
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class AreasSettings(_Section):
+    path: str = ""
+
+
+class RulesSettings(_Section):
+    paths: list[str] = []
+
+
+class KpisSettings(_Section):
+    near_due_days: int = Field(default=1, ge=0)
+    holidays_file: str = ""
+    period: Literal["month"] = "month"
+
+
+class PollTarget(_Section):
+    """A service health URL that the HTTP poll connector probes; each probe is a `status` event."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    entity: str
+    source: Annotated[str, Field(pattern=SOURCE_PATTERN)] = "ioc-probe"
+    area: str | None = None
+    interval: Duration = parse_duration("30s")
+    timeout: Duration = parse_duration("5s")
+    degraded_after: Duration = parse_duration("2s")  # slower than this is `degraded`
+    expect_status: list[int] = [200]
+
+
+def _check_hex_sha256(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError("must be the hex SHA-256 of the token (64 lowercase hex digits)")
+    return value
+
+
+class _Principal(_Section):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    token_sha256: str = ""
+    token_sha256_file: str = ""
+
+    @model_validator(mode="after")
+    def _token(self) -> Any:
+        if self.token_sha256_file:
+            self.token_sha256 = _read_secret(self.token_sha256_file).lower()
+        if not self.token_sha256:
+            raise ValueError("token_sha256 (or token_sha256_file) is required")
+        _check_hex_sha256(self.token_sha256)
+        return self
+
+
+class VendorSettings(_Principal):
+    sources: Annotated[list[Annotated[str, Field(pattern=SOURCE_PATTERN)]], Field(min_length=1)]
+    rate: float = Field(default=2000, gt=0)  # events per second over HTTP, then 429
+    burst: float | None = None  # bucket size; default: one second of `rate`
+
+
+class OperatorSettings(_Principal):
+    pass
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with `load_settings`, not directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IOC_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    http: HttpSettings = HttpSettings()
+    mqtt: MqttSettings = MqttSettings()
+    influx: InfluxSettings = InfluxSettings()
+    store: StoreSettings = StoreSettings()
+    intake: IntakeSettings = IntakeSettings()
+    log: LogSettings = LogSettings()
+    areas: AreasSettings = AreasSettings()
+    rules: RulesSettings = RulesSettings()
+    kpis: KpisSettings = KpisSettings()
+    poll: list[PollTarget] = []
+    vendors: list[VendorSettings] = []
+    operators: list[OperatorSettings] = []
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (the first source wins).
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _unique_principals(self) -> Settings:
+        seen: dict[str, str] = {}
+        for kind, principals in (("vendor", self.vendors), ("operator", self.operators)):
+            for principal in principals:
+                if principal.token_sha256 in seen:
+                    raise ValueError(
+                        f"{kind} {principal.name!r} has the same token as {seen[principal.token_sha256]}"
+                    )
+                seen[principal.token_sha256] = f"{kind} {principal.name!r}"
+        return self
+
+
+def token_sha256(token: str) -> str:
+    """What goes in `token_sha256` for a bearer token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _toml_line(text: str, loc: tuple[str | int, ...]) -> int | None:
+    """The line of `loc` (section, [index,] key) in a TOML text: the key's line, else its table's."""
+    if not loc:
+        return None
+    section = str(loc[0])
+    index = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    key_loc = loc[2:] if index is not None else loc[1:]
+    key = str(key_loc[0]) if key_loc else None
+    header_line, seen_index, in_table = None, -1, False
+    top_key_line = None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line.startswith("["):
+            name = line.strip("[]").strip()
+            in_table = False
+            if name == section:
+                if line.startswith("[["):
+                    seen_index += 1
+                    in_table = index is None or seen_index == index
+                else:
+                    in_table = True
+                if in_table:
+                    header_line = number
+            continue
+        if header_line is None and re.match(rf"^{re.escape(section)}\s*[=.]", line):
+            top_key_line = number  # an unknown top-level key, or `section.key = ` dotted form
+        if in_table and key is not None and re.match(rf"^{re.escape(key)}\s*=", line):
+            return number
+    return header_line or top_key_line
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{loc}: unknown key"
+    message = error["msg"]
+    message = message.removeprefix("Value error, ")
+    return f"{loc}: {message}"
+
+
+def load_settings(path: str | Path | None) -> Settings:
+    """Read, merge with the environment and validate; raise ConfigError with every problem."""
+    text, label, data = "", "<defaults>", {}
+    if path is not None:
+        label = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise ConfigError([f"{label}: cannot read: {error.strerror}"]) from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            match = re.search(r"line (\d+)", str(error))
+            line = match.group(1) if match else "1"
+            raise ConfigError([f"{label}:{line}: {error}"]) from None
+    try:
+        return Settings(**data)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors(include_url=False):
+            line = _toml_line(text, item["loc"]) if text else None
+            where = f"{label}:{line}" if line else label
+            problems.append(f"{where}: {_describe(item)}")
+        raise ConfigError(problems) from None

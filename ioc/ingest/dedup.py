@@ -1,0 +1,98 @@
+"""Repeats of (`source`, `id`) within `[intake] dedup_window`, across transports and restarts.
+
+Keys live in memory for the hot path and in the store so a restart still knows them. A key is written
+to the store only once its event's points are durable: if the daemon dies before that, the broker
+redelivers the event and it must be accepted again, not taken for a duplicate of something lost.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS dedup (key TEXT PRIMARY KEY, seen REAL NOT NULL) WITHOUT ROWID"
+
+
+def dedup_key(source: str, event_id: str) -> str:
+    return f"{source}\x00{event_id}"
+
+
+class DedupIndex:
+    """Which (source, id) pairs were seen within the window. Not thread-safe: the pipeline serialises."""
+
+    def __init__(
+        self,
+        connection: sqlite3.Connection | None,
+        *,
+        window: float,
+        max_keys: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._connection = connection
+        self._window = window
+        self._max_keys = max_keys
+        self._clock = clock
+        # Insertion order is age order; OrderedDict pops its oldest in O(1) where a dict rescans holes.
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._durable: list[tuple[str, float]] = []
+        self._durable_lock = threading.Lock()
+        self.evicted = 0  # keys forgotten early because of max_keys
+        if connection is not None:
+            connection.execute(_SCHEMA)
+            horizon = clock() - window
+            rows = connection.execute(
+                "SELECT key, seen FROM dedup WHERE seen >= ? ORDER BY seen DESC LIMIT ?", (horizon, max_keys)
+            ).fetchall()
+            for key, seen in reversed(rows):
+                self._seen[key] = seen
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def seen_before(self, key: str) -> bool:
+        """True if `key` is a repeat; otherwise remember it and return False."""
+        if key in self._seen:
+            return True
+        now = self._clock()
+        self._seen[key] = now
+        if len(self._seen) > self._max_keys:
+            self._seen.popitem(last=False)
+            self.evicted += 1
+        return False
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Undo `seen_before` for events that were not kept after all (their sink refused them)."""
+        for key in keys:
+            self._seen.pop(key, None)
+
+    def mark_durable(self, keys: list[str]) -> None:
+        """Called (from any thread) once the points of these keys are durable."""
+        if keys and self._connection is not None:
+            now = self._clock()
+            with self._durable_lock:
+                self._durable.extend((key, now) for key in keys)
+
+    def expire(self) -> int:
+        """Forget keys older than the window, in memory; return how many."""
+        horizon = self._clock() - self._window
+        expired = 0
+        seen = self._seen
+        while seen and seen[next(iter(seen))] < horizon:
+            seen.popitem(last=False)
+            expired += 1
+        return expired
+
+    def persist(self) -> int:
+        """Write the durable keys to the store and drop expired ones there; return keys written."""
+        if self._connection is None:
+            return 0
+        with self._durable_lock:
+            batch, self._durable = self._durable, []
+        with self._connection:
+            if batch:
+                self._connection.executemany("INSERT OR REPLACE INTO dedup (key, seen) VALUES (?, ?)", batch)
+            self._connection.execute("DELETE FROM dedup WHERE seen < ?", (self._clock() - self._window,))
+        return len(batch)

@@ -1,0 +1,235 @@
+"""The intake pipeline: decode -> validate -> check -> dedup -> render -> sinks, read top to bottom.
+
+Transports call `ingest` (or `decode` then `admit`, when they must look at the events first, as the HTTP
+API does to answer 403). The pipeline is a serial section guarded by one lock; it counts everything by
+CONTRACT §3's rule: received = accepted + rejected + duplicate, per source.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+from prometheus_client.core import Metric
+
+from ioc.errors import SinkFull
+from ioc.ingest.decode import Accepted, Decoded, Rejection, decode_payload
+from ioc.ingest.dedup import DedupIndex, dedup_key
+from ioc.lineproto import render_event
+from ioc.metrics import counter, gauge
+from ioc.models import AnyEvent, event_time_ns
+from ioc.sinks.base import DurableCallback, Sink
+
+log = structlog.get_logger("ioc.ingest")
+
+EventListener = Callable[[AnyEvent], None]
+UNKNOWN_SOURCE = "unknown"
+
+
+class DeadLetterTarget(Protocol):
+    """Where rejected items go (the MQTT connector publishes them on `ioc/v1/deadletter/{source}`)."""
+
+    def publish_dead_letter(self, source: str, reason: str, payload: bytes) -> None: ...
+
+
+@dataclass(slots=True)
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (index in the payload, reason)
+
+
+class _AllDurable:
+    """Calls `then` once every one of `count` sinks reported durability."""
+
+    __slots__ = ("_lock", "_remaining", "_then")
+
+    def __init__(self, count: int, then: DurableCallback) -> None:
+        self._remaining = count
+        self._then = then
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self._remaining -= 1
+            done = self._remaining == 0
+        if done:
+            self._then()
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        sinks: Sequence[Sink],
+        dedup: DedupIndex,
+        max_bytes: int,
+        max_future: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sinks = list(sinks)
+        self.dedup = dedup
+        self.max_bytes = max_bytes
+        self._max_future_ns = int(max_future * 1e9)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.dead_letter_targets: list[DeadLetterTarget] = []
+        self.listeners: list[EventListener] = []  # the seam for aggregators and the rule engine
+        self.received: defaultdict[tuple[str], int] = defaultdict(int)
+        self.accepted: defaultdict[tuple[str], int] = defaultdict(int)
+        self.duplicates: defaultdict[tuple[str], int] = defaultdict(int)
+        self.rejected: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.dead_letters: defaultdict[tuple[str], int] = defaultdict(int)
+
+    # --- the stages --------------------------------------------------------------------------------
+
+    def decode(self, payload: bytes, *, ndjson: bool = False) -> list[Decoded]:
+        return decode_payload(payload, max_bytes=self.max_bytes, ndjson=ndjson)
+
+    def ingest(
+        self,
+        payload: bytes,
+        *,
+        topic_source: str | None = None,
+        ndjson: bool = False,
+        on_durable: DurableCallback | None = None,
+        timeout: float | None = None,
+    ) -> IngestResult:
+        """Everything a transport needs: decode the payload and admit its items."""
+        return self.admit(
+            self.decode(payload, ndjson=ndjson),
+            topic_source=topic_source,
+            fallback_source=topic_source,
+            on_durable=on_durable,
+            timeout=timeout,
+        )
+
+    def admit(
+        self,
+        items: Iterable[Decoded],
+        *,
+        topic_source: str | None = None,
+        fallback_source: str | None = None,
+        on_durable: DurableCallback | None = None,
+        timeout: float | None = None,
+    ) -> IngestResult:
+        """Check, dedup and hand decoded items to the sinks. `on_durable` runs once their points are
+        durable in every sink (immediately when there is none); rejected items are dead-lettered first."""
+        result = IngestResult()
+        points: list[str] = []
+        keys: list[str] = []
+        accepted_sources: list[str] = []
+        accepted_indexes: list[int] = []
+        events: list[AnyEvent] = []
+        with self._lock:
+            limit_ns = int(self._clock() * 1e9) + self._max_future_ns
+            for index, item in enumerate(items):
+                if isinstance(item, Rejection):
+                    self._reject(result, index, item.source or fallback_source, item.code, item.message,
+                                 item.raw)
+                    continue
+                event = item.event
+                source = event.source
+                if topic_source is not None and source != topic_source:
+                    self._reject(result, index, topic_source, "source_mismatch",
+                                 f"source: {source!r} does not match the topic's {topic_source!r}", item.raw)
+                    continue
+                time_ns = event_time_ns(event.time)
+                if time_ns > limit_ns:
+                    self._reject(result, index, source, "future_time",
+                                 f"time: {event.time.isoformat()} is more than "
+                                 f"{self._max_future_ns // 1_000_000_000}s in the future", item.raw)
+                    continue
+                self.received[(source,)] += 1
+                key = dedup_key(source, event.id)
+                if self.dedup.seen_before(key):
+                    self.duplicates[(source,)] += 1
+                    result.duplicates += 1
+                    continue
+                points.append(render_event(event, time_ns))
+                keys.append(key)
+                accepted_sources.append(source)
+                accepted_indexes.append(index)
+                events.append(event)
+            try:
+                self._hand_to_sinks(points, keys, on_durable, timeout)
+            except SinkFull:
+                self.dedup.forget(keys)
+                for index, source in zip(accepted_indexes, accepted_sources, strict=True):
+                    self.rejected[(source, "overloaded")] += 1
+                    result.rejected.append((index, "overloaded: the sinks are full, retry later"))
+                result.rejected.sort()
+                return result
+            for source in accepted_sources:
+                self.accepted[(source,)] += 1
+            result.accepted = len(accepted_sources)
+        for event in events:
+            for listener in self.listeners:
+                try:
+                    listener(event)
+                except Exception:  # a listener's bug must never cost us the intake
+                    log.exception("ingest.listener_failed", listener=getattr(listener, "__name__", "?"))
+        return result
+
+    def _reject(self, result: IngestResult, index: int, source: str | None, code: str, message: str,
+                raw: bytes) -> None:
+        source = source or UNKNOWN_SOURCE
+        self.received[(source,)] += 1
+        self.rejected[(source, code)] += 1
+        result.rejected.append((index, message))
+        self.dead_letters[(source,)] += 1
+        log.debug("ingest.rejected", source=source, reason=code, error=message)
+        for target in self.dead_letter_targets:
+            try:
+                target.publish_dead_letter(source, message, raw)
+            except Exception:
+                log.exception("ingest.dead_letter_failed", source=source)
+
+    def _hand_to_sinks(self, points: list[str], keys: list[str], on_durable: DurableCallback | None,
+                       timeout: float | None) -> None:
+        dedup = self.dedup
+
+        def durable() -> None:
+            dedup.mark_durable(keys)
+            if on_durable is not None:
+                on_durable()
+
+        if not self.sinks:
+            durable()
+            return
+        callback: DurableCallback = durable if len(self.sinks) == 1 else _AllDurable(len(self.sinks), durable)
+        for sink in self.sinks:
+            sink.submit(points, callback, timeout=timeout)
+
+    # --- housekeeping --------------------------------------------------------------------------------
+
+    def has_room(self, points: int) -> bool:
+        return all(sink.has_room(points) for sink in self.sinks)
+
+    def expire_dedup(self) -> int:
+        with self._lock:
+            return self.dedup.expire()
+
+    def metrics(self) -> Iterable[Metric]:
+        received, accepted = self.received.copy(), self.accepted.copy()
+        duplicates, rejected = self.duplicates.copy(), self.rejected.copy()
+        for (source,) in received:  # every source shows all three, zeros included, so sums are checkable
+            accepted.setdefault((source,), 0)
+            duplicates.setdefault((source,), 0)
+        yield counter("ioc_events_received", "Events received, by source.", ("source",), received)
+        yield counter("ioc_events_accepted", "Events accepted and handed to the sinks.", ("source",), accepted)
+        yield counter("ioc_events_duplicate", "Repeats of (source, id) counted and ignored.", ("source",),
+                      duplicates)
+        yield counter("ioc_events_rejected", "Events rejected, by source and reason.", ("source", "reason"),
+                      rejected)
+        yield counter("ioc_dead_letters", "Rejected items sent to the dead-letter topic.", ("source",),
+                      self.dead_letters.copy())
+        yield gauge("ioc_dedup_keys", "(source, id) keys remembered for deduplication.", (),
+                    {(): float(len(self.dedup))})
+        yield counter("ioc_dedup_evicted", "Dedup keys forgotten before the window for lack of room.", (),
+                      {(): float(self.dedup.evicted)})

@@ -1,0 +1,120 @@
+"""The event envelope of CONTRACT §2: the single source of truth for what a valid event is.
+
+Every transport decodes into these models; nothing downstream re-checks what they guarantee.
+Validation is strict (no coercion, no unknown keys) so a vendor's mistake is named, not guessed at.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Literal, TypeAlias
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+SOURCE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+METRIC_PATTERN = r"^[a-z][a-z0-9_.]*$"
+MAX_TAGS = 32
+
+# Tag keys the schema itself uses (CONTRACT §4); an event tag of the same name would overwrite them.
+RESERVED_TAG_KEYS = frozenset({"source", "area", "entity", "time", "kpi", "level", "rule", "severity"})
+# Keys starting with "_" are reserved by InfluxDB itself (TAG_KEY_PATTERN refuses them).
+
+DossierStatus: TypeAlias = Literal[
+    "received",
+    "processing",
+    "supplement",
+    "interoperating",
+    "paying",
+    "releasing",
+    "done",
+    "denied",
+    "unresolved",
+    "cancelled",
+]
+FINISHED_DOSSIER_STATUSES: frozenset[str] = frozenset({"done", "denied", "cancelled"})
+StatusState: TypeAlias = Literal["up", "degraded", "down"]
+Channel: TypeAlias = Literal["online", "counter", "post"]
+AreaLevel: TypeAlias = Literal["province", "district", "commune"]
+
+
+def tag_value_problem(value: str) -> str | None:
+    """Why line protocol cannot hold `value` as a tag key or value exactly, or None when it can."""
+    if value == "":
+        return "empty value cannot be stored as a tag"
+    if "\n" in value or "\r" in value:
+        return "a newline cannot be stored in a tag value"
+    if value.endswith("\\"):
+        return "a trailing backslash cannot be stored in a tag value"
+    return None
+
+
+# What line protocol can hold in a tag exactly (see `tag_value_problem`), checked in pydantic-core rather
+# than in a Python validator because this runs for every event.
+TAG_VALUE_PATTERN = r"^[^\r\n]*[^\r\n\\]$"
+TAG_KEY_PATTERN = r"^[^_\r\n\\]([^\r\n]*[^\r\n\\])?$"
+TagValue = Annotated[str, Field(pattern=TAG_VALUE_PATTERN, max_length=256)]
+TagKey = Annotated[str, Field(pattern=TAG_KEY_PATTERN, max_length=128)]
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    id: Annotated[str, Field(min_length=1, max_length=128)]
+    source: Annotated[str, Field(pattern=SOURCE_PATTERN)]
+    time: AwareDatetime
+    area: Annotated[str, Field(pattern=TAG_VALUE_PATTERN, max_length=64)] | None = None
+    tags: Annotated[dict[TagKey, TagValue], Field(max_length=MAX_TAGS)] | None = None
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_not_reserved(cls, tags: dict[str, str] | None) -> dict[str, str] | None:
+        if tags and not RESERVED_TAG_KEYS.isdisjoint(tags):
+            reserved = sorted(RESERVED_TAG_KEYS.intersection(tags))
+            raise ValueError(f"tag {reserved[0]!r}: the name is reserved by the schema")
+        return tags
+
+
+class TelemetryEvent(_Envelope):
+    """A measurement: `metric` = `value` (e.g. `env.aqi` = 160)."""
+
+    type: Literal["telemetry"]
+    metric: Annotated[str, Field(pattern=METRIC_PATTERN, max_length=128)]
+    value: Annotated[float, Field(allow_inf_nan=False)]
+    unit: Annotated[str, Field(max_length=32)] | None = None
+
+
+class StatusEvent(_Envelope):
+    """The state of an entity (a cell site, a service)."""
+
+    type: Literal["status"]
+    entity: Annotated[str, Field(pattern=TAG_VALUE_PATTERN, max_length=128)]
+    state: StatusState
+    detail: Annotated[str, Field(max_length=1024)] | None = None
+
+
+class DossierEvent(_Envelope):
+    """A change of a one-stop-shop dossier (hồ sơ TTHC)."""
+
+    type: Literal["dossier"]
+    dossier_id: Annotated[str, Field(min_length=1, max_length=128)]
+    procedure: Annotated[str, Field(pattern=TAG_VALUE_PATTERN, max_length=64)]
+    status: DossierStatus
+    received_at: AwareDatetime
+    due_at: AwareDatetime
+    finished_at: AwareDatetime | None = None
+    channel: Channel
+    level: AreaLevel
+
+
+Event: TypeAlias = Annotated[TelemetryEvent | StatusEvent | DossierEvent, Field(discriminator="type")]
+EVENT_ADAPTER: TypeAdapter[TelemetryEvent | StatusEvent | DossierEvent] = TypeAdapter(Event)
+AnyEvent: TypeAlias = TelemetryEvent | StatusEvent | DossierEvent
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def event_time_ns(time: datetime) -> int:
+    """Nanoseconds since the epoch, exact to the microsecond (a float timestamp would round)."""
+    return (time - _EPOCH) // _MICROSECOND * 1000

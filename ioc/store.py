@@ -1,0 +1,21 @@
+"""The embedded SQLite store (CONTRACT §1 `[store]`): one file for spooled points, dedup keys and,
+later, alerts, silences and open dossiers. Each component opens its own connection (SQLite connections
+belong to one thread); WAL lets the readers and the one writer at a time proceed together."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """A connection to the store at `path` (created with its folder if missing)."""
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode is durable across a process crash (what we guard against); FULL also covers a
+    # power loss at the cost of an fsync per commit.
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA busy_timeout=30000")
+    return connection
