@@ -60,7 +60,6 @@ _TYPE_WORDS = {
     "datetime_parsing": "not an RFC 3339 time",
     "datetime_from_date_parsing": "not an RFC 3339 time",
     "string_too_short": "must not be empty",
-    "literal_error": None,  # pydantic's message lists the allowed values; keep it
 }
 
 
@@ -91,6 +90,9 @@ def _field_message(error: Any) -> tuple[str, str]:
         if pattern == TAG_VALUE_PATTERN and isinstance(value, str):
             return "bad_tag", f"{field}: {tag_value_problem(value)}"
         return "invalid_field", f"{field}: does not match {pattern}"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "?")
+        return "invalid_field", f"{field}: must be one of {expected}, got {error.get('input')!r}"
     words = _TYPE_WORDS.get(kind)
     if words is None:
         words = str(error["msg"])[:1].lower() + str(error["msg"])[1:]

@@ -182,11 +182,15 @@ class Pipeline:
         self.received[(source,)] += 1
         self.rejected[(source, code)] += 1
         result.rejected.append((index, message))
-        self.dead_letters[(source,)] += 1
         log.debug("ingest.rejected", source=source, reason=code, error=message)
+        self.publish_dead_letter(source, message, raw)
+
+    def publish_dead_letter(self, source: str, reason: str, payload: bytes) -> None:
+        """Send a dead letter to every target (also used for points a sink refused for good)."""
+        self.dead_letters[(source,)] += 1
         for target in self.dead_letter_targets:
             try:
-                target.publish_dead_letter(source, message, raw)
+                target.publish_dead_letter(source, reason, payload)
             except Exception:
                 log.exception("ingest.dead_letter_failed", source=source)
 

@@ -1,0 +1,102 @@
+"""The `ioc` command (CONTRACT §1)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ioc.config import Settings, load_settings, token_sha256
+from ioc.errors import ConfigError, IocError
+
+app = typer.Typer(
+    name="ioc",
+    help="Event-aggregation daemon of a provincial Intelligent Operations Center (IOC).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The TOML config file.")]
+
+
+def _load(config: Path) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as error:
+        for problem in error.problems:
+            typer.echo(problem, err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def run(config: ConfigOption) -> None:
+    """Run the daemon: MQTT and HTTP intake, validation, InfluxDB, the HTTP API."""
+    settings = _load(config)
+    from ioc.app import run_daemon
+    from ioc.logs import configure_logging
+
+    configure_logging(settings.log.level, settings.log.format)
+    try:
+        asyncio.run(run_daemon(settings))
+    except* ConfigError as group:
+        for error in group.exceptions:
+            for problem in error.problems:  # type: ignore[attr-defined]
+                typer.echo(f"{config}: {problem}", err=True)
+        raise typer.Exit(1) from None
+    except* IocError as group:
+        for error in group.exceptions:
+            typer.echo(f"ioc: {error}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def check(config: ConfigOption) -> None:
+    """Validate the config (and, once they exist, the rule files): `file:line: message`, exit 0 or 1."""
+    settings = _load(config)
+    typer.echo(
+        f"{config}: ok ({len(settings.vendors)} vendors, {len(settings.operators)} operators, "
+        f"{len(settings.poll)} poll targets)"
+    )
+
+
+@app.command("mosquitto-acl")
+def mosquitto_acl(
+    config: ConfigOption,
+    tokens: Annotated[Path, typer.Option(help="File of `name:token` lines: each vendor's bearer token, "
+                                         "which is also its MQTT password.")],
+    out: Annotated[Path, typer.Option(help="Folder to write `passwords` and `acl` into.")],
+    daemon_password: Annotated[str, typer.Option(envvar="IOC_MQTT_DAEMON_PASSWORD",
+                                                 help="The daemon's own MQTT password "
+                                                      "(default: [mqtt] password).")] = "",
+) -> None:
+    """Write a Mosquitto password_file and acl_file from the config's [[vendors]]."""
+    from ioc.mosquitto_acl import main_mosquitto_acl
+
+    raise typer.Exit(main_mosquitto_acl(config, tokens, out, daemon_password or None))
+
+
+@app.command()
+def token(name: Annotated[str, typer.Argument(help="Who the token is for.")] = "") -> None:
+    """Make a new random bearer token and print it with the `token_sha256` to put in the config."""
+    value = secrets.token_urlsafe(32)
+    typer.echo(f"token:        {value}")
+    typer.echo(f"token_sha256: {token_sha256(value)}")
+    if name:
+        typer.echo(f'\n[[vendors]]\nname = "{name}"\ntoken_sha256 = "{token_sha256(value)}"\n'
+                   f'sources = ["{name}"]')
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""The intake pipeline's logic: checks, dedup, dead letters, counting rule, callback order.
+Sinks here are test doubles (pure logic); real sinks are covered by the integration tests."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import orjson
+
+from ioc.errors import SinkFull
+from ioc.ingest.dedup import DedupIndex
+from ioc.ingest.pipeline import Pipeline
+from ioc.metrics import MetricSource
+
+NOW = 1_772_413_200.0  # 2026-03-02T08:00:00+07:00
+
+
+def event(event_id: str, source: str = "qtmt-aqi", **fields: object) -> dict[str, object]:
+    return {"id": event_id, "source": source, "type": "telemetry", "time": "2026-03-02T08:00:00+07:00",
+            "metric": "env.aqi", "value": 100, **fields}
+
+
+class RecordingSink:
+    name = "recording"
+
+    def __init__(self, *, full: bool = False) -> None:
+        self.points: list[str] = []
+        self.callbacks: list[object] = []
+        self.full = full
+
+    def start(self) -> None: ...
+
+    def submit(self, points: list[str], on_durable: object = None, *, timeout: float | None = None) -> None:
+        if self.full:
+            raise SinkFull("full")
+        self.points.extend(points)
+        self.callbacks.append(on_durable)
+
+    def has_room(self, points: int) -> bool:
+        return not self.full
+
+    def problems(self) -> list[str]:
+        return []
+
+    def metrics(self) -> MetricSource:
+        return lambda: []
+
+    def close(self, timeout: float) -> None: ...
+
+
+class DeadLetters:
+    def __init__(self) -> None:
+        self.letters: list[tuple[str, str, bytes]] = []
+
+    def publish_dead_letter(self, source: str, reason: str, payload: bytes) -> None:
+        self.letters.append((source, reason, payload))
+
+
+def make(sinks: list[RecordingSink] | None = None, connection: sqlite3.Connection | None = None
+         ) -> tuple[Pipeline, DeadLetters]:
+    clock = lambda: NOW  # noqa: E731
+    pipeline = Pipeline(sinks=sinks or [], dedup=DedupIndex(connection, window=3600, max_keys=1000, clock=clock),
+                        max_bytes=1 << 20, max_future=300, clock=clock)
+    letters = DeadLetters()
+    pipeline.dead_letter_targets.append(letters)
+    return pipeline, letters
+
+
+def assert_counting_rule(pipeline: Pipeline) -> None:
+    for (source,), received in pipeline.received.items():
+        rejected = sum(n for (s, _), n in pipeline.rejected.items() if s == source)
+        assert received == pipeline.accepted[(source,)] + rejected + pipeline.duplicates[(source,)], source
+
+
+def test_good_event_reaches_the_sink() -> None:
+    sink = RecordingSink()
+    pipeline, _ = make([sink])
+    result = pipeline.ingest(orjson.dumps(event("a")), topic_source="qtmt-aqi")
+    assert (result.accepted, result.duplicates, result.rejected) == (1, 0, [])
+    assert sink.points == ["env.aqi,source=qtmt-aqi value=100.0 1772413200000000000"]
+    assert_counting_rule(pipeline)
+
+
+def test_repeat_is_a_duplicate_across_payloads_and_within_one() -> None:
+    sink = RecordingSink()
+    pipeline, _ = make([sink])
+    pipeline.ingest(orjson.dumps(event("a")))
+    result = pipeline.ingest(orjson.dumps([event("a"), event("b"), event("b")]))
+    assert (result.accepted, result.duplicates) == (1, 2)
+    assert len(sink.points) == 2
+    assert pipeline.duplicates[("qtmt-aqi",)] == 2
+    assert_counting_rule(pipeline)
+
+
+def test_same_id_from_another_source_is_not_a_duplicate() -> None:
+    pipeline, _ = make()
+    assert pipeline.ingest(orjson.dumps([event("a"), event("a", source="other")])).accepted == 2
+
+
+def test_topic_mismatch_and_future_time_are_dead_lettered() -> None:
+    pipeline, letters = make()
+    result = pipeline.ingest(orjson.dumps([event("a", source="other"), event("b", time="2026-03-02T01:10:00Z"),
+                                           event("c")]), topic_source="qtmt-aqi")
+    assert result.accepted == 1
+    assert result.rejected == [
+        (0, "source: 'other' does not match the topic's 'qtmt-aqi'"),
+        (1, "time: 2026-03-02T01:10:00+00:00 is more than 300s in the future"),
+    ]
+    assert [(source, reason[:6]) for source, reason, _ in letters.letters] == [("qtmt-aqi", "source"),
+                                                                             ("qtmt-aqi", "time: ")]
+    assert pipeline.rejected == {("qtmt-aqi", "source_mismatch"): 1, ("qtmt-aqi", "future_time"): 1}
+    assert_counting_rule(pipeline)
+
+
+def test_unparseable_payload_is_dead_lettered_under_the_topic_source() -> None:
+    pipeline, letters = make()
+    pipeline.ingest(b"\xff\xfe garbage", topic_source="dvc-binhthuan")
+    [(source, reason, payload)] = letters.letters
+    assert source == "dvc-binhthuan" and reason.startswith("payload: not valid UTF-8")
+    assert payload == b"\xff\xfe garbage"
+    assert_counting_rule(pipeline)
+
+
+def test_durable_callback_runs_after_sink_even_without_points() -> None:
+    sink = RecordingSink()
+    pipeline, _ = make([sink])
+    calls: list[str] = []
+    pipeline.ingest(orjson.dumps(event("a")), on_durable=lambda: calls.append("first"))
+    pipeline.ingest(orjson.dumps(event("a")), on_durable=lambda: calls.append("duplicate"))
+    assert calls == []  # nothing is durable until the sink says so
+    for callback in sink.callbacks:
+        callback()  # type: ignore[operator]
+    assert calls == ["first", "duplicate"]
+
+
+def test_with_two_sinks_the_callback_waits_for_both() -> None:
+    first, second = RecordingSink(), RecordingSink()
+    pipeline, _ = make([first, second])
+    calls: list[int] = []
+    pipeline.ingest(orjson.dumps(event("a")), on_durable=lambda: calls.append(1))
+    first.callbacks[0]()  # type: ignore[operator]
+    assert calls == []
+    second.callbacks[0]()  # type: ignore[operator]
+    assert calls == [1]
+
+
+def test_full_sink_rejects_as_overloaded_and_forgets_the_keys() -> None:
+    sink = RecordingSink(full=True)
+    pipeline, _ = make([sink])
+    result = pipeline.ingest(orjson.dumps([event("a"), {"bad": 1}, event("b")]), timeout=0)
+    assert result.accepted == 0
+    assert [index for index, _ in result.rejected] == [0, 1, 2]
+    assert pipeline.rejected[("qtmt-aqi", "overloaded")] == 2
+    assert_counting_rule(pipeline)
+    sink.full = False
+    assert pipeline.ingest(orjson.dumps(event("a"))).accepted == 1  # not taken for a duplicate
+
+
+def test_dedup_keys_survive_a_restart_only_once_durable(tmp_path: object) -> None:
+    connection = sqlite3.connect(":memory:", check_same_thread=False)
+    sink = RecordingSink()
+    pipeline, _ = make([sink], connection)
+    pipeline.ingest(orjson.dumps(event("kept")))
+    pipeline.ingest(orjson.dumps(event("lost")))
+    sink.callbacks[0]()  # type: ignore[operator]  # only the first became durable before the "crash"
+    pipeline.dedup.persist()
+    restarted, _ = make([RecordingSink()], connection)
+    assert restarted.ingest(orjson.dumps(event("kept"))).duplicates == 1
+    assert restarted.ingest(orjson.dumps(event("lost"))).accepted == 1
+
+
+def test_dedup_window_expires() -> None:
+    now = [NOW]
+    dedup = DedupIndex(None, window=60, max_keys=10, clock=lambda: now[0])
+    assert not dedup.seen_before("a")
+    now[0] += 61
+    assert not dedup.seen_before("b")
+    assert dedup.expire() == 1
+    assert not dedup.seen_before("a")
+
+
+def test_dedup_max_keys_evicts_oldest_and_counts() -> None:
+    dedup = DedupIndex(None, window=60, max_keys=2, clock=lambda: NOW)
+    for key in "abc":
+        dedup.seen_before(key)
+    assert dedup.evicted == 1 and len(dedup) == 2
+    assert not dedup.seen_before("a")
+
+
+def test_a_failing_listener_does_not_stop_intake() -> None:
+    pipeline, _ = make()
+    seen: list[str] = []
+
+    def broken(_: object) -> None:
+        raise RuntimeError("bug")
+
+    pipeline.listeners += [broken, lambda e: seen.append(e.id)]  # type: ignore[attr-defined]
+    assert pipeline.ingest(orjson.dumps([event("a"), event("b")])).accepted == 2
+    assert seen == ["a", "b"]
