@@ -117,19 +117,20 @@ def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
 
 
 def start_mosquitto(workdir: Path, *, password_file: Path | None = None, acl_file: Path | None = None,
-                    port: int | None = None, extra_conf: str = "") -> Server:
+                    port: int | None = None, extra_conf: str = "", queue_qos0: bool = False,
+                    persistence: bool = True) -> Server:
     """Mosquitto 2 with persistence (sessions survive its restart), unlimited queues for load tests."""
     binary = find_binary("mosquitto", "mosquitto")
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     lines = [
         f"listener {port} 127.0.0.1",
-        "persistence true",
+        f"persistence {'true' if persistence else 'false'}",
         f"persistence_location {workdir}/",
         "autosave_interval 1",
         "max_queued_messages 0",
         "max_inflight_messages 0",
-        "queue_qos0_messages false",
+        f"queue_qos0_messages {'true' if queue_qos0 else 'false'}",  # the benchmark preloads QoS 0
         "log_dest stdout",
         "log_type error",
         "log_type warning",

@@ -1,0 +1,197 @@
+"""End to end: `ioc run` as a subprocess with a real Mosquitto and a real InfluxDB 1.x."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests.e2e.daemon import (
+    OTHER_VENDOR_TOKEN,
+    VENDOR_TOKEN,
+    DaemonProcess,
+    assert_counting_rule,
+    make_daemon,
+)
+from tests.mqtt_tools import Collector, publish_all
+from tests.servers import Server, influx_count, influx_query
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=1)
+
+
+def telemetry(index: int, *, source: str = "qtmt-aqi", run: str = "r", **extra: object) -> bytes:
+    """One event; each index has its own microsecond, so every event is its own point."""
+    time_ = (BASE + timedelta(microseconds=index)).isoformat()
+    return orjson.dumps({"id": f"{run}-{index}", "source": source, "type": "telemetry", "time": time_,
+                         "metric": "env.aqi", "value": index, "area": "22723", **extra})
+
+
+def wait_until(predicate: object, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError(message)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str
+           ) -> Iterator[DaemonProcess]:
+    process = make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
+                          client_id=f"ioc-{unique}")
+    process.start()
+    yield process
+    process.stop()
+
+
+def test_mqtt_and_http_events_land_in_influxdb_with_dead_letters(
+    daemon: DaemonProcess, mosquitto: Server, influxdb: Server, database: str
+) -> None:
+    dead = Collector("127.0.0.1", mosquitto.port, "ioc/v1/deadletter/#")
+    try:
+        good = [("ioc/v1/events/qtmt-aqi", telemetry(i, run="mqtt", tags={"station": "Phan Thiết 1"}))
+                for i in range(50)]
+        bad = [
+            ("ioc/v1/events/qtmt-aqi", b"{not json"),
+            ("ioc/v1/events/qtmt-aqi", telemetry(1000, run="mqtt", value="12")),
+            ("ioc/v1/events/viettel-ran", telemetry(1001, run="mqtt")),
+            ("ioc/v1/events/qtmt-aqi", b"\xff\xfe"),
+        ]
+        publish_all("127.0.0.1", mosquitto.port, good[:25] + bad + good[25:])
+        body = b"\n".join(telemetry(i, run="http") for i in range(100, 130)) + b"\n" + telemetry(
+            131, run="http", time="2099-01-01T00:00:00Z")
+        response = httpx.post(f"{daemon.api}/api/v1/events", content=body,
+                              headers={"Authorization": f"Bearer {VENDOR_TOKEN}",
+                                       "Content-Type": "application/x-ndjson"}, timeout=10)
+        assert response.status_code == 202
+        assert response.json()["accepted"] == 30
+        assert response.json()["rejected"][0]["index"] == 30
+        assert "in the future" in response.json()["rejected"][0]["error"]
+
+        wait_until(lambda: influx_count(influxdb.url, database, "env.aqi") == 80, 20,
+                   "the 80 good events did not all reach InfluxDB")
+        received = dead.wait_for(5)
+        assert len(received) == 5  # four bad MQTT messages and the HTTP event from the future
+        # A dead letter goes to the source of the topic it came in on: its publisher may read it there.
+        assert sorted(topic for topic, _ in received) == ["ioc/v1/deadletter/qtmt-aqi"] * 4 + [
+            "ioc/v1/deadletter/viettel-ran"]
+        letters = [orjson.loads(payload) for _, payload in received]
+        reasons = [letter["reason"] for letter in letters]
+        assert any(reason.startswith("payload: invalid JSON") for reason in reasons)
+        assert "value: expected a number, got a string" in reasons
+        assert any("does not match the topic's 'qtmt-aqi'" in reason for reason in reasons)
+        assert any("in the future" in reason for reason in reasons)
+        [binary] = [letter for letter in letters if letter.get("encoding") == "base64"]
+        assert binary["payload"] == "//4="
+    finally:
+        dead.close()
+
+    [series] = influx_query(influxdb.url, database,
+                            'SELECT "value", "station" FROM "env.aqi" WHERE "station" = \'Phan Thiết 1\'')
+    assert len(series["values"]) == 50
+    assert series["values"][0][2] == "Phan Thiết 1"
+    assert_counting_rule(daemon)
+
+
+def test_other_vendors_source_is_forbidden_over_http(daemon: DaemonProcess) -> None:
+    response = httpx.post(f"{daemon.api}/api/v1/events", content=telemetry(1, run="x"),
+                          headers={"Authorization": f"Bearer {OTHER_VENDOR_TOKEN}"}, timeout=10)
+    assert response.status_code == 403
+    assert "viettel" in response.json()["error"]
+    assert httpx.post(f"{daemon.api}/api/v1/events", content=telemetry(1, run="x"), timeout=10
+                      ).status_code == 401
+
+
+def test_sigterm_flushes_and_exits_zero(daemon: DaemonProcess, mosquitto: Server, influxdb: Server,
+                                        database: str) -> None:
+    publish_all("127.0.0.1", mosquitto.port, [("ioc/v1/events/qtmt-aqi", telemetry(i, run="term"))
+                                              for i in range(2000)])
+    assert daemon.terminate() == 0, daemon.log()
+    assert influx_count(influxdb.url, database, "env.aqi") == 2000
+    assert '"daemon.stopped"' in daemon.log()
+
+
+@pytest.mark.slow
+def test_sigkill_while_qos1_flows_loses_nothing_and_duplicates_nothing(
+    daemon: DaemonProcess, mosquitto: Server, influxdb: Server, database: str
+) -> None:
+    total = 20_000
+    messages = [("ioc/v1/events/qtmt-aqi", telemetry(i, run="kill")) for i in range(total)]
+    publisher = threading.Thread(target=publish_all, args=("127.0.0.1", mosquitto.port, messages),
+                                 kwargs={"rate": 4000, "timeout": 120})
+    publisher.start()
+    wait_until(lambda: influx_count(influxdb.url, database, "env.aqi") > 2000, 30, "intake never started")
+    daemon.kill()  # SIGKILL: no flush, no goodbye; unacknowledged messages stay with the broker
+    killed_at = influx_count(influxdb.url, database, "env.aqi")
+    assert killed_at < total, "the kill came too late to test anything"
+    time.sleep(1.0)
+    daemon.start()
+    publisher.join(120)
+    assert not publisher.is_alive()
+    wait_until(lambda: influx_count(influxdb.url, database, "env.aqi") >= total, 60,
+               "events published around the kill never reached InfluxDB")
+    time.sleep(1.0)  # anything redelivered twice would show up as extra points by now
+    assert influx_count(influxdb.url, database, "env.aqi") == total
+    [series] = influx_query(influxdb.url, database, 'SELECT count("value") FROM "env.aqi" GROUP BY "source"')
+    assert series["values"][0][1] == total
+    assert_counting_rule(daemon)
+    # After the restart, nothing was counted twice: accepted + duplicates covers only what arrived again.
+    accepted = daemon.metric_sum("ioc_events_accepted_total", source="qtmt-aqi")
+    assert accepted <= total - killed_at + daemon.metric_sum("ioc_events_duplicate_total", source="qtmt-aqi")
+
+
+@pytest.mark.slow
+def test_influxdb_outage_under_load_delays_but_loses_nothing(
+    tmp_path: Path, mosquitto: Server, private_influxdb: Server, database: str, unique: str
+) -> None:
+    daemon = make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=private_influxdb.url, database=database,
+                         client_id=f"ioc-outage-{unique}")
+    daemon.start()
+    try:
+        total = 15_000
+        messages = [("ioc/v1/events/qtmt-aqi", telemetry(i, run="outage")) for i in range(total)]
+        publisher = threading.Thread(target=publish_all, args=("127.0.0.1", mosquitto.port, messages),
+                                     kwargs={"rate": 3000, "timeout": 120})
+        publisher.start()
+        wait_until(lambda: influx_count(private_influxdb.url, database, "env.aqi") > 1000, 30,
+                   "intake never started")
+        private_influxdb.stop()
+        wait_until(lambda: daemon.metric_sum("ioc_sink_spool_points") > 0, 20, "nothing was spooled")
+        assert httpx.get(f"{daemon.api}/readyz", timeout=5).status_code == 200  # the spool takes points
+        time.sleep(3)
+        private_influxdb.restart()
+        publisher.join(120)
+        assert not publisher.is_alive()
+        wait_until(lambda: influx_count(private_influxdb.url, database, "env.aqi") >= total, 90,
+                   "points spooled during the outage were not replayed")
+        wait_until(lambda: daemon.metric_sum("ioc_sink_spool_points") == 0, 30, "the spool did not drain")
+        assert influx_count(private_influxdb.url, database, "env.aqi") == total
+        assert_counting_rule(daemon)
+        assert daemon.metric_sum("ioc_sink_points_total", outcome="written") >= total
+    finally:
+        daemon.stop()
+
+
+def test_check_reports_bad_config_with_file_and_line(tmp_path: Path) -> None:
+    config = tmp_path / "ioc.toml"
+    config.write_text('[http]\nlisten = "127.0.0.1:8080"\nlisen = 1\n')
+    result = subprocess.run([sys.executable, "-m", "ioc.cli", "check", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"{config}:3: http.lisen: unknown key"
+    result = subprocess.run([sys.executable, "-m", "ioc.cli", "check", "--config",
+                             str(ROOT / "deploy" / "ioc.example.toml")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    result = subprocess.run([sys.executable, "-m", "ioc.cli", "run", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "http.lisen: unknown key" in result.stderr
