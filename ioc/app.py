@@ -114,7 +114,10 @@ class Daemon:
                 stop_task.cancel()
         finally:
             await asyncio.to_thread(self._close)
-        log.info("daemon.stopped")
+        log.info("daemon.stopped", received=sum(self.pipeline.received.values()),
+                 accepted=sum(self.pipeline.accepted.values()),
+                 duplicates=sum(self.pipeline.duplicates.values()),
+                 rejected=sum(self.pipeline.rejected.values()))
 
     def _close(self) -> None:
         # 2. Sinks flush (to InfluxDB or the spool) and run the last callbacks: MQTT acks go out.

@@ -234,5 +234,11 @@ def influx_query(server_url: str, database: str, query: str) -> list[dict[str, o
 
 
 def influx_count(server_url: str, database: str, measurement: str, field: str = "value") -> int:
-    series = influx_query(server_url, database, f'SELECT count("{field}") FROM "{measurement}"')
+    """Points in `measurement` (0 while the database does not exist yet)."""
+    try:
+        series = influx_query(server_url, database, f'SELECT count("{field}") FROM "{measurement}"')
+    except RuntimeError as error:
+        if "database not found" in str(error):
+            return 0
+        raise
     return int(series[0]["values"][0][1]) if series else 0

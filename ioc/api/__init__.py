@@ -1,0 +1,6 @@
+"""The daemon's HTTP API (CONTRACT §3): event intake for vendors, health, readiness and metrics."""
+
+from ioc.api.app import create_app
+from ioc.api.server import HttpServer, serve
+
+__all__ = ["HttpServer", "create_app", "serve"]

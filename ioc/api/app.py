@@ -1,0 +1,159 @@
+"""The HTTP API assembled (CONTRACT §3): routers, error shape, request counters, OpenAPI.
+
+Every error is `{"error": "..."}` with a 4xx status for anything the caller sent (unknown route, wrong
+method, bad parameters, bad body); a 5xx means a bug or an overloaded daemon, never bad input.
+
+`/docs` is FastAPI's Swagger UI, which loads its JavaScript and CSS from a CDN (jsDelivr): it works where
+browsers can reach the internet; an offline deployment needs those assets bundled and served locally.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from prometheus_client.core import Metric
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ioc import __version__
+from ioc.api.events import EventIntake, event_schemas, events_router
+from ioc.api.health import health_router
+from ioc.auth import Authenticator
+from ioc.config import Settings
+from ioc.ingest.pipeline import Pipeline
+from ioc.metrics import Metrics, counter
+from ioc.ratelimit import RateLimiter
+
+log = structlog.get_logger("ioc.api")
+
+DESCRIPTION = """\
+The HTTP API of the IOC daemon, an event-aggregation service for a provincial Intelligent Operations
+Center.
+
+**Vendors** push events (telemetry, status, dossier changes) to `POST /api/v1/events` with their bearer
+token; every event is validated strictly and each bad item is named with the field and what was wrong.
+A repeat of (`source`, `id`) is accepted and ignored, so pushes can be retried safely.
+
+Errors are always `{"error": "..."}`. `/healthz`, `/readyz` and `/metrics` (Prometheus) are open.
+"""
+
+UNMATCHED_ROUTE = "unmatched"
+
+
+class RequestCounter:
+    """Pure ASGI middleware counting answers by route template and status (`ioc_http_requests_total`).
+
+    The route label is the matched route's path template (never the raw path, so label values stay
+    bounded); requests that matched no route are counted under `unmatched`.
+    """
+
+    def __init__(self, app: ASGIApp, counts: defaultdict[tuple[str, ...], int]) -> None:
+        self.app = app
+        self.counts = counts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or UNMATCHED_ROUTE
+            self.counts[(path, str(status))] += 1
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps({"error": message}), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"not found: {request.url.path}"
+    elif exc.status_code == 405 and message == "Method Not Allowed":
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    return _error(exc.status_code, message, dict(exc.headers) if exc.headers else None)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path"))
+        problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg")))
+    return _error(422, "; ".join(problems) or "invalid request")
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("api.internal_error", path=request.url.path, error=repr(exc))
+    return _error(500, "internal error")
+
+
+def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
+               readiness: Callable[[], list[str]]) -> FastAPI:
+    """The FastAPI application of the daemon. Registers its own metric source into `metrics`
+    (`ioc_http_requests_total{route,status}`, `ioc_http_rate_limited_total{vendor}`)."""
+    app = FastAPI(
+        title="IOC daemon API",
+        description=DESCRIPTION,
+        version=__version__,
+        docs_url="/docs",
+        redoc_url="/redoc",
+        openapi_url="/openapi.json",
+        exception_handlers={
+            HTTPException: _http_error,
+            RequestValidationError: _validation_error,
+            Exception: _internal_error,
+        },
+    )
+    app.state.authenticator = Authenticator(settings)
+    app.state.settings = settings
+    app.state.pipeline = pipeline
+
+    intake = EventIntake(pipeline=pipeline, http=settings.http, limiter=RateLimiter(settings.vendors))
+    app.include_router(events_router(intake))
+    app.include_router(health_router(metrics=metrics, readiness=readiness))
+
+    requests: defaultdict[tuple[str, ...], int] = defaultdict(int)
+    app.add_middleware(RequestCounter, counts=requests)
+
+    def http_metrics() -> Iterable[Metric]:
+        yield counter("ioc_http_requests", "HTTP requests answered, by route template and status.",
+                      ("route", "status"), requests.copy())
+        yield from intake.metrics()
+
+    metrics.add(http_metrics)
+    _add_event_schemas(app)
+    return app
+
+
+def _add_event_schemas(app: FastAPI) -> None:
+    """Put the event models the request body refers to into the OpenAPI components."""
+    build = app.openapi
+    _, definitions = event_schemas()
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
