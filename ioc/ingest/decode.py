@@ -125,7 +125,8 @@ def _claimed_source(raw: bytes) -> str | None:
     return source if isinstance(source, str) and _SOURCE_RE.match(source) else None
 
 
-def _reject_invalid(raw: bytes, error: ValidationError) -> Rejection:
+def reject_invalid(raw: bytes, error: ValidationError) -> Rejection:
+    """The rejection for an item pydantic refused, with the most specific reason it can name."""
     errors = error.errors(include_url=False)
     first = errors[0]
     if first["type"] == "json_invalid":
@@ -155,7 +156,7 @@ def decode_object(raw: bytes) -> Decoded:
     try:
         return Accepted(EVENT_ADAPTER.validate_json(raw), raw)
     except ValidationError as error:
-        return _reject_invalid(raw, error)
+        return reject_invalid(raw, error)
 
 
 def _first_byte(payload: bytes) -> int | None:

@@ -15,20 +15,22 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
+from pydantic import ValidationError
 from prometheus_client.core import Metric
 
 from ioc.errors import SinkFull
-from ioc.ingest.decode import Accepted, Decoded, Rejection, decode_payload
+from ioc.ingest.decode import Accepted, Decoded, Rejection, decode_payload, reject_invalid
 from ioc.ingest.dedup import DedupIndex, dedup_key
 from ioc.lineproto import render_event
 from ioc.metrics import counter, gauge
-from ioc.models import AnyEvent, event_time_ns
+from ioc.models import EVENT_ADAPTER, AnyEvent, event_time_ns
 from ioc.sinks.base import DurableCallback, Sink
 
 log = structlog.get_logger("ioc.ingest")
 
 EventListener = Callable[[AnyEvent], None]
 UNKNOWN_SOURCE = "unknown"
+_validate_json = EVENT_ADAPTER.validate_json
 
 
 class DeadLetterTarget(Protocol):
@@ -101,13 +103,17 @@ class Pipeline:
         timeout: float | None = None,
     ) -> IngestResult:
         """Everything a transport needs: decode the payload and admit its items."""
-        return self.admit(
-            self.decode(payload, ndjson=ndjson),
-            topic_source=topic_source,
-            fallback_source=topic_source,
-            on_durable=on_durable,
-            timeout=timeout,
-        )
+        items: Sequence[Decoded]
+        if not ndjson and payload[:1] == b"{" and len(payload) <= self.max_bytes:
+            # The common case of one event per message, without decode_payload's generality.
+            try:
+                items = (Accepted(_validate_json(payload), payload),)
+            except ValidationError as error:
+                items = (reject_invalid(payload, error),)
+        else:
+            items = self.decode(payload, ndjson=ndjson)
+        return self.admit(items, topic_source=topic_source, fallback_source=topic_source,
+                          on_durable=on_durable, timeout=timeout)
 
     def admit(
         self,
@@ -123,9 +129,7 @@ class Pipeline:
         result = IngestResult()
         points: list[str] = []
         keys: list[str] = []
-        accepted_sources: list[str] = []
-        accepted_indexes: list[int] = []
-        events: list[AnyEvent] = []
+        kept: list[tuple[int, AnyEvent]] = []  # (index in the payload, event) of what goes to the sinks
         with self._lock:
             limit_ns = int(self._clock() * 1e9) + self._max_future_ns
             for index, item in enumerate(items):
@@ -153,28 +157,31 @@ class Pipeline:
                     continue
                 points.append(render_event(event, time_ns))
                 keys.append(key)
-                accepted_sources.append(source)
-                accepted_indexes.append(index)
-                events.append(event)
+                kept.append((index, event))
             try:
                 self._hand_to_sinks(points, keys, on_durable, timeout)
             except SinkFull:
                 self.dedup.forget(keys)
-                for index, source in zip(accepted_indexes, accepted_sources, strict=True):
-                    self.rejected[(source, "overloaded")] += 1
+                for index, event in kept:
+                    self.rejected[(event.source, "overloaded")] += 1
                     result.rejected.append((index, "overloaded: the sinks are full, retry later"))
                 result.rejected.sort()
                 return result
-            for source in accepted_sources:
-                self.accepted[(source,)] += 1
-            result.accepted = len(accepted_sources)
-        for event in events:
+            accepted = self.accepted
+            for _, event in kept:
+                accepted[(event.source,)] += 1
+            result.accepted = len(kept)
+        if self.listeners:
+            self._notify(kept)
+        return result
+
+    def _notify(self, kept: list[tuple[int, AnyEvent]]) -> None:
+        for _, event in kept:
             for listener in self.listeners:
                 try:
                     listener(event)
                 except Exception:  # a listener's bug must never cost us the intake
                     log.exception("ingest.listener_failed", listener=getattr(listener, "__name__", "?"))
-        return result
 
     def _reject(self, result: IngestResult, index: int, source: str | None, code: str, message: str,
                 raw: bytes) -> None:

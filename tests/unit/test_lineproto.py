@@ -21,7 +21,7 @@ def event(**fields: object) -> object:
 def test_telemetry_line() -> None:
     line = render_event(event(type="telemetry", metric="env.aqi", value=160, area="22723",
                               tags={"station": "Phan Thiết 1", "b": "x,y=z"}))
-    assert line == (r"env.aqi,source=qtmt-aqi,area=22723,b=x\,y\=z,station=Phan\ Thiết\ 1 value=160.0 "
+    assert line == (r"env.aqi,source=qtmt-aqi,area=22723,station=Phan\ Thiết\ 1,b=x\,y\=z value=160.0 "
                     "1772413200000001000")
 
 
@@ -33,6 +33,21 @@ def test_status_line_writes_up_as_float() -> None:
 def test_time_keeps_microseconds_exactly() -> None:
     time = datetime(2026, 3, 2, 8, 0, 0, 999999, tzinfo=timezone(timedelta(hours=7)))
     assert event_time_ns(time) == 1772413200_999999_000
+
+
+@given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1)),
+       st.integers(min_value=-14 * 60, max_value=14 * 60))
+def test_time_ns_matches_datetime_arithmetic_for_any_offset(naive: datetime, minutes: int) -> None:
+    time = naive.replace(tzinfo=timezone(timedelta(minutes=minutes)))
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    assert event_time_ns(time) == (time - epoch) // timedelta(microseconds=1) * 1000
+
+
+def test_time_ns_of_parsed_events_with_z_and_negative_offsets() -> None:
+    for text, expected in [("2026-03-02T01:00:00Z", 1772413200), ("2026-03-01T20:00:00-05:00", 1772413200),
+                           ("2026-03-02T06:45:00+05:45", 1772413200)]:
+        parsed = event(type="telemetry", metric="m", value=1, time=text)
+        assert event_time_ns(parsed.time) == expected * 10**9  # type: ignore[attr-defined]
 
 
 def test_string_field_escapes_quote_and_backslash() -> None:

@@ -1,0 +1,455 @@
+"""The MQTT connector: events from `ioc/v1/events/{source}` into the intake pipeline, dead letters out.
+
+Durability is the point of this module. The daemon subscribes with QoS 1 on a persistent session and
+acknowledges a message (PUBACK) only when the pipeline reports its points durable (in InfluxDB or the
+sink's spool), so a crash or an outage never loses an acknowledged event: the broker redelivers anything
+unacknowledged, and the pipeline's dedup recognises the repeats.
+
+Threads: paho runs its network loop in its own thread (`loop_start`), which is also the only way paho
+queues outgoing packets thread-safely, so acknowledgements may come from a sink's writer thread. Message
+ids are per connection and reused after a reconnect, so every acknowledgement carries the generation of the
+connection its message came on and is skipped if that connection is gone (the broker redelivers those).
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from prometheus_client.core import Metric
+
+from ioc.config import MqttSettings
+from ioc.errors import ConfigError
+from ioc.ingest.pipeline import Pipeline
+from ioc.metrics import MetricSource, counter, gauge
+from ioc.sinks.base import DurableCallback
+
+log = structlog.get_logger("ioc.mqtt")
+
+EVENTS_PREFIX = "ioc/v1/events/"
+DEAD_LETTER_PREFIX = "ioc/v1/deadletter/"
+DEFAULT_MAX_PENDING = 1_000  # QoS 1 publishes waiting for the broker; paho rescans them on every PUBACK
+PUBLISH_WINDOW = 20  # QoS 1 publishes in flight at once
+_MAX_SESSION_EXPIRY = 0xFFFFFFFF  # MQTT 5: a four-byte integer (0xFFFFFFFF = never expires)
+_MIN_BACKOFF = 0.05  # seconds; a zero reconnect_min must not become a busy loop
+
+
+def topic_source(topic: str) -> str:
+    """The `{source}` of an event topic: the level after `ioc/v1/events/` (a vendor may also publish below
+    it, `ioc/v1/events/{source}/...`, as the generated ACL allows); for a topic of another shape (a custom
+    subscription) its last level. The pipeline rejects an event whose `source` differs from it."""
+    if topic.startswith(EVENTS_PREFIX):
+        return topic[len(EVENTS_PREFIX):].partition("/")[0]
+    return topic.rpartition("/")[2]
+
+
+def dead_letter_body(reason: str, payload: bytes) -> bytes:
+    """CONTRACT §3 dead letter: `{"reason", "payload"}` with the text, or base64 + `"encoding": "base64"`
+    when the bytes are not UTF-8."""
+    try:
+        return orjson.dumps({"reason": reason, "payload": payload.decode("utf-8")})
+    except UnicodeDecodeError:
+        return orjson.dumps({"reason": reason, "payload": base64.b64encode(payload).decode("ascii"),
+                             "encoding": "base64"})
+
+
+def backoff_delay(attempt: int, low: float, high: float, rand: Callable[[float, float], float] = random.uniform
+                  ) -> float:
+    """Seconds to wait before reconnect attempt `attempt` (0-based): exponential from `low`, capped at
+    `high`, with "equal jitter" (uniform in the upper half of the step) so that many daemons restarted with
+    their broker do not all knock at the same instant. Never below `low`."""
+    low = max(low, _MIN_BACKOFF)
+    high = max(high, low)
+    cap = min(high, low * 2.0 ** min(attempt + 1, 62))
+    return max(low, rand(cap / 2.0, cap))
+
+
+def _settled(info: mqtt.MQTTMessageInfo) -> bool:
+    """Whether a publish needs no more waiting: acknowledged, or failed for good (paho raises then)."""
+    try:
+        return info.is_published()
+    except (ValueError, RuntimeError):
+        return True
+
+
+class MqttConnector:
+    """Subscribes to the event topics and feeds the pipeline; also the pipeline's dead-letter target.
+
+    `start()` returns at once; connecting (and reconnecting, with jittered backoff) happens in paho's
+    thread, so a broker that is down at start is a readiness problem, never a crash.
+    """
+
+    def __init__(self, settings: MqttSettings, pipeline: Pipeline, *, name: str = "mqtt",
+                 max_pending: int = DEFAULT_MAX_PENDING) -> None:
+        if settings.url == "embedded":
+            raise ConfigError(["mqtt.url: 'embedded' must be replaced by the embedded broker's mqtt:// URL"])
+        tls_keys = [key for key in ("tls_ca", "tls_cert", "tls_key") if getattr(settings, key)]
+        if tls_keys and not settings.tls:
+            raise ConfigError([f"mqtt.{tls_keys[0]}: set, but url {settings.url!r} is not mqtts://"])
+        if settings.tls_key and not settings.tls_cert:
+            raise ConfigError(["mqtt.tls_key: set without tls_cert"])
+        self.settings = settings
+        self.pipeline = pipeline
+        self.name = name
+        self.url = f"{'mqtts' if settings.tls else 'mqtt'}://{settings.host}:{settings.port}"
+        self._max_pending = max_pending
+        self._v5 = settings.protocol == "5"
+        self._client: mqtt.Client | None = None
+        # Guards the generation, the client reference for acks and the counters written off paho's thread.
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._closed = True
+        self._paused = False
+        self._connected = False
+        self._last_problem = "not started"
+        self._attempt = 0
+        self._subscriptions: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its topics, until the SUBACK
+        self._denied: list[str] = []  # topics the broker refused on this connection (replaced, never mutated)
+        self._pending: deque[mqtt.MQTTMessageInfo] = deque()  # QoS>0 publishes not yet acknowledged
+        self._dropping = False
+        # Counters (plain ints: metrics are built at scrape time).
+        self._received = [0, 0, 0]  # by QoS; written only on paho's thread
+        self._connects = 0
+        self._disconnects = 0
+        self._acks_sent = 0
+        self._acks_skipped = 0
+        self._dead_letters_published = 0
+        self._dead_letters_dropped = 0
+        self._publishes_dropped = 0
+        pipeline.dead_letter_targets.append(self)
+
+    # --- life cycle ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the client and start paho's network thread; returns at once. Also restarts after
+        `close()` (same client id: the persistent session resumes)."""
+        with self._lock:
+            if not self._closed:
+                return
+            self._closed = False
+            self._paused = False
+            self._pending.clear()  # the old client's queue is gone with it
+            self._generation += 1
+            self._attempt = 0
+            self._last_problem = "connecting"
+        settings = self.settings
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+            clean_session=None if self._v5 else False,
+            manual_ack=True,
+            reconnect_on_failure=True,
+        )
+        if settings.username:
+            client.username_pw_set(settings.username, settings.password.get_secret_value() or None)
+        if settings.tls:
+            client.tls_set(
+                ca_certs=settings.tls_ca or None,
+                certfile=settings.tls_cert or None,
+                keyfile=settings.tls_key or None,
+                cert_reqs=ssl.CERT_NONE if settings.tls_insecure else ssl.CERT_REQUIRED,
+            )
+            if settings.tls_insecure:
+                client.tls_insecure_set(True)
+        # Our own bound on publishes (`max_pending`) replaces paho's queue limit. The in-flight window
+        # stays small: a broker disconnects a client that exceeds its Receive Maximum (Mosquitto's default
+        # is 20), paho cannot change the window once connected, and publishes are few (dead letters).
+        client.max_queued_messages_set(0)
+        client.max_inflight_messages_set(PUBLISH_WINDOW)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_pre_connect = self._on_pre_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self._set_backoff(client)
+        if self._v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = int(min(settings.session_expiry, _MAX_SESSION_EXPIRY))
+            properties.ReceiveMaximum = settings.receive_maximum
+            client.connect_async(settings.host, settings.port, settings.keepalive, clean_start=False,
+                                 properties=properties)
+        else:
+            client.connect_async(settings.host, settings.port, settings.keepalive)
+        with self._lock:
+            self._client = client
+        client.loop_start()
+        log.info("mqtt.starting", connector=self.name, url=self.url, client_id=settings.client_id,
+                 protocol=settings.protocol)
+
+    def pause_intake(self) -> None:
+        """Stop processing messages: from now on they are neither fed to the pipeline nor acknowledged, so
+        the broker redelivers them after a restart. Acknowledgements of earlier messages still go out."""
+        self._paused = True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is queued (acknowledgements, dead letters) for up to `timeout` seconds, then DISCONNECT
+        (the session stays on the broker) and stop paho's thread. Safe to call twice."""
+        with self._lock:
+            client = self._client
+            if client is None or self._closed:
+                return
+        deadline = time.monotonic() + timeout
+        while self._connected and time.monotonic() < deadline and (client.want_write() or self.pending()):
+            time.sleep(0.01)
+        with self._lock:
+            self._closed = True
+            self._generation += 1  # acknowledgements from now on are skipped: the broker redelivers
+        client.disconnect()
+        stopper = threading.Thread(target=client.loop_stop, name=f"{self.name}-close", daemon=True)
+        stopper.start()
+        stopper.join(max(0.5, deadline - time.monotonic()))
+        if stopper.is_alive():
+            log.warning("mqtt.close_timeout", connector=self.name, timeout=timeout)
+        self._connected = False
+        self._last_problem = "closed"
+        log.info("mqtt.closed", connector=self.name)
+
+    # --- state -----------------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker accepted our CONNECT and the connection is up."""
+        return self._connected
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the broker answered this connection's SUBSCRIBE (granted or not: see `problems()`)."""
+        return self._connected and not self._subscriptions
+
+    def problems(self) -> list[str]:
+        """Failing readiness checks (for `/readyz`): the broker connection, and subscriptions it refused."""
+        if not self._connected:
+            return [f"{self.name}: not connected to {self.url} ({self._last_problem})"]
+        return [f"{self.name}: subscription refused: {denied}" for denied in self._denied]
+
+    def pending(self) -> int:
+        """QoS 1 publishes (dead letters, alerts) not yet acknowledged by the broker."""
+        with self._lock:
+            return self._prune_pending()
+
+    def _prune_pending(self) -> int:
+        pending = self._pending
+        while pending and _settled(pending[0]):
+            pending.popleft()
+        return len(pending)
+
+    # --- paho callbacks (paho's thread) ----------------------------------------------------------------
+
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        with self._lock:
+            self._generation += 1
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode,
+                    properties: Properties | None) -> None:
+        if reason.is_failure:
+            self._last_problem = f"refused: {reason}"
+            log.error("mqtt.connect_refused", connector=self.name, url=self.url, reason=str(reason),
+                      reason_code=reason.value)
+            return
+        with self._lock:
+            self._generation += 1
+        self._attempt = 0
+        self._set_backoff(client)
+        self._subscriptions.clear()
+        self._denied = []
+        group = self.settings.share_group
+        topics = [f"$share/{group}/{topic}" if group else topic for topic in self.settings.subscribe]
+        if topics:
+            if self._v5:
+                # retainHandling=1: retained messages only when the subscription is new, not on each reconnect.
+                options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+                result, mid = client.subscribe([(topic, options) for topic in topics])
+            else:
+                result, mid = client.subscribe([(topic, 1) for topic in topics])
+            if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                self._subscriptions[mid] = topics
+            else:
+                log.error("mqtt.subscribe_failed", connector=self.name, topics=topics,
+                          reason=mqtt.error_string(result))
+        self._connects += 1
+        self._connected = True  # after the SUBSCRIBE is queued, so `subscribed` cannot be true too early
+        log.info("mqtt.connected", connector=self.name, url=self.url, client_id=self.settings.client_id,
+                 session_present=flags.session_present)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode],
+                      properties: Properties | None) -> None:
+        topics = self._subscriptions.pop(mid, [])
+        for topic, reason in zip(topics, reasons, strict=False):
+            if reason.is_failure:
+                self._denied = [*self._denied, f"{topic} ({reason})"]
+                log.error("mqtt.subscribe_failed", connector=self.name, topic=topic, reason=str(reason),
+                          reason_code=reason.value, hint="the broker's ACL may deny it")
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._last_problem = "cannot connect: refused or unreachable"
+        self._schedule_reconnect(client)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+                       reason: ReasonCode, properties: Properties | None) -> None:
+        with self._lock:
+            # Before paho clears its out queue and reconnects: acks of this connection are void from now.
+            self._generation += 1
+            closing = self._closed
+        was_connected, self._connected = self._connected, False
+        if not was_connected:  # the broker refused our CONNECT (logged then) or the handshake broke
+            if not closing:
+                self._schedule_reconnect(client)
+            return
+        self._disconnects += 1
+        self._last_problem = f"disconnected: {reason}"
+        if closing:
+            return
+        log.warning("mqtt.disconnected", connector=self.name, url=self.url, reason=str(reason),
+                    reason_code=reason.value, by_broker=flags.is_disconnect_packet_from_server)
+        self._schedule_reconnect(client)
+
+    def _schedule_reconnect(self, client: mqtt.Client) -> None:
+        if self._closed:
+            return
+        delay = self._set_backoff(client)
+        self._attempt += 1
+        log.info("mqtt.reconnecting", connector=self.name, url=self.url, delay=round(delay, 3),
+                 attempt=self._attempt)
+
+    def _set_backoff(self, client: mqtt.Client) -> float:
+        """paho waits `min_delay` and doubles it up to `max_delay`, with no jitter; pinning both to our own
+        jittered value before each wait makes it wait exactly that."""
+        delay = backoff_delay(self._attempt, self.settings.reconnect_min, self.settings.reconnect_max)
+        client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]  # paho accepts float seconds
+        return delay
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # The hot path: no logging per message, one closure per QoS 1 message.
+        if self._paused:
+            return
+        try:
+            qos = message.qos
+            self._received[qos] += 1
+            on_durable = self._acker(message.mid, qos) if qos else None
+            # paho decodes the payload as bytes (its annotation also allows bytearray).
+            self.pipeline.ingest(message.payload, topic_source=topic_source(message.topic),  # type: ignore[arg-type]
+                                 on_durable=on_durable)
+        except Exception:  # a bug here must not kill paho's thread; the message stays unacknowledged
+            log.exception("mqtt.message_failed", connector=self.name, mid=message.mid)
+
+    def _acker(self, mid: int, qos: int) -> DurableCallback:
+        generation = self._generation
+
+        def ack() -> None:
+            with self._lock:
+                client = self._client
+                if generation == self._generation and client is not None:
+                    client.ack(mid, qos)
+                    self._acks_sent += 1
+                else:
+                    self._acks_skipped += 1
+
+        return ack
+
+    # --- publishing ------------------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
+        """Queue a message (alerts). QoS 1 publishes wait in paho while disconnected and are sent on
+        reconnect; at most `max_pending` may wait. Returns False (and counts it) when it was dropped."""
+        return self._publish(topic, payload, qos, retain, dead_letter=False)
+
+    def publish_dead_letter(self, source: str, reason: str, payload: bytes) -> None:
+        """The pipeline's dead-letter target: `{"reason", "payload"}` on `ioc/v1/deadletter/{source}`, QoS 1."""
+        self._publish(DEAD_LETTER_PREFIX + source, dead_letter_body(reason, payload), 1, False, dead_letter=True)
+
+    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool, *, dead_letter: bool) -> bool:
+        with self._lock:
+            client = self._client
+            if client is None or self._closed:
+                refused = "the connector is closed"
+            elif qos > 0 and self._prune_pending() >= self._max_pending:
+                refused = f"{self._max_pending} publishes already wait for the broker"
+            else:
+                refused = ""
+            if refused:
+                self._count_drop(dead_letter)
+                first, self._dropping = not self._dropping, True
+            else:
+                self._dropping = False
+        if refused or client is None:
+            if refused and first:  # one line per episode of drops; the counters have the rest
+                log.warning("mqtt.publish_dropped", connector=self.name, topic=topic, reason=refused)
+            return False
+        try:
+            info = client.publish(topic, payload, qos=qos, retain=retain)
+        except ValueError as error:  # a topic paho refuses (wildcards, empty): a bug upstream, not an outage
+            log.error("mqtt.publish_failed", connector=self.name, topic=topic, error=str(error))
+            with self._lock:
+                self._count_drop(dead_letter)
+            return False
+        if info.rc == mqtt.MQTT_ERR_NO_CONN and qos > 0:
+            # Kept in paho's queue and sent on reconnect; clear the code so `is_published()` tells when.
+            info.rc = mqtt.MQTT_ERR_SUCCESS
+        elif info.rc != mqtt.MQTT_ERR_SUCCESS:  # QoS 0 while disconnected is lost
+            with self._lock:
+                self._count_drop(dead_letter)
+            return False
+        with self._lock:
+            if qos > 0:
+                self._pending.append(info)
+            if dead_letter:
+                self._dead_letters_published += 1
+        return True
+
+    def _count_drop(self, dead_letter: bool) -> None:
+        if dead_letter:
+            self._dead_letters_dropped += 1
+        else:
+            self._publishes_dropped += 1
+
+    # --- metrics ---------------------------------------------------------------------------------------
+
+    def metrics(self) -> MetricSource:
+        """The connector's metric families (`ioc_mqtt_*`), built at scrape time."""
+        return self._collect
+
+    def _collect(self) -> Iterable[Metric]:
+        received = self._received
+        with self._lock:
+            pending = self._prune_pending()
+            acks_sent, acks_skipped = self._acks_sent, self._acks_skipped
+            published, dropped = self._dead_letters_published, self._dead_letters_dropped
+            publishes_dropped = self._publishes_dropped
+        yield gauge("ioc_mqtt_connected", "1 while connected to the broker.", (),
+                    {(): 1.0 if self._connected else 0.0})
+        yield counter("ioc_mqtt_connects", "Successful connections (CONNACK accepted).", (),
+                      {(): float(self._connects)})
+        yield counter("ioc_mqtt_disconnects", "Established connections lost or closed.", (),
+                      {(): float(self._disconnects)})
+        yield counter("ioc_mqtt_messages_received", "Messages received, by QoS (while intake runs).", ("qos",),
+                      {(str(qos),): float(received[qos]) for qos in (0, 1)})
+        yield counter("ioc_mqtt_acks_sent", "QoS 1 messages acknowledged once their points were durable.", (),
+                      {(): float(acks_sent)})
+        yield counter("ioc_mqtt_acks_skipped",
+                      "Acknowledgements skipped: their connection was gone, the broker redelivers.", (),
+                      {(): float(acks_skipped)})
+        yield counter("ioc_mqtt_dead_letters_published", "Dead letters queued for the broker.", (),
+                      {(): float(published)})
+        yield counter("ioc_mqtt_dead_letters_dropped",
+                      "Dead letters dropped: too many waiting for the broker, or the connector closed.", (),
+                      {(): float(dropped)})
+        yield counter("ioc_mqtt_publishes_dropped", "Other publishes (alerts) dropped for the same reasons.", (),
+                      {(): float(publishes_dropped)})
+        yield gauge("ioc_mqtt_pending_publishes", "QoS 1 publishes waiting for the broker's PUBACK.", (),
+                    {(): float(pending)})
