@@ -150,9 +150,14 @@ def test_sigkill_while_qos1_flows_loses_nothing_and_duplicates_nothing(
     [series] = influx_query(influxdb.url, database, 'SELECT count("value") FROM "env.aqi" GROUP BY "source"')
     assert series["values"][0][1] == total
     assert_counting_rule(daemon)
-    # After the restart, nothing was counted twice: accepted + duplicates covers only what arrived again.
+    # Nothing lost: everything InfluxDB lacked at the kill was accepted after the restart. Counters are per
+    # process; an event written just before the kill whose dedup key was not saved yet (keys are saved
+    # each second, acks go out right after the write) comes again and rewrites the same point, so the new
+    # process may accept up to ~1.5 s of traffic a second time -- never more, and never a second point.
     accepted = daemon.metric_sum("ioc_events_accepted_total", source="qtmt-aqi")
-    assert accepted <= total - killed_at + daemon.metric_sum("ioc_events_duplicate_total", source="qtmt-aqi")
+    duplicates = daemon.metric_sum("ioc_events_duplicate_total", source="qtmt-aqi")
+    assert accepted >= total - killed_at
+    assert accepted + duplicates <= total - killed_at + 4000 * 1.5
 
 
 @pytest.mark.slow
