@@ -37,7 +37,7 @@ class DedupIndex:
         self._clock = clock
         # Insertion order is age order; OrderedDict pops its oldest in O(1) where a dict rescans holes.
         self._seen: OrderedDict[str, float] = OrderedDict()
-        self._durable: list[tuple[str, float]] = []
+        self._durable: list[tuple[float, list[str]]] = []  # (when, keys): one entry per call, not per key
         self._durable_lock = threading.Lock()
         self.evicted = 0  # keys forgotten early because of max_keys
         if connection is not None:
@@ -71,9 +71,9 @@ class DedupIndex:
     def mark_durable(self, keys: list[str]) -> None:
         """Called (from any thread) once the points of these keys are durable."""
         if keys and self._connection is not None:
-            now = self._clock()
+            entry = (self._clock(), keys)
             with self._durable_lock:
-                self._durable.extend((key, now) for key in keys)
+                self._durable.append(entry)
 
     def expire(self) -> int:
         """Forget keys older than the window, in memory; return how many."""
@@ -90,9 +90,10 @@ class DedupIndex:
         if self._connection is None:
             return 0
         with self._durable_lock:
-            batch, self._durable = self._durable, []
+            entries, self._durable = self._durable, []
+        rows = [(key, seen) for seen, keys in entries for key in keys]
         with self._connection:
-            if batch:
-                self._connection.executemany("INSERT OR REPLACE INTO dedup (key, seen) VALUES (?, ?)", batch)
+            if rows:
+                self._connection.executemany("INSERT OR REPLACE INTO dedup (key, seen) VALUES (?, ?)", rows)
             self._connection.execute("DELETE FROM dedup WHERE seen < ?", (self._clock() - self._window,))
-        return len(batch)
+        return len(rows)

@@ -204,11 +204,17 @@ class Pipeline:
     def _hand_to_sinks(self, points: list[str], keys: list[str], on_durable: DurableCallback | None,
                        timeout: float | None) -> None:
         dedup = self.dedup
+        if on_durable is None:
+            # Nobody waits (MQTT QoS 0: no redelivery, so nothing to protect by waiting): the keys count
+            # as seen at once, and the sinks are spared a callback per message.
+            dedup.mark_durable(keys)
+            for sink in self.sinks:
+                sink.submit(points, None, timeout=timeout)
+            return
 
         def durable() -> None:
             dedup.mark_durable(keys)
-            if on_durable is not None:
-                on_durable()
+            on_durable()
 
         if not self.sinks:
             durable()

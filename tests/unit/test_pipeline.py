@@ -160,8 +160,8 @@ def test_dedup_keys_survive_a_restart_only_once_durable(tmp_path: object) -> Non
     connection = sqlite3.connect(":memory:", check_same_thread=False)
     sink = RecordingSink()
     pipeline, _ = make([sink], connection)
-    pipeline.ingest(orjson.dumps(event("kept")))
-    pipeline.ingest(orjson.dumps(event("lost")))
+    pipeline.ingest(orjson.dumps(event("kept")), on_durable=lambda: None)
+    pipeline.ingest(orjson.dumps(event("lost")), on_durable=lambda: None)
     sink.callbacks[0]()  # type: ignore[operator]  # only the first became durable before the "crash"
     pipeline.dedup.persist()
     restarted, _ = make([RecordingSink()], connection)
