@@ -42,7 +42,7 @@ from paho.mqtt.properties import Properties
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ioc.app import Daemon  # noqa: E402
+from ioc.app import Daemon, tune_gc  # noqa: E402
 from ioc.config import Settings, token_sha256  # noqa: E402
 from tests.mqtt_tools import publish_all  # noqa: E402
 from tests.servers import free_port, start_influxdb, start_mosquitto, wait_for_http  # noqa: E402
@@ -173,6 +173,7 @@ def written(daemon: Daemon) -> float:
 def drain_daemon(settings: Settings, count: int) -> float:
     """(b)/(c) the daemon's full path; events/s from connect until InfluxDB has every point."""
     daemon = Daemon(settings)
+    tune_gc()  # as `ioc run` does
     for sink in daemon.sinks:
         sink.start()
     cpu = time.process_time()
@@ -207,7 +208,7 @@ def left_in_queue(port: int, client_id: str, wait: float = 2.0) -> int:
     return received[0]
 
 
-def http_ingest(mqtt_port: int, influx_url: str, workdir: Path, count: int, database: str) -> float:
+def http_ingest(mqtt_port: int, influx_url: str, workdir: Path, count: int, database: str, run: str) -> float:
     """(d) NDJSON over HTTP to `ioc run`, 2 client threads, 5000 events a request."""
     http_port = free_port()
     config = workdir / "http.toml"
@@ -221,7 +222,7 @@ client_id = "bench-http"
 url = "{influx_url}"
 database = "{database}"
 [store]
-path = "{workdir / 'http.db'}"
+path = "{workdir / f'http-{run}.db'}"
 [log]
 level = "warning"
 format = "json"
@@ -235,7 +236,7 @@ rate = 10000000
                                stdout=subprocess.DEVNULL, stderr=(workdir / "http.log").open("wb"))
     try:
         wait_for_http(f"http://127.0.0.1:{http_port}/readyz")
-        events = make_events(count, "http")
+        events = make_events(count, f"http-{run}")
         bodies = [b"\n".join(p for _, p in events[i:i + 5000]) for i in range(0, count, 5000)]
         headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-ndjson"}
         accepted = [0]
@@ -307,7 +308,7 @@ def main() -> None:
                         raise RuntimeError(f"{left} QoS 1 messages were never acknowledged")
                 if "http" in only:
                     record("d  daemon HTTP NDJSON->InfluxDB", http_ingest(broker.port, influx.url, workdir,
-                                                                         count, f"benchh_{round_}"))
+                                                                         count, f"benchh_{round_}", f"r{round_}"))
         finally:
             influx.stop()
             broker.stop()
