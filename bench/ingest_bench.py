@@ -130,7 +130,7 @@ def drain_baseline(port: int, client_id: str, count: int) -> float:
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     client.on_message = on_message
-    cpu = time.process_time()
+    cpu = start_cpu()
     started = time.perf_counter()
     client.connect("127.0.0.1", port, clean_start=False, properties=session_properties())
     client.loop_start()
@@ -143,10 +143,35 @@ def drain_baseline(port: int, client_id: str, count: int) -> float:
     return count / elapsed
 
 
+SERVER_PIDS: dict[str, int] = {}  # name -> pid of the servers, for their CPU use per phase
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu() -> dict[str, float]:
+    """CPU seconds each server process used so far (from /proc)."""
+    used = {}
+    for name, pid in SERVER_PIDS.items():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        used[name] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return used
+
+
+_phase_servers: dict[str, float] = {}
+
+
+def start_cpu() -> float:
+    _phase_servers.clear()
+    _phase_servers.update(server_cpu())
+    return time.process_time()
+
+
 def report_cpu(since: float, count: int) -> None:
-    """This process's CPU per event: steadier than wall time on a shared machine, and it tells whether
-    the consumer or something else (the broker, InfluxDB) bounds the rate."""
-    print(f"     cpu {(time.process_time() - since) / count * 1e6:6.1f} µs/event in this process", flush=True)
+    """CPU per event of this process and of each server: steadier than wall time on a shared machine,
+    and it shows what bounds the rate (on 2 cores, the consumer competes with the broker and InfluxDB)."""
+    parts = [f"this process {(time.process_time() - since) / count * 1e6:6.1f}"]
+    for name, used in server_cpu().items():
+        parts.append(f"{name} {(used - _phase_servers.get(name, used)) / count * 1e6:5.1f}")
+    print(f"     cpu µs/event: {', '.join(parts)}", flush=True)
 
 
 def daemon_settings(mqtt_port: int, influx_url: str, database: str, client_id: str, store: Path,
@@ -176,7 +201,7 @@ def drain_daemon(settings: Settings, count: int) -> float:
     tune_gc()  # as `ioc run` does
     for sink in daemon.sinks:
         sink.start()
-    cpu = time.process_time()
+    cpu = start_cpu()
     started = time.perf_counter()
     assert daemon.mqtt is not None
     daemon.mqtt.start()
@@ -286,6 +311,7 @@ def main() -> None:
         # No persistence: saving a queue of 200k messages every second would load the CPU under test.
         broker = start_mosquitto(workdir / "mosquitto", queue_qos0=True, persistence=False)
         influx = start_influxdb(workdir / "influxdb")
+        SERVER_PIDS.update({"mosquitto": broker.process.pid, "influxd": influx.process.pid})
         try:
             for round_ in range(1, args.rounds + 1):
                 print(f"round {round_}: {count:,} events", flush=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import random
+import select
 import ssl
 import threading
 import time
@@ -44,6 +45,8 @@ EVENTS_PREFIX = "ioc/v1/events/"
 DEAD_LETTER_PREFIX = "ioc/v1/deadletter/"
 DEFAULT_MAX_PENDING = 1_000  # QoS 1 publishes waiting for the broker; paho rescans them on every PUBACK
 PUBLISH_WINDOW = 20  # QoS 1 publishes in flight at once
+BURST_MAX = 256  # messages handed to the pipeline at once
+BURST_MAX_AGE = 0.05  # seconds a received message may wait for the rest of its burst
 _MAX_SESSION_EXPIRY = 0xFFFFFFFF  # MQTT 5: a four-byte integer (0xFFFFFFFF = never expires)
 _MIN_BACKOFF = 0.05  # seconds; a zero reconnect_min must not become a busy loop
 
@@ -76,6 +79,19 @@ def backoff_delay(attempt: int, low: float, high: float, rand: Callable[[float, 
     high = max(high, low)
     cap = min(high, low * 2.0 ** min(attempt + 1, 62))
     return max(low, rand(cap / 2.0, cap))
+
+
+def _more_to_read(client: mqtt.Client) -> bool:
+    """Whether more bytes already wait on the client's socket (so the current burst goes on)."""
+    sock = client.socket()
+    if sock is None:
+        return False
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
 
 
 def _settled(info: mqtt.MQTTMessageInfo) -> bool:
@@ -122,7 +138,12 @@ class MqttConnector:
         self._pending: deque[mqtt.MQTTMessageInfo] = deque()  # QoS>0 publishes not yet acknowledged
         self._dropping = False
         # Counters (plain ints: metrics are built at scrape time).
-        self._received = [0, 0, 0]  # by QoS; written only on paho's thread
+        self._received = [0, 0, 0]  # by QoS; written only under the burst lock
+        # Messages received but not yet handed to the pipeline: (payload, source, generation, mid, qos).
+        self._burst: list[tuple[bytes, str, int, int, int]] = []
+        self._burst_since = 0.0
+        self._burst_lock = threading.Lock()  # held across a whole flush, so bursts reach the pipeline in order
+        self._burst_timer: threading.Thread | None = None
         self._connects = 0
         self._disconnects = 0
         self._acks_sent = 0
@@ -189,6 +210,9 @@ class MqttConnector:
         with self._lock:
             self._client = client
         client.loop_start()
+        self._burst_timer = threading.Thread(target=self._flush_old_bursts, name=f"{self.name}-bursts",
+                                             daemon=True)
+        self._burst_timer.start()
         log.info("mqtt.starting", connector=self.name, url=self.url, client_id=settings.client_id,
                  protocol=settings.protocol)
 
@@ -196,6 +220,8 @@ class MqttConnector:
         """Stop processing messages: from now on they are neither fed to the pipeline nor acknowledged, so
         the broker redelivers them after a restart. Acknowledgements of earlier messages still go out."""
         self._paused = True
+        with self._burst_lock:
+            self._flush_burst()  # received whole before the pause: processed, acknowledged once durable
 
     def close(self, timeout: float = 10.0) -> None:
         """Send what is queued (acknowledgements, dead letters) for up to `timeout` seconds, then DISCONNECT
@@ -335,30 +361,53 @@ class MqttConnector:
         return delay
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        # The hot path: no logging per message, one closure per QoS 1 message.
+        # The hot path: no logging per message. Messages are gathered while more wait in the socket and
+        # handed over as one burst (see Pipeline.ingest_batch for why); the burst ends when the socket
+        # is drained, at BURST_MAX messages, or after BURST_MAX_AGE (the timer thread).
         if self._paused:
             return
-        try:
+        with self._burst_lock:
+            burst = self._burst
+            if not burst:
+                self._burst_since = time.monotonic()
             qos = message.qos
             self._received[qos] += 1
-            on_durable = self._acker(message.mid, qos) if qos else None
             # paho decodes the payload as bytes (its annotation also allows bytearray).
-            self.pipeline.ingest(message.payload, topic_source=topic_source(message.topic),  # type: ignore[arg-type]
-                                 on_durable=on_durable)
-        except Exception:  # a bug here must not kill paho's thread; the message stays unacknowledged
-            log.exception("mqtt.message_failed", connector=self.name, mid=message.mid)
+            burst.append((message.payload, topic_source(message.topic), self._generation,  # type: ignore[arg-type]
+                          message.mid, qos))
+            if len(burst) >= BURST_MAX or not _more_to_read(client):
+                self._flush_burst()
 
-    def _acker(self, mid: int, qos: int) -> DurableCallback:
-        generation = self._generation
+    def _flush_burst(self) -> None:
+        """Hand the gathered messages to the pipeline (the caller holds the burst lock)."""
+        burst, self._burst = self._burst, []
+        if not burst:
+            return
+        acks = [(generation, mid, qos) for _, _, generation, mid, qos in burst if qos]
+        try:
+            self.pipeline.ingest_batch([(payload, source) for payload, source, _, _, _ in burst],
+                                       on_durable=self._acker(acks) if acks else None)
+        except Exception:  # a bug here must not kill paho's thread; the messages stay unacknowledged
+            log.exception("mqtt.message_failed", connector=self.name, messages=len(burst))
 
+    def _flush_old_bursts(self) -> None:
+        """The timer thread: a burst whose end never came (a packet arriving slowly) still goes out."""
+        while not self._closed:
+            time.sleep(BURST_MAX_AGE)
+            if self._burst and time.monotonic() - self._burst_since >= BURST_MAX_AGE:
+                with self._burst_lock:
+                    self._flush_burst()
+
+    def _acker(self, acks: list[tuple[int, int, int]]) -> DurableCallback:
         def ack() -> None:
             with self._lock:
                 client = self._client
-                if generation == self._generation and client is not None:
-                    client.ack(mid, qos)
-                    self._acks_sent += 1
-                else:
-                    self._acks_skipped += 1
+                for generation, mid, qos in acks:
+                    if generation == self._generation and client is not None:
+                        client.ack(mid, qos)
+                        self._acks_sent += 1
+                    else:
+                        self._acks_skipped += 1
 
         return ack
 

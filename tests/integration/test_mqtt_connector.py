@@ -77,6 +77,7 @@ class HoldingSink:
         return len(callbacks)
 
     def count(self) -> int:
+        """Callbacks held (the connector hands messages over in bursts: one callback per burst)."""
         with self._lock:
             return len(self.held)
 
@@ -232,17 +233,18 @@ def test_ack_waits_for_durability_and_survives_a_broken_connection(
     pipeline = make_pipeline(sink)
     connector = connectors(mosquitto, pipeline, client_id=f"ioc-{unique}", subscribe=[topic])
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, i)) for i in range(5)])
-    wait_until(lambda: sink.count() == 5, "five held batches")
+    wait_until(lambda: pipeline.accepted[(source,)] == 5, "five held events")
     assert sample(connector, "ioc_mqtt_acks_sent_total") == 0  # not durable: not acknowledged
 
     # The connection breaks before the points are durable: the broker must send all five again.
     drop_connection(connector)
     wait_until(lambda: sample(connector, "ioc_mqtt_connects_total") == 2 and connector.connected, "a reconnect")
     wait_until(lambda: pipeline.duplicates[(source,)] == 5, "the redelivery of the five")
-    assert sink.count() == 10 and sink.points == 5  # the repeats add no points, only ordered callbacks
+    # The repeats add no points, only callbacks ordered behind the first ones (one per burst at least).
+    assert sink.count() >= 2 and sink.points == 5
 
     # Now durable: the old connection's acks are skipped (their ids mean nothing now), the new ones go.
-    assert sink.release() == 10
+    assert sink.release() >= 2
     wait_until(lambda: sample(connector, "ioc_mqtt_acks_sent_total") == 5, "five acks")
     assert sample(connector, "ioc_mqtt_acks_skipped_total") == 5
 
@@ -266,9 +268,9 @@ def test_receive_maximum_bounds_what_the_broker_sends_before_acks(
     pipeline = make_pipeline(sink)
     connectors(mosquitto, pipeline, client_id=f"ioc-{unique}", subscribe=[topic], receive_maximum=3)
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, i)) for i in range(10)])
-    wait_until(lambda: sink.count() == 3, "three deliveries")
+    wait_until(lambda: pipeline.accepted[(source,)] == 3, "three deliveries")
     time.sleep(0.2)  # a negative: the broker must not send a fourth before an ack
-    assert sink.count() == 3
+    assert pipeline.accepted[(source,)] == 3
     wait_until(lambda: sink.release() >= 0 and pipeline.accepted[(source,)] == 10, "the rest, as acks go out")
 
 
@@ -281,7 +283,7 @@ def test_closing_with_unacknowledged_messages_gets_them_again(
     pipeline = make_pipeline(sink)
     connector = connectors(mosquitto, pipeline, client_id=f"ioc-{unique}", subscribe=[topic])
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, i)) for i in range(3)])
-    wait_until(lambda: sink.count() == 3, "three held batches")
+    wait_until(lambda: pipeline.accepted[(source,)] == 3, "three held events")
     connector.close(1)
     connector.close(1)  # twice is fine
     assert connector.problems() == [f"mqtt: not connected to {connector.url} (closed)"]
