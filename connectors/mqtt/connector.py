@@ -81,6 +81,9 @@ def backoff_delay(attempt: int, low: float, high: float, rand: Callable[[float, 
     return max(low, rand(cap / 2.0, cap))
 
 
+_POLLERS: dict[int, select.poll] = {}  # by socket fd: a poll object per connection, reused per message
+
+
 def _more_to_read(client: mqtt.Client) -> bool:
     """Whether more bytes already wait on the client's socket (so the current burst goes on)."""
     sock = client.socket()
@@ -89,7 +92,14 @@ def _more_to_read(client: mqtt.Client) -> bool:
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return True
     try:
-        return bool(select.select([sock], [], [], 0)[0])
+        fd = sock.fileno()
+        poller = _POLLERS.get(fd)
+        if poller is None:
+            if len(_POLLERS) > 64:  # fds of closed connections
+                _POLLERS.clear()
+            poller = _POLLERS[fd] = select.poll()
+            poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return False
 
