@@ -5,6 +5,8 @@ belong to one thread); WAL lets the readers and the one writer at a time proceed
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -19,3 +21,17 @@ def connect(path: str | Path) -> sqlite3.Connection:
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute("PRAGMA busy_timeout=30000")
     return connection
+
+
+@contextmanager
+def transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error). The connections are in autocommit mode, where
+    `with connection:` begins nothing: every statement of an executemany would be its own transaction
+    (measured: 35 µs a dedup key, against ~2 µs in one transaction)."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")

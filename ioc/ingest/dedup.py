@@ -13,7 +13,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-_SCHEMA = "CREATE TABLE IF NOT EXISTS dedup (key TEXT PRIMARY KEY, seen REAL NOT NULL) WITHOUT ROWID"
+from ioc.store import transaction
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dedup (key TEXT PRIMARY KEY, seen REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedup_seen ON dedup (seen);
+"""
 
 
 def dedup_key(source: str, event_id: str) -> str:
@@ -41,7 +46,7 @@ class DedupIndex:
         self._durable_lock = threading.Lock()
         self.evicted = 0  # keys forgotten early because of max_keys
         if connection is not None:
-            connection.execute(_SCHEMA)
+            connection.executescript(_SCHEMA)
             horizon = clock() - window
             rows = connection.execute(
                 "SELECT key, seen FROM dedup WHERE seen >= ? ORDER BY seen DESC LIMIT ?", (horizon, max_keys)
@@ -92,7 +97,7 @@ class DedupIndex:
         with self._durable_lock:
             entries, self._durable = self._durable, []
         rows = [(key, seen) for seen, keys in entries for key in keys]
-        with self._connection:
+        with transaction(self._connection):
             if rows:
                 self._connection.executemany("INSERT OR REPLACE INTO dedup (key, seen) VALUES (?, ?)", rows)
             self._connection.execute("DELETE FROM dedup WHERE seen < ?", (self._clock() - self._window,))

@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 
 from ioc.errors import SinkFull
-from ioc.store import connect
+from ioc.store import connect, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS influx_spool (
@@ -110,7 +110,7 @@ class Spool:
             self.delete(batch)
             return
         blob = orjson.dumps(remainder)
-        with _transaction(self._db):
+        with transaction(self._db):
             self._db.execute("DELETE FROM influx_spool WHERE sink = ? AND id > ? AND id <= ?",
                              (self.sink, batch.first_id, batch.last_id))
             self._db.execute("UPDATE influx_spool SET count = ?, points = ? WHERE id = ?",
@@ -120,16 +120,3 @@ class Spool:
 
     def close(self) -> None:
         self._db.close()
-
-
-class _transaction:
-    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on an autocommit connection."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
