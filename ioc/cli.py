@@ -43,15 +43,30 @@ def run(config: ConfigOption) -> None:
     configure_logging(settings.log.level, settings.log.format)
     try:
         asyncio.run(run_daemon(settings))
-    except* ConfigError as group:
-        for error in group.exceptions:
-            for problem in error.problems:  # type: ignore[attr-defined]
-                typer.echo(f"{config}: {problem}", err=True)
+    except (IocError, BaseExceptionGroup) as error:  # the daemon's TaskGroup wraps what stopped it
+        problems = _problems(error, config)
+        if problems is None:
+            raise
+        for problem in problems:
+            typer.echo(problem, err=True)
         raise typer.Exit(1) from None
-    except* IocError as group:
-        for error in group.exceptions:
-            typer.echo(f"ioc: {error}", err=True)
-        raise typer.Exit(1) from None
+
+
+def _problems(error: BaseException, config: Path) -> list[str] | None:
+    """One line per problem of a daemon that could not start, or None if something else went wrong."""
+    if isinstance(error, BaseExceptionGroup):
+        lines: list[str] = []
+        for inner in error.exceptions:
+            found = _problems(inner, config)
+            if found is None:
+                return None
+            lines += found
+        return lines
+    if isinstance(error, ConfigError):
+        return [f"{config}: {problem}" for problem in error.problems]
+    if isinstance(error, IocError):
+        return [f"ioc: {error}"]
+    return None
 
 
 @app.command()

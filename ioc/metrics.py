@@ -7,16 +7,20 @@ collector turns them into metric families at scrape time. Components register a 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 MetricSource = Callable[[], Iterable[Metric]]
+# Keys are tuples of label values; Mapping's key type is invariant, so a `dict[tuple[str], int]` of one
+# label would not be accepted as `Mapping[tuple[str, ...], float]`.
+LabelledValues = Mapping[Any, float]
 
 
 def counter(name: str, documentation: str, labels: tuple[str, ...],
-            values: Mapping[tuple[str, ...], float]) -> CounterMetricFamily:
+            values: LabelledValues) -> CounterMetricFamily:
     """A counter family from `{label values: count}` (`name` without the `_total` suffix)."""
     family = CounterMetricFamily(name, documentation, labels=list(labels))
     for label_values, value in sorted(values.items()):
@@ -25,7 +29,7 @@ def counter(name: str, documentation: str, labels: tuple[str, ...],
 
 
 def gauge(name: str, documentation: str, labels: tuple[str, ...],
-          values: Mapping[tuple[str, ...], float]) -> GaugeMetricFamily:
+          values: LabelledValues) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, documentation, labels=list(labels))
     for label_values, value in sorted(values.items()):
         family.add_metric(list(label_values), value)

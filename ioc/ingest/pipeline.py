@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
-from pydantic import ValidationError
 from prometheus_client.core import Metric
+from pydantic import ValidationError
 
 from ioc.errors import SinkFull
 from ioc.ingest.decode import Accepted, Decoded, Rejection, decode_payload, reject_invalid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -205,3 +206,17 @@ def test_check_reports_bad_config_with_file_and_line(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "ioc.cli", "run", "--config", str(config)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "http.lisen: unknown key" in result.stderr
+
+
+def test_run_on_a_taken_port_exits_1_with_a_one_line_reason(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "ioc.toml"
+        config.write_text(f'[http]\nlisten = "127.0.0.1:{port}"\n[mqtt]\nenabled = false\n[influx]\nurl = ""\n'
+                          f'[store]\npath = "{tmp_path / "ioc.db"}"\n[log]\nformat = "json"\n')
+        result = subprocess.run([sys.executable, "-m", "ioc.cli", "run", "--config", str(config)],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == f"ioc: cannot listen on 127.0.0.1:{port}: Address already in use"
