@@ -38,3 +38,5 @@ def configure_logging(level: str = "info", fmt: Literal["auto", "json", "console
     )
     # Libraries that use the standard logging module (uvicorn, paho) go to the same stream.
     logging.basicConfig(level=max(_LEVELS[level], logging.INFO), stream=sys.stderr, format="%(name)s %(message)s")
+    # httpx logs every request at INFO: the poll connector would fill the log with its probes.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
