@@ -135,3 +135,21 @@ def parse_tag(point: str, key: str) -> str | None:
 
 def _unescape(text: str) -> str:
     return text.replace("\\,", ",").replace("\\=", "=").replace("\\ ", " ")
+
+
+def render_kpi(kpi: str, area: str, level: str, value: float, target: float | None, time_ns: int) -> str:
+    """The `kpi` measurement (CONTRACT §4): tags `kpi`, `area`, `level`; fields `value`, `target`."""
+    fields: dict[str, float | str | bool] = {"value": value}
+    if target is not None:
+        fields["target"] = target
+    return render_point("kpi", {"kpi": kpi, "area": area, "level": level}, fields, time_ns)
+
+
+def render_alert(rule: str, severity: str, area: str | None, state: str, fingerprint: str,
+                 value: float | None, time_ns: int) -> str:
+    """The `alert` measurement (CONTRACT §4): tags `rule`, `severity`, `area`; fields `state`,
+    `fingerprint`, `value` (left out when the alert has none, e.g. an absence)."""
+    fields: dict[str, float | str | bool] = {"state": state, "fingerprint": fingerprint}
+    if value is not None:
+        fields["value"] = value
+    return render_point("alert", {"rule": rule, "severity": severity, "area": area}, fields, time_ns)
