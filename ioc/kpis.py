@@ -7,11 +7,16 @@ and feeds it back into the rule engine as telemetry of `source = "ioc"` (`Kpi.as
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import structlog
+
 from ioc.models import AreaLevel, TelemetryEvent
+
+log = structlog.get_logger("ioc.kpis")
 
 KPI_SOURCE = "ioc"
 
@@ -61,3 +66,34 @@ class Kpi:
 
 
 KpiListener = Callable[[Kpi], None]
+
+
+class KpiBoard:
+    """The latest value of every KPI series (what `/api/v1/kpis` answers), and who hears of changes.
+
+    Aggregators call `publish`; listeners (the SSE stream, the InfluxDB writer, the rule engine's feed)
+    are called in the publisher's thread, in order, and a failing listener never stops the others."""
+
+    def __init__(self) -> None:
+        self._latest: dict[tuple[str, str], Kpi] = {}
+        self._lock = threading.Lock()
+        self.listeners: list[KpiListener] = []
+
+    def publish(self, kpi: Kpi) -> None:
+        with self._lock:
+            self._latest[kpi.key] = kpi
+        for listener in self.listeners:
+            try:
+                listener(kpi)
+            except Exception:  # a listener's bug must not cost the others their update
+                log.exception("kpis.listener_failed", listener=getattr(listener, "__name__", "?"), kpi=kpi.kpi)
+
+    def latest(self, area: str | None = None) -> list[Kpi]:
+        """Every series' latest value (of one area when `area` is given), sorted by area then metric."""
+        with self._lock:
+            values = [kpi for kpi in self._latest.values() if area is None or kpi.area == area]
+        return sorted(values, key=lambda kpi: (kpi.area, kpi.kpi))
+
+    def get(self, kpi: str, area: str) -> Kpi | None:
+        with self._lock:
+            return self._latest.get((kpi, area))
