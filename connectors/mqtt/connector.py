@@ -33,6 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client.core import Metric
 
+from connectors.mqtt.fastclient import FastClient
 from ioc.config import MqttSettings
 from ioc.errors import ConfigError
 from ioc.ingest.pipeline import Pipeline
@@ -86,7 +87,9 @@ _POLLERS: dict[int, select.poll] = {}  # by socket fd: a poll object per connect
 
 
 def _more_to_read(client: mqtt.Client) -> bool:
-    """Whether more bytes already wait on the client's socket (so the current burst goes on)."""
+    """Whether more bytes already wait in the client's read buffer or socket (so the burst goes on)."""
+    if isinstance(client, FastClient) and client.buffered():
+        return True
     sock = client.socket()
     if sock is None:
         return False
@@ -179,7 +182,7 @@ class MqttConnector:
             self._attempt = 0
             self._last_problem = "connecting"
         settings = self.settings
-        client = mqtt.Client(
+        client = FastClient(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
             protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
@@ -208,7 +211,8 @@ class MqttConnector:
         client.on_disconnect = self._on_disconnect
         client.on_pre_connect = self._on_pre_connect
         client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
+        client.on_message = self._on_message  # messages paho decodes itself (QoS 2, MQTT 5 properties)
+        client.on_raw_message = self._on_raw_message
         self._set_backoff(client)
         if self._v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -372,6 +376,13 @@ class MqttConnector:
         return delay
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # paho decodes the payload as bytes (its annotation also allows bytearray).
+        self._receive(client, message.payload, message.topic, message.mid, message.qos)  # type: ignore[arg-type]
+
+    def _on_raw_message(self, topic: bytes, payload: bytes, mid: int, qos: int) -> None:
+        self._receive(self._client, payload, topic.decode("utf-8", "replace"), mid, qos)  # type: ignore[arg-type]
+
+    def _receive(self, client: mqtt.Client, payload: bytes, topic: str, mid: int, qos: int) -> None:
         # The hot path: no logging per message. Messages are gathered while more wait in the socket and
         # handed over as one burst (see Pipeline.ingest_batch for why); the burst ends when the socket
         # is drained, at BURST_MAX messages, or after BURST_MAX_AGE (the timer thread). The socket is
@@ -383,11 +394,8 @@ class MqttConnector:
             burst = self._burst
             if not burst:
                 self._burst_since = time.monotonic()
-            qos = message.qos
             self._received[qos] += 1
-            # paho decodes the payload as bytes (its annotation also allows bytearray).
-            burst.append((message.payload, topic_source(message.topic), self._generation,  # type: ignore[arg-type]
-                          message.mid, qos))
+            burst.append((payload, topic_source(topic), self._generation, mid, qos))
             size = len(burst)
             if size >= BURST_MAX or (size % BURST_CHECK_EVERY == 1 and not _more_to_read(client)):
                 self._flush_burst()

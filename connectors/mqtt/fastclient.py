@@ -1,0 +1,174 @@
+"""paho-mqtt's client with a receive path fit for an intake: buffered reads and a lean PUBLISH decode.
+
+Why: profiling the daemon's MQTT thread showed ~73 % of it in paho's own per-message work, measured
+against the bare-paho baseline of bench/ingest_bench.py. Per packet stock paho does a `select()`, reads
+the fixed header one byte per `recv()` call (3-4 system calls for a small message), builds an MQTT 5
+`Properties` object even when the packet carries none, an `MQTTMessage` with its own
+`threading.Condition`, and matches the topic against per-topic callbacks. `FastClient` keeps paho for
+everything else (connecting, keepalive, acknowledgements, publishing, TLS, reconnects) and changes only
+the receive side:
+
+- `_sock_recv` serves reads from a 64 KiB buffer filled by one `recv()`: hundreds of packets per system
+  call. Because bytes may now wait in the buffer while the socket itself is empty, `loop_read` keeps
+  handling packets until the buffer holds no complete packet (else `select()` would sleep on them).
+- `_packet_read` takes a packet whole from the buffer when it is complete there, and otherwise falls back
+  to paho's own incremental reader (which reads through `_sock_recv`, so partial packets still work).
+- `_handle_publish`: a QoS 0/1 PUBLISH without properties (what a broker relays from plain publishers)
+  goes straight to `on_raw_message(topic, payload, mid, qos)` when that is set; anything else (QoS 2,
+  properties present, no raw callback) takes paho's path unchanged.
+
+It relies on paho-mqtt 2.x private names (`_in_packet`, `_sock_recv`, `_packet_read`, `_handle_publish`),
+so pyproject.toml pins the minor version and tests/integration/test_mqtt_fastclient.py checks both paths
+against a real broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.client import MQTTErrorCode
+
+READ_SIZE = 65536
+_PUBLISH = 0x30
+
+RawMessageCallback = Callable[[bytes, bytes, int, int], None]
+
+
+def _fresh_in_packet() -> dict[str, Any]:
+    """paho's empty incoming-packet state (the same keys its `reconnect` and `_packet_read` set)."""
+    return {
+        "command": 0,
+        "have_remaining": 0,
+        "remaining_count": [],
+        "remaining_mult": 1,
+        "remaining_length": 0,
+        "packet": bytearray(b""),
+        "to_process": 0,
+        "pos": 0,
+    }
+
+
+class FastClient(mqtt.Client):
+    """A paho `Client` with buffered reads and `on_raw_message` (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rbuf = b""
+        self._rpos = 0
+        self.on_raw_message: RawMessageCallback | None = None
+        self.raw_messages = 0  # PUBLISH packets that took the lean path (for tests and metrics)
+
+    # --- reading -------------------------------------------------------------------------------------
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf, pos = self._rbuf, self._rpos
+        if pos >= len(buf):
+            buf = super()._sock_recv(READ_SIZE)  # paho maps SSL and socket errors; may raise BlockingIOError
+            if not buf:
+                return buf  # the broker closed the connection
+            pos = 0
+        end = min(pos + bufsize, len(buf))
+        self._rbuf, self._rpos = buf, end
+        return buf[pos:end]
+
+    def buffered(self) -> int:
+        """Bytes read from the socket and not yet handled."""
+        return len(self._rbuf) - self._rpos
+
+    def reconnect(self) -> MQTTErrorCode:
+        self._rbuf, self._rpos = b"", 0  # bytes of the old connection must never be read as the new one's
+        return super().reconnect()
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        # paho's loop reads (through `_sock_recv`, at most one refill of the buffer), then the packets
+        # that are complete in the buffer are handled here, since select() cannot see them. What is left
+        # is an incomplete tail, whose remainder the socket has yet to deliver: select() wakes for it.
+        rc = super().loop_read(max_packets)
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._next_packet():
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS if rc <= 0 else rc
+
+    def _next_packet(self) -> tuple[int, int] | None:
+        """(start of the variable header, end) of the next packet if it is complete in the buffer."""
+        buf, pos = self._rbuf, self._rpos
+        size = len(buf)
+        if pos >= size:
+            return None
+        # The fixed header: a command byte and a remaining length of 1-4 bytes (7 bits each).
+        index, length, shift = pos + 1, 0, 0
+        while True:
+            if index >= size or shift > 21:
+                return None  # incomplete here, or malformed: paho's own reader decides
+            byte = buf[index]
+            index += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        end = index + length
+        return (index, end) if end <= size else None
+
+    def _packet_read(self) -> MQTTErrorCode:
+        in_packet = self._in_packet
+        bounds = self._next_packet() if in_packet["command"] == 0 else None
+        if bounds is None:
+            return super()._packet_read()  # partial packets: paho's incremental reader, via _sock_recv
+        index, end = bounds
+        buf = self._rbuf
+        in_packet["command"] = buf[self._rpos]
+        in_packet["have_remaining"] = 1
+        in_packet["remaining_length"] = end - index
+        in_packet["packet"] = buf[index:end]
+        self._rpos = end
+        try:
+            rc = self._packet_handle()
+        except mqtt.MalformedPacket as error:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", error)
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        self._in_packet = _fresh_in_packet()
+        with self._msgtime_mutex:
+            self._last_bytes_received = mqtt.time_func()
+        return rc
+
+    # --- the lean PUBLISH --------------------------------------------------------------------------
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        callback = self.on_raw_message
+        header = self._in_packet["command"]
+        qos = (header & 0x06) >> 1
+        if callback is None or qos == 2:
+            return super()._handle_publish()
+        packet = self._in_packet["packet"]
+        if len(packet) < 2:
+            return super()._handle_publish()  # paho raises MalformedPacket for us
+        topic_end = 2 + ((packet[0] << 8) | packet[1])
+        cursor = topic_end
+        mid = 0
+        if qos:
+            if len(packet) < cursor + 2:
+                return super()._handle_publish()
+            mid = (packet[cursor] << 8) | packet[cursor + 1]
+            cursor += 2
+        if self._protocol == mqtt.MQTTv5:
+            if len(packet) <= cursor or packet[cursor] != 0:
+                return super()._handle_publish()  # properties present: paho decodes them
+            cursor += 1
+        elif topic_end == 2:
+            return super()._handle_publish()  # an empty topic is a protocol error before MQTT 5
+        topic = bytes(packet[2:topic_end])
+        payload = bytes(packet[cursor:])
+        self.raw_messages += 1
+        with self._in_callback_mutex:
+            try:
+                callback(topic, payload, mid, qos)
+            except Exception as error:
+                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_raw_message: %s", error)
+                if not self.suppress_exceptions:
+                    raise
+        if qos == 1 and not self._manual_ack:
+            return self._send_puback(mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
