@@ -203,7 +203,8 @@ class LogSettings(_Section):
 
 
 class AreasSettings(_Section):
-    path: str = ""
+    path: str = ""  # the area registry CSV (ioc.areas); empty: the shipped sample (Bình Thuận)
+    targets_path: str = ""  # KPI targets by level CSV; empty: the shipped ioc/data/targets.csv
 
 
 class RulesSettings(_Section):
@@ -211,9 +212,12 @@ class RulesSettings(_Section):
 
 
 class KpisSettings(_Section):
-    near_due_days: int = Field(default=1, ge=0)
-    holidays_file: str = ""
-    period: Literal["month"] = "month"
+    near_due_days: int = Field(default=1, ge=0)  # near-due: due within this many working days
+    holidays_file: str = ""  # YYYY-MM-DD lines, not working days; empty: the shipped ioc/data/holidays-vn.txt
+    period: Literal["month"] = "month"  # the period of the rates: the calendar month (Asia/Ho_Chi_Minh)
+    # The finished statuses that count in kpi.dossier.on_time_rate (numerator and denominator); the
+    # denominator differs between provinces, e.g. ["done"] leaves denied and cancelled dossiers out.
+    on_time_statuses: list[Literal["done", "denied", "cancelled"]] = ["done", "denied", "cancelled"]
 
 
 class PollTarget(_Section):

@@ -1,0 +1,123 @@
+"""What both trackers share: area nodes with their roll-up chains, and KPIs emitted only on change.
+
+A tracker counts per *node* (an area code) in plain lists indexed by node number. A dossier or an entity
+is counted along a *chain*: its own area then each ancestor in the registry on the date of its latest
+event (a commune's dossier counts in its district before 2025-07-01 and in its province). The chain is
+kept with the item, so it is uncounted along the same nodes it was counted on even if the registry's
+structure changed in between; its next event moves it to the chain of that event's date. An area the
+registry does not know is a chain of itself alone (no roll-up) with the level the event gave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+
+import structlog
+
+from ioc.areas import AreaRegistry, local_date
+from ioc.kpis import Kpi, KpiListener
+from ioc.models import AreaLevel
+
+log = structlog.get_logger("ioc.aggregators")
+
+
+class AreaNodes:
+    """Node numbers for area codes, interned chains of nodes, and each node's level."""
+
+    def __init__(self, areas: AreaRegistry, on_new_node: Callable[[], None]) -> None:
+        self.areas = areas
+        self.codes: list[str] = []
+        self.fallback_levels: list[AreaLevel] = []  # the level when the registry has none at a date
+        self.chains: list[tuple[int, ...]] = []
+        self.chain_known: list[bool] = []
+        self._node: dict[str, int] = {}
+        self._chain_id: dict[tuple[int, ...], int] = {}
+        self._resolved: dict[tuple[str, int, str], int] = {}  # (code, date ordinal, level) -> chain id
+        self._on_new_node = on_new_node
+        self.unknown_codes: set[str] = set()
+
+    def node(self, code: str, level: AreaLevel) -> int:
+        index = self._node.get(code)
+        if index is None:
+            index = len(self.codes)
+            self._node[code] = index
+            self.codes.append(code)
+            self.fallback_levels.append(level)
+            self._on_new_node()
+        return index
+
+    def _intern(self, nodes: tuple[int, ...], known: bool) -> int:
+        chain = self._chain_id.get(nodes)
+        if chain is None:
+            chain = len(self.chains)
+            self._chain_id[nodes] = chain
+            self.chains.append(nodes)
+            self.chain_known.append(known)
+        return chain
+
+    def chain_for(self, code: str, level: AreaLevel, at: float) -> int:
+        """The chain of `code` on the date of `at` (Unix s); `level` is used when the area is unknown."""
+        day = local_date(at)
+        key = (code, day.toordinal(), level)
+        chain = self._resolved.get(key)
+        if chain is None:
+            area = self.areas.get(code, day)
+            if area is None:
+                if code not in self.unknown_codes and len(self.unknown_codes) < 10_000:
+                    self.unknown_codes.add(code)
+                    log.warning("aggregator.unknown_area", area=code, level=level)
+                chain = self._intern((self.node(code, level),), known=False)
+            else:
+                nodes = [self.node(area.code, area.level)]
+                nodes += [self.node(above.code, above.level) for above in self.areas.ancestors(code, day)]
+                chain = self._intern(tuple(nodes), known=True)
+            if len(self._resolved) > 1_000_000:
+                self._resolved.clear()
+            self._resolved[key] = chain
+        return chain
+
+    def chain_text(self, chain: int) -> str:
+        """The chain as stored in SQLite: its codes, comma-separated, own area first."""
+        return ",".join(self.codes[node] for node in self.chains[chain])
+
+    def chain_from_text(self, text: str, level: AreaLevel, at: float) -> int:
+        """A stored chain back (at restart); levels of unseen nodes from the registry at `at`."""
+        codes = text.split(",")
+        day = local_date(at)
+        nodes = []
+        for position, code in enumerate(codes):
+            area = self.areas.get(code, day)
+            nodes.append(self.node(code, area.level if area else level if position == 0 else "province"))
+        known = len(codes) > 1 or self.areas.get(codes[0], day) is not None
+        return self._intern(tuple(nodes), known)
+
+    def level(self, node: int, day: date) -> AreaLevel:
+        """The node's level in the registry on `day`, else the level it was first seen with."""
+        return self.areas.level_of(self.codes[node], day) or self.fallback_levels[node]
+
+
+class KpiChanges:
+    """Offers KPI values; keeps those that differ from what was last emitted for the series."""
+
+    def __init__(self, areas: AreaRegistry, on_kpi: KpiListener) -> None:
+        self.areas = areas
+        self.on_kpi = on_kpi
+        self._last: dict[tuple[str, str], tuple[float, float | None, str]] = {}
+
+    def offer(self, out: list[Kpi], kpi: str, area: str, level: AreaLevel, value: float, day: date,
+              at: float) -> None:
+        target = self.areas.target(kpi, level, day)
+        state = (value, target, level)
+        key = (kpi, area)
+        if self._last.get(key) != state:
+            self._last[key] = state
+            out.append(Kpi(kpi=kpi, area=area, level=level, value=value, target=target, updated_at=at))
+
+    def send(self, kpis: list[Kpi]) -> None:
+        """Hand KPIs to the listener (outside the tracker's lock); a failing listener is logged."""
+        for kpi in kpis:
+            try:
+                self.on_kpi(kpi)
+            except Exception:
+                log.exception("aggregator.listener_failed", kpi=kpi.kpi, area=kpi.area)

@@ -1,0 +1,39 @@
+"""The daemon's clock for timers judged on event time (CONTRACT §5: `for`, windows, absence, due dates).
+
+Rules and dossier timers run on event time, yet must also fire when no event arrives at all. The
+`EventClock` reconciles both: it is the latest event time seen, carried forward by the wall time that
+has passed since that event arrived. With live sources this is the wall clock; with a replay that
+plays a past day quickly it follows the replay, so timers fire where the events put them, not where the
+wall clock is. Before any event it is the wall clock (a series never seen since start-up still becomes
+absent). Vendors' clocks can run ahead by at most `[intake] max_future`, which bounds how far one
+source can move it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+WallClock = Callable[[], float]
+
+
+class EventClock:
+    def __init__(self, wall: WallClock = time.time) -> None:
+        self._wall = wall
+        self._latest: float | None = None
+        self._seen_at = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, event_time: float) -> None:
+        """An event of `event_time` (Unix seconds) arrived now."""
+        with self._lock:
+            if self._latest is None or event_time > self._latest:
+                self._latest = event_time
+                self._seen_at = self._wall()
+
+    def now(self) -> float:
+        with self._lock:
+            if self._latest is None:
+                return self._wall()
+            return self._latest + (self._wall() - self._seen_at)

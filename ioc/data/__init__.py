@@ -1,0 +1,1 @@
+"""Data shipped with the daemon: the sample area registry, KPI targets, public holidays."""

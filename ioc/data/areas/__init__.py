@@ -1,0 +1,1 @@
+"""The shipped area registries (CSV)."""
