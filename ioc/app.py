@@ -1,7 +1,12 @@
-"""The daemon assembled from its settings: connectors -> pipeline -> sinks, plus the HTTP API.
+"""The daemon assembled from its settings, in the order an event travels:
+
+connectors -> pipeline (validate, dedup, dead letters) -> sinks (InfluxDB or its spool)
+                       \-> evaluation thread: aggregators (KPIs) -> rule engine -> alert manager
+                           -> notifiers (MQTT, SSE, InfluxDB, webhooks); KPIs -> KpiBoard -> rules, SSE, InfluxDB
 
 `Daemon.run()` keeps every long-lived task in one TaskGroup. Shutdown order matters for durability:
-stop intake first (HTTP stops accepting, MQTT stops processing and acknowledging), then flush the sinks
+stop intake first (HTTP stops accepting, MQTT stops processing and acknowledging), then evaluate what
+was accepted (its KPIs and alerts go out), persist the rule engine's state, then flush the sinks
 (which sends the last acknowledgements), then persist dedup keys, then disconnect from the broker.
 """
 
@@ -20,21 +25,35 @@ from prometheus_client.core import Metric
 from connectors.http_poll import HttpPoller
 from connectors.mqtt import MqttConnector
 from ioc import __version__
+from ioc.aggregators import build_aggregators
+from ioc.alerts.lifecycle import AlertManager
+from ioc.alerts.model import AlertUpdate
+from ioc.alerts.notify import build_notifiers
 from ioc.api.app import create_app
 from ioc.api.server import HttpServer
+from ioc.api.stream import Broadcaster
+from ioc.areas import registry_from_settings
+from ioc.clock import EventClock
 from ioc.config import Settings
-from ioc.errors import ConfigError
+from ioc.errors import ConfigError, SinkFull
+from ioc.evaluation import Evaluator
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
-from ioc.lineproto import parse_tag
-from ioc.metrics import Metrics, gauge
+from ioc.kpis import Kpi, KpiBoard
+from ioc.lineproto import parse_tag, render_kpi
+from ioc.metrics import Metrics, counter, gauge
 from ioc.sinks.base import Sink
 from ioc.sinks.influx import InfluxSink
-from ioc.store import connect
+from ioc.store import connect, load_state, save_state
+from rules import StateError
+from rules.engine import RuleEngine
+from rules.loader import load_rules
 
 log = structlog.get_logger("ioc.daemon")
 
 HOUSEKEEPING_INTERVAL = 1.0
+RULE_STATE_EVERY = 30  # housekeeping rounds between saves of the rule engine's state (and at shutdown)
+RULE_STATE = "rules.engine"
 
 
 class Daemon:
@@ -57,6 +76,7 @@ class Daemon:
                                  max_future=settings.intake.max_future)
         self.mqtt = MqttConnector(settings.mqtt, self.pipeline) if settings.mqtt.enabled else None
         self.poller = HttpPoller(settings.poll, self.pipeline) if settings.poll else None
+        self._build_evaluation(settings)
         self.metrics.add(self.pipeline.metrics)
         for sink in self.sinks:
             self.metrics.add(sink.metrics())
@@ -64,10 +84,72 @@ class Daemon:
             self.metrics.add(self.mqtt.metrics())
         if self.poller is not None:
             self.metrics.add(self.poller.metrics())
+        for source in (self.engine.metrics(), self.alerts.metrics, self.stream.metrics,
+                       self.evaluator.metrics(), *(aggregator.metrics() for aggregator in self.aggregators)):
+            self.metrics.add(source)
         self.metrics.add(self._own_metrics)
         self.app = create_app(settings=settings, pipeline=self.pipeline, metrics=self.metrics,
-                              readiness=self.problems)
+                              readiness=self.problems, alerts=self.alerts, kpis=self.kpis, stream=self.stream)
         self.http = HttpServer(self.app, settings.http)
+
+    def _build_evaluation(self, settings: Settings) -> None:
+        """Areas, aggregators, rules and alerts: what the evaluation thread drives. Every file is read
+        and validated here, so a bad rule or registry file stops the start with its `file:line`."""
+        self.areas = registry_from_settings(settings.areas)
+        self.kpis = KpiBoard()
+        self.stream = Broadcaster(queue_max=settings.alerts.stream_queue_max,
+                                  heartbeat=settings.alerts.stream_heartbeat, retry=settings.alerts.stream_retry)
+        points = self.sinks[0] if self.sinks else None
+        self.alerts = AlertManager.open(
+            settings.store.path, settings=settings.alerts, areas=self.areas,
+            notifiers=build_notifiers(settings.alerts, mqtt=self.mqtt, sink=points, stream=self.stream))
+        self.clock = EventClock()
+        self.engine = RuleEngine(load_rules(settings.rules.resolved_paths()), areas=self.areas,
+                                 on_change=self._alert_changed, started_at=self.started_at)
+        saved = load_state(self._store, RULE_STATE)
+        if saved is not None:
+            try:
+                self.engine.load_state(saved)
+            except StateError as error:  # an old or damaged state must not keep the daemon down
+                log.error("rules.state_discarded", reason=str(error), effect="timers and windows start afresh")
+        self.aggregators = build_aggregators(self.areas, settings.kpis, settings.store.path, self.kpis.publish)
+        # KPIs are published in the evaluation thread (by the aggregators), so the engine sees them in order.
+        self.kpis.listeners += [self._kpi_to_rules, self.stream.publish_kpi]
+        if self.sinks:
+            self.kpis.listeners.append(self._kpi_to_sinks)
+        self.evaluator = Evaluator([*self.aggregators, self.engine], self.clock, on_tick=[self.alerts.tick])
+        self.pipeline.batch_listeners.append(self.evaluator.offer)
+        self._kpi_points_dropped = 0
+        self._reload_failures = 0
+        self._rounds = 0
+
+    def _alert_changed(self, update: AlertUpdate) -> None:
+        self.alerts.apply(update)
+
+    def _kpi_to_rules(self, kpi: Kpi) -> None:
+        self.engine.observe(kpi.as_event())
+
+    def _kpi_to_sinks(self, kpi: Kpi) -> None:
+        line = render_kpi(kpi.kpi, kpi.area, kpi.level, kpi.value, kpi.target,
+                          round(kpi.updated_at * 1_000_000) * 1000)
+        for sink in self.sinks:
+            try:
+                sink.submit([line], timeout=0.0)  # the evaluation thread never waits on a sink
+            except SinkFull:
+                self._kpi_points_dropped += 1
+
+    def reload_rules(self) -> bool:
+        """SIGHUP: read the rule files again; a bad file is refused with its reasons and the old rules
+        stay (CONTRACT §5). True when the new rules were installed."""
+        try:
+            rules = load_rules(self.settings.rules.resolved_paths())
+        except ConfigError as error:
+            self._reload_failures += 1
+            log.error("rules.reload_failed", problems=error.problems, kept="the rules loaded before")
+            return False
+        self.engine.replace_rules(rules)
+        log.info("rules.reloaded", paths=[str(path) for path in self.settings.rules.resolved_paths()])
+        return True
 
     def problems(self) -> list[str]:
         """Failing readiness checks, by name (CONTRACT §3 `/readyz`)."""
@@ -82,6 +164,10 @@ class Daemon:
         yield gauge("ioc_build_info", "The daemon's version.", ("version",), {(__version__,): 1.0})
         yield gauge("ioc_start_time_seconds", "When the daemon started (Unix time).", (),
                     {(): self.started_at})
+        yield counter("ioc_rules_reload_failures", "Rule reloads (SIGHUP) refused for a bad file.", (),
+                      {(): float(self._reload_failures)})
+        yield counter("ioc_kpi_points_dropped", "KPI points a full sink did not take.", (),
+                      {(): float(self._kpi_points_dropped)})
 
     def _point_refused(self, reason: str, point: str) -> None:
         """A point InfluxDB refused for good becomes a dead letter of its source."""
@@ -92,6 +178,7 @@ class Daemon:
         """Run until `stop` is set, then shut down in the order that keeps every event."""
         for sink in self.sinks:
             sink.start()
+        self.evaluator.start()
         if self.mqtt is not None:
             self.mqtt.start()
         log.info("daemon.started", version=__version__, http=self.settings.http.listen,
@@ -121,10 +208,17 @@ class Daemon:
                  rejected=sum(self.pipeline.rejected.values()))
 
     def _close(self) -> None:
-        # 2. Sinks flush (to InfluxDB or the spool) and run the last callbacks: MQTT acks go out.
+        # 2. What was accepted is evaluated; the rule engine's state is kept; KPIs and alerts go out.
+        self.evaluator.close(timeout=30.0)
+        save_state(self._store, RULE_STATE, self.engine.dump_state())
+        for aggregator in self.aggregators:
+            aggregator.close()
+        self.alerts.close()
+        self.stream.close()
+        # 3. Sinks flush (to InfluxDB or the spool) and run the last callbacks: MQTT acks go out.
         for sink in self.sinks:
             sink.close(timeout=30.0)
-        # 3. Dedup keys of everything durable are saved; 4. the broker connection closes.
+        # 4. Dedup keys of everything durable are saved; 5. the broker connection closes.
         self.dedup.persist()
         if self.mqtt is not None:
             self.mqtt.close(timeout=10.0)
@@ -138,6 +232,9 @@ class Daemon:
     def _maintain(self) -> None:
         self.pipeline.expire_dedup()
         self.dedup.persist()
+        self._rounds += 1
+        if self._rounds % RULE_STATE_EVERY == 0:  # a crash then loses at most this much of `for` timing
+            save_state(self._store, RULE_STATE, self.engine.dump_state())
 
 
 def tune_gc() -> None:
@@ -160,8 +257,7 @@ async def run_daemon(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    # SIGHUP will reload rule files once the rule engine exists; until then it must not kill the daemon.
-    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("daemon.sighup_ignored", reason="no rule files"))
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, daemon.reload_rules))
     try:
         await daemon.run(stop)
     finally:

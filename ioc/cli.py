@@ -71,11 +71,31 @@ def _problems(error: BaseException, config: Path) -> list[str] | None:
 
 @app.command()
 def check(config: ConfigOption) -> None:
-    """Validate the config (and, once they exist, the rule files): `file:line: message`, exit 0 or 1."""
+    """Validate the config, the area registry, the holidays file and every rule file: each problem as
+    `file:line: message`; exit 0 or 1."""
     settings = _load(config)
+    from ioc.aggregators import work_calendar
+    from ioc.areas import registry_from_settings
+    from rules.loader import load_rules
+
+    problems: list[str] = []
+    rule_count = 0
+    for step in (lambda: registry_from_settings(settings.areas), lambda: work_calendar(settings.kpis)):
+        try:
+            step()
+        except ConfigError as error:
+            problems += error.problems
+    try:
+        rule_count = len(load_rules(settings.rules.resolved_paths()))
+    except ConfigError as error:
+        problems += error.problems
+    for problem in problems:
+        typer.echo(problem, err=True)
+    if problems:
+        raise typer.Exit(1)
     typer.echo(
         f"{config}: ok ({len(settings.vendors)} vendors, {len(settings.operators)} operators, "
-        f"{len(settings.poll)} poll targets)"
+        f"{len(settings.poll)} poll targets, {rule_count} rules)"
     )
 
 
@@ -104,6 +124,20 @@ def token(name: Annotated[str, typer.Argument(help="Who the token is for.")] = "
     if name:
         typer.echo(f'\n[[vendors]]\nname = "{name}"\ntoken_sha256 = "{token_sha256(value)}"\n'
                    f'sources = ["{name}"]')
+
+
+rules_app = typer.Typer(help="Rule files: unit tests (`ioc rules test`).", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+
+
+@rules_app.command("test")
+def rules_test(
+    files: Annotated[list[Path], typer.Argument(help="Rule test files (YAML, CONTRACT §5).")],
+) -> None:
+    """Run rule unit tests on a simulated clock: exit 0 all pass, 1 a test failed, 2 a bad test file."""
+    from rules.testing import run_files
+
+    raise typer.Exit(run_files(files))
 
 
 def main() -> None:

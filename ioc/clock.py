@@ -4,8 +4,10 @@ Rules and dossier timers run on event time, yet must also fire when no event arr
 `EventClock` reconciles both: it is the latest event time seen, carried forward by the wall time that
 has passed since that event arrived. With live sources this is the wall clock; with a replay that
 plays a past day quickly it follows the replay, so timers fire where the events put them, not where the
-wall clock is. Before any event it is the wall clock (a series never seen since start-up still becomes
-absent). Vendors' clocks can run ahead by at most `[intake] max_future`, which bounds how far one
+wall clock is. Before any event it is unknown (`None`) for `hold` seconds after start — so a replay
+started with the daemon is judged on its own time, not on a wall clock already ahead of it — and the
+wall clock after that (a series never seen since start-up still becomes absent; `hold` must stay below
+the shortest `after` of the absence rules to keep that exact). Vendors' clocks can run ahead by at most `[intake] max_future`, which bounds how far one
 source can move it.
 """
 
@@ -18,9 +20,14 @@ from collections.abc import Callable
 WallClock = Callable[[], float]
 
 
+DEFAULT_HOLD = 60.0
+
+
 class EventClock:
-    def __init__(self, wall: WallClock = time.time) -> None:
+    def __init__(self, wall: WallClock = time.time, *, hold: float = DEFAULT_HOLD) -> None:
         self._wall = wall
+        self._started = wall()
+        self._hold = hold
         self._latest: float | None = None
         self._seen_at = 0.0
         self._lock = threading.Lock()
@@ -32,8 +39,10 @@ class EventClock:
                 self._latest = event_time
                 self._seen_at = self._wall()
 
-    def now(self) -> float:
+    def now(self) -> float | None:
+        """The time timers are judged at (Unix seconds), or None while it is not known yet."""
         with self._lock:
+            wall = self._wall()
             if self._latest is None:
-                return self._wall()
-            return self._latest + (self._wall() - self._seen_at)
+                return wall if wall - self._started >= self._hold else None
+            return self._latest + (wall - self._seen_at)

@@ -207,8 +207,16 @@ class AreasSettings(_Section):
     targets_path: str = ""  # KPI targets by level CSV; empty: the shipped ioc/data/targets.csv
 
 
+SHIPPED_RULE_PACKS = "@packs"  # in `[rules] paths`: the packs shipped with the daemon (rules/packs)
+
+
 class RulesSettings(_Section):
-    paths: list[str] = []
+    # Files or folders of rule YAML; "@packs" stands for the shipped packs. [] runs no rules.
+    paths: list[str] = [SHIPPED_RULE_PACKS]
+
+    def resolved_paths(self) -> list[Path]:
+        packs = Path(__file__).resolve().parents[1] / "rules" / "packs"
+        return [packs if path == SHIPPED_RULE_PACKS else Path(path) for path in self.paths]
 
 
 class KpisSettings(_Section):
@@ -264,6 +272,11 @@ class OperatorSettings(_Principal):
     pass
 
 
+# Declared beside the alert manager it configures; imported here (after _Section and Duration, which it
+# uses) so that the whole configuration is still one model.
+from ioc.alerts.config import AlertsSettings  # noqa: E402
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it with `load_settings`, not directly."""
 
@@ -280,6 +293,7 @@ class Settings(BaseSettings):
     areas: AreasSettings = AreasSettings()
     rules: RulesSettings = RulesSettings()
     kpis: KpisSettings = KpisSettings()
+    alerts: AlertsSettings = AlertsSettings()
     poll: list[PollTarget] = []
     vendors: list[VendorSettings] = []
     operators: list[OperatorSettings] = []

@@ -35,3 +35,19 @@ def transaction(connection: sqlite3.Connection) -> Iterator[None]:
         connection.execute("ROLLBACK")
         raise
     connection.execute("COMMIT")
+
+
+_STATE_TABLE = "CREATE TABLE IF NOT EXISTS component_state (name TEXT PRIMARY KEY, data BLOB NOT NULL)"
+
+
+def save_state(connection: sqlite3.Connection, name: str, data: bytes) -> None:
+    """Keep one component's serialized state (e.g. the rule engine's) under `name`, replacing the last."""
+    connection.execute(_STATE_TABLE)
+    connection.execute("INSERT OR REPLACE INTO component_state (name, data) VALUES (?, ?)", (name, data))
+
+
+def load_state(connection: sqlite3.Connection, name: str) -> bytes | None:
+    """What `save_state` kept under `name`, or None."""
+    connection.execute(_STATE_TABLE)
+    row = connection.execute("SELECT data FROM component_state WHERE name = ?", (name,)).fetchone()
+    return bytes(row[0]) if row else None

@@ -1,1 +1,8 @@
-"""Alerts: what the rule engine's state changes become for operators (CONTRACT §3, §5)."""
+"""Alerts: what the rule engine's state changes become for operators (CONTRACT §3, §5).
+
+`ioc.config` is imported first on purpose: it imports `ioc.alerts.config` (for `Settings.alerts`), which
+imports `ioc.config` back; loading `ioc.config` first keeps that cycle in the one order that works, even
+when a caller imports `ioc.alerts.config` (or any module of this package) before anything else.
+"""
+
+import ioc.config  # noqa: F401  (see above)

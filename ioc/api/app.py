@@ -22,11 +22,15 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ioc import __version__
+from ioc.alerts.lifecycle import AlertManager
+from ioc.api.alerts import alerts_router, kpis_router
 from ioc.api.events import EventIntake, event_schemas, events_router
 from ioc.api.health import health_router
+from ioc.api.stream import Broadcaster, stream_router
 from ioc.auth import Authenticator
 from ioc.config import Settings
 from ioc.ingest.pipeline import Pipeline
+from ioc.kpis import KpiBoard
 from ioc.metrics import Metrics, counter
 from ioc.ratelimit import RateLimiter
 
@@ -107,9 +111,14 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
-               readiness: Callable[[], list[str]]) -> FastAPI:
+               readiness: Callable[[], list[str]], alerts: AlertManager | None = None,
+               kpis: KpiBoard | None = None, stream: Broadcaster | None = None) -> FastAPI:
     """The FastAPI application of the daemon. Registers its own metric source into `metrics`
-    (`ioc_http_requests_total{route,status}`, `ioc_http_rate_limited_total{vendor}`)."""
+    (`ioc_http_requests_total{route,status}`, `ioc_http_rate_limited_total{vendor}`).
+
+    The operators' routers are included when their objects are given: `alerts` (alerts, acks,
+    silences), `kpis` (`/api/v1/kpis`), `stream` (`/api/v1/stream`); their metrics are the caller's to
+    register (`metrics.add(alerts.metrics)`, `metrics.add(stream.metrics)`)."""
     app = FastAPI(
         title="IOC daemon API",
         description=DESCRIPTION,
@@ -130,6 +139,12 @@ def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
     intake = EventIntake(pipeline=pipeline, http=settings.http, limiter=RateLimiter(settings.vendors))
     app.include_router(events_router(intake))
     app.include_router(health_router(metrics=metrics, readiness=readiness))
+    if alerts is not None:
+        app.include_router(alerts_router(alerts))
+    if kpis is not None:
+        app.include_router(kpis_router(kpis))
+    if stream is not None:
+        app.include_router(stream_router(stream))
 
     requests: defaultdict[tuple[str, ...], int] = defaultdict(int)
     app.add_middleware(RequestCounter, counts=requests)

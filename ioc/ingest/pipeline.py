@@ -29,6 +29,7 @@ from ioc.sinks.base import DurableCallback, Sink
 log = structlog.get_logger("ioc.ingest")
 
 EventListener = Callable[[AnyEvent], None]
+BatchListener = Callable[[Sequence[AnyEvent]], None]
 UNKNOWN_SOURCE = "unknown"
 _validate_json = EVENT_ADAPTER.validate_json
 
@@ -81,7 +82,10 @@ class Pipeline:
         self._clock = clock
         self._lock = threading.Lock()
         self.dead_letter_targets: list[DeadLetterTarget] = []
-        self.listeners: list[EventListener] = []  # the seam for aggregators and the rule engine
+        self.listeners: list[EventListener] = []  # called per accepted event, in the intake's thread
+        # Called once per admitted batch with its accepted events: the seam of the evaluation thread
+        # (aggregators, rules), which must cost the intake no more than a hand-over.
+        self.batch_listeners: list[BatchListener] = []
         self.received: defaultdict[tuple[str], int] = defaultdict(int)
         self.accepted: defaultdict[tuple[str], int] = defaultdict(int)
         self.duplicates: defaultdict[tuple[str], int] = defaultdict(int)
@@ -199,6 +203,14 @@ class Pipeline:
             result.accepted = len(kept)
         if self.listeners:
             self._notify(kept)
+        if self.batch_listeners and kept:
+            events = [event for _, event in kept]
+            for batch_listener in self.batch_listeners:
+                try:
+                    batch_listener(events)
+                except Exception:  # as for listeners: the intake goes on
+                    log.exception("ingest.listener_failed",
+                                  listener=getattr(batch_listener, "__name__", "?"))
         return result
 
     def _notify(self, kept: list[tuple[int, AnyEvent]]) -> None:

@@ -1,0 +1,80 @@
+"""`[alerts]`: retention of resolved alerts and expired silences, webhooks, inhibition rules, the SSE stream.
+
+```toml
+[alerts]
+resolved_retention = "30d"     # resolved alerts are kept (and listed by ?state=resolved) this long
+resolved_max = 10000           # ... and at most this many (the oldest go first)
+silence_retention = "5d"       # expired silences stay listed this long (CONTRACT §3), then are purged
+audit_retention = "365d"       # operators' actions (acks, silences) are kept this long
+
+[[alerts.webhooks]]
+url = "https://chat.example.vn/hooks/ioc"
+timeout = "5s"
+max_attempts = 5               # then the delivery is counted failed
+headers = {Authorization = "Bearer ..."}
+
+[[alerts.inhibit]]             # a province-wide outage mutes its communes' outage and cell alerts
+source_matchers = ["rule = coverage-outage"]
+target_matchers = ["rule =~ coverage-outage|cell-down"]
+within_area = true
+```
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, model_validator
+
+from ioc.alerts.alert import Change
+from ioc.alerts.matchers import MatcherInput
+from ioc.config import Duration, _Section, parse_duration
+
+
+class WebhookSettings(_Section):
+    """One webhook receiver: every change in `changes` of an unmuted alert is POSTed to `url` as
+    `{"alert": ..., "change": ...}`, retried with exponential backoff and jitter on 5xx, 429, timeouts
+    and connection errors, at most `max_attempts` times. Deliveries wait in a queue of `queue_max`;
+    when it is full a delivery is dropped and counted."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s]+")]
+    name: str = ""  # the `notifier` label of its metrics; default `webhook:HOST[:PORT]` (never the path)
+    timeout: Duration = parse_duration("5s")
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    headers: dict[str, str] = {}
+    changes: list[Change] = ["firing", "resolved", "unmuted"]
+    backoff_min: Duration = parse_duration("1s")
+    backoff_max: Duration = parse_duration("60s")
+    queue_max: int = Field(default=1000, ge=1)
+
+    @model_validator(mode="after")
+    def _default_name(self) -> WebhookSettings:
+        if not self.name:
+            self.name = f"webhook:{urlsplit(self.url).netloc.rpartition('@')[2]}"
+        if self.backoff_max < self.backoff_min:
+            raise ValueError("backoff_max must not be less than backoff_min")
+        return self
+
+
+class InhibitRuleSettings(_Section):
+    """Alertmanager's inhibition rule: while an alert matching `source_matchers` fires, alerts matching
+    `target_matchers` with the same values of the `equal` labels are muted. `within_area` (an IOC
+    extension): the target's `area` must also be the source's area or one of its descendants."""
+
+    source_matchers: Annotated[list[MatcherInput], Field(min_length=1)]
+    target_matchers: Annotated[list[MatcherInput], Field(min_length=1)]
+    equal: list[str] = []
+    within_area: bool = False
+
+
+class AlertsSettings(_Section):
+    resolved_retention: Duration = parse_duration("30d")
+    resolved_max: int = Field(default=10_000, ge=0)
+    silence_retention: Duration = parse_duration("5d")
+    audit_retention: Duration = parse_duration("365d")
+    webhooks: list[WebhookSettings] = []
+    inhibit: list[InhibitRuleSettings] = []
+    stream_queue_max: int = Field(default=1000, ge=1)  # SSE events waiting for one client; then it is cut
+    stream_heartbeat: Duration = parse_duration("15s")  # a comment line this often keeps proxies open
+    stream_retry: Duration = parse_duration("5s")  # the `retry:` hint: how soon a browser reconnects

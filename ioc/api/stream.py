@@ -1,0 +1,175 @@
+"""`GET /api/v1/stream`: Server-Sent Events of alert and KPI changes (CONTRACT §3), for the wall display.
+
+`Broadcaster.publish(event, data)` may be called from any thread (the rule engine's, an aggregator's, a
+request's): the frame is serialised once and handed to each client's asyncio queue with
+`loop.call_soon_threadsafe`, so publishing never blocks and never touches a socket. Each client's queue
+is bounded; a client that falls that far behind is disconnected (and counted) instead of holding memory
+or slowing the others; a browser's EventSource reconnects by itself after the `retry:` interval. A
+comment line every `heartbeat` seconds keeps proxies from closing a quiet stream.
+
+Events: `alert` (an alert's JSON plus its `change`, silenced alerts included) and `kpi` (`Kpi.as_json()`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from prometheus_client.core import Metric
+from starlette.exceptions import HTTPException
+
+from ioc.kpis import Kpi
+from ioc.metrics import counter, gauge
+
+log = structlog.get_logger("ioc.api.stream")
+
+STREAM_PATH = "/api/v1/stream"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering (nginx)
+
+
+class _Client:
+    """One subscriber: its loop, its bounded queue, and why it must stop (None while it may go on)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue_max: int) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=queue_max)
+        self.ended: str | None = None
+
+    def offer(self, frame: bytes) -> None:  # on the client's loop
+        if self.ended is not None:
+            return
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.ended = "slow"  # the consumer finds the flag at its next frame (the queue is not empty)
+
+    def end(self, reason: str) -> None:  # on the client's loop
+        if self.ended is None:
+            self.ended = reason
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)  # wakes a consumer waiting on an empty queue
+
+
+class Broadcaster:
+    """Fans events out to every `/api/v1/stream` client; thread-safe; bounded per client and in clients."""
+
+    def __init__(self, *, queue_max: int = 1000, heartbeat: float = 15.0, retry: float = 5.0,
+                 max_clients: int = 256) -> None:
+        self.queue_max = queue_max
+        self.heartbeat = heartbeat
+        self.retry = retry
+        self.max_clients = max_clients
+        self._clients: set[_Client] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._events: defaultdict[tuple[str], int] = defaultdict(int)
+        self._disconnects: defaultdict[tuple[str], int] = defaultdict(int)
+
+    @property
+    def clients(self) -> int:
+        with self._lock:
+            return len(self._clients)
+
+    def publish(self, event: str, data: Mapping[str, Any]) -> None:
+        """Send one event to every client (from any thread; returns at once)."""
+        frame = b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+        with self._lock:
+            clients = list(self._clients)
+            self._events[(event,)] += 1
+        for client in clients:
+            try:
+                client.loop.call_soon_threadsafe(client.offer, frame)
+            except RuntimeError:  # its loop is closed: the server is gone
+                self._remove(client, "closed")
+
+    def publish_kpi(self, kpi: Kpi) -> None:
+        """A `KpiBoard` listener: `board.listeners.append(broadcaster.publish_kpi)`."""
+        self.publish("kpi", kpi.as_json())
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        """One client's stream: the `retry:` hint, then events and heartbeats until the client goes away,
+        falls behind, or the broadcaster closes. Subscribes on the first iteration."""
+        client = self._add(asyncio.get_running_loop())
+        try:
+            yield f"retry: {round(self.retry * 1000)}\n: connected\n\n".encode()
+            while client.ended is None:
+                try:
+                    frame = await asyncio.wait_for(client.queue.get(), self.heartbeat)
+                except TimeoutError:
+                    yield b": keepalive\n\n"
+                    continue
+                if frame is None or client.ended is not None:
+                    break
+                yield frame
+        finally:
+            self._remove(client, client.ended or "gone")
+
+    def _add(self, loop: asyncio.AbstractEventLoop) -> _Client:
+        client = _Client(loop, self.queue_max)
+        with self._lock:
+            if self._closed:
+                client.ended = "closed"
+            self._clients.add(client)
+        return client
+
+    def _remove(self, client: _Client, reason: str) -> None:
+        with self._lock:
+            if client not in self._clients:
+                return
+            self._clients.discard(client)
+            self._disconnects[(reason,)] += 1
+        if reason == "slow":
+            log.warning("stream.client_too_slow", queue_max=self.queue_max)
+
+    def full(self) -> bool:
+        with self._lock:
+            return len(self._clients) >= self.max_clients
+
+    def close(self) -> None:
+        """End every stream (before the HTTP server's graceful stop, which would otherwise wait for them)."""
+        with self._lock:
+            self._closed = True
+            clients = list(self._clients)
+        for client in clients:
+            with contextlib.suppress(RuntimeError):
+                client.loop.call_soon_threadsafe(client.end, "closed")
+
+    def metrics(self) -> Iterable[Metric]:
+        with self._lock:
+            clients = len(self._clients)
+            events = dict(self._events)
+            disconnects = {(reason,): self._disconnects.get((reason,), 0)
+                           for reason in ("slow", "gone", "closed")}
+        yield gauge("ioc_sse_clients", "Clients connected to /api/v1/stream.", (), {(): float(clients)})
+        yield counter("ioc_sse_events", "Events published on /api/v1/stream, by event.", ("event",), events)
+        yield counter("ioc_sse_disconnects", "Stream clients gone, by reason (slow: cut off for falling "
+                      "behind; gone: the client left; closed: the daemon stopped).", ("reason",), disconnects)
+
+
+def stream_router(broadcaster: Broadcaster) -> APIRouter:
+    router = APIRouter(tags=["stream"])
+
+    @router.get(
+        STREAM_PATH,
+        summary="Alert and KPI changes as Server-Sent Events",
+        description="`text/event-stream`: `event: alert` (an alert's JSON with its `change`; silenced alerts "
+                    "too) and `event: kpi` (one KPI). A comment line every 15 s keeps it open. No token.",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "The stream."},
+                   503: {"description": "Too many stream clients."}},
+    )
+    async def stream() -> StreamingResponse:
+        if broadcaster.full():
+            raise HTTPException(503, f"too many stream clients (at most {broadcaster.max_clients})",
+                                headers={"Retry-After": "5"})
+        return StreamingResponse(broadcaster.frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    return router

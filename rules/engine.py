@@ -1,0 +1,356 @@
+"""The rule engine: events and the passing of time in, alert state changes (`AlertUpdate`) out.
+
+Time is event time (CONTRACT §5): the engine's clock is the latest of the event times it has seen and
+the times given to `advance` (the daemon calls it with the wall clock, so absences and timers fire when
+no event comes); it never moves backwards. Before an event is judged the clock is advanced to its time,
+so every timer due before it (a `for` that ran out, a window sample that expired, an absence deadline)
+has been dealt with, at the time it was due: a change's `at` is when it happened, not when it was seen.
+
+Timers are one heap of (due time, group) entries. A group has at most one live entry (`Group.timer`);
+a later deadline never pushes a new entry (the earlier one fires, finds nothing to do and reschedules),
+so the heap stays about as large as the number of groups with something pending.
+
+A rule that raises is counted in `ioc_rule_errors_total{rule}` and logged once per episode
+(`rules.evaluation_failed`); the other rules go on. A listener (`on_change`) that raises is logged
+(`rules.listener_failed`) and the engine goes on.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from prometheus_client.core import Metric
+
+from ioc.alerts.model import AlertListener, AlertUpdate, fingerprint
+from ioc.errors import IocError
+from ioc.metrics import MetricSource, counter, gauge
+from ioc.models import AnyEvent
+from rules import lifecycle
+from rules.index import RuleIndex
+from rules.kinds import Context, Kind, make_kind
+from rules.labels import GroupKey, key_function, key_labels
+from rules.lifecycle import Change, Group
+from rules.model import RuleBase, RuleSet
+
+if TYPE_CHECKING:
+    from ioc.areas import AreaRegistry
+
+__all__ = ["MAX_GROUPS", "RuleEngine", "StateError"]
+
+log = structlog.get_logger("rules.engine")
+
+MAX_GROUPS = 100_000  # per rule: label sets beyond this are not tracked (counted as dropped)
+STATE_VERSION = 1
+
+
+class StateError(IocError):
+    """Saved engine state that cannot be read (the caller starts with fresh state)."""
+
+
+class _Runtime:
+    """One loaded rule: its evaluator, its groups and its bookkeeping."""
+
+    __slots__ = ("context", "digest", "failing", "fingerprints", "groups", "key_of", "kind", "rule", "template")
+
+    def __init__(self, rule: RuleBase, areas: AreaRegistry | None, started_at: float) -> None:
+        self.rule = rule
+        self.context = Context(areas, started_at)
+        self.kind: Kind[Any] = make_kind(rule, self.context)
+        self.digest = rule.digest()
+        self.groups: dict[GroupKey, Group] = {}
+        self.key_of = key_function(rule.group_by)
+        self.template = rule.template()
+        self.failing = False
+        self.fingerprints: dict[GroupKey, str] = {}  # computed once per group (sha256 costs ~10 us)
+
+    def fingerprint(self, group: Group) -> str:
+        found = self.fingerprints.get(group.key)
+        if found is None:
+            found = self.fingerprints[group.key] = fingerprint(self.rule.id, group.labels)
+        return found
+
+    def group(self, key: GroupKey) -> Group | None:
+        group = self.groups.get(key)
+        if group is None:
+            if len(self.groups) >= MAX_GROUPS:
+                self.context.dropped += 1
+                return None
+            group = Group(key, key_labels(self.rule.group_by, key, self.rule.labels), data=self.kind.new_data())
+            self.groups[key] = group
+        return group
+
+
+class RuleEngine:
+    """Evaluates a RuleSet over events on event time; reports every alert state change to `on_change`.
+
+    Thread-safe: `observe`, `advance`, `replace_rules`, `active`, `dump_state` and `load_state` may be
+    called from any thread; `on_change` is called in the caller's thread, in order, with the lock held
+    (so a listener may read `active()` but must not block for long)."""
+
+    def __init__(self, rules: RuleSet, *, areas: AreaRegistry | None, on_change: AlertListener,
+                 started_at: float) -> None:
+        self._areas = areas
+        self._on_change = on_change
+        self._started_at = started_at
+        self._lock = threading.RLock()
+        self._now = -math.inf
+        self._heap: list[tuple[float, int, _Runtime, Group]] = []
+        self._sequence = itertools.count()
+        self._runtimes: dict[str, _Runtime] = {}
+        self._index: RuleIndex[_Runtime] = RuleIndex([], areas)
+        self._evaluations: dict[str, int] = {}
+        self._errors: dict[str, int] = {}
+        self._dropped: dict[str, int] = {}
+        self._listener_failing = False
+        with self._lock:
+            self._install(rules)
+
+    # --- the public surface ------------------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        """The engine's clock (Unix seconds; -inf before the first event or `advance`)."""
+        return self._now
+
+    def observe(self, event: AnyEvent) -> None:
+        """Judge `event` by every rule that matches it (after advancing the clock to its time)."""
+        time = event.time.timestamp()
+        with self._lock:
+            self._advance(time)
+            now = self._now
+            for runtime in self._index.match(event):
+                self._evaluations[runtime.rule.id] += 1
+                try:
+                    group = runtime.group(runtime.key_of(event))
+                    if group is None:
+                        continue
+                    judgement = runtime.kind.observe(group, event, time, now)
+                    changes = self._judge(runtime, group, judgement, now)
+                    self._schedule(runtime, group)
+                except Exception as error:  # noqa: BLE001  # one rule's bug must not cost the others their events
+                    self._failed(runtime, error)
+                    continue
+                runtime.failing = False
+                self._report(runtime, group, changes)
+
+    def advance(self, now: float) -> None:
+        """The clock reached `now` (Unix seconds): run every timer due by then. Earlier times are ignored."""
+        with self._lock:
+            self._advance(now)
+
+    def replace_rules(self, rules: RuleSet) -> None:
+        """Load a new RuleSet (SIGHUP). Rules whose definition is unchanged keep their state; the alerts
+        of removed or changed rules are resolved (a changed rule starts afresh, like a new one)."""
+        with self._lock:
+            old = self._runtimes
+            kept = self._install(rules)
+            at = self._clock()
+            for rule_id, runtime in old.items():
+                if self._runtimes.get(rule_id) is runtime:
+                    continue
+                for group in runtime.groups.values():
+                    if group.active:
+                        group.phase = "inactive"
+                        self._emit(runtime, group, "resolved", at)
+            log.info("rules.replaced", rules=len(self._runtimes), kept=kept,
+                     removed=sum(1 for rule_id in old if rule_id not in self._runtimes))
+
+    def active(self) -> list[AlertUpdate]:
+        """The current pending and firing alerts (`at` = when they became pending, or fired)."""
+        with self._lock:
+            alerts = []
+            for runtime in self._runtimes.values():
+                for group in runtime.groups.values():
+                    if group.phase == "pending" and group.since is not None:
+                        alerts.append(self._update(runtime, group, "pending", group.since))
+                    elif group.phase == "firing" and group.fired_at is not None:
+                        alerts.append(self._update(runtime, group, "firing", group.fired_at))
+            return alerts
+
+    def dump_state(self) -> bytes:
+        """Every rule's groups as JSON, to survive a restart (`load_state`)."""
+        with self._lock:
+            rules = {}
+            for rule_id, runtime in self._runtimes.items():
+                groups = [{
+                    "key": list(group.key), "phase": group.phase, "holds": group.holds, "since": group.since,
+                    "fired_at": group.fired_at, "cleared_at": group.cleared_at, "value": group.value,
+                    "threshold": group.threshold, "data": runtime.kind.dump(group.data),
+                } for group in runtime.groups.values()]
+                rules[rule_id] = {"digest": runtime.digest, "groups": groups}
+            now = self._now if math.isfinite(self._now) else None
+            return orjson.dumps({"version": STATE_VERSION, "now": now, "rules": rules})
+
+    def load_state(self, data: bytes) -> None:
+        """Restore what `dump_state` saved, for the rules whose definition is unchanged; the rest start
+        afresh. Raises StateError (and changes nothing) when `data` is not such a dump."""
+        with self._lock:
+            self._load_state(data)
+
+    def _load_state(self, data: bytes) -> None:
+        try:
+            state = orjson.loads(data)
+            if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+                raise ValueError(f"not a rule engine state of version {STATE_VERSION}")
+            restored = []
+            for rule_id, saved in state["rules"].items():
+                runtime = self._runtimes.get(rule_id)
+                if runtime is None or saved["digest"] != runtime.digest:
+                    continue
+                for item in saved["groups"]:
+                    key = tuple(item["key"])
+                    if len(key) != len(runtime.rule.group_by) or item["phase"] not in ("inactive", "pending",
+                                                                                       "firing"):
+                        raise ValueError(f"rule {rule_id}: a group does not fit the rule")
+                    group = Group(key, key_labels(runtime.rule.group_by, key, runtime.rule.labels),
+                                  phase=item["phase"], holds=bool(item["holds"]), since=item["since"],
+                                  fired_at=item["fired_at"], cleared_at=item["cleared_at"], value=item["value"],
+                                  threshold=item["threshold"], data=runtime.kind.load(item["data"]))
+                    restored.append((runtime, group))
+            saved_now = state.get("now")
+        except (orjson.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise StateError(f"rule state: {error}") from None
+        for runtime, group in restored:
+            runtime.groups[group.key] = group
+            self._schedule(runtime, group)
+        if isinstance(saved_now, float | int) and saved_now > self._now:
+            self._now = float(saved_now)
+        log.info("rules.state_loaded", groups=len(restored))
+
+    def metrics(self) -> MetricSource:
+        """`ioc_rule_evaluations_total{rule}`, `ioc_rule_errors_total{rule}`, `ioc_rules_loaded`,
+        `ioc_rule_samples_dropped_total{rule}` (samples, entities or groups refused at their bound)."""
+
+        def collect() -> Iterable[Metric]:
+            with self._lock:
+                evaluations = {(rule,): count for rule, count in self._evaluations.items()}
+                errors = {(rule,): count for rule, count in self._errors.items()}
+                dropped = dict(self._dropped)
+                for rule_id, runtime in self._runtimes.items():
+                    dropped[rule_id] = dropped.get(rule_id, 0) + runtime.context.dropped
+                loaded = len(self._runtimes)
+            yield counter("ioc_rule_evaluations", "Times a rule judged an event or the passing of time.",
+                          ("rule",), evaluations)
+            yield counter("ioc_rule_errors", "Evaluations that raised.", ("rule",), errors)
+            yield counter("ioc_rule_samples_dropped", "Samples, entities or groups a rule refused at its bound.",
+                          ("rule",), {(rule,): count for rule, count in dropped.items()})
+            yield gauge("ioc_rules_loaded", "Rules loaded.", (), {(): loaded})
+
+        return collect
+
+    # --- inside ------------------------------------------------------------------------------------
+
+    def _clock(self) -> float:
+        return self._now if math.isfinite(self._now) else self._started_at
+
+    def _install(self, rules: RuleSet) -> int:
+        """Make `rules` the loaded rules, keeping the runtimes of unchanged ones; how many were kept."""
+        started_at = max(self._started_at, self._now)
+        runtimes: dict[str, _Runtime] = {}
+        kept = 0
+        fresh = []
+        for rule in rules:
+            runtime = self._runtimes.get(rule.id)
+            if runtime is not None and runtime.digest == rule.digest():
+                kept += 1
+            else:
+                runtime = _Runtime(rule, self._areas, started_at)
+                fresh.append(runtime)
+                if rule.id in self._runtimes:  # a changed rule: keep the count of what the old one dropped
+                    old = self._runtimes[rule.id]
+                    self._dropped[rule.id] = self._dropped.get(rule.id, 0) + old.context.dropped
+            runtimes[rule.id] = runtime
+            self._evaluations.setdefault(rule.id, 0)
+            self._errors.setdefault(rule.id, 0)
+        self._runtimes = runtimes
+        self._index = RuleIndex([(runtime.rule, runtime) for runtime in runtimes.values()], self._areas)
+        for runtime in fresh:
+            for labels in runtime.kind.seeds():
+                group = runtime.group(tuple(labels.get(name) for name in runtime.rule.group_by))
+                if group is not None:
+                    self._schedule(runtime, group)
+        return kept
+
+    def _advance(self, now: float) -> None:
+        heap = self._heap
+        limit = max(now, self._now)
+        while heap and heap[0][0] <= limit:
+            due, _, runtime, group = heapq.heappop(heap)
+            if group.timer != due or self._runtimes.get(runtime.rule.id) is not runtime or \
+                    runtime.groups.get(group.key) is not group:
+                continue  # superseded by an earlier timer, the rule was replaced, or the group restored
+            group.timer = None
+            self._now = max(self._now, due)
+            self._evaluations[runtime.rule.id] += 1
+            try:
+                judgement = runtime.kind.tick(group, self._now)
+                changes = self._judge(runtime, group, judgement, self._now)
+                self._schedule(runtime, group)
+            except Exception as error:  # noqa: BLE001  # as in observe: isolated and counted
+                self._failed(runtime, error)
+                continue
+            runtime.failing = False
+            self._report(runtime, group, changes)
+        self._now = max(self._now, now)
+
+    def _judge(self, runtime: _Runtime, group: Group, judgement: tuple[bool, float | None] | None,
+               now: float) -> list[Change]:
+        rule = runtime.rule
+        if judgement is None:
+            return lifecycle.tick(group, now, rule.for_, rule.keep_firing_for)
+        return lifecycle.judge(group, judgement[0], judgement[1], now, rule.for_, rule.keep_firing_for)
+
+    def _schedule(self, runtime: _Runtime, group: Group) -> None:
+        rule = runtime.rule
+        due = lifecycle.due(group, rule.for_, rule.keep_firing_for)
+        kind_due = runtime.kind.next_due(group)
+        if kind_due is not None and (due is None or kind_due < due):
+            due = kind_due
+        if due is None or (group.timer is not None and group.timer <= due):
+            return
+        group.timer = due
+        heapq.heappush(self._heap, (due, next(self._sequence), runtime, group))
+
+    def _failed(self, runtime: _Runtime, error: Exception) -> None:
+        rule_id = runtime.rule.id
+        self._errors[rule_id] += 1
+        if not runtime.failing:
+            runtime.failing = True
+            log.error("rules.evaluation_failed", rule=rule_id, error=f"{type(error).__name__}: {error}",
+                      exc_info=error)
+
+    def _report(self, runtime: _Runtime, group: Group, changes: list[Change]) -> None:
+        for state, at in changes:
+            self._emit(runtime, group, state, at)
+
+    def _update(self, runtime: _Runtime, group: Group, state: str, at: float) -> AlertUpdate:
+        rule = runtime.rule
+        values: dict[str, str | float | None] = dict(group.labels)
+        values["value"] = group.value
+        values["threshold"] = group.threshold
+        area = group.labels.get("area")
+        if area is not None:
+            values["area_name"] = runtime.context.area_name(area, at)
+        return AlertUpdate(rule=rule.id, labels=dict(group.labels), severity=rule.severity,
+                           state=state,  # type: ignore[arg-type]
+                           summary=runtime.template.render(values), value=group.value, at=at,
+                           runbook=rule.runbook, fingerprint=runtime.fingerprint(group))
+
+    def _emit(self, runtime: _Runtime, group: Group, state: str, at: float) -> None:
+        update = self._update(runtime, group, state, at)
+        try:
+            self._on_change(update)
+        except Exception as error:  # the listener's bug must not stop the rules
+            if not self._listener_failing:
+                log.error("rules.listener_failed", rule=update.rule, error=f"{type(error).__name__}: {error}",
+                          exc_info=error)
+            self._listener_failing = True
+        else:
+            self._listener_failing = False

@@ -1,0 +1,176 @@
+"""End to end through `ioc run`: events -> aggregators and rules -> alerts on the API, MQTT and InfluxDB;
+an operator's ack; SIGHUP with a bad rule file keeps the old rules; a restart keeps alerts and acks and
+notifies nobody again."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.e2e.daemon import OPERATOR_TOKEN, VENDOR_TOKEN, DaemonProcess, assert_counting_rule, make_daemon
+from tests.mqtt_tools import Collector, publish_all
+from tests.servers import Server, influx_query
+
+RULES = """\
+rules:
+  - id: aqi-bad
+    kind: threshold
+    severity: critical
+    match: {type: telemetry, metric: env.aqi}
+    group_by: [area]
+    op: ">="
+    threshold: 151
+    clear: 120
+    summary: "Chất lượng không khí xấu tại {{ area_name }}: VN_AQI {{ value }}"
+  - id: backlog-open
+    kind: threshold
+    severity: warning
+    match: {source: ioc, metric: kpi.dossier.open}
+    group_by: [area]
+    op: ">="
+    threshold: 1
+"""
+
+
+def now_iso(offset: float = 0.0) -> str:
+    return (datetime.now(timezone.utc) + timedelta(seconds=offset)).isoformat()
+
+
+def aqi(event_id: str, value: float) -> tuple[str, bytes]:
+    return ("ioc/v1/events/qtmt-aqi", orjson.dumps({
+        "id": event_id, "source": "qtmt-aqi", "type": "telemetry", "time": now_iso(), "metric": "env.aqi",
+        "value": value, "area": "22723"}))
+
+
+def wait_for(what: str, probe: Any, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def alerts(daemon: DaemonProcess, **params: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{daemon.api}/api/v1/alerts", params=params, timeout=5)
+    assert response.status_code == 200, response.text
+    return list(response.json())
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str
+           ) -> Iterator[DaemonProcess]:
+    rules = tmp_path / "rules" / "e2e.yaml"
+    rules.parent.mkdir()
+    rules.write_text(RULES, encoding="utf-8")
+    process = make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
+                          client_id=f"ioc-{unique}", extra=f'\n[rules]\npaths = ["{rules}"]\n')
+    process.start()
+    yield process
+    process.stop()
+
+
+def test_alert_lifecycle_through_the_daemon(daemon: DaemonProcess, mosquitto: Server, influxdb: Server,
+                                            database: str, unique: str, tmp_path: Path) -> None:
+    pages = Collector("127.0.0.1", mosquitto.port, "ioc/v1/alerts/aqi-bad")
+    try:
+        publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-1", 180)], qos=1)
+        [alert] = wait_for("the alert firing", lambda: alerts(daemon, state="firing"))
+        assert alert["rule"] == "aqi-bad" and alert["labels"] == {"area": "22723"}
+        assert alert["severity"] == "critical" and alert["value"] == 180
+        assert alert["summary"] == "Chất lượng không khí xấu tại Phường Phan Thiết: VN_AQI 180"
+        assert alert["acknowledged"] is None and alert["silenced"] is False
+        [(topic, body)] = pages.wait_for(1)
+        assert topic == "ioc/v1/alerts/aqi-bad" and orjson.loads(body)["id"] == alert["id"]
+
+        # The retained state, for a subscriber that comes late.
+        late = Collector("127.0.0.1", mosquitto.port, f"ioc/v1/alerts/state/{alert['fingerprint']}")
+        try:
+            [(_, retained)] = late.wait_for(1)
+            assert orjson.loads(retained)["state"] == "firing"
+        finally:
+            late.close()
+
+        # A vendor may not acknowledge; an operator may, and is recorded.
+        ack = f"{daemon.api}/api/v1/alerts/{alert['id']}/ack"
+        assert httpx.post(ack, headers={"Authorization": f"Bearer {VENDOR_TOKEN}"}).status_code == 403
+        assert httpx.post(ack).status_code == 401
+        acked = httpx.post(ack, headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+        assert acked.status_code == 200, acked.text
+        assert acked.json()["acknowledged"]["by"] == "truc-ban-1"
+        assert [a["id"] for a in alerts(daemon, state="acknowledged")] == [alert["id"]]
+
+        # A dossier makes KPIs for its commune and the province, served and fed back into the rules.
+        dossier = {"id": f"{unique}-d1", "source": "qtmt-aqi", "type": "dossier", "time": now_iso(),
+                   "area": "22723", "dossier_id": f"HS-{unique}", "procedure": "1.001612",
+                   "status": "received", "received_at": now_iso(), "due_at": now_iso(3 * 86400),
+                   "channel": "online", "level": "commune"}
+        posted = httpx.post(f"{daemon.api}/api/v1/events", content=orjson.dumps(dossier),
+                            headers={"Authorization": f"Bearer {VENDOR_TOKEN}",
+                                     "Content-Type": "application/json"})
+        assert posted.status_code == 202 and posted.json()["accepted"] == 1, posted.text
+
+        def open_kpi(area: str) -> float | None:
+            kpis = httpx.get(f"{daemon.api}/api/v1/kpis", params={"area": area}, timeout=5).json()
+            return next((k["value"] for k in kpis if k["kpi"] == "kpi.dossier.open"), None)
+
+        assert wait_for("kpi.dossier.open of the commune", lambda: open_kpi("22723")) == 1
+        assert open_kpi("60") == 1  # rolled up to the province
+        backlog = wait_for("the KPI rule firing", lambda: [a for a in alerts(daemon, state="firing")
+                                                            if a["rule"] == "backlog-open"])
+        assert {a["labels"]["area"] for a in backlog} == {"22723", "60"}
+
+        # InfluxDB holds the alert's state change and the KPI points.
+        def rows(query: str) -> list[Any]:
+            series = influx_query(influxdb.url, database, query)
+            return list(series[0]["values"]) if series else []
+
+        assert wait_for("the alert point", lambda: rows(
+            "SELECT state, fingerprint FROM alert WHERE rule = 'aqi-bad'"))[0][1:] == ["firing", alert["fingerprint"]]
+        assert wait_for("the KPI points", lambda: rows(
+            "SELECT value FROM kpi WHERE kpi = 'kpi.dossier.open' AND area = '60'"))[-1][1] == 1.0
+
+        # SIGHUP with a broken rule file: refused, counted, old rules kept.
+        rule_file = tmp_path / "rules" / "e2e.yaml"
+        rule_file.write_text(RULES + "  - id: broken\n    kind: nonsense\n", encoding="utf-8")
+        assert daemon.process is not None
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_for("the reload failure", lambda: daemon.metric_sum("ioc_rules_reload_failures_total") == 1)
+        assert "rules.reload_failed" in daemon.log() and "e2e.yaml:" in daemon.log()
+        assert [a["id"] for a in alerts(daemon, state="firing") if a["rule"] == "aqi-bad"] == [alert["id"]]
+        rule_file.write_text(RULES, encoding="utf-8")
+
+        # A restart keeps the alert and its ack, and pages nobody again.
+        pages_before = len(pages.messages)
+        assert daemon.terminate() == 0
+        daemon.start()
+        [kept] = [a for a in alerts(daemon, state="firing") if a["rule"] == "aqi-bad"]
+        assert kept["id"] == alert["id"] and kept["acknowledged"]["by"] == "truc-ban-1"
+        time.sleep(1.5)
+        assert len(pages.messages) == pages_before
+
+        # Clean air resolves it; the retained state is cleared.
+        publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-2", 100)], qos=1)
+        [resolved] = wait_for("the alert resolved", lambda: [
+            a for a in alerts(daemon, state="resolved") if a["rule"] == "aqi-bad"])
+        assert resolved["id"] == alert["id"] and resolved["resolved_at"]
+        assert orjson.loads(pages.wait_for(pages_before + 1)[-1][1])["state"] == "resolved"
+        assert not [a for a in alerts(daemon) if a["rule"] == "aqi-bad"]
+        cleared = Collector("127.0.0.1", mosquitto.port, f"ioc/v1/alerts/state/{alert['fingerprint']}")
+        try:
+            time.sleep(0.5)
+            assert cleared.messages == []
+        finally:
+            cleared.close()
+        assert_counting_rule(daemon)
+    finally:
+        pages.close()

@@ -1,0 +1,372 @@
+"""The alert life cycle (ioc.alerts.lifecycle): episodes, acknowledgements, listing, restart, muting, on a
+fake clock with the store in a temporary SQLite file."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ioc.alerts.alert import Alert, Change
+from ioc.alerts.config import AlertsSettings
+from ioc.alerts.errors import AlertConflict, AlertNotFound, NotifyError
+from ioc.alerts.lifecycle import AlertManager
+from ioc.alerts.model import AlertUpdate, fingerprint
+from ioc.alerts.silence import SilenceRequest
+from ioc.alerts.store import AlertStore
+from ioc.config import load_settings
+
+T0 = 1_772_409_600.0  # 2026-03-02T00:00:00Z
+CONTRACT_KEYS = {"id", "fingerprint", "rule", "severity", "state", "labels", "summary", "value", "started_at",
+                 "fired_at", "resolved_at", "acknowledged", "silenced"}
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    """A notifier that keeps every (alert, change) it is told."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.got: list[tuple[Alert, Change]] = []
+
+    def notify(self, alert: Alert, change: Change) -> None:
+        self.got.append((alert, change))
+
+    @property
+    def changes(self) -> list[tuple[str, Change]]:
+        return [(alert.rule, change) for alert, change in self.got]
+
+
+def update(state: str, at: float, *, rule: str = "aqi-bad", area: str = "22723", severity: str = "critical",
+           value: float | None = 160.0, **labels: str) -> AlertUpdate:
+    return AlertUpdate(rule=rule, labels={"area": area, **labels}, severity=severity,  # type: ignore[arg-type]
+                       state=state, summary=f"AQI {value} tại {area}", value=value, at=at)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "ioc.db"
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def manager(db: Path, clock: Clock, recorder: Recorder) -> Iterator[AlertManager]:
+    manager = AlertManager(AlertStore(db), notifiers=[recorder], clock=clock)
+    yield manager
+    manager.close()
+
+
+def reopen(db: Path, clock: Clock, recorder: Recorder, **options: Any) -> AlertManager:
+    return AlertManager(AlertStore(db), notifiers=[recorder], clock=clock, **options)
+
+
+# --- episodes ------------------------------------------------------------------------------------------
+
+def test_pending_firing_resolved_is_one_alert_with_its_times(manager: AlertManager,
+                                                             recorder: Recorder) -> None:
+    pending = manager.apply(update("pending", T0 + 60))
+    firing = manager.apply(update("firing", T0 + 660, value=165.0))
+    resolved = manager.apply(update("resolved", T0 + 1800, value=110.0))
+    assert pending and firing and resolved
+    assert pending.id == firing.id == resolved.id
+    assert len(pending.id) == 32 and int(pending.id, 16) >= 0
+    assert resolved.fingerprint == fingerprint("aqi-bad", {"area": "22723"})
+    assert (resolved.started_at, resolved.fired_at, resolved.resolved_at) == (T0 + 60, T0 + 660, T0 + 1800)
+    assert [change for _, change in recorder.got] == ["pending", "firing", "resolved"]
+    body = resolved.as_json()
+    assert set(body) >= CONTRACT_KEYS
+    assert body["state"] == "resolved" and body["value"] == 110.0 and body["labels"] == {"area": "22723"}
+    assert body["started_at"] == "2026-03-02T00:01:00+00:00"
+    assert datetime.fromisoformat(str(body["resolved_at"])).timestamp() == T0 + 1800
+    assert body["acknowledged"] is None and body["silenced"] is False
+
+
+def test_a_repeated_state_is_not_a_change(manager: AlertManager, recorder: Recorder) -> None:
+    assert manager.apply(update("firing", T0)) is not None
+    assert manager.apply(update("firing", T0 + 10, value=170.0)) is None
+    assert manager.apply(update("resolved", T0 + 20)) is not None
+    assert manager.apply(update("resolved", T0 + 30)) is None  # nothing left to resolve
+    assert [change for _, change in recorder.got] == ["firing", "resolved"]
+
+
+def test_an_update_the_contract_does_not_know_is_refused(manager: AlertManager, recorder: Recorder) -> None:
+    assert manager.apply(update("exploded", T0)) is None
+    assert manager.apply(update("firing", T0, severity="page")) is None
+    assert manager.list() == [] and recorder.got == []
+
+
+def test_firing_without_pending_starts_and_fires_at_once(manager: AlertManager) -> None:
+    alert = manager.apply(update("firing", T0 + 5))
+    assert alert is not None and alert.started_at == alert.fired_at == T0 + 5
+
+
+def test_back_to_pending_while_firing_keeps_it_firing(manager: AlertManager, recorder: Recorder) -> None:
+    fired = manager.apply(update("firing", T0))
+    assert manager.apply(update("pending", T0 + 60)) is None
+    assert fired is not None and manager.get(fired.id).state == "firing"
+    assert len(recorder.got) == 1
+
+
+def test_a_new_episode_after_a_resolve_is_a_new_alert(manager: AlertManager) -> None:
+    first = manager.apply(update("firing", T0))
+    manager.apply(update("resolved", T0 + 60))
+    second = manager.apply(update("pending", T0 + 120))
+    assert first and second
+    assert second.id != first.id and second.fingerprint == first.fingerprint
+    assert manager.get(first.id).state == "resolved"  # the old episode is kept, resolved
+    assert [alert.id for alert in manager.list()] == [second.id]
+
+
+def test_group_labels_make_separate_alerts(manager: AlertManager) -> None:
+    a = manager.apply(update("firing", T0, area="22723"))
+    b = manager.apply(update("firing", T0, area="22724"))
+    assert a and b and a.id != b.id and a.fingerprint != b.fingerprint
+
+
+# --- acknowledgements ----------------------------------------------------------------------------------
+
+def test_ack_records_who_and_when_and_keeps_it_firing(manager: AlertManager, clock: Clock,
+                                                       recorder: Recorder) -> None:
+    alert = manager.apply(update("firing", T0))
+    assert alert is not None
+    clock.now = T0 + 90
+    acked = manager.ack(alert.id, "truc-ban-1")
+    assert acked.state == "firing"
+    assert acked.as_json()["acknowledged"] == {"by": "truc-ban-1", "at": "2026-03-02T00:01:30+00:00"}
+    assert [a.id for a in manager.list("firing")] == [alert.id]
+    assert [a.id for a in manager.list("acknowledged")] == [alert.id]
+    assert recorder.got[-1][1] == "acknowledged"
+    # A second ack changes nothing (the first operator stays on record).
+    assert manager.ack(alert.id, "truc-ban-2").acknowledged == acked.acknowledged
+    unacked = manager.unack(alert.id, "truc-ban-2")
+    assert unacked.acknowledged is None and manager.list("acknowledged") == []
+    assert [c for _, c in recorder.got] == ["firing", "acknowledged", "unacknowledged"]
+    audit = manager.audit_log(target=alert.id)
+    assert [(e.actor, e.action) for e in audit] == [("truc-ban-2", "alert.unack"),
+                                                    ("truc-ban-1", "alert.ack")]
+    assert audit[1].at == T0 + 90 and audit[1].detail["rule"] == "aqi-bad"
+
+
+def test_only_a_firing_alert_can_be_acked(manager: AlertManager) -> None:
+    pending = manager.apply(update("pending", T0))
+    assert pending is not None
+    with pytest.raises(AlertConflict, match="is pending: only a firing alert can be acknowledged"):
+        manager.ack(pending.id, "op")
+    manager.apply(update("firing", T0 + 1))
+    manager.apply(update("resolved", T0 + 2))
+    with pytest.raises(AlertConflict, match="is resolved"):
+        manager.ack(pending.id, "op")
+    with pytest.raises(AlertConflict, match="is resolved"):
+        manager.unack(pending.id, "op")
+    with pytest.raises(AlertNotFound, match="no alert with id 'nope'"):
+        manager.ack("nope", "op")
+    assert manager.audit_log() == []
+
+
+def test_a_resolve_ends_the_ack_and_the_next_episode_starts_unacked(manager: AlertManager) -> None:
+    alert = manager.apply(update("firing", T0))
+    assert alert is not None
+    manager.ack(alert.id, "op")
+    resolved = manager.apply(update("resolved", T0 + 60))
+    assert resolved is not None and resolved.acknowledged is None
+    again = manager.apply(update("firing", T0 + 120))
+    assert again is not None and again.acknowledged is None and manager.list("acknowledged") == []
+
+
+# --- listing -------------------------------------------------------------------------------------------
+
+def test_list_by_state_and_severity(manager: AlertManager) -> None:
+    pending = manager.apply(update("pending", T0, rule="a", severity="warning"))
+    firing = manager.apply(update("firing", T0, rule="b", severity="critical"))
+    info = manager.apply(update("firing", T0, rule="c", severity="info"))
+    gone = manager.apply(update("firing", T0, rule="d"))
+    manager.apply(update("resolved", T0 + 5, rule="d"))
+    assert pending and firing and info and gone
+    assert [a.id for a in manager.list()] == [firing.id, pending.id, info.id]  # most severe first
+    assert {a.id for a in manager.list("firing")} == {firing.id, info.id}
+    assert [a.id for a in manager.list("pending")] == [pending.id]
+    assert [a.id for a in manager.list("resolved")] == [gone.id]
+    assert [a.id for a in manager.list(severity="warning")] == [pending.id]
+    assert manager.list("resolved", severity="info") == []
+    with pytest.raises(ValueError, match="not one of pending, firing, acknowledged, resolved"):
+        manager.list("open")  # type: ignore[arg-type]
+
+
+def test_get_unknown_is_not_found(manager: AlertManager) -> None:
+    with pytest.raises(AlertNotFound):
+        manager.get("0" * 32)
+
+
+# --- restart -------------------------------------------------------------------------------------------
+
+def test_a_restart_keeps_alerts_acks_and_silences_and_renotifies_nothing(
+        db: Path, clock: Clock, recorder: Recorder) -> None:
+    first = reopen(db, clock, recorder)
+    firing = first.apply(update("firing", T0, area="22723"))
+    pending = first.apply(update("pending", T0, area="22724"))
+    first.apply(update("firing", T0, area="22725"))
+    first.apply(update("resolved", T0 + 1, area="22725"))
+    assert firing and pending
+    first.ack(firing.id, "truc-ban-1")
+    silence = first.create_silence(SilenceRequest.parse({"matchers": [{"name": "area", "value": "22724"}],
+                                                         "duration": "1h"}), actor="truc-ban-1")
+    first.close()
+
+    later = Recorder()
+    second = reopen(db, clock, later)
+    assert {a.id for a in second.list()} == {firing.id, pending.id}
+    assert second.get(firing.id).acknowledged == first.get(firing.id).acknowledged
+    assert second.get(firing.id).acknowledged is not None
+    assert [s.id for s in second.list_silences("active")] == [silence.id]
+    assert second.get(pending.id).silenced_by == (silence.id,)  # muting worked out again, told to nobody
+    assert len(second.list("resolved")) == 1
+    # The rule engine, restarted too, reports what it sees again: nothing is a change.
+    assert second.apply(update("firing", T0 + 100, area="22723")) is None
+    assert second.apply(update("pending", T0 + 100, area="22724")) is None
+    assert later.got == []
+    second.close()
+
+
+# --- muting --------------------------------------------------------------------------------------------
+
+def test_a_silence_mutes_and_its_expiry_unmutes(manager: AlertManager, recorder: Recorder) -> None:
+    alert = manager.apply(update("firing", T0, area="22723"))
+    other = manager.apply(update("firing", T0, area="22724"))
+    assert alert and other
+    silence = manager.create_silence(
+        SilenceRequest.parse({"matchers": [{"name": "area", "value": "22723"}], "duration": "30m"}),
+        actor="truc-ban-1")
+    muted_alert, change = recorder.got[-1]
+    assert change == "muted" and muted_alert.id == alert.id and muted_alert.silenced
+    assert manager.get(alert.id).as_json()["silenced"] is True and not manager.get(other.id).silenced
+    # Still recorded and listed while silenced.
+    resolved = manager.apply(update("resolved", T0 + 60, area="22723"))
+    assert resolved is not None and resolved.silenced and recorder.got[-1][1] == "resolved"
+    again = manager.apply(update("firing", T0 + 120, area="22723"))
+    assert again is not None and again.silenced_by == (silence.id,)
+    manager.expire_silence(silence.id, actor="truc-ban-1")
+    assert recorder.got[-1][1] == "unmuted" and not recorder.got[-1][0].silenced
+    assert not manager.get(again.id).silenced
+
+
+def test_tick_follows_silences_that_start_and_end_on_the_clock(manager: AlertManager, clock: Clock,
+                                                                recorder: Recorder) -> None:
+    alert = manager.apply(update("firing", T0))
+    assert alert is not None
+    manager.create_silence(SilenceRequest.parse({
+        "matchers": [{"name": "rule", "value": "aqi-.*", "op": "=~"}],
+        "starts_at": "2026-03-02T07:10:00+07:00", "ends_at": "2026-03-02T07:20:00+07:00"}), actor="op")
+    assert not manager.get(alert.id).silenced  # pending silence
+    clock.now = T0 + 599
+    manager.tick()
+    assert not manager.get(alert.id).silenced
+    clock.now = T0 + 600
+    manager.tick()
+    assert manager.get(alert.id).silenced and recorder.got[-1][1] == "muted"
+    clock.now = T0 + 1200
+    manager.tick()
+    assert not manager.get(alert.id).silenced and recorder.got[-1][1] == "unmuted"
+    assert [s.status(clock.now) for s in manager.list_silences()] == ["expired"]
+
+
+def test_resolved_alerts_are_purged_by_age_and_by_count(db: Path, clock: Clock, recorder: Recorder) -> None:
+    settings = AlertsSettings.model_validate({"resolved_retention": "1d", "resolved_max": 2})
+    manager = reopen(db, clock, recorder, settings=settings)
+    for index in range(4):
+        manager.apply(update("firing", T0 + index, area=f"a{index}"))
+        manager.apply(update("resolved", T0 + 10 + index, area=f"a{index}"))
+    manager.tick()
+    assert [a.labels["area"] for a in manager.list("resolved")] == ["a3", "a2"]
+    clock.now = T0 + 86400 + 12.5  # a2 resolved more than a day ago, a3 not yet
+    manager.tick()
+    assert [a.labels["area"] for a in manager.list("resolved")] == ["a3"]
+    clock.now = T0 + 86400 + 50  # purges run once a minute: not yet
+    manager.tick()
+    assert len(manager.list("resolved")) == 1
+    clock.now = T0 + 86400 + 73
+    manager.tick()
+    assert manager.list("resolved") == []
+    samples = {m.name: {tuple(s.labels.values()): s.value for s in m.samples} for m in manager.metrics()}
+    assert samples["ioc_alerts"][("resolved",)] == 0
+    manager.close()
+
+
+def test_metrics_count_alerts_by_state(manager: AlertManager) -> None:
+    a = manager.apply(update("firing", T0, area="1"))
+    manager.apply(update("firing", T0, area="2"))
+    manager.apply(update("pending", T0, area="3"))
+    assert a is not None
+    manager.ack(a.id, "op")
+    samples = {m.name: {tuple(s.labels.values()): s.value for s in m.samples} for m in manager.metrics()}
+    assert samples["ioc_alerts"] == {("pending",): 1, ("firing",): 2, ("acknowledged",): 1, ("resolved",): 0}
+    assert samples["ioc_alert_notifications"][("recorder", "sent")] == 4
+
+
+# --- notification and concurrency ----------------------------------------------------------------------
+
+class Broken:
+    name = "broken"
+
+    def notify(self, alert: Alert, change: Change) -> None:
+        raise NotifyError("down", retryable=False)
+
+
+def test_a_failing_notifier_costs_the_others_nothing(db: Path, clock: Clock, recorder: Recorder) -> None:
+    manager = AlertManager(AlertStore(db), notifiers=[Broken(), recorder], clock=clock)
+    assert manager.apply(update("firing", T0)) is not None
+    assert [c for _, c in recorder.got] == ["firing"]
+    outcomes = manager.chain.outcomes()
+    assert outcomes[("broken", "failed")] == 1 and outcomes[("recorder", "sent")] == 1
+    manager.close()
+
+
+def test_concurrent_updates_make_each_change_once(manager: AlertManager, recorder: Recorder) -> None:
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait()
+        for index in range(50):
+            manager.apply(update("pending", T0, area=str(index)))
+            manager.apply(update("firing", T0 + 1, area=str(index)))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    changes = [change for _, change in recorder.got]
+    assert changes.count("pending") == 50 and changes.count("firing") == 50
+    assert len({alert.id for alert, _ in recorder.got}) == 50
+    assert len(manager.list("firing")) == 50
+
+
+def test_the_sample_config_loads() -> None:
+    settings = load_settings(Path(__file__).resolve().parents[2] / "ioc" / "alerts" / "sample.conf")
+    alerts = settings.alerts
+    assert alerts.resolved_retention == 30 * 86400 and alerts.silence_retention == 5 * 86400
+    assert [hook.name for hook in alerts.webhooks] == ["chat"]
+    assert alerts.webhooks[0].changes == ["firing", "resolved", "unmuted"]
+    (rule,) = alerts.inhibit
+    assert rule.within_area and rule.target_matchers[0].build().matches({"rule": "cell-down"})
+    assert alerts.stream_heartbeat == 15.0

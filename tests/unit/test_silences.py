@@ -1,0 +1,193 @@
+"""Matchers and silences (ioc.alerts.matchers, ioc.alerts.silence) on a fake clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ioc.alerts.alert import Alert
+from ioc.alerts.errors import InvalidSilence, SilenceNotFound
+from ioc.alerts.matchers import Matcher, parse_matcher
+from ioc.alerts.silence import SilenceRequest, Silences
+from ioc.alerts.store import AlertStore
+
+T0 = 1_772_409_600.0  # 2026-03-02T00:00:00Z = 07:00 in Asia/Ho_Chi_Minh
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def alert(rule: str = "cell-down", **labels: str) -> Alert:
+    return Alert(id="a" * 32, fingerprint="f" * 16, rule=rule, severity="warning", state="firing",
+                 labels=labels, summary="", value=None, started_at=T0)
+
+
+def request(**body: object) -> SilenceRequest:
+    return SilenceRequest.parse({"matchers": [{"name": "area", "value": "22723"}], "duration": "1h", **body})
+
+
+# --- matchers ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("op", "value", "label", "expected"), [
+    ("=", "22723", "22723", True),
+    ("=", "22723", "227230", False),
+    ("!=", "22723", "22724", True),
+    ("!=", "22723", "22723", False),
+    ("=~", "227.*", "22723", True),
+    ("=~", "22", "22723", False),  # anchored: the whole value must match
+    ("=~", "a|b", "b", True),
+    ("!~", "a|b", "ab", True),
+    ("!~", "227.*", "22723", False),
+])
+def test_matcher_ops(op: str, value: str, label: str, expected: bool) -> None:
+    assert Matcher.create("area", value, op).matches({"area": label}) is expected
+
+
+def test_a_missing_label_matches_as_empty() -> None:
+    assert Matcher.create("entity", "", "=").matches({})
+    assert Matcher.create("entity", "BTN1", "!=").matches({})
+    assert not Matcher.create("entity", "BTN.*", "=~").matches({})
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("rule = coverage-outage", ("rule", "coverage-outage", "=")),
+    ('severity=~"critical|warning"', ("severity", "critical|warning", "=~")),
+    ('area != ""', ("area", "", "!=")),
+    ('summary = "a \\"quoted\\" word"', ("summary", 'a "quoted" word', "=")),
+    ("entity!~BTN.*", ("entity", "BTN.*", "!~")),
+])
+def test_matcher_text_form(text: str, expected: tuple[str, str, str]) -> None:
+    parsed = parse_matcher(text)
+    assert (parsed.name, parsed.value, parsed.op) == expected
+
+
+@pytest.mark.parametrize("text", ["rule", "= x", "rule ~ x"])
+def test_bad_matcher_text_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a matcher"):
+        parse_matcher(text)
+
+
+def test_silences_match_the_rule_and_severity_too() -> None:
+    silences = Silences(None, clock=Clock())
+    silences.create(SilenceRequest.parse({"matchers": [{"name": "rule", "value": "cell-down"},
+                                                       {"name": "severity", "value": "warning"}],
+                                          "duration": "1h"}), actor="op")
+    assert silences.muted(alert("cell-down", area="22723"))
+    assert not silences.muted(alert("coverage-outage", area="22723"))
+
+
+# --- validation ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"matchers": [{"name": "area", "value": "(", "op": "=~"}], "duration": "1h"},
+     "matchers.0: value: '(' is not a valid regular expression"),
+    ({"matchers": [{"name": "area", "value": "1", "op": "=="}], "duration": "1h"},
+     "matchers.0.op: Input should be"),
+    ({"matchers": [{"name": "area", "value": 22723}], "duration": "1h"},
+     "matchers.0.value: Input should be a valid string"),
+    ({"matchers": [], "duration": "1h"}, "matchers: List should have at least 1 item"),
+    ({"matchers": [{"name": "area", "value": "1"}], "duration": "1h", "until": "x"}, "until: unknown key"),
+    ({"matchers": [{"name": "area", "value": "1"}], "ends_at": "2026-03-02T10:00:00"},
+     "ends_at: Input should have timezone info"),
+    ({"matchers": [{"name": "area", "value": "1"}], "duration": "soon"},
+     "duration: 'soon' is not a duration"),
+])
+def test_bad_requests_name_the_field(body: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidSilence) as caught:
+        SilenceRequest.parse(body)
+    assert message in str(caught.value)
+
+
+def test_a_body_that_is_not_json_is_refused() -> None:
+    with pytest.raises(InvalidSilence, match="not valid JSON"):
+        SilenceRequest.parse(b"{matchers")
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"ends_at": "2026-03-02T06:00:00+07:00", "duration": None}, "ends_at: .* is in the past"),
+    ({"starts_at": "2026-03-02T09:00:00+07:00", "ends_at": "2026-03-02T08:00:00+07:00", "duration": None},
+     "ends_at: .* is not after starts_at"),
+    ({"ends_at": "2026-03-02T09:00:00+07:00"}, "give ends_at or duration, not both"),
+    ({"duration": None}, "ends_at: required"),
+    ({"matchers": [{"name": "area", "value": ".*", "op": "=~"}]}, "would mute every alert"),
+])
+def test_silences_that_make_no_sense_are_refused(body: dict[str, object], message: str) -> None:
+    silences = Silences(None, clock=Clock())
+    with pytest.raises(InvalidSilence, match=message):
+        silences.create(request(**body), actor="op")
+    assert silences.list() == []
+
+
+# --- life of a silence ---------------------------------------------------------------------------------
+
+def test_status_follows_the_clock_and_expired_ones_are_purged_after_five_days() -> None:
+    clock = Clock()
+    silences = Silences(None, clock=clock)
+    silence = silences.create(request(starts_at="2026-03-02T08:00:00+07:00", duration="2h"), actor="op")
+    assert silence.starts_at == T0 + 3600 and silence.ends_at == T0 + 3 * 3600
+    assert silence.author == "op"
+    assert silence.status(clock.now) == "pending" and not silences.muted(alert(area="22723"))
+    assert silences.next_transition(clock.now) == T0 + 3600
+    clock.now = T0 + 3600
+    assert silences.list()[0].as_json(clock.now)["status"] == "active"
+    assert silences.muted(alert(area="22723")) and not silences.muted(alert(area="22724"))
+    clock.now = T0 + 3 * 3600
+    assert silences.list("expired") == [silence] and silences.counts()["expired"] == 1
+    clock.now = T0 + 3 * 3600 + 5 * 86400
+    assert silences.purge() == [] and silences.list("expired") == [silence]  # listed for 5 days
+    clock.now += 1
+    assert silences.purge() == [silence.id] and silences.list() == []
+
+
+def test_expire_ends_a_silence_now_and_keeps_it_listed() -> None:
+    clock = Clock()
+    silences = Silences(None, clock=clock)
+    silence = silences.create(request(author="someone-else"), actor="op")
+    assert silence.author == "someone-else"
+    clock.now += 60
+    expired, changed = silences.expire(silence.id, actor="op")
+    assert changed and expired.ends_at == T0 + 60 and expired.status(clock.now) == "expired"
+    assert not silences.muted(alert(area="22723"))
+    again, changed = silences.expire(silence.id, actor="op")
+    assert not changed and again == expired
+    with pytest.raises(SilenceNotFound):
+        silences.expire("nope", actor="op")
+
+
+def test_a_pending_silence_expired_never_starts() -> None:
+    clock = Clock()
+    silences = Silences(None, clock=clock)
+    silence = silences.create(request(starts_at="2026-03-02T09:00:00+07:00"), actor="op")
+    expired, _ = silences.expire(silence.id, actor="op")
+    assert expired.starts_at == expired.ends_at == T0
+    clock.now = T0 + 2 * 3600 + 1
+    assert not silences.muted(alert(area="22723"))
+
+
+def test_silences_and_their_audit_survive_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    store = AlertStore(tmp_path / "ioc.db")
+    silences = Silences(store, clock=clock)
+    made = silences.create(SilenceRequest.parse({
+        "matchers": [{"name": "rule", "value": "cell-down|coverage-outage", "op": "=~"},
+                     {"name": "area", "value": "22723"}],
+        "duration": "1h", "comment": "bảo trì trạm"}), actor="truc-ban-1")
+    silences.expire(made.id, actor="truc-ban-2")
+    store.close()
+
+    store = AlertStore(tmp_path / "ioc.db")
+    loaded = Silences(store, clock=clock).get(made.id)
+    assert loaded.matchers == made.matchers and loaded.comment == "bảo trì trạm"
+    assert loaded.matches({"rule": "coverage-outage", "area": "22723"})
+    assert loaded.status(clock.now) == "expired"
+    actions = [(entry.actor, entry.action) for entry in store.audit_log(target=made.id)]
+    assert actions == [("truc-ban-2", "silence.expire"), ("truc-ban-1", "silence.create")]
+    assert store.audit_log(target=made.id)[1].detail["matchers"] == ['rule=~"cell-down|coverage-outage"',
+                                                                     'area="22723"']
+    store.close()
