@@ -44,6 +44,7 @@ from ioc.lineproto import parse_tag, render_kpi
 from ioc.metrics import Metrics, counter, gauge
 from ioc.sinks.base import Sink
 from ioc.sinks.influx import InfluxSink
+from ioc.sinks.local import LocalSink
 from ioc.store import connect, load_state, save_state
 from rules import StateError
 from rules.engine import RuleEngine
@@ -72,6 +73,8 @@ class Daemon:
         if settings.influx.url:
             self.sinks.append(InfluxSink(settings.influx, spool_path=settings.store.path,
                                          on_refused=self._point_refused))
+        else:  # CONTRACT §1: with no InfluxDB, metrics are kept in the embedded store
+            self.sinks.append(LocalSink(settings.store.path, max_points=settings.store.local_max_points))
         self.pipeline = Pipeline(sinks=self.sinks, dedup=self.dedup, max_bytes=settings.http.max_body,
                                  max_future=settings.intake.max_future)
         self.mqtt = MqttConnector(settings.mqtt, self.pipeline) if settings.mqtt.enabled else None

@@ -189,6 +189,8 @@ class InfluxSettings(_Section):
 
 class StoreSettings(_Section):
     path: str = "var/ioc.db"
+    # With no InfluxDB (`[influx] url = ""`) points are kept in the store, at most this many (oldest go).
+    local_max_points: int = Field(default=1_000_000, ge=1)
 
 
 class IntakeSettings(_Section):
@@ -328,13 +330,27 @@ def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _toml_tables(text: str) -> set[str]:
+    return {line.strip().strip("[]").strip() for line in text.splitlines() if line.strip().startswith("[")}
+
+
 def _toml_line(text: str, loc: tuple[str | int, ...]) -> int | None:
     """The line of `loc` (section, [index,] key) in a TOML text: the key's line, else its table's."""
     if not loc:
         return None
-    section = str(loc[0])
-    index = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
-    key_loc = loc[2:] if index is not None else loc[1:]
+    # The table is the path up to the first list index (an array of tables, `[[alerts.webhooks]]`) or,
+    # without one, up to the last part; the part after it is the key.
+    first_index = next((i for i, part in enumerate(loc) if isinstance(part, int)), None)
+    if first_index is not None and first_index > 0:
+        section, index = ".".join(str(part) for part in loc[:first_index]), loc[first_index]
+        key_loc = loc[first_index + 1:]
+    else:
+        section, index, key_loc = (".".join(str(part) for part in loc[:-1]) or str(loc[0])), None, loc[-1:]
+        if len(loc) == 1:
+            key_loc = ()
+        elif section not in _toml_tables(text):
+            section, key_loc = str(loc[0]), loc[1:]
+    assert isinstance(index, int | None)
     key = str(key_loc[0]) if key_loc else None
     header_line, seen_index, in_table = None, -1, False
     top_key_line = None

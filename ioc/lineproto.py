@@ -146,10 +146,14 @@ def render_kpi(kpi: str, area: str, level: str, value: float, target: float | No
 
 
 def render_alert(rule: str, severity: str, area: str | None, state: str, fingerprint: str,
-                 value: float | None, time_ns: int) -> str:
+                 value: float | None, time_ns: int, *, entity: str | None = None) -> str:
     """The `alert` measurement (CONTRACT §4): tags `rule`, `severity`, `area`; fields `state`,
-    `fingerprint`, `value` (left out when the alert has none, e.g. an absence)."""
+    `fingerprint`, `value` (left out when the alert has none, e.g. an absence).
+
+    Extension: an `entity` tag for alerts grouped by entity, so two cell sites of one commune changing
+    at the same instant are two series, not one point overwriting the other."""
     fields: dict[str, float | str | bool] = {"state": state, "fingerprint": fingerprint}
     if value is not None:
         fields["value"] = value
-    return render_point("alert", {"rule": rule, "severity": severity, "area": area}, fields, time_ns)
+    tags = {"rule": rule, "severity": severity, "area": area, "entity": entity}
+    return render_point("alert", tags, fields, time_ns)

@@ -128,7 +128,7 @@ class InfluxNotifier:
         at = {"resolved": alert.resolved_at, "firing": alert.fired_at}.get(change) or alert.started_at
         time_ns = round(at * 1_000_000) * 1000  # microseconds kept exactly
         line = render_alert(alert.rule, alert.severity, alert.labels.get("area"), alert.state,
-                            alert.fingerprint, alert.value, time_ns)
+                            alert.fingerprint, alert.value, time_ns, entity=alert.labels.get("entity"))
         try:
             self.sink.submit([line], timeout=self.timeout)
         except SinkFull as error:

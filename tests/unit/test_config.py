@@ -109,3 +109,15 @@ def test_bad_durations(text: str) -> None:
 
 def test_sizes() -> None:
     assert parse_size("8MiB") == 8 << 20 and parse_size("512KiB") == 512 << 10 and parse_size(100) == 100
+
+
+def test_errors_in_nested_arrays_of_tables_name_their_own_line(tmp_path: Path) -> None:
+    path = tmp_path / "ioc.toml"
+    path.write_text('[alerts]\nresolved_max = 5\n\n[[alerts.webhooks]]\nurl = "https://a.example/x"\n\n'
+                    '[[alerts.webhooks]]\nurl = "ftp://nope"\n\n[[alerts.inhibit]]\nsource_matchers = []\n'
+                    'target_matchers = ["rule = x"]\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    problems = caught.value.problems
+    assert any(problem.startswith(f"{path}:8: alerts.webhooks.1.url:") for problem in problems), problems
+    assert any(problem.startswith(f"{path}:11: alerts.inhibit.0.source_matchers:") for problem in problems)
