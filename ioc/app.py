@@ -32,6 +32,7 @@ from ioc.alerts.notify import build_notifiers
 from ioc.api.app import create_app
 from ioc.api.server import HttpServer
 from ioc.api.stream import Broadcaster
+from ioc.api.web import default_province, web_router
 from ioc.areas import registry_from_settings
 from ioc.clock import EventClock
 from ioc.config import Settings
@@ -45,6 +46,7 @@ from ioc.metrics import Metrics, counter, gauge
 from ioc.sinks.base import Sink
 from ioc.sinks.influx import InfluxSink
 from ioc.sinks.local import LocalSink
+from ioc.web.watch import SourceWatch
 from ioc.store import connect, load_state, save_state
 from rules import StateError
 from rules.engine import RuleEngine
@@ -91,8 +93,10 @@ class Daemon:
                        self.evaluator.metrics(), *(aggregator.metrics() for aggregator in self.aggregators)):
             self.metrics.add(source)
         self.metrics.add(self._own_metrics)
+        wall = web_router(self.areas, default_province(self.areas), pipeline=self.pipeline, watch=self.watch)
         self.app = create_app(settings=settings, pipeline=self.pipeline, metrics=self.metrics,
-                              readiness=self.problems, alerts=self.alerts, kpis=self.kpis, stream=self.stream)
+                              readiness=self.problems, alerts=self.alerts, kpis=self.kpis, stream=self.stream,
+                              web=wall)
         self.http = HttpServer(self.app, settings.http)
 
     def _build_evaluation(self, settings: Settings) -> None:
@@ -120,7 +124,9 @@ class Daemon:
         self.kpis.listeners += [self._kpi_to_rules, self.stream.publish_kpi]
         if self.sinks:
             self.kpis.listeners.append(self._kpi_to_sinks)
-        self.evaluator = Evaluator([*self.aggregators, self.engine], self.clock, on_tick=[self.alerts.tick])
+        self.watch = SourceWatch()  # what the wall shows of each subsystem: last seen, rate
+        self.evaluator = Evaluator([*self.aggregators, self.engine, self.watch], self.clock,
+                                   on_tick=[self.alerts.tick])
         self.pipeline.batch_listeners.append(self.evaluator.offer)
         self._kpi_points_dropped = 0
         self._reload_failures = 0

@@ -99,6 +99,32 @@ def check(config: ConfigOption) -> None:
     )
 
 
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="The wall display and API port (127.0.0.1).")] = 8080,
+    mqtt_port: Annotated[int, typer.Option(help="The embedded MQTT broker's port (127.0.0.1).")] = 1883,
+    broker: Annotated[str, typer.Option(help="auto (Mosquitto when installed, else amqtt), mosquitto "
+                                             "or amqtt.")] = "auto",
+    keep: Annotated[bool, typer.Option(help="Keep the demo's folder (store, logs) at exit.")] = False,
+) -> None:
+    """The whole system on this machine: embedded broker, daemon, simulated province, wall display."""
+    from ioc.demo import run_demo
+
+    if broker not in ("auto", "mosquitto", "amqtt"):
+        typer.echo(f"ioc demo: --broker {broker!r}: expected auto, mosquitto or amqtt", err=True)
+        raise typer.Exit(2)
+    try:
+        code = run_demo(port=port, mqtt_port=mqtt_port, broker_kind=broker, keep=keep)  # type: ignore[arg-type]
+    except ConfigError as error:
+        for problem in error.problems:
+            typer.echo(problem, err=True)
+        raise typer.Exit(1) from None
+    except IocError as error:
+        typer.echo(f"ioc demo: {error}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
 @app.command("mosquitto-acl")
 def mosquitto_acl(
     config: ConfigOption,

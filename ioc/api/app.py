@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 import structlog
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client.core import Metric
 from starlette.exceptions import HTTPException
@@ -112,7 +112,8 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
                readiness: Callable[[], list[str]], alerts: AlertManager | None = None,
-               kpis: KpiBoard | None = None, stream: Broadcaster | None = None) -> FastAPI:
+               kpis: KpiBoard | None = None, stream: Broadcaster | None = None,
+               web: APIRouter | None = None) -> FastAPI:
     """The FastAPI application of the daemon. Registers its own metric source into `metrics`
     (`ioc_http_requests_total{route,status}`, `ioc_http_rate_limited_total{vendor}`).
 
@@ -145,6 +146,8 @@ def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
         app.include_router(kpis_router(kpis))
     if stream is not None:
         app.include_router(stream_router(stream))
+    if web is not None:  # the wall display (`ioc.api.web.web_router`): `/`, its assets, areas, sources
+        app.include_router(web)
 
     requests: defaultdict[tuple[str, ...], int] = defaultdict(int)
     app.add_middleware(RequestCounter, counts=requests)

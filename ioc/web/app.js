@@ -1,0 +1,720 @@
+// The operations-center wall: KPI tiles against their targets, the live alert feed, the areas by their
+// worst alert and the health of each subsystem, kept live over Server-Sent Events (CONTRACT §3).
+//
+// Data: GET /api/v1/areas, /alerts (+ ?state=resolved), /kpis, /silences, /sources, /telemetry at load
+// and after every reconnect; then `alert` and `kpi` events from /api/v1/stream. When the stream drops,
+// the body gets data-state="stale" and the [data-stale] banner shows; the page reconnects with a jittered
+// exponential backoff and reloads the alert list once the stream is back.
+//
+// Operators: [data-action=login] opens the token entry ([data-action=token]); the token is checked
+// (GET /api/v1/whoami) and kept in sessionStorage for the browser session. Each alert element carries
+// data-fingerprint and, for an operator, buttons data-action=ack / unack / silence.
+
+import { initialLanguage, makeFormatter } from "./i18n.js";
+
+const API = "/api/v1";
+const TOKEN_KEY = "ioc.operator.token";
+const NAME_KEY = "ioc.operator.name";
+const SEVERITY_RANK = { critical: 3, warning: 2, info: 1 };
+const DISPLAY_RANK = { firing: 5, pending: 4, acknowledged: 3, silenced: 2, resolved: 1 };
+const HISTORY_MAX = 240; // points per sparkline (values since the page loaded)
+const RESOLVED_KEEP = 12; // resolved alerts kept below the active ones...
+const RESOLVED_FOR_MS = 12 * 3600 * 1000; // ...if resolved within this long
+const SOURCE_QUIET_MS = 5 * 60 * 1000; // a source silent this long is shown as silent
+const AQI_FRESH_MS = 3 * 3600 * 1000; // AQI readings older than this are left out of the tile
+const DURATIONS = ["30m", "1h", "2h", "4h", "8h", "1d", "3d"];
+const DEFAULT_DURATION = "2h";
+const BACKOFF_MIN_MS = 1000;
+const BACKOFF_MAX_MS = 30000;
+const SOURCES_EVERY_MS = 5000;
+const TELEMETRY_EVERY_MS = 5000; // no stream for telemetry: the AQI tile polls
+const AGES_EVERY_MS = 15000;
+// VN_AQI bands (Decision 1459/QĐ-TCMT): upper bounds of Good, Moderate, Poor, Bad, Very bad; above: Hazardous.
+const AQI_BANDS = [50, 100, 150, 200, 300];
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
+
+const state = {
+  lang: initialLanguage(),
+  fmt: null,
+  province: document.body.dataset.province,
+  areas: new Map(),
+  levels: ["province"],
+  alerts: new Map(), // fingerprint -> the latest episode's alert
+  kpis: new Map(), // "kpi|area" -> kpi
+  aqi: new Map(), // area -> latest env.aqi reading
+  history: new Map(), // tile id -> [{t, v}]
+  sources: [],
+  silences: 0,
+  token: sessionStorage.getItem(TOKEN_KEY),
+  operator: sessionStorage.getItem(NAME_KEY),
+  stream: null,
+  connection: "connecting",
+  backoff: 0,
+  reconnectTimer: 0,
+  loading: false,
+  buffered: [],
+  loads: 0,
+  silenceTarget: null,
+  renderTimer: 0,
+};
+state.fmt = makeFormatter(state.lang);
+const t = (key, values) => state.fmt.t(key, values);
+
+// --- DOM helpers -----------------------------------------------------------------------------------
+
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "class") node.className = value;
+    else if (name === "text") node.textContent = value;
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined && child !== false) {
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+  }
+  return node;
+}
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function svg(tag, attributes = {}, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
+  node.append(...children);
+  return node;
+}
+
+function icon(name, extra = "") {
+  return svg("svg", { class: `icon ${extra}`.trim(), "aria-hidden": "true", focusable: "false" },
+    svg("use", { href: `#i-${name}` }));
+}
+
+function toast(message, kind = "info") {
+  const box = $("[data-toast]");
+  box.textContent = message;
+  box.dataset.kind = kind;
+  box.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { box.hidden = true; }, 6000);
+}
+
+// --- the API ---------------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(path, { method = "GET", body, auth = false, token = state.token } = {}) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (auth && token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(API + path, {
+    method, headers, cache: "no-store", body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let data = null;
+  if (response.status !== 204) {
+    try { data = await response.json(); } catch { data = null; }
+  }
+  if (!response.ok) throw new ApiError(response.status, data?.error ?? `HTTP ${response.status}`);
+  return data;
+}
+
+/** An operator action's failure: a bad token logs the operator out; anything else is shown. */
+function actionFailed(error) {
+  if (error.status === 401) {
+    logout(false);
+    toast(t("tokenInvalid"), "error");
+  } else if (error.status === 403) {
+    toast(t("tokenNotOperator"), "error");
+  } else {
+    toast(t("requestFailed", { error: error.message }), "error");
+  }
+}
+
+// --- alerts ----------------------------------------------------------------------------------------
+
+const toDate = (text) => (text ? new Date(text) : null);
+
+/** What the feed shows an alert as: resolved, silenced, acknowledged, firing or pending. */
+function displayState(alert) {
+  if (alert.state === "resolved") return "resolved";
+  if (alert.silenced) return "silenced";
+  if (alert.acknowledged) return "acknowledged";
+  return alert.state;
+}
+
+/** Keep one alert per fingerprint: the same episode replaces itself; a new active episode replaces a
+ *  resolved one; a resolved one never hides an active episode. */
+function mergeAlert(alerts, alert) {
+  const known = alerts.get(alert.fingerprint);
+  if (!known || known.id === alert.id || alert.state !== "resolved"
+      || (known.state === "resolved" && (toDate(alert.resolved_at) ?? 0) >= (toDate(known.resolved_at) ?? 0))) {
+    const { change, ...kept } = alert;
+    alerts.set(alert.fingerprint, kept);
+  }
+}
+
+function pruneResolved(alerts, now = Date.now()) {
+  const resolved = [...alerts.values()].filter((a) => a.state === "resolved")
+    .sort((a, b) => toDate(b.resolved_at) - toDate(a.resolved_at));
+  resolved.forEach((alert, index) => {
+    const at = toDate(alert.resolved_at)?.getTime() ?? 0;
+    if (index >= RESOLVED_KEEP || now - at > RESOLVED_FOR_MS) alerts.delete(alert.fingerprint);
+  });
+}
+
+function sortedAlerts() {
+  const active = [];
+  const resolved = [];
+  for (const alert of state.alerts.values()) (alert.state === "resolved" ? resolved : active).push(alert);
+  active.sort((a, b) => (SEVERITY_RANK[b.severity] ?? 0) - (SEVERITY_RANK[a.severity] ?? 0)
+    || DISPLAY_RANK[displayState(b)] - DISPLAY_RANK[displayState(a)]
+    || toDate(b.started_at) - toDate(a.started_at));
+  resolved.sort((a, b) => toDate(b.resolved_at) - toDate(a.resolved_at));
+  return [...active, ...resolved];
+}
+
+async function loadAlerts() {
+  state.loading = true;
+  state.buffered = [];
+  try {
+    const [active, resolved] = await Promise.all([api("/alerts"), api("/alerts?state=resolved&limit=100")]);
+    const next = new Map();
+    for (const alert of resolved) mergeAlert(next, alert);
+    for (const alert of active) mergeAlert(next, alert);
+    for (const alert of state.buffered) mergeAlert(next, alert); // what the stream sent meanwhile
+    pruneResolved(next);
+    state.alerts = next;
+    state.loads += 1;
+    document.body.dataset.alertsLoads = String(state.loads);
+  } finally {
+    state.loading = false;
+    state.buffered = [];
+  }
+  scheduleRender();
+}
+
+function onAlertEvent(alert) {
+  if (state.loading) state.buffered.push(alert);
+  mergeAlert(state.alerts, alert);
+  pruneResolved(state.alerts);
+  scheduleRender();
+}
+
+async function loadSilences() {
+  const silences = await api("/silences?status=active");
+  state.silences = silences.length;
+  scheduleRender();
+}
+
+function alertActions(alert) {
+  if (!state.token || alert.state === "resolved") return null;
+  const buttons = [];
+  if (alert.state === "firing" && !alert.acknowledged) {
+    buttons.push(el("button", { type: "button", class: "btn", "data-action": "ack", text: t("ack") }));
+  }
+  if (alert.acknowledged) {
+    buttons.push(el("button", { type: "button", class: "btn", "data-action": "unack", text: t("unack") }));
+  }
+  buttons.push(el("button", { type: "button", class: "btn", "data-action": "silence", text: t("silence") }));
+  return el("div", { class: "alert-actions" }, buttons);
+}
+
+function areaName(code) {
+  return state.areas.get(code)?.name ?? code;
+}
+
+function renderAlert(alert, now) {
+  const shown = displayState(alert);
+  const fmt = state.fmt;
+  const started = toDate(alert.started_at);
+  const meta = [t("startedAt", { at: fmt.when(started, now), age: fmt.age(started, now) })];
+  if (alert.state === "resolved") meta.push(t("resolvedAt", { at: fmt.when(toDate(alert.resolved_at), now) }));
+  if (alert.value !== null && alert.value !== undefined) meta.push(t("value", { value: fmt.number(alert.value, 2) }));
+  const extra = [];
+  if (alert.acknowledged) {
+    extra.push(el("span", { class: "tag tag-ack" }, icon("acknowledged"),
+      t("ackedBy", { by: alert.acknowledged.by, at: fmt.when(toDate(alert.acknowledged.at), now) })));
+  }
+  if (alert.silenced && shown !== "silenced") {
+    extra.push(el("span", { class: "tag tag-silenced" }, icon("silenced"), t("state.silenced")));
+  }
+  const area = alert.labels?.area;
+  return el("li", {
+    class: "alert", "data-fingerprint": alert.fingerprint, "data-id": alert.id, "data-state": shown,
+    "data-severity": alert.severity, "data-rule": alert.rule,
+  },
+  el("div", { class: "alert-state" }, icon(shown), el("span", { class: "state-text", text: t(`state.${shown}`) })),
+  el("div", { class: "alert-main" },
+    el("div", { class: "alert-head" },
+      el("span", { class: "severity", "data-severity": alert.severity, text: t(`severity.${alert.severity}`) }),
+      area ? el("span", { class: "alert-area", text: areaName(area) }) : null,
+      el("span", { class: "alert-rule", text: alert.rule })),
+    el("p", { class: "summary", text: alert.summary || alert.rule }),
+    el("p", { class: "meta", text: meta.join(" · ") }),
+    extra.length ? el("p", { class: "meta tags" }, extra) : null),
+  alertActions(alert));
+}
+
+function renderAlerts(now) {
+  const alerts = sortedAlerts();
+  const list = $("[data-alerts]");
+  list.replaceChildren(...alerts.map((alert) => renderAlert(alert, now)));
+  const active = alerts.filter((a) => a.state !== "resolved");
+  $("[data-alerts-empty]").hidden = active.length > 0;
+  $("[data-alert-counts]").textContent = t("counts", {
+    firing: state.fmt.number(active.filter((a) => a.state === "firing").length, 0),
+    pending: state.fmt.number(active.filter((a) => a.state === "pending").length, 0),
+    acknowledged: state.fmt.number(active.filter((a) => a.acknowledged).length, 0),
+    silences: state.fmt.number(state.silences, 0),
+  });
+}
+
+// --- areas -----------------------------------------------------------------------------------------
+
+async function loadAreas() {
+  const areas = await api("/areas");
+  state.areas = new Map(areas.map((area) => [area.code, area]));
+  const levels = ["province", "district", "commune"].filter((level) => areas.some((a) => a.level === level));
+  state.levels = levels.length ? levels : ["province"];
+  const province = state.areas.get(state.province);
+  if (province) $("[data-province-name]").textContent = province.name;
+  scheduleRender();
+}
+
+/** Whether `code` is `ancestor` or lies below it in the registry. */
+function within(code, ancestor) {
+  for (let area = state.areas.get(code), hops = 0; area && hops < 8; area = state.areas.get(area.parent), hops++) {
+    if (area.code === ancestor) return true;
+  }
+  return code === ancestor;
+}
+
+function renderAreas() {
+  const lowest = state.levels[state.levels.length - 1];
+  const cells = [...state.areas.values()].filter((area) => area.level === lowest && area.code !== state.province);
+  const active = [...state.alerts.values()].filter((a) => a.state !== "resolved" && a.labels?.area);
+  const grid = $("[data-areas]");
+  grid.replaceChildren(...cells.map((area) => {
+    const mine = active.filter((alert) => within(alert.labels.area, area.code));
+    const worst = mine.reduce((best, alert) => ((SEVERITY_RANK[alert.severity] ?? 0) > (SEVERITY_RANK[best] ?? 0)
+      ? alert.severity : best), "none");
+    const status = worst === "none" ? "ok" : worst === "critical" ? "bad" : worst === "warning" ? "warn" : "info";
+    return el("li", { class: "area", "data-area": area.code, "data-severity": worst },
+      el("span", { class: "area-name", text: area.name }),
+      el("span", { class: "area-status" }, icon(status === "info" ? "pending" : status),
+        el("span", { text: mine.length ? `${t(`severity.${worst}`)} · ${t("alertCount", { count: mine.length })}`
+          : t("severity.none") })));
+  }));
+  grid.dataset.count = String(cells.length);
+}
+
+// --- KPIs ------------------------------------------------------------------------------------------
+
+function tileDefinitions() {
+  const top = state.levels[0];
+  const tiles = state.levels.map((level) => ({
+    id: `online-${level}`, kind: "kpi", kpi: "kpi.dossier.online_share", level, better: "higher", band: 10,
+    unit: "%", digits: 1, title: () => t("tile.online", { level: t(`level.${level}`) }),
+  }));
+  tiles.push(
+    { id: "overdue", kind: "kpi", kpi: "kpi.dossier.overdue_open", level: top, better: "lower", band: 10,
+      unit: "", digits: 0, defaultTarget: 0, title: () => t("tile.overdue") },
+    { id: "on-time", kind: "kpi", kpi: "kpi.dossier.on_time_rate", level: top, better: "higher", band: 5,
+      unit: "%", digits: 1, title: () => t("tile.onTime") },
+    { id: "coverage", kind: "kpi", kpi: "kpi.coverage.down_share", level: top, better: "lower", band: 5,
+      unit: "%", digits: 1, defaultTarget: 0, title: () => t("tile.coverage") },
+    { id: "aqi", kind: "aqi", better: "lower", band: 50, unit: "", digits: 0, defaultTarget: 100,
+      title: () => t("tile.aqi") },
+  );
+  return tiles;
+}
+
+/** A tile's current figure: {value, target, note}. The top level's own KPI; for a lower level the mean
+ *  of its areas' values, with how many meet their target; for AQI the highest fresh reading. */
+function tileFigure(tile, now) {
+  if (tile.kind === "aqi") {
+    const fresh = [...state.aqi.values()].filter((r) => now - new Date(r.time).getTime() <= AQI_FRESH_MS);
+    if (!fresh.length) return { value: null, target: tile.defaultTarget };
+    const worst = fresh.reduce((a, b) => (b.value > a.value ? b : a));
+    const band = AQI_BANDS.findIndex((limit) => worst.value <= limit);
+    return { value: worst.value, target: tile.defaultTarget,
+      note: `${t(`aqi.${band === -1 ? 5 : band}`)} · ${t("worstAt", { area: areaName(worst.area) })}` };
+  }
+  const values = [...state.kpis.values()].filter((k) => k.kpi === tile.kpi && k.level === tile.level);
+  if (tile.level === state.levels[0]) {
+    const own = values.find((k) => k.area === state.province) ?? values[0];
+    return own ? { value: own.value, target: own.target ?? tile.defaultTarget ?? null }
+      : { value: null, target: tile.defaultTarget ?? null };
+  }
+  if (!values.length) return { value: null, target: tile.defaultTarget ?? null };
+  const mean = values.reduce((sum, k) => sum + k.value, 0) / values.length;
+  const target = values.find((k) => k.target !== null)?.target ?? tile.defaultTarget ?? null;
+  const met = values.filter((k) => k.target === null || judge(k.value, k.target, tile) === "ok").length;
+  return { value: mean, target, note: t("meeting", { met, total: values.length }) };
+}
+
+/** ok / warn / bad by the distance to the target (within `band` of it: warn); none without a value. */
+function judge(value, target, tile) {
+  if (value === null || value === undefined) return "none";
+  if (target === null || target === undefined) return "noTarget";
+  const short = tile.better === "higher" ? target - value : value - target;
+  if (short <= 0) return "ok";
+  return short <= tile.band ? "warn" : "bad";
+}
+
+function recordHistory(now = Date.now()) {
+  for (const tile of tileDefinitions()) {
+    const { value } = tileFigure(tile, now);
+    if (value === null || value === undefined) continue;
+    const series = state.history.get(tile.id) ?? [];
+    const last = series[series.length - 1];
+    if (!last || last.v !== value || now - last.t > 60000) series.push({ t: now, v: value });
+    if (series.length > HISTORY_MAX) series.splice(0, series.length - HISTORY_MAX);
+    state.history.set(tile.id, series);
+  }
+}
+
+function sparkline(points, target) {
+  const box = svg("svg", { class: "spark", viewBox: "0 0 100 32", preserveAspectRatio: "none",
+    "aria-hidden": "true" });
+  if (!points.length) return box;
+  const values = points.map((p) => p.v);
+  let low = Math.min(...values);
+  let high = Math.max(...values);
+  if (target !== null && target !== undefined) { low = Math.min(low, target); high = Math.max(high, target); }
+  if (high - low < 1e-9) { high += 1; low -= 1; }
+  const y = (v) => (30 - ((v - low) / (high - low)) * 28).toFixed(2);
+  const coordinates = points.map((p, i) => `${points.length === 1 ? 100 : ((i / (points.length - 1)) * 100).toFixed(2)},${y(p.v)}`);
+  if (points.length === 1) coordinates.unshift(`0,${y(points[0].v)}`);
+  if (target !== null && target !== undefined) {
+    box.append(svg("line", { class: "spark-target", x1: 0, x2: 100, y1: y(target), y2: y(target),
+      "vector-effect": "non-scaling-stroke" }));
+  }
+  box.append(svg("polyline", { class: "spark-line", points: coordinates.join(" "),
+    "vector-effect": "non-scaling-stroke" }));
+  return box;
+}
+
+function renderTiles(now) {
+  const fmt = state.fmt;
+  const tiles = tileDefinitions().map((tile) => {
+    const figure = tileFigure(tile, now);
+    const status = judge(figure.value, figure.target, tile);
+    const unit = tile.unit ? `${tile.unit === "%" ? "\u202f" : " "}${tile.unit}` : "";
+    const target = figure.target === null || figure.target === undefined ? ""
+      : t(tile.better === "higher" ? "targetAtLeast" : "targetAtMost",
+        { target: `${fmt.number(figure.target, tile.digits)}${unit}` });
+    return el("li", { class: "tile", "data-tile": tile.id, "data-kpi": tile.kpi ?? "env.aqi", "data-status": status },
+      el("h3", { class: "tile-title", text: tile.title() }),
+      el("p", { class: "tile-value" }, el("span", { class: "number", text: fmt.number(figure.value, tile.digits) }),
+        figure.value === null ? "" : el("span", { class: "unit", text: unit })),
+      el("p", { class: "tile-status" }, icon(status === "noTarget" ? "none" : status),
+        el("span", { text: t(`status.${status}`) }), target ? el("span", { class: "tile-target", text: target }) : null),
+      el("p", { class: "tile-note", text: figure.note ?? "" }),
+      sparkline(state.history.get(tile.id) ?? [], figure.target));
+  });
+  $("[data-tiles]").replaceChildren(...tiles);
+}
+
+async function loadKpis() {
+  const kpis = await api("/kpis");
+  state.kpis = new Map(kpis.map((kpi) => [`${kpi.kpi}|${kpi.area}`, kpi]));
+  recordHistory();
+  scheduleRender();
+}
+
+function onKpiEvent(kpi) {
+  state.kpis.set(`${kpi.kpi}|${kpi.area}`, kpi);
+  recordHistory();
+  scheduleRender();
+}
+
+async function loadTelemetry() {
+  const readings = await api("/telemetry?metric=env.aqi");
+  state.aqi = new Map(readings.map((reading) => [reading.area, reading]));
+  recordHistory();
+  scheduleRender();
+}
+
+// --- subsystems ------------------------------------------------------------------------------------
+
+async function loadSources() {
+  state.sources = await api("/sources");
+  scheduleRender();
+}
+
+function renderSources(now) {
+  const fmt = state.fmt;
+  const rows = state.sources.map((source) => {
+    const seen = toDate(source.last_seen);
+    const health = !seen ? "unknown" : now.getTime() - seen.getTime() <= SOURCE_QUIET_MS ? "live" : "quiet";
+    const facts = [t("lastSeen", { age: fmt.age(seen, now) })];
+    if (source.rate !== null && source.rate !== undefined) facts.push(t("rate", { rate: fmt.number(source.rate, 1) }));
+    if (source.rejected) facts.push(t("rejected", { count: fmt.number(source.rejected, 0) }));
+    return el("li", { class: "source", "data-source": source.source, "data-health": health },
+      el("span", { class: "source-name", text: source.source }),
+      el("span", { class: "source-health" }, icon(health === "live" ? "ok" : health === "quiet" ? "bad" : "none"),
+        el("span", { text: t(`source.${health}`) })),
+      el("span", { class: "source-facts", text: facts.join(" · ") }));
+  });
+  $("[data-sources]").replaceChildren(...rows);
+  $("[data-sources-empty]").hidden = rows.length > 0;
+}
+
+// --- rendering -------------------------------------------------------------------------------------
+
+function applyTexts() {
+  document.documentElement.lang = state.lang;
+  for (const node of $$("[data-i18n]")) node.textContent = t(node.dataset.i18n);
+  const lang = $("[data-action=lang]");
+  lang.textContent = t("otherLanguage");
+  lang.setAttribute("aria-label", t("otherLanguageLabel"));
+  lang.setAttribute("lang", state.lang === "vi" ? "en" : "vi");
+  $("[data-action=login]").textContent = t("login");
+  $("[data-action=logout]").textContent = t("logout");
+  $("[data-field=comment]").placeholder = t("commentPlaceholder");
+  const province = state.areas.get(state.province)?.name ?? $("[data-province-name]").textContent;
+  document.title = `${t("title")} · ${province}`;
+  renderOperator();
+  renderConnection();
+}
+
+function renderOperator() {
+  const named = $("[data-operator]");
+  named.hidden = !state.token;
+  named.textContent = state.token ? t("operator", { name: state.operator ?? "?" }) : "";
+  $("[data-action=login]").hidden = Boolean(state.token);
+  $("[data-action=logout]").hidden = !state.token;
+  document.body.dataset.operator = state.token ? "yes" : "no";
+}
+
+function renderConnection() {
+  document.body.dataset.state = state.connection;
+  $("[data-stale]").hidden = state.connection !== "stale";
+  $("[data-conn]").dataset.conn = state.connection;
+  $("[data-conn] use").setAttribute("href", state.connection === "live" ? "#i-live" : "#i-stale");
+  $("[data-conn-text]").textContent = t(state.connection);
+}
+
+function renderClock() {
+  const now = new Date();
+  $("[data-clock-time]").textContent = state.fmt.clockTime(now);
+  $("[data-clock-date]").textContent = state.fmt.clockDate(now);
+  $("[data-clock]").setAttribute("datetime", now.toISOString());
+}
+
+function render() {
+  state.renderTimer = 0;
+  const now = new Date();
+  const parts = [() => renderTiles(now.getTime()), () => renderAlerts(now), renderAreas, () => renderSources(now)];
+  for (const part of parts) {
+    try { part(); } catch (error) { console.error("ioc: render failed", error); } // the others still show
+  }
+  document.body.dataset.rendered = String(Number(document.body.dataset.rendered ?? 0) + 1);
+}
+
+function scheduleRender() {
+  if (!state.renderTimer) state.renderTimer = setTimeout(render, 30);
+}
+
+// --- the stream ------------------------------------------------------------------------------------
+
+function setConnection(connection) {
+  state.connection = connection;
+  renderConnection();
+}
+
+function quietly(promise) {
+  return promise.catch((error) => console.warn("ioc:", error.message));
+}
+
+function refreshAll() {
+  return Promise.all([loadAlerts(), loadKpis(), loadSilences(), loadSources(), loadTelemetry()].map(quietly));
+}
+
+function connect() {
+  clearTimeout(state.reconnectTimer);
+  const stream = new EventSource(`${API}/stream`);
+  state.stream = stream;
+  stream.addEventListener("open", () => {
+    state.backoff = 0;
+    setConnection("live");
+    quietly(loadAreas());
+    refreshAll(); // what changed while we were away
+  });
+  stream.addEventListener("alert", (event) => onAlertEvent(JSON.parse(event.data)));
+  stream.addEventListener("kpi", (event) => onKpiEvent(JSON.parse(event.data)));
+  stream.addEventListener("error", () => {
+    if (state.stream !== stream) return;
+    stream.close(); // our own backoff, not EventSource's fixed retry
+    state.stream = null;
+    setConnection("stale");
+    const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** state.backoff);
+    state.backoff = Math.min(state.backoff + 1, 16);
+    state.reconnectTimer = setTimeout(connect, ceiling / 2 + Math.random() * (ceiling / 2));
+  });
+}
+
+// --- operators -------------------------------------------------------------------------------------
+
+function closeDialogs() {
+  for (const dialog of $$("dialog[open]")) dialog.close();
+}
+
+function openLogin() {
+  const dialog = $("[data-login-dialog]");
+  $("[data-login-error]").hidden = true;
+  $("[data-action=token]").value = "";
+  dialog.showModal();
+  $("[data-action=token]").focus();
+}
+
+async function submitLogin(event) {
+  event.preventDefault();
+  const token = $("[data-action=token]").value.trim();
+  const error = $("[data-login-error]");
+  if (!token) return;
+  try {
+    const who = await api("/whoami", { auth: true, token });
+    state.token = token;
+    state.operator = who.name;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    sessionStorage.setItem(NAME_KEY, who.name);
+    $("[data-login-dialog]").close();
+    toast(t("loggedIn", { name: who.name }));
+    renderOperator();
+    scheduleRender();
+  } catch (failure) {
+    error.textContent = failure.status === 401 ? t("tokenInvalid")
+      : failure.status === 403 ? t("tokenNotOperator") : t("requestFailed", { error: failure.message });
+    error.hidden = false;
+  }
+}
+
+function logout(announce = true) {
+  state.token = null;
+  state.operator = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(NAME_KEY);
+  renderOperator();
+  scheduleRender();
+  if (announce) toast(t("loggedOut"));
+}
+
+async function acknowledge(alert, action) {
+  try {
+    const updated = await api(`/alerts/${encodeURIComponent(alert.id)}/${action}`, { method: "POST", auth: true });
+    onAlertEvent(updated);
+    toast(t(action === "ack" ? "acked" : "unacked"));
+  } catch (error) {
+    actionFailed(error);
+  }
+}
+
+/** The matchers of a silence for exactly this alert: its rule and each of its labels. */
+function silenceMatchers(alert) {
+  const labels = { rule: alert.rule, ...alert.labels };
+  return Object.entries(labels).map(([name, value]) => ({ name, value: String(value), op: "=" }));
+}
+
+function openSilence(alert) {
+  state.silenceTarget = alert;
+  $("[data-silence-summary]").textContent = alert.summary || alert.rule;
+  $("[data-silence-matchers]").replaceChildren(...silenceMatchers(alert).map((m) => el("li", {},
+    el("code", { text: `${m.name} ${m.op} "${m.value}"` }),
+    m.name === "area" && state.areas.has(m.value) ? ` (${areaName(m.value)})` : "")));
+  const select = $("[data-field=duration]");
+  select.replaceChildren(...DURATIONS.map((d) => el("option", { value: d, selected: d === DEFAULT_DURATION,
+    text: t(`duration.${d}`) })));
+  $("[data-field=comment]").value = "";
+  $("[data-silence-error]").hidden = true;
+  $("[data-silence-dialog]").showModal();
+  $("[data-field=comment]").focus();
+}
+
+async function submitSilence(event) {
+  event.preventDefault();
+  const alert = state.silenceTarget;
+  if (!alert) return;
+  const comment = $("[data-field=comment]").value.trim();
+  const duration = $("[data-field=duration]").value;
+  const error = $("[data-silence-error]");
+  try {
+    const created = await api("/silences", { method: "POST", auth: true,
+      body: { matchers: silenceMatchers(alert), duration, comment } });
+    const silence = await api(`/silences/${encodeURIComponent(created.id)}`);
+    $("[data-silence-dialog]").close();
+    state.silenceTarget = null;
+    toast(t("silenced", { end: state.fmt.when(toDate(silence.ends_at)) }));
+    quietly(loadSilences());
+  } catch (failure) {
+    if (failure.status === 401 || failure.status === 403) {
+      $("[data-silence-dialog]").close();
+      actionFailed(failure);
+      return;
+    }
+    error.textContent = t("requestFailed", { error: failure.message });
+    error.hidden = false;
+  }
+}
+
+function onClick(event) {
+  const control = event.target.closest("[data-action]");
+  if (!control) return;
+  const action = control.dataset.action;
+  if (action === "lang") {
+    state.lang = state.lang === "vi" ? "en" : "vi";
+    state.fmt = makeFormatter(state.lang);
+    const url = new URL(location.href);
+    if (state.lang === "vi") url.searchParams.delete("lang"); else url.searchParams.set("lang", state.lang);
+    history.replaceState(null, "", url);
+    applyTexts();
+    render();
+  } else if (action === "login") {
+    openLogin();
+  } else if (action === "logout") {
+    logout();
+  } else if (action === "cancel") {
+    closeDialogs();
+  } else if (action === "ack" || action === "unack" || action === "silence") {
+    const fingerprint = control.closest("[data-fingerprint]")?.dataset.fingerprint;
+    const alert = state.alerts.get(fingerprint);
+    if (!alert) return;
+    if (!state.token) { toast(t("needLogin"), "error"); return; }
+    if (action === "silence") openSilence(alert); else acknowledge(alert, action);
+  }
+}
+
+// --- start -----------------------------------------------------------------------------------------
+
+function start() {
+  if (new URLSearchParams(location.search).get("theme") === "light") document.documentElement.dataset.theme = "light";
+  document.addEventListener("click", onClick);
+  $("[data-login-form]").addEventListener("submit", submitLogin);
+  $("[data-silence-form]").addEventListener("submit", submitSilence);
+  applyTexts();
+  renderClock();
+  setInterval(renderClock, 1000);
+  setInterval(() => quietly(loadSources()), SOURCES_EVERY_MS);
+  setInterval(() => quietly(loadTelemetry()), TELEMETRY_EVERY_MS);
+  setInterval(() => { recordHistory(); scheduleRender(); }, AGES_EVERY_MS); // ages, stale readings
+  if (state.token) { // a token kept from earlier in this session: still good?
+    api("/whoami", { auth: true }).then((who) => { state.operator = who.name; renderOperator(); })
+      .catch((error) => { if (error.status === 401 || error.status === 403) logout(false); });
+  }
+  quietly(loadAreas());
+  refreshAll();
+  connect();
+  render();
+}
+
+start();
