@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+_NAMES_ITS_FILE = re.compile(r"^[^\s:]+:\d+: ")
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The TOML config file.")]
 
 
@@ -62,8 +64,9 @@ def _problems(error: BaseException, config: Path) -> list[str] | None:
                 return None
             lines += found
         return lines
-    if isinstance(error, ConfigError):
-        return [f"{config}: {problem}" for problem in error.problems]
+    if isinstance(error, ConfigError):  # problems of other files (rules, areas) already name theirs
+        return [problem if _NAMES_ITS_FILE.match(problem) else f"{config}: {problem}"
+                for problem in error.problems]
     if isinstance(error, IocError):
         return [f"ioc: {error}"]
     return None

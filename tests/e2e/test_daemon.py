@@ -220,3 +220,24 @@ def test_run_on_a_taken_port_exits_1_with_a_one_line_reason(tmp_path: Path) -> N
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == f"ioc: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+def test_check_and_run_report_bad_rule_and_registry_files_with_file_and_line(tmp_path: Path) -> None:
+    rules = tmp_path / "bad-rules.yaml"
+    rules.write_text("rules:\n  - id: aqi\n    kind: threshold\n    severity: critical\n"
+                     "    match: {metric: env.aqi}\n    op: '=>'\n    threshold: 151\n    summary: x\n")
+    areas = tmp_path / "areas.csv"
+    areas.write_text("code,name,level,parent\n60,Bình Thuận,province,\n22723,Phường X,commune,999\n",
+                     encoding="utf-8")
+    config = tmp_path / "ioc.toml"
+    config.write_text(f'[rules]\npaths = ["{rules}"]\n[areas]\npath = "{areas}"\n[mqtt]\nenabled = false\n'
+                      f'[influx]\nurl = ""\n[store]\npath = "{tmp_path / "ioc.db"}"\n')
+    result = subprocess.run([sys.executable, "-m", "ioc.cli", "check", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    problems = result.stderr.strip().splitlines()
+    assert any(line.startswith(f"{rules}:6: ") and "op" in line for line in problems), problems
+    assert any(line.startswith(f"{areas}:3: ") and "999" in line for line in problems), problems
+    result = subprocess.run([sys.executable, "-m", "ioc.cli", "run", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stderr.startswith(f"{areas}:3: ")
