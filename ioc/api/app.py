@@ -44,6 +44,12 @@ Center.
 token; every event is validated strictly and each bad item is named with the field and what was wrong.
 A repeat of (`source`, `id`) is accepted and ignored, so pushes can be retried safely.
 
+**Operators** read alerts (`GET /api/v1/alerts`, pending and firing by default; `?state=resolved`,
+`?state=acknowledged`), the derived indicators (`GET /api/v1/kpis`) and a live stream of both
+(`GET /api/v1/stream`, Server-Sent Events) with no token; acknowledging (`POST .../ack`, `.../unack`)
+and silences (`POST`/`DELETE /api/v1/silences`) need an operator token, and every change is recorded
+with who made it. The wall display is `GET /` (Vietnamese; `?lang=en` for English).
+
 Errors are always `{"error": "..."}`. `/healthz`, `/readyz` and `/metrics` (Prometheus) are open.
 """
 
