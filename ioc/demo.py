@@ -75,6 +75,7 @@ def banner(*, port: int, broker: EmbeddedBroker, vendor_token: str, operator_tok
     credentials = f" (user {VENDOR}, password = the vendor token)" if broker.authenticated else \
         " (anonymous, 127.0.0.1 only)"
     auth = f" -u {VENDOR} -P {vendor_token}" if broker.authenticated else ""
+    vendor_url = f"mqtt://{VENDOR}:{vendor_token}@127.0.0.1:{broker.port}" if broker.authenticated else broker.url
     example = ('{"id":"my-1","source":"qtmt-aqi","type":"telemetry","time":"\'$(date -Iseconds)\'",'
                '"metric":"env.aqi","value":180,"area":"22723"}')
     return "\n".join([
@@ -82,6 +83,7 @@ def banner(*, port: int, broker: EmbeddedBroker, vendor_token: str, operator_tok
         f"  wall display:   http://127.0.0.1:{port}/",
         f"  API docs:       http://127.0.0.1:{port}/docs",
         f"  MQTT broker:    {broker.url} [{broker.kind}]{credentials}",
+        f"  as the vendor:  {vendor_url}   (e.g. ioc sim run smoke --to {vendor_url})",
         f"  metrics:        {influx or 'kept in the embedded store ' + str(workdir / 'ioc.db')}",
         f"  vendor token: {vendor_token}",
         f"  operator token: {operator_token}",

@@ -132,7 +132,7 @@ class RuleEngine:
                     if group is None:
                         continue
                     judgement = runtime.kind.observe(group, event, time, now)
-                    changes = self._judge(runtime, group, judgement, now)
+                    changes = self._judge(runtime, group, judgement, now, time)
                     self._schedule(runtime, group)
                 except Exception as error:  # noqa: BLE001  # one rule's bug must not cost the others their events
                     self._failed(runtime, error)
@@ -301,11 +301,19 @@ class RuleEngine:
         self._now = max(self._now, now)
 
     def _judge(self, runtime: _Runtime, group: Group, judgement: tuple[bool, float | None] | None,
-               now: float) -> list[Change]:
+               now: float, at: float | None = None) -> list[Change]:
+        """Apply a judgement made on an event of time `at` (default `now`). An event older than the
+        engine's clock (a late source, a replay, a vendor clock behind another's) is judged at its own
+        time — `for` counts from when its condition began (CONTRACT §5: event time) — and the timers
+        then catch up to `now`."""
         rule = runtime.rule
         if judgement is None:
             return lifecycle.tick(group, now, rule.for_, rule.keep_firing_for)
-        return lifecycle.judge(group, judgement[0], judgement[1], now, rule.for_, rule.keep_firing_for)
+        at = now if at is None else min(at, now)
+        changes = lifecycle.judge(group, judgement[0], judgement[1], at, rule.for_, rule.keep_firing_for)
+        if at < now:
+            changes += lifecycle.tick(group, now, rule.for_, rule.keep_firing_for)
+        return changes
 
     def _schedule(self, runtime: _Runtime, group: Group) -> None:
         rule = runtime.rule
