@@ -311,7 +311,7 @@ function renderAreas() {
     return el("li", { class: "area", "data-area": area.code, "data-severity": worst },
       el("span", { class: "area-name", text: area.name }),
       el("span", { class: "area-status" }, icon(status === "info" ? "pending" : status),
-        el("span", { text: mine.length ? `${t(`severity.${worst}`)} · ${t("alertCount", { count: mine.length })}`
+        el("span", { text: mine.length ? `${t(`severity.${worst}`)} · ${t(mine.length === 1 ? "alertCountOne" : "alertCount", { count: mine.length })}`
           : t("severity.none") })));
   }));
   grid.dataset.count = String(cells.length);
@@ -489,7 +489,7 @@ function applyTexts() {
 }
 
 function renderOperator() {
-  const named = $("[data-operator]");
+  const named = $("[data-operator-name]");
   named.hidden = !state.token;
   named.textContent = state.token ? t("operator", { name: state.operator ?? "?" }) : "";
   $("[data-action=login]").hidden = Boolean(state.token);
