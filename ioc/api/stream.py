@@ -5,7 +5,8 @@ request's): the frame is serialised once and handed to each client's asyncio que
 `loop.call_soon_threadsafe`, so publishing never blocks and never touches a socket. Each client's queue
 is bounded; a client that falls that far behind is disconnected (and counted) instead of holding memory
 or slowing the others; a browser's EventSource reconnects by itself after the `retry:` interval. A
-comment line every `heartbeat` seconds keeps proxies from closing a quiet stream.
+`ping` event every `heartbeat` seconds keeps proxies from closing a quiet stream and tells
+clients it is alive.
 
 Events: `alert` (an alert's JSON plus its `change`, silenced alerts included) and `kpi` (`Kpi.as_json()`).
 """
@@ -99,12 +100,15 @@ class Broadcaster:
         falls behind, or the broadcaster closes. Subscribes on the first iteration."""
         client = self._add(asyncio.get_running_loop())
         try:
-            yield f"retry: {round(self.retry * 1000)}\n: connected\n\n".encode()
+            # A named `ping` (not only a comment, which EventSource hides from pages) lets a client see a
+            # stream that hangs without closing: no ping for a few heartbeats means the data is stale.
+            ping = f"event: ping\ndata: {{\"every\": {self.heartbeat:g}}}\n\n".encode()
+            yield f"retry: {round(self.retry * 1000)}\n: connected\n\n".encode() + ping
             while client.ended is None:
                 try:
                     frame = await asyncio.wait_for(client.queue.get(), self.heartbeat)
                 except TimeoutError:
-                    yield b": keepalive\n\n"
+                    yield ping
                     continue
                 if frame is None or client.ended is not None:
                     break

@@ -53,6 +53,7 @@ const state = {
   connection: "connecting",
   backoff: 0,
   reconnectTimer: 0,
+  pingTimer: 0,
   loading: false,
   buffered: [],
   loads: 0,
@@ -553,8 +554,17 @@ function connect() {
   });
   stream.addEventListener("alert", (event) => onAlertEvent(JSON.parse(event.data)));
   stream.addEventListener("kpi", (event) => onKpiEvent(JSON.parse(event.data)));
+  // The server pings every `every` seconds; a stream silent for 3 pings hangs without having closed.
+  stream.addEventListener("ping", (event) => {
+    const every = Number(JSON.parse(event.data).every) || 15;
+    clearTimeout(state.pingTimer);
+    state.pingTimer = setTimeout(() => {
+      if (state.stream === stream) stream.dispatchEvent(new Event("error"));
+    }, every * 3000);
+  });
   stream.addEventListener("error", () => {
     if (state.stream !== stream) return;
+    clearTimeout(state.pingTimer);
     stream.close(); // our own backoff, not EventSource's fixed retry
     state.stream = null;
     setConnection("stale");

@@ -60,7 +60,8 @@ def wall(
         influx_url=influxdb.url,
         database=database,
         client_id=f"ioc-wall-{unique}",
-        extra=f'\n[rules]\npaths = ["{rules}"]\n',
+        # A quick heartbeat, so a stream that hangs without closing shows stale within seconds.
+        extra=f'\n[rules]\npaths = ["{rules}"]\n[alerts]\nstream_heartbeat = "1s"\n',
     )
     process.start()
     yield process

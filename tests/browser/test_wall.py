@@ -6,6 +6,8 @@ A screenshot of each state is saved under the test's `tmp_path` (the path is pri
 
 from __future__ import annotations
 
+import signal
+
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -281,6 +283,18 @@ def test_alert_ack_silence_language_and_a_lost_stream(
     assert text(driver, "[data-tile=online-province] .tile-target").startswith("Target ≥ 90")
     assert driver.current_url.endswith("?lang=en")
     shoot(driver, tmp_path, "6-english")
+
+    # The daemon hangs (SIGSTOP): the connection stays open but its pings stop; the page goes stale
+    # after three missed heartbeats and is live again once the daemon runs on.
+    assert wall.process is not None
+    wall.process.send_signal(signal.SIGSTOP)
+    try:
+        wait(driver, "the stale marker of a hung stream",
+             lambda: attribute(driver, "body", "data-state") == "stale", timeout=15)
+    finally:
+        wall.process.send_signal(signal.SIGCONT)
+    wait(driver, "the stream back after the hang", lambda: attribute(driver, "body", "data-state") == "live",
+         timeout=45)
 
     # The daemon goes away: the stream drops, the stale marker shows; it comes back and recovers.
     loads = int(attribute(driver, "body", "data-alerts-loads") or 0)

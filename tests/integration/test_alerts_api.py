@@ -287,7 +287,7 @@ async def test_kpis_are_listed_by_area(api: Api) -> None:
 
 
 async def read_events(lines: AsyncIterator[str], count: int, timeout: float = 10.0) -> list[tuple[str, Any]]:
-    """The next `count` SSE events as (event, data)."""
+    """The next `count` SSE events other than heartbeat pings, as (event, data)."""
     found: list[tuple[str, Any]] = []
     event, data = "", ""
 
@@ -299,7 +299,8 @@ async def read_events(lines: AsyncIterator[str], count: int, timeout: float = 10
             elif line.startswith("data: "):
                 data = line.removeprefix("data: ")
             elif line == "" and event:
-                found.append((event, orjson.loads(data)))
+                if event != "ping":  # heartbeats, every `heartbeat` seconds
+                    found.append((event, orjson.loads(data)))
                 event, data = "", ""
                 if len(found) == count:
                     return
@@ -354,13 +355,15 @@ async def test_a_slow_stream_client_is_cut_off_and_counted() -> None:
 async def test_the_stream_heartbeats_and_ends_when_closed() -> None:
     stream = Broadcaster(heartbeat=0.05)
     frames = stream.frames()
-    await frames.__anext__()
-    assert await asyncio.wait_for(frames.__anext__(), 5) == b": keepalive\n\n"
+    ping = b'event: ping\ndata: {"every": 0.05}\n\n'
+    first = await frames.__anext__()
+    assert first.startswith(b"retry: ") and first.endswith(ping)  # a ping at once, then every heartbeat
+    assert await asyncio.wait_for(frames.__anext__(), 5) == ping
     stream.close()
     with pytest.raises(StopAsyncIteration):
         while True:
             frame = await asyncio.wait_for(frames.__anext__(), 5)
-            assert frame == b": keepalive\n\n"
+            assert frame == ping
     assert stream.clients == 0
 
 
