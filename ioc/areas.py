@@ -313,6 +313,11 @@ class AreaRegistry:
             self._children[period] = index
         return list(index.get(code, ()))
 
+    def versions(self, code: str | None = None) -> list[Area]:
+        """Every version of `code` over time (of every code when None), in file order: for checks that
+        hold on some date, before the date that matters is known."""
+        return [area for area in self._rows if code is None or area.code == code]
+
     def areas(self, at: date | None = None) -> list[Area]:
         """Every area valid on `at`, in file order."""
         period = self._period(at)

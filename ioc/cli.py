@@ -20,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts name TOML tables like [[vendors]], which rich would eat
 )
 
 _NAMES_ITS_FILE = re.compile(r"^[^\s:]+:\d+: ")
@@ -154,6 +155,15 @@ def token(name: Annotated[str, typer.Argument(help="Who the token is for.")] = "
         typer.echo(f'\n[[vendors]]\nname = "{name}"\ntoken_sha256 = "{token_sha256(value)}"\n'
                    f'sources = ["{name}"]')
 
+
+def _add_sim() -> None:
+    """`ioc sim ...` is the simulators' own typer app (simulators/cli.py)."""
+    from simulators.cli import sim_app
+
+    app.add_typer(sim_app, name="sim", help="Simulators of a province (CONTRACT §6): run, list, verify.")
+
+
+_add_sim()
 
 rules_app = typer.Typer(help="Rule files: unit tests (`ioc rules test`).", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")

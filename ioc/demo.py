@@ -42,10 +42,9 @@ SIM_RESTART_DELAY = 2.0
 def demo_sources() -> list[str]:
     """The sources of the `demo` scenario: the demo vendor may send for every one of them."""
     try:
-        from simulators.scenario import load_scenario  # type: ignore[attr-defined]
+        from simulators.scenario import load_scenario, resolve
 
-        scenario: Any = load_scenario(DEMO_SCENARIO)
-        sources = sorted(set(scenario.sources()))
+        sources = sorted(set(load_scenario(resolve(DEMO_SCENARIO)).sources()))
     except Exception:  # noqa: BLE001 - the demo still runs for the usual sources
         log.warning("demo.scenario_sources_unknown", fallback=FALLBACK_SOURCES)
         return list(FALLBACK_SOURCES)

@@ -1,0 +1,1 @@
+"""The shipped scenarios (YAML), listed by `ioc sim list`."""

@@ -1,0 +1,66 @@
+"""`ioc sim verify` against a real daemon (`ioc run` with the shipped rule packs): the smoke scenario's
+AQI spike fires `aqi-bad` (`for: 10m`) and `aqi-hour-avg`, played at 200x so it takes seconds; and a
+scenario expecting an alert that cannot fire fails with a readable diff."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from simulators.cli import sim_app
+from simulators.scenario import SCENARIO_DIR
+from tests.e2e.daemon import DaemonProcess, make_daemon
+from tests.servers import Server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def daemons(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str
+            ) -> Iterator[Callable[[], DaemonProcess]]:
+    """Fresh daemons: a replay is judged on its own event time only by a daemon that saw nothing newer."""
+    started: list[DaemonProcess] = []
+
+    def start() -> DaemonProcess:
+        where = tmp_path / f"daemon{len(started)}"
+        where.mkdir()
+        process = make_daemon(where, mqtt_url=mosquitto.url, influx_url=influxdb.url,
+                              database=f"{database}_{len(started)}", client_id=f"ioc-{unique}-{len(started)}")
+        started.append(process)
+        process.start()
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def test_verify_smoke_against_a_daemon(daemons: Callable[[], DaemonProcess], mosquitto: Server,
+                                       tmp_path: Path) -> None:
+    daemon = daemons()
+    result = CliRunner().invoke(sim_app, ["verify", "smoke", "--to", mosquitto.url, "--api", daemon.api,
+                                          "--speed", "200", "--wait", "30s"])
+    assert result.exit_code == 0, (result.stdout, result.stderr, daemon.log()[-3000:])
+    assert "ok: aqi-bad {area=22723} fired at 16m" in result.stdout
+    assert "verify smoke: ok (2 alerts as expected)" in result.stdout
+
+    # The same play, expecting an alert that cannot fire and not allowing one that will.
+    wrong = tmp_path / "wrong.yaml"
+    text = (SCENARIO_DIR / "smoke.yaml").read_text(encoding="utf-8")
+    text = text.replace("  - {rule: aqi-hour-avg, labels: {area: \"22723\"}, by: 15m}\n",
+                        "  - {rule: service-down, labels: {entity: mot-cua}, by: 30m}\n")
+    text = text.replace("by: 18m, resolved_by: 27m", "by: 12m, resolved_by: 27m")
+    wrong.write_text(text, encoding="utf-8")
+    daemon.stop()
+    daemon = daemons()
+    result = CliRunner().invoke(sim_app, ["verify", str(wrong), "--to", mosquitto.url, "--api", daemon.api,
+                                          "--speed", "200", "--wait", "5s"])
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert "missing: service-down {entity=mot-cua} by 30m00s" in lines
+    assert any(line.startswith("late: aqi-bad {area=22723} fired at 16m") for line in lines)
+    assert any(line.startswith("unexpected: aqi-hour-avg {area=22723} fired at") for line in lines)
+    assert lines[-1] == "verify wrong: FAILED (3 differences)"
