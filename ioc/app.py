@@ -17,7 +17,7 @@ import contextlib
 import gc
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import structlog
 from prometheus_client.core import Metric
@@ -258,8 +258,9 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-async def run_daemon(settings: Settings) -> None:
-    """`ioc run`: the daemon with SIGTERM/SIGINT for a graceful stop and SIGHUP reserved for reloads."""
+async def run_daemon(settings: Settings, *, on_listening: Callable[[], None] | None = None) -> None:
+    """`ioc run`: the daemon with SIGTERM/SIGINT for a graceful stop and SIGHUP to reload the rules.
+    `on_listening` is called once the HTTP API accepts connections (`ioc demo` prints its banner then)."""
     daemon = Daemon(settings)
     tune_gc()
     stop = asyncio.Event()
@@ -267,9 +268,24 @@ async def run_daemon(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, daemon.reload_rules))
+    waiter = asyncio.create_task(_when_listening(settings.http.port, on_listening)) if on_listening else None
     try:
         await daemon.run(stop)
     finally:
+        if waiter is not None:
+            waiter.cancel()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
+
+
+async def _when_listening(port: int, then: Callable[[], None]) -> None:
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        then()
+        return

@@ -11,19 +11,17 @@ and how to publish an event and acknowledge an alert at once. Ctrl-C (or SIGTERM
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
 
 import structlog
 
+from ioc.app import run_daemon
 from ioc.config import Settings, token_sha256
 from ioc.embedded_broker import BrokerKind, EmbeddedBroker, port_is_free, start_embedded_broker
 from ioc.errors import IocError
@@ -136,39 +134,6 @@ class ScenarioLoop:
         self._thread.join(10)
 
 
-async def _serve(settings: Settings, on_ready: Any) -> None:
-    from ioc.app import Daemon, tune_gc
-
-    daemon = Daemon(settings)
-    tune_gc()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, daemon.reload_rules))
-    waiter = asyncio.create_task(_when_listening(settings, on_ready))
-    try:
-        await daemon.run(stop)
-    finally:
-        waiter.cancel()
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(signum)
-
-
-async def _when_listening(settings: Settings, on_ready: Any) -> None:
-    port = settings.http.port
-    while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.1)
-            continue
-        writer.close()
-        on_ready()
-        return
-
-
 def run_demo(*, port: int = 8080, mqtt_port: int = 1883, broker_kind: BrokerKind = "auto",
              keep: bool = False, play: bool = True) -> int:
     """Run the demo until Ctrl-C; the exit status. `keep` leaves the demo's folder (store, logs)."""
@@ -202,7 +167,7 @@ def run_demo(*, port: int = 8080, mqtt_port: int = 1883, broker_kind: BrokerKind
             if scenario is not None:
                 scenario.start()
 
-        asyncio.run(_serve(settings, ready))
+        asyncio.run(run_daemon(settings, on_listening=ready))
     finally:
         if scenario is not None:
             scenario.stop()

@@ -35,7 +35,7 @@ from rules.engine import RuleEngine
 from rules.loader import describe_error, load_rules
 from rules.model import RuleSet
 from rules.template import format_number
-from rules.yamlsrc import LineDict, YamlError, line_of, load_yaml
+from rules.yamlsrc import LineDict, line_of, read_yaml_file
 
 __all__ = ["AlertKey", "Harness", "InvalidEvent", "TestFileError", "read_test_file", "run_files", "run_test_file"]
 
@@ -214,15 +214,9 @@ def read_test_file(path: Path) -> tuple[_TestFile, Any]:
     """A test file validated (and its raw data, for line numbers); TestFileError naming file:line."""
     label = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise TestFileError([f"{label}: cannot read: {error.strerror}"]) from None
-    except UnicodeDecodeError as error:
-        raise TestFileError([f"{label}: not UTF-8 (byte {error.start})"]) from None
-    try:
-        data = load_yaml(text)
-    except YamlError as error:
-        raise TestFileError([f"{label}:{line}: {message}" for line, message in error.problems]) from None
+        data = read_yaml_file(path)
+    except ConfigError as error:
+        raise TestFileError(error.problems) from None
     if not isinstance(data, LineDict):
         raise TestFileError([f"{label}:1: expected a mapping with rule_files, start and tests"])
     try:

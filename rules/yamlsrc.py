@@ -8,10 +8,13 @@ so pydantic validates them like any other) and `line_of` walks a pydantic error 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 from yaml.nodes import MappingNode, SequenceNode  # type: ignore[import-untyped]
+
+from ioc.errors import ConfigError
 
 __all__ = ["LineDict", "LineList", "YamlError", "line_of", "load_yaml"]
 
@@ -101,6 +104,22 @@ def load_yaml(text: str) -> Any:
     if loader.duplicates:
         raise YamlError(loader.duplicates)
     return data
+
+
+def read_yaml_file(path: Path) -> Any:
+    """Read and parse a YAML file (UTF-8); raise ConfigError with its problems as `file:line: message`
+    (cannot read, not UTF-8, a syntax error or a repeated key, each at its line)."""
+    label = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"{label}: cannot read: {error.strerror}"]) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"{label}: not UTF-8 (byte {error.start})"]) from None
+    try:
+        return load_yaml(text)
+    except YamlError as error:
+        raise ConfigError([f"{label}:{line}: {message}" for line, message in error.problems]) from None
 
 
 def line_of(data: Any, loc: Sequence[str | int], default: int = 1) -> int:

@@ -37,7 +37,7 @@ from ioc.config import SHIPPED_RULE_PACKS, Duration, RulesSettings
 from ioc.errors import ConfigError
 from rules.loader import describe_error, load_rules
 from rules.model import RuleSet
-from rules.yamlsrc import LineDict, LineList, YamlError, line_of, load_yaml
+from rules.yamlsrc import LineDict, LineList, line_of, read_yaml_file
 from simulators.incidents import INCIDENT_ADAPTER, KINDS, AqiSpike, Backlog, Outage, ServiceDown, Silent
 from simulators.subsystems import SUBSYSTEMS
 from simulators.subsystems.base import Config
@@ -191,15 +191,11 @@ def load_scenario(path: str | Path) -> Scenario:
     path = Path(path)
     label = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ScenarioError([f"{label}: cannot read: {error.strerror}"]) from None
-    except UnicodeDecodeError as error:
-        raise ScenarioError([f"{label}: not UTF-8 (byte {error.start})"]) from None
-    try:
-        data = load_yaml(text)
-    except YamlError as error:
-        raise ScenarioError([f"{label}:{line}: {message}" for line, message in error.problems]) from None
+        data = read_yaml_file(path)
+    except ScenarioError:
+        raise
+    except ConfigError as error:
+        raise ScenarioError(error.problems) from None
     if not isinstance(data, LineDict):
         raise ScenarioError([f"{label}:1: expected a mapping (description, duration, subsystems, ...)"])
     try:
