@@ -1,7 +1,7 @@
-"""The daemon assembled from its settings, in the order an event travels:
+r"""The daemon assembled from its settings, in the order an event travels:
 
 connectors -> pipeline (validate, dedup, dead letters) -> sinks (InfluxDB or its spool)
-                       \-> evaluation thread: aggregators (KPIs) -> rule engine -> alert manager
+                       `-> evaluation thread: aggregators (KPIs) -> rule engine -> alert manager
                            -> notifiers (MQTT, SSE, InfluxDB, webhooks); KPIs -> KpiBoard -> rules, SSE, InfluxDB
 
 `Daemon.run()` keeps every long-lived task in one TaskGroup. Shutdown order matters for durability:
@@ -46,8 +46,8 @@ from ioc.metrics import Metrics, counter, gauge
 from ioc.sinks.base import Sink
 from ioc.sinks.influx import InfluxSink
 from ioc.sinks.local import LocalSink
-from ioc.web.watch import SourceWatch
 from ioc.store import connect, load_state, save_state
+from ioc.web.watch import SourceWatch
 from rules import StateError
 from rules.engine import RuleEngine
 from rules.loader import load_rules

@@ -130,8 +130,8 @@ class _CsvRows:
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as error:
-            line = raw[: error.start].count(b"\n") + 1
-            self.problems.append(f"{self.label}:{line}: not UTF-8 (byte {error.start})")
+            bad_line = raw[: error.start].count(b"\n") + 1
+            self.problems.append(f"{self.label}:{bad_line}: not UTF-8 (byte {error.start})")
             return
         header: list[str] | None = None
         for number, line in enumerate(text.splitlines(), start=1):
@@ -378,11 +378,11 @@ def _load_areas(path: str | Path) -> tuple[list[Area], list[str]]:
         if not _covered(span, (_span(p.valid_from, p.valid_to) for p in parents)):
             reader.problem(line, f"parent {area.parent!r} is not valid over this row's dates "
                                  f"({_describe_span(span)})")
-        for parent in parents:
-            if _overlap(span, _span(parent.valid_from, parent.valid_to)) and \
-                    _RANK[area.level] <= _RANK[parent.level]:
-                reader.problem(line, f"level {area.level!r} is not below the level {parent.level!r} of its "
-                                     f"parent {area.parent!r} (line {lines[id(parent)]})")
+        for above in parents:
+            if _overlap(span, _span(above.valid_from, above.valid_to)) and \
+                    _RANK[area.level] <= _RANK[above.level]:
+                reader.problem(line, f"level {area.level!r} is not below the level {above.level!r} of its "
+                                     f"parent {area.parent!r} (line {lines[id(above)]})")
                 break
     return areas, reader.problems
 

@@ -36,7 +36,7 @@ _PUBLISH = 0x30
 RawMessageCallback = Callable[[bytes, bytes, int, int], None]
 
 
-def _fresh_in_packet() -> dict[str, Any]:
+def _fresh_in_packet() -> Any:  # paho's private `_InPacket` TypedDict
     """paho's empty incoming-packet state (the same keys its `reconnect` and `_packet_read` set)."""
     return {
         "command": 0,
@@ -122,7 +122,7 @@ class FastClient(mqtt.Client):
         in_packet["command"] = buf[self._rpos]
         in_packet["have_remaining"] = 1
         in_packet["remaining_length"] = end - index
-        in_packet["packet"] = buf[index:end]
+        in_packet["packet"] = buf[index:end]  # type: ignore[typeddict-item]  # its decoders take bytes too
         self._rpos = end
         try:
             rc = self._packet_handle()

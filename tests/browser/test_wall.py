@@ -7,7 +7,6 @@ A screenshot of each state is saved under the test's `tmp_path` (the path is pri
 from __future__ import annotations
 
 import signal
-
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta

@@ -7,7 +7,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ rules:
 
 
 def now_iso(offset: float = 0.0) -> str:
-    return (datetime.now(timezone.utc) + timedelta(seconds=offset)).isoformat()
+    return (datetime.now(UTC) + timedelta(seconds=offset)).isoformat()
 
 
 def aqi(event_id: str, value: float) -> tuple[str, bytes]:

@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -26,7 +26,7 @@ from tests.mqtt_tools import Collector, publish_all
 from tests.servers import Server, influx_count, influx_query
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=1)
+BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 
 
 def telemetry(index: int, *, source: str = "qtmt-aqi", run: str = "r", **extra: object) -> bytes:

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -74,7 +74,7 @@ def demo(request: pytest.FixtureRequest) -> Iterator[Demo]:
 
 
 def aqi_event(event_id: str, minutes_ago: float) -> bytes:
-    at = datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)
+    at = datetime.now(UTC) - timedelta(minutes=minutes_ago)
     return orjson.dumps({"id": event_id, "source": "qtmt-aqi", "type": "telemetry", "time": at.isoformat(),
                          "metric": "env.aqi", "value": 190, "area": "60", "tags": {"station": "test"}})
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 from hypothesis import given
@@ -39,7 +39,7 @@ def test_time_keeps_microseconds_exactly() -> None:
        st.integers(min_value=-14 * 60, max_value=14 * 60))
 def test_time_ns_matches_datetime_arithmetic_for_any_offset(naive: datetime, minutes: int) -> None:
     time = naive.replace(tzinfo=timezone(timedelta(minutes=minutes)))
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
     assert event_time_ns(time) == (time - epoch) // timedelta(microseconds=1) * 1000
 
 
