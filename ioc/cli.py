@@ -106,7 +106,9 @@ def check(config: ConfigOption) -> None:
 @app.command()
 def demo(
     port: Annotated[int, typer.Option(help="The wall display and API port (127.0.0.1).")] = 8080,
-    mqtt_port: Annotated[int, typer.Option(help="The embedded MQTT broker's port (127.0.0.1).")] = 1883,
+    mqtt_port: Annotated[int | None, typer.Option(
+        help="The embedded MQTT broker's port (127.0.0.1); default 1883, or a free one if 1883 is taken.",
+        show_default=False)] = None,
     broker: Annotated[str, typer.Option(help="auto (Mosquitto when installed, else amqtt), mosquitto "
                                              "or amqtt.")] = "auto",
     keep: Annotated[bool, typer.Option(help="Keep the demo's folder (store, logs) at exit.")] = False,

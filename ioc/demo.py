@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -134,13 +135,27 @@ class ScenarioLoop:
         self._thread.join(10)
 
 
-def run_demo(*, port: int = 8080, mqtt_port: int = 1883, broker_kind: BrokerKind = "auto",
+DEFAULT_MQTT_PORT = 1883
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_demo(*, port: int = 8080, mqtt_port: int | None = None, broker_kind: BrokerKind = "auto",
              keep: bool = False, play: bool = True) -> int:
-    """Run the demo until Ctrl-C; the exit status. `keep` leaves the demo's folder (store, logs)."""
+    """Run the demo until Ctrl-C; the exit status. `keep` leaves the demo's folder (store, logs).
+
+    `mqtt_port` None: 1883, or a free port when something (often a system Mosquitto) holds 1883 — the
+    banner says which. A port asked for explicitly is used or refused, never replaced."""
     from ioc.logs import configure_logging
 
     if not port_is_free(port):
         raise IocError(f"port {port} on 127.0.0.1 is taken: choose another with --port")
+    if mqtt_port is None:
+        mqtt_port = DEFAULT_MQTT_PORT if port_is_free(DEFAULT_MQTT_PORT) else free_loopback_port()
     workdir = Path(tempfile.mkdtemp(prefix="ioc-demo-"))
     vendor_token, operator_token = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
     daemon_password = secrets.token_urlsafe(18)
