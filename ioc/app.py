@@ -126,7 +126,7 @@ class Daemon:
             self.kpis.listeners.append(self._kpi_to_sinks)
         self.watch = SourceWatch()  # what the wall shows of each subsystem: last seen, rate
         self.evaluator = Evaluator([*self.aggregators, self.engine, self.watch], self.clock,
-                                   on_tick=[self.alerts.tick])
+                                   on_tick=[self.alerts.tick], around_batch=self.alerts.batch)
         self.pipeline.batch_listeners.append(self.evaluator.offer)
         self._kpi_points_dropped = 0
         self._reload_failures = 0

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 import structlog
@@ -42,8 +43,12 @@ class Stage(Protocol):
 
 class Evaluator:
     def __init__(self, stages: Sequence[Stage], clock: EventClock, *, on_tick: Sequence[Callable[[], None]] = (),
+                 around_batch: Callable[[], AbstractContextManager[None]] = nullcontext,
                  max_events: int = DEFAULT_MAX_EVENTS, tick_interval: float = TICK_INTERVAL) -> None:
         self.stages = list(stages)
+        # Entered around each batch of events and each tick (the alert manager stores a batch's
+        # changes in one transaction).
+        self.around_batch = around_batch
         self.on_tick = list(on_tick)  # wall-clock housekeeping run in this thread (the alert manager's)
         self.clock = clock
         self._max_events = max_events
@@ -105,12 +110,21 @@ class Evaluator:
                 self._queue.clear()
                 self._busy = bool(batch)
                 self._cond.notify_all()  # room again for a waiting intake
-            for event in batch:
-                self.evaluate(event)
-            if time.monotonic() >= next_tick:
-                self.tick()
-                next_tick = time.monotonic() + self._tick_interval
-        self.tick()
+            with self._guarded_batch():
+                for event in batch:
+                    self.evaluate(event)
+                if time.monotonic() >= next_tick:
+                    self.tick()
+                    next_tick = time.monotonic() + self._tick_interval
+        with self._guarded_batch():
+            self.tick()
+
+    def _guarded_batch(self) -> AbstractContextManager[None]:
+        try:
+            return self.around_batch()
+        except Exception:  # a broken hook must not stop the evaluation
+            self._failed(self.around_batch, "batch")
+            return nullcontext()
 
     def evaluate(self, event: AnyEvent) -> None:
         """One event through every stage, in order (the thread's work; also for tests and tools)."""

@@ -22,7 +22,8 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal, TypeAlias
@@ -74,6 +75,7 @@ class AlertManager:
         self.store = store
         self._clock = clock
         self._lock = threading.RLock()
+        self._batching = threading.local()  # `batch()`: alerts to store when the batch ends, per thread
         self.silences = Silences(store, clock=clock, retention=self.settings.silence_retention)
         self.inhibitor = Inhibitor([InhibitRule.from_settings(rule) for rule in self.settings.inhibit], areas)
         self.chain = NotifierChain(notifiers)
@@ -292,11 +294,35 @@ class AlertManager:
         self._ids.pop(alert.id, None)
 
     def _save(self, alert: Alert) -> None:
+        batch = getattr(self._batching, "alerts", None)
+        if batch is not None:  # inside `batch()` on this thread: written once, when it ends
+            batch[alert.id] = alert
+            return
         try:
             self.store.save_alert(alert)
         except sqlite3.Error as error:  # a full disk must not lose the alert: it is still notified
             self._store_errors += 1
             log.error("alerts.store_failed", alert=alert.id, rule=alert.rule, error=str(error))
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Within this block, the changes `apply` makes on this thread are stored together when it ends
+        (one SQLite transaction), not one by one; they are notified and served at once as always. The
+        evaluation thread wraps each batch of events in it. Operators' actions (other threads) are
+        stored at once. Not reentrant."""
+        self._batching.alerts = {}
+        try:
+            yield
+        finally:
+            alerts: dict[str, Alert] = self._batching.alerts
+            self._batching.alerts = None
+            if alerts:
+                with self._lock:
+                    try:
+                        self.store.save_alerts(list(alerts.values()))
+                    except sqlite3.Error as error:
+                        self._store_errors += len(alerts)
+                        log.error("alerts.store_failed", alerts=len(alerts), error=str(error))
 
     def _with_muting(self, alert: Alert, now: float, *, silences: bool = True,
                      inhibition: bool = True) -> Alert:

@@ -65,6 +65,10 @@ _ALERT_COLUMNS = ("id, fingerprint, rule, severity, state, labels, summary, valu
                   "fired_at, resolved_at, acknowledged_by, acknowledged_at, updated_at")
 
 
+_SAVE_ALERT = (f"INSERT OR REPLACE INTO alerts ({_ALERT_COLUMNS}) VALUES "
+               "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
 class AlertStore:
     """The alert tables in the daemon's SQLite file (its own connection)."""
 
@@ -81,16 +85,16 @@ class AlertStore:
 
     def save_alert(self, alert: Alert, audit: AuditEntry | None = None) -> None:
         """Insert or replace an alert (and record the operator's action with it, in one transaction)."""
-        ack = alert.acknowledged
-        row = (alert.id, alert.fingerprint, alert.rule, alert.severity, alert.state,
-               orjson.dumps(alert.labels).decode(), alert.summary, alert.value, alert.runbook,
-               alert.started_at, alert.fired_at, alert.resolved_at, ack.by if ack else None,
-               ack.at if ack else None, alert.updated_at)
         with transaction(self._db):
-            self._db.execute(f"INSERT OR REPLACE INTO alerts ({_ALERT_COLUMNS}) VALUES "
-                             "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            self._db.execute(_SAVE_ALERT, _alert_row(alert))
             if audit is not None:
                 self._insert_audit(audit)
+
+    def save_alerts(self, alerts: list[Alert]) -> None:
+        """Insert or replace several alerts in one transaction (a rule engine's batch of changes: one
+        commit instead of one each, ~100 -> ~10 µs an alert)."""
+        with transaction(self._db):
+            self._db.executemany(_SAVE_ALERT, [_alert_row(alert) for alert in alerts])
 
     def active_alerts(self) -> list[Alert]:
         """Every pending or firing alert (what the manager loads at start-up)."""
@@ -183,6 +187,14 @@ class AlertStore:
 def _audit_rows(cursor: sqlite3.Cursor) -> Iterator[AuditEntry]:
     for at, actor, action, target, detail in cursor:
         yield AuditEntry(at, actor, action, target, orjson.loads(detail))
+
+
+def _alert_row(alert: Alert) -> tuple[Any, ...]:
+    ack = alert.acknowledged
+    return (alert.id, alert.fingerprint, alert.rule, alert.severity, alert.state,
+            orjson.dumps(alert.labels).decode(), alert.summary, alert.value, alert.runbook,
+            alert.started_at, alert.fired_at, alert.resolved_at, ack.by if ack else None,
+            ack.at if ack else None, alert.updated_at)
 
 
 def _alert(row: tuple[Any, ...]) -> Alert:

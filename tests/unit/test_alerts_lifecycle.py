@@ -370,3 +370,31 @@ def test_the_sample_config_loads() -> None:
     (rule,) = alerts.inhibit
     assert rule.within_area and rule.target_matchers[0].build().matches({"rule": "cell-down"})
     assert alerts.stream_heartbeat == 15.0
+
+
+# --- batches -------------------------------------------------------------------------------------------
+
+def test_a_batch_stores_its_changes_together_at_its_end_and_notifies_at_once(
+        manager: AlertManager, db: Path, clock: Clock, recorder: Recorder) -> None:
+    outside = AlertStore(db)  # another connection: what is committed
+    with manager.batch():
+        first = manager.apply(update("firing", T0 + 60))
+        manager.apply(update("pending", T0 + 60, area="22724"))
+        manager.apply(update("resolved", T0 + 120, area="22724"))
+        assert first is not None and recorder.changes == [("aqi-bad", "firing"), ("aqi-bad", "pending"),
+                                                          ("aqi-bad", "resolved")]
+        assert [a.id for a in manager.list()] == [first.id]  # served at once
+        assert outside.active_alerts() == [] and outside.resolved_alerts() == []  # stored at the end
+    assert [a.id for a in outside.active_alerts()] == [first.id]
+    assert [a.labels["area"] for a in outside.resolved_alerts()] == ["22724"]
+    # An operator's action on another thread while a batch is open is stored at once.
+    with manager.batch():
+        done = threading.Event()
+        threading.Thread(target=lambda: (manager.ack(first.id, "truc-ban-1"), done.set())).start()
+        assert done.wait(5)
+        stored = outside.get_alert(first.id)
+        assert stored is not None and stored.acknowledged is not None
+    outside.close()
+    restarted = reopen(db, clock, recorder)
+    assert [a.id for a in restarted.list()] == [first.id]
+    restarted.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from ioc.clock import EventClock
@@ -119,3 +120,27 @@ def test_a_full_queue_makes_the_intake_wait_not_lose() -> None:
     waits = [sample.value for family in evaluator.metrics()() if family.name == "ioc_evaluation_waits"
              for sample in family.samples]
     assert waits[0] >= 1
+
+
+def test_each_batch_runs_inside_around_batch() -> None:
+    from contextlib import contextmanager
+
+    log: list[str] = []
+
+    class Logging(Recorder):
+        def observe(self, event: AnyEvent) -> None:
+            log.append(event.id)
+
+    @contextmanager
+    def around() -> Iterator[None]:
+        log.append("enter")
+        yield
+        log.append("exit")
+
+    evaluator = Evaluator([Logging()], EventClock(FakeWall(), hold=0), around_batch=around)
+    evaluator.start()
+    evaluator.offer([event(0, 100.0), event(1, 101.0)])
+    assert evaluator.drain(5)
+    evaluator.close(5)
+    inside = log[log.index("e0") - 1:log.index("e1") + 2]
+    assert inside == ["enter", "e0", "e1", "exit"]
