@@ -167,7 +167,7 @@ def start_cpu() -> float:
 def report_cpu(since: float, count: int) -> None:
     """CPU per event of this process and of each server: steadier than wall time on a shared machine,
     and it shows what bounds the rate (on 2 cores, the consumer competes with the broker and InfluxDB)."""
-    parts = [f"this process {(time.process_time() - since) / count * 1e6:6.1f}"]
+    parts = [f"this process {(time.process_time() - since) / count * 1e6:6.1f}"]  # the clients, in d
     for name, used in server_cpu().items():
         parts.append(f"{name} {(used - _phase_servers.get(name, used)) / count * 1e6:5.1f}")
     print(f"     cpu µs/event: {', '.join(parts)}", flush=True)
@@ -241,7 +241,7 @@ def http_ingest(mqtt_port: int, influx_url: str, workdir: Path, count: int, data
 listen = "127.0.0.1:{http_port}"
 [mqtt]
 url = "mqtt://127.0.0.1:{mqtt_port}"
-client_id = "bench-http"
+client_id = "bench-http-{run}"  # a fresh session: an old one would hold the MQTT phases' events
 [influx]
 url = "{influx_url}"
 database = "{database}"
@@ -275,6 +275,8 @@ rate = 10000000
                     with lock:
                         accepted[0] += response.json()["accepted"]
 
+        SERVER_PIDS["ioc run"] = process.pid  # its CPU per event, beside the servers'
+        cpu = start_cpu()
         started = time.perf_counter()
         threads = [threading.Thread(target=client, args=(bodies[i::2],)) for i in range(2)]
         for thread in threads:
@@ -282,6 +284,8 @@ rate = 10000000
         for thread in threads:
             thread.join()
         elapsed = time.perf_counter() - started
+        report_cpu(cpu, count)
+        SERVER_PIDS.pop("ioc run", None)
         if accepted[0] != count:
             raise RuntimeError(f"HTTP accepted {accepted[0]} of {count}")
         return count / elapsed
