@@ -57,6 +57,7 @@ log = structlog.get_logger("ioc.daemon")
 HOUSEKEEPING_INTERVAL = 1.0
 RULE_STATE_EVERY = 30  # housekeeping rounds between saves of the rule engine's state (and at shutdown)
 RULE_STATE = "rules.engine"
+KPI_STATE = "kpis.latest"
 
 
 class Daemon:
@@ -119,6 +120,9 @@ class Daemon:
                 self.engine.load_state(saved)
             except StateError as error:  # an old or damaged state must not keep the daemon down
                 log.error("rules.state_discarded", reason=str(error), effect="timers and windows start afresh")
+        saved_kpis = load_state(self._store, KPI_STATE)
+        if saved_kpis is not None:  # the wall's tiles right after a restart, before the first emission
+            self.kpis.restore(saved_kpis)
         self.aggregators = build_aggregators(self.areas, settings.kpis, settings.store.path, self.kpis.publish)
         # KPIs are published in the evaluation thread (by the aggregators), so the engine sees them in order.
         self.kpis.listeners += [self._kpi_to_rules, self.stream.publish_kpi]
@@ -220,6 +224,7 @@ class Daemon:
         # 2. What was accepted is evaluated; the rule engine's state is kept; KPIs and alerts go out.
         self.evaluator.close(timeout=30.0)
         save_state(self._store, RULE_STATE, self.engine.dump_state())
+        save_state(self._store, KPI_STATE, self.kpis.dump())
         for aggregator in self.aggregators:
             aggregator.close()
         self.alerts.close()

@@ -155,6 +155,7 @@ def test_alert_lifecycle_through_the_daemon(daemon: DaemonProcess, mosquitto: Se
         daemon.start()
         [kept] = [a for a in alerts(daemon, state="firing") if a["rule"] == "aqi-bad"]
         assert kept["id"] == alert["id"] and kept["acknowledged"]["by"] == "truc-ban-1"
+        assert open_kpi("22723") == 1 and open_kpi("60") == 1  # the KPIs are served at once after it
         time.sleep(1.5)
         assert len(pages.messages) == pages_before
 
