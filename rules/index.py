@@ -139,9 +139,9 @@ class RuleIndex(Generic[T]):
         by = self._by
         found: list[int] = []
         buckets = 0
+        fields = event.__dict__  # a model's field values; getattr of a missing one goes through pydantic
         for name, value in (("type", event.type), ("source", event.source),
-                            ("metric", getattr(event, "metric", None)),
-                            ("entity", getattr(event, "entity", None))):
+                            ("metric", fields.get("metric")), ("entity", fields.get("entity"))):
             if value is not None:
                 bucket = by[name].get(value)
                 if bucket:

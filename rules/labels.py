@@ -28,8 +28,9 @@ _BUILTIN: dict[str, Callable[[AnyEvent], str | None]] = {
     "type": lambda event: event.type,
     "source": lambda event: event.source,
     "area": lambda event: event.area,
-    "entity": lambda event: getattr(event, "entity", None),
-    "metric": lambda event: getattr(event, "metric", None),
+    # The model's field values: getattr of a field the type lacks is slow in pydantic (AttributeError).
+    "entity": lambda event: event.__dict__.get("entity"),
+    "metric": lambda event: event.__dict__.get("metric"),
 }
 
 

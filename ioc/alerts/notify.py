@@ -340,6 +340,8 @@ class NotifierChain:
 
     def __init__(self, notifiers: Sequence[Notifier] = ()) -> None:
         self.notifiers = list(notifiers)
+        # Checked once per notifier: a runtime Protocol isinstance costs ~15 µs, per change a real share.
+        self._self_counting: dict[int, bool] = {}
         self._counts: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._failing: set[str] = set()
 
@@ -355,7 +357,10 @@ class NotifierChain:
                 log.exception("alerts.notify_crashed", notifier=name, alert=alert.id)
                 self._failed(name, alert, change, repr(error))
                 continue
-            if not isinstance(notifier, SelfCounting):
+            counts_itself = self._self_counting.get(id(notifier))
+            if counts_itself is None:
+                counts_itself = self._self_counting[id(notifier)] = isinstance(notifier, SelfCounting)
+            if not counts_itself:
                 self._counts[(name, "sent")] += 1
                 if name in self._failing:
                     self._failing.discard(name)
