@@ -107,10 +107,10 @@ class Daemon:
         self.kpis = KpiBoard()
         self.stream = Broadcaster(queue_max=settings.alerts.stream_queue_max,
                                   heartbeat=settings.alerts.stream_heartbeat, retry=settings.alerts.stream_retry)
-        points = self.sinks[0] if self.sinks else None
+        # There is always a sink (InfluxDB, else the local one): alert points go to the first.
         self.alerts = AlertManager.open(
             settings.store.path, settings=settings.alerts, areas=self.areas,
-            notifiers=build_notifiers(settings.alerts, mqtt=self.mqtt, sink=points, stream=self.stream))
+            notifiers=build_notifiers(settings.alerts, mqtt=self.mqtt, sink=self.sinks[0], stream=self.stream))
         self.clock = EventClock()
         self.engine = RuleEngine(load_rules(settings.rules.resolved_paths()), areas=self.areas,
                                  on_change=self._alert_changed, started_at=self.started_at)
@@ -125,9 +125,7 @@ class Daemon:
             self.kpis.restore(saved_kpis)
         self.aggregators = build_aggregators(self.areas, settings.kpis, settings.store.path, self.kpis.publish)
         # KPIs are published in the evaluation thread (by the aggregators), so the engine sees them in order.
-        self.kpis.listeners += [self._kpi_to_rules, self.stream.publish_kpi]
-        if self.sinks:
-            self.kpis.listeners.append(self._kpi_to_sinks)
+        self.kpis.listeners += [self._kpi_to_rules, self.stream.publish_kpi, self._kpi_to_sinks]
         self.watch = SourceWatch()  # what the wall shows of each subsystem: last seen, rate
         self.evaluator = Evaluator([*self.aggregators, self.engine, self.watch], self.clock,
                                    on_tick=[self.alerts.tick], around_batch=self.alerts.batch)
