@@ -69,12 +69,7 @@ class Matcher:
         if event.type not in self.types:
             return False
         for name, values, pattern in self.fields:
-            value = event_label(event, name)
-            if value is None:
-                return False
-            if values is not None and value not in values:
-                return False
-            if pattern is not None and not pattern.fullmatch(value):
+            if not _accepts(event_label(event, name), values, pattern):
                 return False
         if self.areas:
             area = event.area
@@ -86,14 +81,9 @@ class Matcher:
                 when = day or local_date(event.time.timestamp())
                 if not any(areas.is_within(area, ancestor, when) for ancestor in self.areas):
                     return False
+        tags = event.tags
         for key, values, pattern in self.tags:
-            tags = event.tags
-            value = tags.get(key) if tags else None
-            if value is None:
-                return False
-            if values is not None and value not in values:
-                return False
-            if pattern is not None and not pattern.fullmatch(value):
+            if not _accepts(tags.get(key) if tags else None, values, pattern):
                 return False
         return True
 
@@ -165,3 +155,12 @@ class RuleIndex(Generic[T]):
         matchers, areas, items = self._matchers, self._areas, self._items
         return [items[position] for position in self.candidates(event)
                 if matchers[position].matches(event, areas)]
+
+
+def _accepts(value: str | None, values: frozenset[str] | None, pattern: re.Pattern[str] | None) -> bool:
+    """Whether one label or tag value satisfies a constraint: present, among `values`, matching `pattern`."""
+    if value is None:
+        return False
+    if values is not None and value not in values:
+        return False
+    return pattern is None or pattern.fullmatch(value) is not None
