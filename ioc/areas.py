@@ -49,6 +49,14 @@ _LOCAL_OFFSET = 7 * 3600
 _UNIX_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
+def parse_day(text: str) -> date:
+    """A calendar date written exactly `YYYY-MM-DD` (what the data files use); ValueError otherwise.
+    Stricter than `date.fromisoformat`, which also takes `20250701` and week dates."""
+    if len(text) != 10:
+        raise ValueError(f"{text!r} is not YYYY-MM-DD")
+    return date.fromisoformat(text)
+
+
 def local_date(ts: float) -> date:
     """The calendar date in Asia/Ho_Chi_Minh of the Unix time `ts` (on hot paths: no tz arithmetic)."""
     if ts >= _FIXED_OFFSET_SINCE:
@@ -183,9 +191,7 @@ class _CsvRows:
                 parsed.append(None)
                 continue
             try:
-                if len(value) != 10:
-                    raise ValueError
-                parsed.append(date.fromisoformat(value))
+                parsed.append(parse_day(value))
             except ValueError:
                 self.problem(line, f"{column}: {value!r} is not a date (YYYY-MM-DD)")
                 parsed.append(None)

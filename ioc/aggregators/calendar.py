@@ -13,7 +13,7 @@ from datetime import date
 from importlib import resources
 from pathlib import Path
 
-from ioc.areas import local_date
+from ioc.areas import local_date, parse_day
 from ioc.errors import ConfigError
 
 _LOCAL_OFFSET = 7 * 3600  # Asia/Ho_Chi_Minh: UTC+7, no daylight saving (see ioc.areas.local_date)
@@ -40,9 +40,7 @@ def load_holidays(path: str | Path) -> frozenset[date]:
         if not line:
             continue
         try:
-            if len(line) != 10:
-                raise ValueError
-            days.add(date.fromisoformat(line))
+            days.add(parse_day(line))
         except ValueError:
             problems.append(f"{label}:{number}: {line!r} is not a date (YYYY-MM-DD)")
     if problems:
