@@ -24,7 +24,7 @@ from prometheus_client.core import Metric
 
 from connectors.http_poll import HttpPoller
 from connectors.mqtt import MqttConnector
-from ioc import __version__
+from ioc import __version__, failpoints
 from ioc.aggregators import build_aggregators
 from ioc.alerts.lifecycle import AlertManager
 from ioc.alerts.model import AlertUpdate
@@ -264,6 +264,7 @@ def tune_gc() -> None:
 async def run_daemon(settings: Settings, *, on_listening: Callable[[], None] | None = None) -> None:
     """`ioc run`: the daemon with SIGTERM/SIGINT for a graceful stop and SIGHUP to reload the rules.
     `on_listening` is called once the HTTP API accepts connections (`ioc demo` prints its banner then)."""
+    failpoints.configure()  # IOC_FAILPOINTS; a bad one stops the start, as a bad config does
     daemon = Daemon(settings)
     tune_gc()
     stop = asyncio.Event()

@@ -84,6 +84,15 @@ class HttpSettings(_Section):
     listen: str = "127.0.0.1:8080"
     max_body: Size = parse_size("8MiB")
     durable_wait: Duration = parse_duration("5s")  # how long a POST waits for its points to be durable before 202
+    # CONTRACT §7: what one client may hold. Past max_connections new connections are refused at once;
+    # a client is closed when its headers, its whole body, or its idle keep-alive take longer than these.
+    max_connections: int = Field(default=1024, ge=1, le=1_000_000)
+    header_timeout: Duration = parse_duration("10s")
+    body_timeout: Duration = parse_duration("60s")
+    keepalive_timeout: Duration = parse_duration("15s")
+    max_streams: int = Field(default=256, ge=0, le=100_000)  # SSE clients of /api/v1/stream, exactly
+    # False: every route but /healthz and /readyz needs a vendor, operator or viewer token.
+    public_read: bool = True
 
     @field_validator("listen")
     @classmethod
@@ -197,6 +206,11 @@ class IntakeSettings(_Section):
     dedup_window: Duration = parse_duration("24h")
     dedup_max_keys: int = Field(default=2_000_000, ge=0)
     max_future: Duration = parse_duration("5m")
+    # CONTRACT §7: items in one MQTT message or HTTP body; more is refused whole.
+    max_items: int = Field(default=10_000, ge=1, le=1_000_000)
+    # A message whose handling killed the process is handled at most this many times, counted across
+    # restarts; then it is acknowledged and dead-lettered as `poison`.
+    max_deliveries: int = Field(default=3, ge=1, le=1000)
 
 
 class LogSettings(_Section):
@@ -274,6 +288,10 @@ class OperatorSettings(_Principal):
     pass
 
 
+class ViewerSettings(_Principal):
+    """A read-only principal: reads the API, the wall and /metrics when `[http] public_read = false`."""
+
+
 # Declared beside the alert manager it configures; imported here (after _Section and Duration, which it
 # uses) so that the whole configuration is still one model.
 from ioc.alerts.config import AlertsSettings  # noqa: E402
@@ -299,6 +317,7 @@ class Settings(BaseSettings):
     poll: list[PollTarget] = []
     vendors: list[VendorSettings] = []
     operators: list[OperatorSettings] = []
+    viewers: list[ViewerSettings] = []
 
     @classmethod
     def settings_customise_sources(
@@ -315,7 +334,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _unique_principals(self) -> Settings:
         seen: dict[str, str] = {}
-        for kind, principals in (("vendor", self.vendors), ("operator", self.operators)):
+        for kind, principals in (("vendor", self.vendors), ("operator", self.operators),
+                                 ("viewer", self.viewers)):
             for principal in principals:
                 if principal.token_sha256 in seen:
                     raise ValueError(
