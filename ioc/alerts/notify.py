@@ -28,6 +28,7 @@ import structlog
 from prometheus_client.core import Metric
 
 from connectors.mqtt.connector import backoff_delay
+from ioc import failpoints
 from ioc.alerts.alert import STATE_CHANGES, Alert, Change
 from ioc.alerts.config import AlertsSettings, WebhookSettings
 from ioc.alerts.errors import NotifyError
@@ -346,6 +347,8 @@ class NotifierChain:
         self._failing: set[str] = set()
 
     def notify(self, alert: Alert, change: Change) -> None:
+        if failpoints.ACTIVE:
+            failpoints.hit("alerts.before_notify")
         for notifier in self.notifiers:
             name = notifier.name
             try:

@@ -17,6 +17,10 @@ Failures:
   oldest first, then the sink writes directly again.
 - The spool full: `spool_on_full = "block"` stops taking from the queue (so `submit` blocks: back-pressure
   to intake), `"drop"` drops new batches and counts them as `dropped{reason="spool_full"}`.
+- The spool's disk failing (an I/O error, a full or read-only disk, SQLite refusing the write): whatever the
+  policy, the batch is held in memory, unacknowledged (its events are durable nowhere yet), and the writer
+  takes nothing more from the queue (back-pressure, as for a full spool); each probe retries the held
+  batch into InfluxDB, then into the spool, until one takes it. `problems()` names the failure meanwhile.
 
 Counting rule (CONTRACT §3), true at every instant a scrape sees under the lock: handed = written +
 dead_lettered + dropped + queue + spool, where the queue gauge includes the batch being written.
@@ -37,6 +41,7 @@ from typing import Literal
 import structlog
 from prometheus_client.core import Metric
 
+from ioc import failpoints
 from ioc.config import InfluxSettings
 from ioc.errors import SinkFull
 from ioc.metrics import MetricSource, counter, gauge
@@ -102,6 +107,7 @@ class InfluxSink:
         self._attempt = 0
         self._next_probe = 0.0
         self._held: list[str] | None = None  # a failed batch the spool could not take: retried from memory
+        self._spool_error: str | None = None  # why the spool's disk refused the held batch (None: it was full)
         self._held_end = 0
         self._blocked = False  # the spool is full and the policy is to block
         self._spool_full = False
@@ -173,6 +179,9 @@ class InfluxSink:
                 found.append(f"{self.name}: writer thread stopped")
             if self._spool_full:
                 found.append(f"{self.name}: spool full ({spooled} points)")
+            if self._spool_error is not None:
+                held = len(self._held or ())
+                found.append(f"{self.name}: spool write failed ({self._spool_error}), holding {held} points")
             if self._config_problem is not None:
                 found.append(f"{self.name}: {self._config_problem}, spooling ({spooled} points)")
         return found
@@ -371,24 +380,15 @@ class InfluxSink:
         self._park(remainder, end, "queue")
 
     def _park(self, points: list[str], end: int, source: _Source) -> None:
-        """Put in-flight points in the spool; when it is full, drop them or hold them in memory."""
+        """Put in-flight points in the spool; when it is full, drop them or hold them in memory; when its
+        disk fails, hold them in memory (never drop: nothing was acknowledged, nothing may be)."""
         count = len(points)
-        reason = "spool_full"
         if self._spool.has_room(count):
-            try:
-                self._spool.append(points)
-            except sqlite3.Error as error:
-                log.error("sink.spool_failed", sink=self.name, error=str(error), points=count)
-                reason = "spool_error"
-            else:
-                with self._lock:
-                    self._inflight -= count
-                    self._spooled += count
-                    self._durable = end
-                    self._spool_full = False
-                    self._spool_full_logged = False
-                return
+            if not self._spool_points(points, end):
+                self._hold(points, end)
+            return
         if self._drop_when_full:
+            reason = "spool_full"
             with self._lock:
                 self._inflight -= count
                 self._dropped[reason] = self._dropped.get(reason, 0) + count
@@ -400,10 +400,43 @@ class InfluxSink:
                 log.warning("sink.spool_full", sink=self.name, policy="drop", spooled=self._spooled,
                             max_points=self._spool.max_points, dropped=count)
             return
-        with self._lock:  # block: keep the batch in memory and retry it before anything else
+        self._hold(points, end)
+
+    def _spool_points(self, points: list[str], end: int) -> bool:
+        """Append in-flight points (ending at position `end`) to the spool and count them durable. False,
+        with nothing changed, when the disk refuses the write (an OSError is what a full or failing disk
+        raises through SQLite's VFS and what the `spool.write` failpoint raises)."""
+        try:
+            self._spool.append(points)
+        except (sqlite3.Error, OSError) as error:
+            first = self._spool_error is None
+            self._spool_error = f"{type(error).__name__}: {error}"
+            if first:  # one line per episode; each probe's retry is counted by sink.write_failed
+                log.error("sink.spool_failed", sink=self.name, error=self._spool_error, points=len(points),
+                          effect="held in memory, unacknowledged, retried")
+            return False
+        if failpoints.ACTIVE:
+            failpoints.hit("spool.after_write")
+        if self._spool_error is not None:
+            log.info("sink.spool_recovered", sink=self.name)
+        count = len(points)
+        with self._lock:
+            self._spool_error = None
+            self._inflight -= count
+            self._spooled += count
+            self._durable = end
+            self._spool_full = False
+            self._spool_full_logged = False
+        return True
+
+    def _hold(self, points: list[str], end: int) -> None:
+        """Keep a batch nobody could take in memory, unacknowledged, and retry it before anything else;
+        the writer takes nothing more from the queue meanwhile (back-pressure up to intake)."""
+        with self._lock:
             self._held, self._held_end = points, end
             self._blocked = True
-            self._note_spool_full()
+            if self._spool_error is None:
+                self._note_spool_full()
 
     def _probe(self) -> None:
         """In an outage: retry the held batch or the oldest spooled one; on success keep draining."""
@@ -423,6 +456,11 @@ class InfluxSink:
                 with self._lock:
                     self._held = None
                     self._durable = self._held_end
+                    self._blocked = False
+            elif self._spool_error is not None and remainder and self._spool.has_room(len(remainder)) \
+                    and self._spool_points(remainder, self._held_end):
+                with self._lock:  # the disk took it back: spooled and durable, the outage goes on
+                    self._held = None
                     self._blocked = False
             else:
                 self._held = remainder
@@ -475,9 +513,13 @@ class InfluxSink:
         """One POST, timed and counted; an unexpected exception becomes a retryable WriteError."""
         started = time.monotonic()
         try:
+            if failpoints.ACTIVE:
+                failpoints.hit("sink.before_write")
             self._writer.write(points)
         except WriteError as error:
             failure = error
+        except failpoints.FailpointError as error:  # as a socket error would: no traceback for it
+            failure = WriteError(str(error), kind="connection", retryable=True)
         except Exception as error:  # a bug in a library must not lose the batch: retry it later
             log.exception("sink.writer_unexpected", sink=self.name)
             failure = WriteError(f"unexpected: {type(error).__name__}: {error}", kind="connection",
@@ -546,6 +588,7 @@ class InfluxSink:
         self._config_problem = None
         self._attempt = 0
         with self._lock:
+            self._spool_error = None  # the spool is not needed now; its next write will tell
             self._blocked = False
             self._spool_full = False
             self._spool_full_logged = False

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 
+from ioc import failpoints
 from ioc.errors import SinkFull
 from ioc.store import connect, transaction
 
@@ -70,6 +71,8 @@ class Spool:
         if not self.has_room(len(points)):
             raise SinkFull(f"spool full ({self.points} of {self.max_points} points)")
         blob = orjson.dumps(points)
+        if failpoints.ACTIVE:
+            failpoints.hit("spool.write")
         self._db.execute("INSERT INTO influx_spool (sink, count, points) VALUES (?, ?, ?)",
                          (self.sink, len(points), blob))
         self.points += len(points)

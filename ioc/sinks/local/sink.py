@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prometheus_client.core import Metric
 
+from ioc import failpoints
 from ioc.metrics import MetricSource, counter, gauge
 from ioc.sinks.base import DurableCallback
 from ioc.store import connect, transaction
@@ -43,6 +44,8 @@ class LocalSink:
                timeout: float | None = None) -> None:
         with self._lock:
             if points:
+                if failpoints.ACTIVE:
+                    failpoints.hit("sink.before_write")
                 with transaction(self._db):
                     self._db.executemany("INSERT INTO local_points (line) VALUES (?)",
                                          [(point,) for point in points])
