@@ -4,6 +4,12 @@ Silences and inhibition rules are made of them. Regular expressions are anchored
 match) and compiled once, when the matcher is made, so a bad one is refused with its reason at the door
 (an API 400, a config error) and never at matching time. A label an alert does not have matches as the
 empty string, as in Alertmanager: `op = "!="` matches it, `name = ""` matches it.
+
+Regular expressions come from operators and meet label values that come from vendors' events, so they are
+RE2 (`google-re2`), as in Alertmanager (Go's regexp is RE2 too): matching takes time linear in the value
+whatever the pattern, where Python's backtracking `re` took 22 s on `(a+)+$` against 30 characters, with
+the GIL held, so the whole daemon froze (CONTRACT §7). RE2 has no backreferences and no lookarounds; such
+a pattern is refused with a reason that says so.
 """
 
 from __future__ import annotations
@@ -11,13 +17,46 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias
 
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 MatchOp: TypeAlias = Literal["=", "!=", "=~", "!~"]
 OPS: tuple[MatchOp, ...] = ("=", "!=", "=~", "!~")
 MAX_VALUE = 1024  # characters in a matcher's value (a regex longer than this is a mistake)
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad pattern is refused with its reason; RE2 must not also print it
+_RE2_OPTIONS.never_capture = True  # only "does it match" is asked: no groups to track
+# What RE2 says about the Perl constructs it leaves out on purpose (they need backtracking).
+_BACKREFERENCE = re.compile(r"^invalid escape sequence: \\\d")
+_LOOKAROUND = ("invalid perl operator: (?=", "invalid perl operator: (?!", "invalid perl operator: (?<")
+
+
+def compile_regex(pattern: str) -> Any:
+    """`pattern` (RE2 syntax) compiled to match a whole value, as Alertmanager does (`^(?:pattern)$`), or
+    ValueError with RE2's reason. The pattern must also compile on its own, so `a)|(b` cannot escape the
+    anchors. Match with `.fullmatch(value)`: linear in the value's length."""
+    if len(pattern) > MAX_VALUE:
+        raise ValueError(f"longer than {MAX_VALUE} characters")
+    try:
+        re2.compile(pattern, _RE2_OPTIONS)
+        return re2.compile(f"^(?:{pattern})$", _RE2_OPTIONS)
+    except re2.error as error:
+        reason = error.args[0] if error.args else "invalid"
+        reason = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
+        if _BACKREFERENCE.match(reason):
+            reason += " (RE2 syntax has no backreferences)"
+        elif reason.startswith(_LOOKAROUND):
+            reason += " (RE2 syntax has no lookarounds)"
+        raise ValueError(f"{_shown(pattern)} is not a valid regular expression (RE2 syntax): {reason}") from None
+    except UnicodeEncodeError:  # a lone surrogate: not text RE2 (or JSON) can hold
+        raise ValueError(f"{_shown(pattern)} is not valid Unicode text") from None
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "…")
 
 _TEXT_FORM = re.compile(r"^\s*([^\s=!~\"]+)\s*(=~|!~|!=|=)\s*(.*?)\s*$", re.DOTALL)
 
@@ -29,7 +68,7 @@ class Matcher:
     name: str
     value: str
     op: MatchOp = "="
-    _regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    _regex: Any = field(default=None, compare=False, repr=False)  # an RE2 pattern, for =~ and !~
 
     @classmethod
     def create(cls, name: str, value: str, op: str = "=") -> Matcher:
@@ -43,9 +82,9 @@ class Matcher:
         regex = None
         if op in ("=~", "!~"):
             try:
-                regex = re.compile(value)
-            except re.error as error:
-                raise ValueError(f"value: {value!r} is not a valid regular expression: {error}") from None
+                regex = compile_regex(value)
+            except ValueError as error:
+                raise ValueError(f"value: {error}") from None
         return cls(name, value, op, regex)
 
     def matches(self, labels: Mapping[str, str]) -> bool:

@@ -12,6 +12,7 @@ listed with the others for `[alerts] silence_retention` (5 days) and is then pur
 from __future__ import annotations
 
 import builtins
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -19,13 +20,21 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeAlias
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 
 from ioc.alerts.alert import Alert, rfc3339
 from ioc.alerts.audit import AuditEntry
 from ioc.alerts.errors import InvalidSilence, SilenceNotFound
 from ioc.alerts.matchers import Matcher, MatcherSpec, matches_all
-from ioc.config import Duration
+from ioc.config import parse_duration
 
 if TYPE_CHECKING:
     from ioc.alerts.store import AlertStore
@@ -33,6 +42,42 @@ if TYPE_CHECKING:
 SilenceStatus: TypeAlias = Literal["pending", "active", "expired"]
 STATUSES: tuple[SilenceStatus, ...] = ("pending", "active", "expired")
 Clock = Callable[[], float]
+
+# A silence starts and ends within [1970-01-01, now + MAX_AHEAD]: every time then fits a datetime, the
+# store and the API's RFC 3339 (an `ends_at` of year 9999 at -23:59, or `"duration": "99999999999d"`,
+# used to fail only when the silence was written out: a 500). Ten years is longer than any maintenance.
+MAX_AHEAD_DAYS = 3650
+MAX_AHEAD = MAX_AHEAD_DAYS * 86400.0
+
+
+def _silence_duration(value: object) -> float:
+    """A duration (`"2h"`, or seconds) that is finite, positive and at most MAX_AHEAD."""
+    try:
+        seconds = parse_duration(value)  # type: ignore[arg-type]  # it refuses what is not a duration
+    except OverflowError:  # an integer past what a float holds
+        seconds = math.inf
+    if math.isnan(seconds):  # JSON's NaN, which pydantic's parser takes
+        raise ValueError("not a number")
+    if seconds > MAX_AHEAD:
+        raise ValueError(f"longer than {MAX_AHEAD_DAYS}d, the longest a silence may last")
+    if seconds <= 0:
+        raise ValueError("must be more than 0s")
+    return seconds
+
+
+def _after_1970(value: datetime) -> datetime:
+    """A time the store and the API can hold (Unix time >= 0); later bounds depend on the clock."""
+    try:
+        seconds = value.timestamp()
+    except (OverflowError, ValueError):  # year 1 at +14:00 is before year 1 in UTC
+        seconds = -1.0
+    if seconds < 0:
+        raise ValueError("before 1970-01-01T00:00:00Z")
+    return value
+
+
+SilenceDuration = Annotated[float, BeforeValidator(_silence_duration)]
+SilenceTime = Annotated[AwareDatetime, AfterValidator(_after_1970)]
 
 
 class Muter(Protocol):
@@ -84,9 +129,9 @@ class SilenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     matchers: Annotated[list[MatcherSpec], Field(min_length=1, max_length=64)]
-    starts_at: AwareDatetime | None = None
-    ends_at: AwareDatetime | None = None
-    duration: Duration | None = None
+    starts_at: SilenceTime | None = None
+    ends_at: SilenceTime | None = None
+    duration: SilenceDuration | None = None
     comment: Annotated[str, Field(max_length=4096, strict=True)] = ""
     author: Annotated[str, Field(min_length=1, max_length=256, strict=True)] | None = None
 
@@ -134,15 +179,23 @@ class Silences:
 
     def create(self, request: SilenceRequest, *, actor: str) -> Silence:
         """A new silence from a validated request; InvalidSilence when its times or matchers make no
-        sense (an end before the start or in the past, matchers that would mute every alert)."""
+        sense (an end before the start, in the past or more than MAX_AHEAD ahead, matchers that would
+        mute every alert)."""
         now = self._clock()
         starts_at = _seconds(request.starts_at) if request.starts_at is not None else now
         if request.ends_at is not None and request.duration is not None:
             raise InvalidSilence("ends_at: give ends_at or duration, not both")
+        too_far = f"more than {MAX_AHEAD_DAYS} days from now"
+        if starts_at > now + MAX_AHEAD:
+            raise InvalidSilence(f"starts_at: {too_far}")
         if request.ends_at is not None:
             ends_at = _seconds(request.ends_at)
+            if ends_at > now + MAX_AHEAD:
+                raise InvalidSilence(f"ends_at: {too_far}")
         elif request.duration is not None:
             ends_at = starts_at + request.duration
+            if ends_at > now + MAX_AHEAD:
+                raise InvalidSilence(f"duration: the silence would end {too_far}")
         else:
             raise InvalidSilence("ends_at: required (or a duration such as '2h')")
         if ends_at <= now:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,63 @@ def test_a_missing_label_matches_as_empty() -> None:
     assert Matcher.create("entity", "", "=").matches({})
     assert Matcher.create("entity", "BTN1", "!=").matches({})
     assert not Matcher.create("entity", "BTN.*", "=~").matches({})
+
+
+def test_regexes_are_re2_linear_and_anchored() -> None:
+    # Python's re needs 2^n steps here (22 s at n = 30, with the GIL held); RE2 is linear in the value.
+    evil = Matcher.create("station", "(a+)+$", "=~")
+    assert not evil.matches({"station": "a" * 100_000 + "!"})
+    assert evil.matches({"station": "a" * 100_000})
+    assert Matcher.create("rule", "cell-down|coverage-outage", "=~").matches({"rule": "coverage-outage"})
+    assert not Matcher.create("rule", "cell", "=~").matches({"rule": "cell-down"})  # the whole value
+    assert Matcher.create("area", "227\\d{2}", "!~").matches({"area": "2272"})
+    assert Matcher.create("name", "\\p{L}+", "=~").matches({"name": "Phường"})  # Unicode classes
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("(a)\\1", "RE2 syntax has no backreferences"),
+    ("(?=a)a", "RE2 syntax has no lookarounds"),
+    ("(?<!a)b", "RE2 syntax has no lookarounds"),
+    ("a{1001}", "invalid repetition size"),
+    ("x)|(y", "unexpected )"),  # it must not escape the anchors: ^(?:x)|(y)$ would match "x..."
+    ("a" * 1025, "longer than 1024 characters"),
+])
+def test_what_re2_cannot_take_is_refused_with_a_reason(value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Matcher.create("rule", value, "=~")
+    with pytest.raises(InvalidSilence, match=r"^matchers\.0"):
+        SilenceRequest.parse({"matchers": [{"name": "rule", "value": value, "op": "=~"}], "duration": "1h"})
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"duration": "99999999999d"}, "duration: longer than 3650d"),
+    ({"duration": "9" * 400 + "s"}, "duration: longer than 3650d"),  # float("9" * 400) is inf
+    ({"duration": 10**400}, "duration: longer than 3650d"),  # past what a float holds
+    ({"duration": float("nan")}, "duration: not a number"),
+    ({"duration": 0}, "duration: must be more than 0s"),
+    ({"duration": -1}, "duration: a duration cannot be negative"),
+    ({"duration": None, "ends_at": "9999-12-31T23:59:59-23:59"}, "ends_at: more than 3650 days from now"),
+    ({"duration": None, "ends_at": "0001-01-01T00:00:00+14:00"}, "ends_at: before 1970"),
+    ({"starts_at": "1969-12-31T23:59:59Z"}, "starts_at: before 1970"),
+    ({"starts_at": "9999-12-31T00:00:00Z"}, "starts_at: more than 3650 days from now"),
+    ({"starts_at": "2035-12-31T00:00:00Z", "duration": "3000d"}, "duration: the silence would end more than"),
+])
+def test_times_and_durations_out_of_range_are_refused_naming_the_field(
+    fields: dict[str, object], message: str
+) -> None:
+    silences = Silences(None, clock=Clock())
+    with pytest.raises(InvalidSilence) as caught:
+        silences.create(SilenceRequest.parse({"matchers": [{"name": "area", "value": "1"}], "duration": "1h",
+                                              **fields}), actor="op")
+    assert str(caught.value).startswith(message)
+    assert silences.list() == []
+
+
+def test_the_longest_silence_is_ten_years() -> None:
+    silences = Silences(None, clock=Clock())
+    made = silences.create(request(duration="3650d"), actor="op")
+    assert made.ends_at - made.starts_at == 3650 * 86400
+    assert made.as_json(T0)["ends_at"] == "2036-02-28T00:00:00+00:00"
 
 
 @pytest.mark.parametrize(("text", "expected"), [
