@@ -43,6 +43,7 @@ from ioc.ingest.pipeline import Pipeline
 from ioc.kpis import Kpi, KpiBoard
 from ioc.lineproto import parse_tag, render_kpi
 from ioc.metrics import Metrics, counter, gauge
+from ioc.redact import redact_url
 from ioc.sinks.base import Sink
 from ioc.sinks.influx import InfluxSink
 from ioc.sinks.local import LocalSink
@@ -80,7 +81,9 @@ class Daemon:
             self.sinks.append(LocalSink(settings.store.path, max_points=settings.store.local_max_points))
         self.pipeline = Pipeline(sinks=self.sinks, dedup=self.dedup, max_bytes=settings.http.max_body,
                                  max_future=settings.intake.max_future)
-        self.mqtt = MqttConnector(settings.mqtt, self.pipeline) if settings.mqtt.enabled else None
+        self.mqtt = MqttConnector(settings.mqtt, self.pipeline, vendors=settings.vendors,
+                                  state_path=settings.store.path,
+                                  max_deliveries=settings.intake.max_deliveries) if settings.mqtt.enabled else None
         self.poller = HttpPoller(settings.poll, self.pipeline) if settings.poll else None
         self._build_evaluation(settings)
         self.metrics.add(self.pipeline.metrics)
@@ -106,7 +109,8 @@ class Daemon:
         self.areas = registry_from_settings(settings.areas)
         self.kpis = KpiBoard()
         self.stream = Broadcaster(queue_max=settings.alerts.stream_queue_max,
-                                  heartbeat=settings.alerts.stream_heartbeat, retry=settings.alerts.stream_retry)
+                                  heartbeat=settings.alerts.stream_heartbeat, retry=settings.alerts.stream_retry,
+                                  max_clients=settings.http.max_streams)
         # There is always a sink (InfluxDB, else the local one): alert points go to the first.
         self.alerts = AlertManager.open(
             settings.store.path, settings=settings.alerts, areas=self.areas,
@@ -193,8 +197,9 @@ class Daemon:
         if self.mqtt is not None:
             self.mqtt.start()
         log.info("daemon.started", version=__version__, http=self.settings.http.listen,
-                 mqtt=self.settings.mqtt.url if self.mqtt else None,
-                 influx=self.settings.influx.url or None, sinks=[sink.name for sink in self.sinks])
+                 mqtt=redact_url(self.settings.mqtt.url) if self.mqtt else None,
+                 influx=redact_url(self.settings.influx.url) or None,
+                 sinks=[sink.name for sink in self.sinks])
         try:
             async with asyncio.TaskGroup() as tasks:
                 http_task = tasks.create_task(self.http.serve(), name="http")

@@ -9,6 +9,11 @@ or slowing the others; a browser's EventSource reconnects by itself after the `r
 clients it is alive.
 
 Events: `alert` (an alert's JSON plus its `change`, silenced alerts included) and `kpi` (`Kpi.as_json()`).
+
+At most `max_clients` streams at once (`[http] max_streams`), exactly: a request takes its place with
+`subscribe()` (check and register under one lock) before its response is returned, and gives it back
+when the response ends however it ends (the stream's end, the client gone before the first byte, the
+request cancelled). The next one gets `503` and is counted in `ioc_sse_refused_total`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
@@ -26,6 +32,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from prometheus_client.core import Metric
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from ioc.kpis import Kpi
 from ioc.metrics import counter, gauge
@@ -73,6 +80,7 @@ class Broadcaster:
         self._closed = False
         self._events: defaultdict[tuple[str], int] = defaultdict(int)
         self._disconnects: defaultdict[tuple[str], int] = defaultdict(int)
+        self._refused = 0
 
     @property
     def clients(self) -> int:
@@ -95,10 +103,32 @@ class Broadcaster:
         """A `KpiBoard` listener: `board.listeners.append(broadcaster.publish_kpi)`."""
         self.publish("kpi", kpi.as_json())
 
-    async def frames(self) -> AsyncIterator[bytes]:
+    def subscribe(self) -> _Client | None:
+        """Take a place for one stream on the running loop, or None (counted as refused) when
+        `max_clients` are taken. Check and registration are one step under the lock, so concurrent
+        requests can never take more places than there are."""
+        with self._lock:
+            if len(self._clients) >= self.max_clients:
+                self._refused += 1
+                return None
+            client = _Client(asyncio.get_running_loop(), self.queue_max)
+            if self._closed:
+                client.ended = "closed"
+            self._clients.add(client)
+        return client
+
+    def release(self, client: _Client, reason: str = "gone") -> None:
+        """Give a stream's place back (idempotent: the first reason given is the one counted)."""
+        self._remove(client, client.ended or reason)
+
+    async def frames(self, client: _Client | None = None) -> AsyncIterator[bytes]:
         """One client's stream: the `retry:` hint, then events and heartbeats until the client goes away,
-        falls behind, or the broadcaster closes. Subscribes on the first iteration."""
-        client = self._add(asyncio.get_running_loop())
+        falls behind, or the broadcaster closes. `client` comes from `subscribe()`; without one, a place
+        is taken on the first iteration (and the stream is empty when there is none)."""
+        if client is None:
+            client = self.subscribe()
+            if client is None:
+                return
         try:
             # A named `ping` (not only a comment, which EventSource hides from pages) lets a client see a
             # stream that hangs without closing: no ping for a few heartbeats means the data is stale.
@@ -115,14 +145,6 @@ class Broadcaster:
                 yield frame
         finally:
             self._remove(client, client.ended or "gone")
-
-    def _add(self, loop: asyncio.AbstractEventLoop) -> _Client:
-        client = _Client(loop, self.queue_max)
-        with self._lock:
-            if self._closed:
-                client.ended = "closed"
-            self._clients.add(client)
-        return client
 
     def _remove(self, client: _Client, reason: str) -> None:
         with self._lock:
@@ -156,6 +178,26 @@ class Broadcaster:
         yield counter("ioc_sse_events", "Events published on /api/v1/stream, by event.", ("event",), events)
         yield counter("ioc_sse_disconnects", "Stream clients gone, by reason (slow: cut off for falling "
                       "behind; gone: the client left; closed: the daemon stopped).", ("reason",), disconnects)
+        yield gauge("ioc_sse_max_clients", "Stream clients allowed at once (`[http] max_streams`).", (),
+                    {(): float(self.max_clients)})
+        yield counter("ioc_sse_refused", "Stream requests refused with 503 because max_streams clients were "
+                      "connected.", (), {(): float(self._refused)})
+
+
+class _StreamResponse(StreamingResponse):
+    """A stream that gives its place back when the response ends, however it ends: the generator's
+    `finally` does not run when the client leaves before the first frame (the generator never started),
+    so the response's own end does it too; and a finaliser does if the response is never sent at all."""
+
+    def __init__(self, broadcaster: Broadcaster, client: _Client) -> None:
+        super().__init__(broadcaster.frames(client), media_type="text/event-stream", headers=SSE_HEADERS)
+        self._release = weakref.finalize(self, broadcaster.release, client, "gone")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def stream_router(broadcaster: Broadcaster) -> APIRouter:
@@ -171,9 +213,10 @@ def stream_router(broadcaster: Broadcaster) -> APIRouter:
                    503: {"description": "Too many stream clients."}},
     )
     async def stream() -> StreamingResponse:
-        if broadcaster.full():
+        client = broadcaster.subscribe()
+        if client is None:
             raise HTTPException(503, f"too many stream clients (at most {broadcaster.max_clients})",
                                 headers={"Retry-After": "5"})
-        return StreamingResponse(broadcaster.frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+        return _StreamResponse(broadcaster, client)
 
     return router
