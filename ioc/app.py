@@ -43,7 +43,6 @@ from ioc.ingest.pipeline import Pipeline
 from ioc.kpis import Kpi, KpiBoard
 from ioc.lineproto import parse_tag, render_kpi
 from ioc.metrics import Metrics, counter, gauge
-from ioc.redact import redact_url
 from ioc.sinks.base import Sink
 from ioc.sinks.influx import InfluxSink
 from ioc.sinks.local import LocalSink
@@ -81,9 +80,7 @@ class Daemon:
             self.sinks.append(LocalSink(settings.store.path, max_points=settings.store.local_max_points))
         self.pipeline = Pipeline(sinks=self.sinks, dedup=self.dedup, max_bytes=settings.http.max_body,
                                  max_future=settings.intake.max_future)
-        self.mqtt = MqttConnector(settings.mqtt, self.pipeline, vendors=settings.vendors,
-                                  state_path=settings.store.path,
-                                  max_deliveries=settings.intake.max_deliveries) if settings.mqtt.enabled else None
+        self.mqtt = MqttConnector(settings.mqtt, self.pipeline) if settings.mqtt.enabled else None
         self.poller = HttpPoller(settings.poll, self.pipeline) if settings.poll else None
         self._build_evaluation(settings)
         self.metrics.add(self.pipeline.metrics)
@@ -197,9 +194,8 @@ class Daemon:
         if self.mqtt is not None:
             self.mqtt.start()
         log.info("daemon.started", version=__version__, http=self.settings.http.listen,
-                 mqtt=redact_url(self.settings.mqtt.url) if self.mqtt else None,
-                 influx=redact_url(self.settings.influx.url) or None,
-                 sinks=[sink.name for sink in self.sinks])
+                 mqtt=self.settings.mqtt.url if self.mqtt else None,
+                 influx=self.settings.influx.url or None, sinks=[sink.name for sink in self.sinks])
         try:
             async with asyncio.TaskGroup() as tasks:
                 http_task = tasks.create_task(self.http.serve(), name="http")
