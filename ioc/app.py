@@ -43,6 +43,7 @@ from ioc.ingest.pipeline import Pipeline
 from ioc.kpis import Kpi, KpiBoard
 from ioc.lineproto import parse_tag, render_kpi
 from ioc.metrics import Metrics, counter, gauge
+from ioc.redact import redact_url
 from ioc.sinks.base import Sink
 from ioc.sinks.influx import InfluxSink
 from ioc.sinks.local import LocalSink
@@ -194,8 +195,9 @@ class Daemon:
         if self.mqtt is not None:
             self.mqtt.start()
         log.info("daemon.started", version=__version__, http=self.settings.http.listen,
-                 mqtt=self.settings.mqtt.url if self.mqtt else None,
-                 influx=self.settings.influx.url or None, sinks=[sink.name for sink in self.sinks])
+                 mqtt=redact_url(self.settings.mqtt.url) if self.mqtt else None,
+                 influx=redact_url(self.settings.influx.url) or None,
+                 sinks=[sink.name for sink in self.sinks])
         try:
             async with asyncio.TaskGroup() as tasks:
                 http_task = tasks.create_task(self.http.serve(), name="http")

@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from ioc.errors import ConfigError
 from ioc.models import SOURCE_PATTERN
+from ioc.redact import redact_url
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -70,7 +71,8 @@ Size = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # hide_input_in_errors: a ValidationError's text never holds a value (a password, a URL with one).
+    model_config = ConfigDict(extra="forbid", validate_default=True, hide_input_in_errors=True)
 
 
 def _read_secret(path: str) -> str:
@@ -135,7 +137,10 @@ class MqttSettings(_Section):
     @classmethod
     def _url(cls, value: str) -> str:
         if value != "embedded" and not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", value):
-            raise ValueError(f"{value!r} is not mqtt://HOST[:PORT], mqtts://HOST[:PORT] or 'embedded'")
+            hint = "; the user name and password go in username and password (or password_file)" \
+                if "@" in value else ""
+            raise ValueError(f"{redact_url(value)!r} is not mqtt://HOST[:PORT], mqtts://HOST[:PORT] or "
+                             f"'embedded'{hint}")
         return value
 
     @model_validator(mode="after")
@@ -192,7 +197,7 @@ class InfluxSettings(_Section):
             if missing:
                 raise ValueError(f"api = 'v2' needs {', '.join(missing)}")
         if self.url and not re.match(r"^https?://", self.url):
-            raise ValueError(f"url {self.url!r} is not http(s)://HOST:PORT")
+            raise ValueError(f"url {redact_url(self.url)!r} is not http(s)://HOST:PORT")
         return self
 
 
@@ -301,7 +306,8 @@ class Settings(BaseSettings):
     """The whole configuration. Build it with `load_settings`, not directly."""
 
     model_config = SettingsConfigDict(
-        env_prefix="IOC_", env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix="IOC_", env_nested_delimiter="__", extra="forbid", validate_default=True,
+        hide_input_in_errors=True,
     )
 
     http: HttpSettings = HttpSettings()

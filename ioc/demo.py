@@ -26,6 +26,7 @@ from ioc.app import run_daemon
 from ioc.config import Settings, token_sha256
 from ioc.embedded_broker import BrokerKind, EmbeddedBroker, port_is_free, start_embedded_broker
 from ioc.errors import IocError
+from ioc.redact import redact_url
 
 log = structlog.get_logger("ioc.demo")
 
@@ -82,7 +83,7 @@ def banner(*, port: int, broker: EmbeddedBroker, vendor_token: str, operator_tok
         f"  API docs:       http://127.0.0.1:{port}/docs",
         f"  MQTT broker:    {broker.url} [{broker.kind}]{credentials}",
         f"  as the vendor:  {vendor_url}   (e.g. ioc sim run smoke --to {vendor_url})",
-        f"  metrics:        {influx or 'kept in the embedded store ' + str(workdir / 'ioc.db')}",
+        f"  metrics:        {redact_url(influx) or 'kept in the embedded store ' + str(workdir / 'ioc.db')}",
         f"  vendor token: {vendor_token}",
         f"  operator token: {operator_token}",
         f"  the demo vendor may send for: {', '.join(sources)}",

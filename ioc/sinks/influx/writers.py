@@ -21,6 +21,7 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionErro
 
 from ioc.config import InfluxSettings
 from ioc.errors import SinkError
+from ioc.redact import redact_text
 
 # Refusals of the points themselves: the sink splits the batch to find the bad ones. 422 is what
 # InfluxDB 2.x answers for points it cannot store (e.g. outside the bucket's retention).
@@ -121,7 +122,8 @@ def transport_error(error: BaseException) -> WriteError:
     else:
         kind = "connection"
     reason = getattr(error, "reason", None) or error
-    return WriteError(f"{kind}: {type(error).__name__}: {reason}", kind=kind, retryable=True)
+    # urllib3 names the whole URL when it cannot parse it (`LocationParseError`), credentials and all.
+    return WriteError(redact_text(f"{kind}: {type(error).__name__}: {reason}"), kind=kind, retryable=True)
 
 
 class V1Writer:
