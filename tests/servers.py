@@ -99,6 +99,15 @@ class Server:
     def resume(self) -> None:
         os.kill(self.process.pid, signal.SIGCONT)
 
+    def start(self) -> None:
+        """Start again after `stop()`, `kill()` or a crash: same port, same files (a no-op while running)."""
+        if self.process.poll() is None:
+            return
+        self.process = _spawn(self.argv, self.log_path)
+        wait_for_port(self.port)
+        if self.name != "mosquitto":
+            wait_for_http(f"{self.url}{self.extra.get('ready_path', '/ping')}")
+
     def restart(self) -> None:
         """Stop and start again on the same port with the same files (for outage tests)."""
         self.stop()

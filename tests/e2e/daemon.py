@@ -77,10 +77,11 @@ class DaemonProcess:
     def api(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, *, wait_ready: bool = True) -> None:
+    def start(self, *, wait_ready: bool = True, env: dict[str, str] | None = None) -> None:
+        """Start `ioc run`; `env` adds to the environment (e.g. IOC_FAILPOINTS for this run only)."""
         self.runs += 1
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process = subprocess.Popen([sys.executable, "-m", "ioc.cli", "run", "--config", str(self.config)],
                                         stdout=log, stderr=subprocess.STDOUT, env=env)
         if wait_ready:
@@ -99,6 +100,28 @@ class DaemonProcess:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"ioc run not ready after {timeout}s:\n{self.log()}")
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Wait for `/healthz` (the process serves), not `/readyz` (its broker or database may be away)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"ioc run exited with {self.process.returncode}")
+            try:
+                if httpx.get(f"{self.api}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"ioc run not healthy after {timeout}s")
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while it runs, else None."""
+        if self.process is None or self.process.poll() is not None:
+            return None
+        return self.process.pid
 
     def terminate(self, timeout: float = 60.0) -> int:
         assert self.process is not None
