@@ -426,3 +426,56 @@ async def test_concurrent_stream_requests_never_take_more_places_than_the_cap() 
         broadcaster.close()
         await server.shutdown()
         await serving
+
+
+# --- through the proxy of deploy/ ------------------------------------------------------------------------
+
+@pytest.fixture
+def nginx(daemon: LimitedDaemon, tmp_path: Path) -> Iterator[str]:
+    """deploy/nginx/ioc.conf in front of the daemon (skipped without nginx): its URL."""
+    import shutil
+
+    from tests.servers import wait_for_port
+    from tests.unit.test_deploy import DEPLOY, nginx_main_conf
+
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(binary):
+        pytest.skip("nginx is not installed (Debian package nginx)")
+    port = free_port()
+    text = (DEPLOY / "nginx" / "ioc.conf").read_text(encoding="utf-8")
+    text = text.replace("server ioc:8080;", f"server 127.0.0.1:{daemon.http_port};")
+    (tmp_path / "ioc.conf").write_text(text.replace("listen 80;", f"listen 127.0.0.1:{port};"))
+    main = nginx_main_conf(tmp_path)
+    if os.geteuid() == 0:
+        main = "user root;\n" + main  # workers would run as nobody, who cannot enter the temp dir
+    (tmp_path / "nginx.conf").write_text(main)
+    process = subprocess.Popen([binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, timeout=10)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_through_the_proxy_streams_flow_unbuffered_and_big_bodies_stop_there(
+        daemon: LimitedDaemon, nginx: str) -> None:
+    wait_for_free_slots(daemon)
+    assert httpx.get(f"{nginx}/healthz", timeout=5).json() == {"status": "ok"}
+    with httpx.stream("GET", f"{nginx}/api/v1/stream", timeout=5) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        start, pings = time.monotonic(), 0
+        for line in stream.iter_lines():  # pings every 500 ms arrive one by one, not in a buffer's worth
+            pings += line == "event: ping"
+            if pings == 3:
+                break
+        assert time.monotonic() - start < 3
+    too_big = httpx.post(f"{nginx}/api/v1/events", content=b"[" + b" " * (8 * 1024 * 1024) + b"]", timeout=10,
+                         headers={"Authorization": f"Bearer {VENDOR_TOKEN}", "Content-Type": "application/json"})
+    assert too_big.status_code == 413 and too_big.headers.get("server") == "nginx"  # not the daemon's answer
+    accepted = httpx.post(f"{nginx}/api/v1/events", timeout=10,
+                          headers={"Authorization": f"Bearer {VENDOR_TOKEN}"}, json={"id": "via-proxy", "source": "qtmt-aqi", "type": "telemetry",
+                                "time": "2026-01-05T08:00:00+07:00", "metric": "env.aqi", "value": 1.0})
+    assert accepted.status_code == 202, accepted.text

@@ -23,7 +23,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ioc.config import load_settings, token_sha256
+from ioc.config import HttpSettings, load_settings, token_sha256
 from ioc.mosquitto_acl import render_acl, render_password_file
 from tests.servers import free_port, wait_for_port
 
@@ -65,7 +65,7 @@ def unit_values(key: str) -> list[str]:
 def test_compose_has_the_stack_and_its_order() -> None:
     stack = compose()
     services = stack["services"]
-    assert set(services) == {"mosquitto-acl", "mosquitto", "influxdb", "ioc", "grafana"}
+    assert set(services) == {"mosquitto-acl", "mosquitto", "influxdb", "ioc", "nginx", "grafana"}
     assert services["influxdb"]["image"] == "influxdb:1.8"
     assert services["mosquitto"]["image"].startswith("eclipse-mosquitto:2")
     assert services["grafana"]["image"].startswith("grafana/grafana")
@@ -229,3 +229,134 @@ def test_a_real_mosquitto_accepts_the_sample_config(tmp_path: Path) -> None:
         process.wait(10)
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+# --- the reverse proxy ------------------------------------------------------------------------------------
+
+Directive = tuple[tuple[str, ...], str, list[str]]  # (enclosing blocks, name, arguments)
+
+
+def nginx_directives(text: str) -> list[Directive]:
+    """Every directive of an nginx config with the blocks it is in (e.g. `("server", "location = /x")`)."""
+    tokens = re.findall(r'"[^"]*"|[{};]|[^\s{};"]+', re.sub(r"#[^\n]*", "", text))
+    found: list[Directive] = []
+    blocks: list[str] = []
+    words: list[str] = []
+    for token in tokens:
+        if token == ";":
+            found.append((tuple(blocks), words[0], words[1:]))
+            words = []
+        elif token == "{":
+            blocks.append(" ".join(words))
+            words = []
+        elif token == "}":
+            blocks.pop()
+        else:
+            words.append(token)
+    assert not blocks and not words, "unbalanced nginx config"
+    return found
+
+
+def nginx_seconds(value: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    match = re.fullmatch(r"(\d+)(ms|s|m|h|d)?", value)
+    assert match, value
+    return int(match[1]) * units[match[2] or "s"]
+
+
+def nginx_bytes(value: str) -> int:
+    match = re.fullmatch(r"(\d+)([kKmMgG])?", value)
+    assert match, value
+    return int(match[1]) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[(match[2] or "").lower()]
+
+
+def proxy_directives() -> list[Directive]:
+    return nginx_directives((DEPLOY / "nginx" / "ioc.conf").read_text(encoding="utf-8"))
+
+
+def proxy() -> dict[tuple[tuple[str, ...], str], list[str]]:
+    """(blocks, name) -> arguments, of directives that appear once in their block."""
+    return {(blocks, name): args for blocks, name, args in proxy_directives()}
+
+
+SERVER = ("server",)
+STREAM = ("server", "location = /api/v1/stream")
+
+
+def test_the_proxy_applies_the_daemons_client_limits() -> None:
+    conf = proxy()
+    http = HttpSettings()  # the defaults the sample config keeps
+    assert nginx_bytes(conf[SERVER, "client_max_body_size"][0]) == http.max_body
+    assert nginx_seconds(conf[SERVER, "client_header_timeout"][0]) == http.header_timeout
+    assert nginx_seconds(conf[SERVER, "client_body_timeout"][0]) <= http.body_timeout
+    assert nginx_seconds(conf[SERVER, "keepalive_timeout"][0]) == http.keepalive_timeout
+    assert nginx_seconds(conf[SERVER, "send_timeout"][0]) > 0
+    # nginx never reuses an upstream connection the daemon is about to close as idle.
+    upstream = ("upstream ioc_api",)
+    assert nginx_seconds(conf[upstream, "keepalive_timeout"][0]) < http.keepalive_timeout
+    assert conf[upstream, "server"] == ["ioc:8080"]
+    # Connections per client address, streams per address fewer than the daemon's cap.
+    zones = {args[1].split("=")[1].split(":")[0] for _, name, args in proxy_directives()
+             if name == "limit_conn_zone"}
+    assert conf[SERVER, "limit_conn"][0] in zones
+    zone, streams = conf[STREAM, "limit_conn"]
+    assert zone in zones and int(streams) < http.max_streams
+
+
+def test_the_proxy_streams_sse_unbuffered_and_without_a_read_timeout() -> None:
+    from ioc.alerts.config import AlertsSettings
+
+    conf = proxy()
+    assert conf[STREAM, "proxy_pass"] == ["http://ioc_api"]
+    assert conf[STREAM, "proxy_buffering"] == ["off"]
+    # nginx has no "off" for it: far longer than the pings that keep the stream busy.
+    assert nginx_seconds(conf[STREAM, "proxy_read_timeout"][0]) >= 3600
+    assert nginx_seconds(conf[STREAM, "proxy_read_timeout"][0]) > 10 * AlertsSettings().stream_heartbeat
+    # Keep-alive to the daemon: HTTP/1.1 and no `Connection: close` passed on.
+    assert conf[SERVER, "proxy_http_version"] == ["1.1"]
+    assert [SERVER, "proxy_set_header", ["Connection", '""']] in [list(d) for d in proxy_directives()]
+
+
+def test_compose_puts_the_proxy_in_front_of_the_daemon() -> None:
+    services = compose()["services"]
+    nginx = services["nginx"]
+    assert nginx["image"].startswith("nginx:")
+    assert "./nginx/ioc.conf:/etc/nginx/conf.d/default.conf:ro" in nginx["volumes"]
+    assert nginx["depends_on"]["ioc"]["condition"] == "service_healthy"
+    # Clients reach the daemon through the proxy; its own port is on the host's loopback only.
+    assert all(port.startswith("127.0.0.1:") for port in services["ioc"]["ports"])
+
+
+def test_nginx_accepts_the_proxy_config(tmp_path: Path) -> None:
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(binary):
+        pytest.skip("nginx is not installed (Debian package nginx)")
+    # The file is an http-level include; `ioc` (the compose service) does not resolve here.
+    text = (DEPLOY / "nginx" / "ioc.conf").read_text(encoding="utf-8")
+    text = text.replace("server ioc:8080;", "server 127.0.0.1:8080;")
+    text = re.sub(r"listen 80;", f"listen 127.0.0.1:{free_port()};", text)
+    (tmp_path / "ioc.conf").write_text(text)
+    (tmp_path / "nginx.conf").write_text(nginx_main_conf(tmp_path))
+    result = subprocess.run([binary, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                            check=False, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "syntax is ok" in result.stderr
+
+
+def nginx_main_conf(folder: Path) -> str:
+    """A main nginx.conf around the http-level ioc.conf in `folder`, writing only inside it."""
+    return f"""
+daemon off;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {folder}/body;
+    proxy_temp_path {folder}/proxy;
+    fastcgi_temp_path {folder}/fastcgi;
+    uwsgi_temp_path {folder}/uwsgi;
+    scgi_temp_path {folder}/scgi;
+    include {folder}/ioc.conf;
+}}
+"""
