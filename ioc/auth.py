@@ -1,4 +1,5 @@
-"""Who is calling: bearer tokens -> vendors and operators (CONTRACT §1 `[[vendors]]`, `[[operators]]`).
+"""Who is calling: bearer tokens -> vendors, operators and viewers (CONTRACT §1 `[[vendors]]`,
+`[[operators]]`, §7 `[[viewers]]`).
 
 The config holds only the hex SHA-256 of each token, so a leaked config file leaks no credential. A request's
 token is hashed and the digest looked up in a dict.
@@ -10,9 +11,11 @@ SHA-256 preimage to produce a token that hashes to it. The attacker also control
 digest, so they cannot steer the compared bytes without inverting SHA-256. Constant-time comparison
 protects secrets that are compared directly; here the secret never reaches a comparison.
 
-`require(kind)` is the FastAPI dependency used by every authenticated route (vendor intake now, operator
-ack/silence later): 401 with `WWW-Authenticate: Bearer` for a missing or unknown token, 403 for a token of
+`require(kind)` is the FastAPI dependency used by every authenticated route (vendor intake, operator
+ack/silence): 401 with `WWW-Authenticate: Bearer` for a missing or unknown token, 403 for a token of
 the wrong kind. It finds the `Authenticator` in `app.state.authenticator` (set by `ioc.api.app.create_app`).
+A viewer may only read, and only needs to when `[http] public_read = false` (`ioc.api.app.ReadAccess`
+then asks every route but `/healthz`, `/readyz` and the wall's shell for a token of any kind).
 """
 
 from __future__ import annotations
@@ -26,16 +29,17 @@ from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
-from ioc.config import OperatorSettings, Settings, VendorSettings
+from ioc.config import OperatorSettings, Settings, VendorSettings, ViewerSettings
 
-PrincipalKind = Literal["vendor", "operator"]
+PrincipalKind = Literal["vendor", "operator", "viewer"]
 
 _BEARER = "bearer"
-_ARTICLE: dict[str, str] = {"vendor": "a vendor", "operator": "an operator"}
+_ARTICLE: dict[str, str] = {"vendor": "a vendor", "operator": "an operator", "viewer": "a viewer"}
 # Only for the OpenAPI document (the "Authorize" button in /docs); the checking is done by `require`.
 _bearer_scheme = HTTPBearer(
     auto_error=False,
-    description="A vendor token (to push events) or an operator token (to acknowledge and silence).",
+    description="A vendor token (to push events), an operator token (to acknowledge and silence) or, when "
+                "`[http] public_read = false`, any of them or a viewer token to read.",
 )
 
 
@@ -59,6 +63,10 @@ def _operator(settings: OperatorSettings) -> Principal:
     return Principal(settings.name, "operator")
 
 
+def _viewer(settings: ViewerSettings) -> Principal:
+    return Principal(settings.name, "viewer")
+
+
 def bearer_token(authorization_header: str | None) -> str | None:
     """The token of an `Authorization: Bearer <token>` header (scheme case-insensitive), else None."""
     if not authorization_header:
@@ -77,6 +85,7 @@ class Authenticator:
         principals: Iterable[tuple[str, Principal]] = [
             *((vendor.token_sha256.lower(), _vendor(vendor)) for vendor in settings.vendors),
             *((operator.token_sha256.lower(), _operator(operator)) for operator in settings.operators),
+            *((viewer.token_sha256.lower(), _viewer(viewer)) for viewer in settings.viewers),
         ]
         # Settings refuses two principals with one token, so this dict loses nobody.
         self._by_digest: dict[str, Principal] = dict(principals)

@@ -48,6 +48,7 @@ Clock = Callable[[], float]
 # used to fail only when the silence was written out: a 500). Ten years is longer than any maintenance.
 MAX_AHEAD_DAYS = 3650
 MAX_AHEAD = MAX_AHEAD_DAYS * 86400.0
+_LAST_SECOND = 253_402_300_799.0  # 9999-12-31T23:59:59Z: the last time RFC 3339 (and a datetime) can show
 
 
 def _silence_duration(value: object) -> float:
@@ -65,19 +66,22 @@ def _silence_duration(value: object) -> float:
     return seconds
 
 
-def _after_1970(value: datetime) -> datetime:
-    """A time the store and the API can hold (Unix time >= 0); later bounds depend on the clock."""
+def _showable(value: datetime) -> datetime:
+    """A time the store and the API can hold and show: from 1970 to the end of year 9999 in UTC (year
+    9999 at -23:59 is year 10000 in UTC). How far ahead of now is checked against the clock, later."""
     try:
         seconds = value.timestamp()
     except (OverflowError, ValueError):  # year 1 at +14:00 is before year 1 in UTC
         seconds = -1.0
     if seconds < 0:
         raise ValueError("before 1970-01-01T00:00:00Z")
+    if seconds > _LAST_SECOND:
+        raise ValueError("after 9999-12-31T23:59:59Z")
     return value
 
 
 SilenceDuration = Annotated[float, BeforeValidator(_silence_duration)]
-SilenceTime = Annotated[AwareDatetime, AfterValidator(_after_1970)]
+SilenceTime = Annotated[AwareDatetime, AfterValidator(_showable)]
 
 
 class Muter(Protocol):
@@ -185,23 +189,22 @@ class Silences:
         starts_at = _seconds(request.starts_at) if request.starts_at is not None else now
         if request.ends_at is not None and request.duration is not None:
             raise InvalidSilence("ends_at: give ends_at or duration, not both")
-        too_far = f"more than {MAX_AHEAD_DAYS} days from now"
-        if starts_at > now + MAX_AHEAD:
-            raise InvalidSilence(f"starts_at: {too_far}")
         if request.ends_at is not None:
             ends_at = _seconds(request.ends_at)
-            if ends_at > now + MAX_AHEAD:
-                raise InvalidSilence(f"ends_at: {too_far}")
         elif request.duration is not None:
-            ends_at = starts_at + request.duration
-            if ends_at > now + MAX_AHEAD:
-                raise InvalidSilence(f"duration: the silence would end {too_far}")
+            ends_at = starts_at + request.duration  # not after 9999 when it ends in the past or too soon
         else:
             raise InvalidSilence("ends_at: required (or a duration such as '2h')")
         if ends_at <= now:
             raise InvalidSilence(f"ends_at: {rfc3339(ends_at)} is in the past")
         if ends_at <= starts_at:
             raise InvalidSilence(f"ends_at: {rfc3339(ends_at)} is not after starts_at {rfc3339(starts_at)}")
+        too_far = f"more than {MAX_AHEAD_DAYS} days from now"
+        if starts_at > now + MAX_AHEAD:
+            raise InvalidSilence(f"starts_at: {too_far}")
+        if ends_at > now + MAX_AHEAD:
+            field = "ends_at" if request.ends_at is not None else "duration"
+            raise InvalidSilence(f"{field}: the silence would end {too_far}")
         matchers = tuple(spec.build() for spec in request.matchers)
         if all(matcher.matches({}) for matcher in matchers):
             raise InvalidSilence("matchers: at least one matcher must not match an empty label, "

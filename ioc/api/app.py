@@ -27,7 +27,7 @@ from ioc.api.alerts import alerts_router, kpis_router
 from ioc.api.events import EventIntake, event_schemas, events_router
 from ioc.api.health import health_router
 from ioc.api.stream import Broadcaster, stream_router
-from ioc.auth import Authenticator
+from ioc.auth import Authenticator, bearer_token
 from ioc.config import Settings
 from ioc.ingest.pipeline import Pipeline
 from ioc.kpis import KpiBoard
@@ -51,6 +51,10 @@ and silences (`POST`/`DELETE /api/v1/silences`) need an operator token, and ever
 with who made it. The wall display is `GET /` (Vietnamese; `?lang=en` for English).
 
 Errors are always `{"error": "..."}`. `/healthz`, `/readyz` and `/metrics` (Prometheus) are open.
+
+With `[http] public_read = false` every route except `/healthz`, `/readyz` and the wall display's page
+and assets needs `Authorization: Bearer <token>` of a vendor, an operator or a viewer (`[[viewers]]`),
+`/metrics` and `/api/v1/stream` included; the page then asks for a viewer token.
 """
 
 UNMATCHED_ROUTE = "unmatched"
@@ -85,6 +89,42 @@ class RequestCounter:
             route = scope.get("route")
             path = getattr(route, "path", None) or UNMATCHED_ROUTE
             self.counts[(path, str(status))] += 1
+
+
+class ReadAccess:
+    """Pure ASGI middleware for `[http] public_read = false` (CONTRACT §7): every request needs the bearer
+    token of a vendor, an operator or a viewer, else 401, except `/healthz` and `/readyz` (orchestrators
+    probe them without credentials) and the wall display's shell, `GET /` and `/static/...`: static HTML,
+    JavaScript and CSS with no data in them, which must load before the page can ask for a token.
+
+    Only *whether* a caller is known is checked here, before routing; what each kind may do stays the
+    route's own check (`ioc.auth.require`: a viewer's token cannot acknowledge). Installed only when
+    reads are closed, so an open daemon pays nothing. The token travels only in the `Authorization`
+    header, never in a URL, where proxies and browser history would keep it (the wall reads the SSE
+    stream with `fetch`, which can send the header, instead of `EventSource`, which cannot)."""
+
+    OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+    OPEN_PREFIX = "/static/"
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+        self.app = app
+        self.authenticator = authenticator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.OPEN_PATHS or path.startswith(self.OPEN_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        header = next((value.decode("latin-1") for name, value in scope.get("headers", ())
+                       if name == b"authorization"), None)
+        if self.authenticator.authenticate(header) is None:
+            reason = "missing bearer token" if bearer_token(header) is None else "unknown token"
+            response = _error(401, f"{reason}: reads need 'Authorization: Bearer <token>' of a viewer, an "
+                                   "operator or a vendor ([http] public_read = false)",
+                              headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -155,8 +195,10 @@ def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
     if web is not None:  # the wall display (`ioc.api.web.web_router`): `/`, its assets, areas, sources
         app.include_router(web)
 
+    if not settings.http.public_read:
+        app.add_middleware(ReadAccess, authenticator=app.state.authenticator)
     requests: defaultdict[tuple[str, ...], int] = defaultdict(int)
-    app.add_middleware(RequestCounter, counts=requests)
+    app.add_middleware(RequestCounter, counts=requests)  # the outermost: it counts ReadAccess's 401s too
 
     def http_metrics() -> Iterable[Metric]:
         yield counter("ioc_http_requests", "HTTP requests answered, by route template and status.",

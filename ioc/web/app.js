@@ -6,6 +6,14 @@
 // the body gets data-state="stale" and the [data-stale] banner shows; the page reconnects with a jittered
 // exponential backoff and reloads the alert list once the stream is back.
 //
+// The stream is read with fetch() (see StreamSource), not EventSource: EventSource cannot send an
+// Authorization header, and a token in the URL would end up in proxies' logs and the browser's history.
+//
+// Closed reads ([http] public_read = false): the first read answered 401 opens the viewer token entry
+// ([data-action=viewer-token] in [data-viewer-dialog]; body data-state="locked"); the token is checked
+// (GET /api/v1/areas) and kept in sessionStorage for the browser session, and sent on every read and on
+// the stream. An operator's token reads too.
+//
 // Operators: [data-action=login] opens the token entry ([data-action=token]); the token is checked
 // (GET /api/v1/whoami) and kept in sessionStorage for the browser session. Each alert element carries
 // data-fingerprint and, for an operator, buttons data-action=ack / unack / silence.
@@ -15,6 +23,7 @@ import { initialLanguage, makeFormatter } from "./i18n.js";
 const API = "/api/v1";
 const TOKEN_KEY = "ioc.operator.token";
 const NAME_KEY = "ioc.operator.name";
+const VIEWER_KEY = "ioc.viewer.token";
 const SEVERITY_RANK = { critical: 3, warning: 2, info: 1 };
 const DISPLAY_RANK = { firing: 5, pending: 4, acknowledged: 3, silenced: 2, resolved: 1 };
 const HISTORY_MAX = 240; // points per sparkline (values since the page loaded)
@@ -49,6 +58,7 @@ const state = {
   silences: 0,
   token: sessionStorage.getItem(TOKEN_KEY),
   operator: sessionStorage.getItem(NAME_KEY),
+  viewerToken: sessionStorage.getItem(VIEWER_KEY), // for reads when they are closed
   stream: null,
   connection: "connecting",
   backoff: 0,
@@ -113,10 +123,18 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, { method = "GET", body, auth = false, token = state.token } = {}) {
+/** The token sent on reads: the viewer's, else the operator's (which may read too), else none. */
+function readToken() {
+  return state.viewerToken ?? state.token;
+}
+
+/** A call of the API. `auth`: an operator's action, with `token` (default the operator's); otherwise a
+ *  read, with readToken() when there is one. A read answered 401 asks for a viewer token. */
+async function api(path, { method = "GET", body, auth = false, token } = {}) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (auth && token) headers.Authorization = `Bearer ${token}`;
+  const sent = auth ? (token ?? state.token) : (token ?? readToken());
+  if (sent) headers.Authorization = `Bearer ${sent}`;
   const response = await fetch(API + path, {
     method, headers, cache: "no-store", body: body === undefined ? undefined : JSON.stringify(body),
   });
@@ -124,7 +142,10 @@ async function api(path, { method = "GET", body, auth = false, token = state.tok
   if (response.status !== 204) {
     try { data = await response.json(); } catch { data = null; }
   }
-  if (!response.ok) throw new ApiError(response.status, data?.error ?? `HTTP ${response.status}`);
+  if (!response.ok) {
+    if (response.status === 401 && !auth && token === undefined) askViewerToken();
+    throw new ApiError(response.status, data?.error ?? `HTTP ${response.status}`);
+  }
   return data;
 }
 
@@ -542,9 +563,72 @@ function refreshAll() {
   return Promise.all([loadAlerts(), loadKpis(), loadSilences(), loadSources(), loadTelemetry()].map(quietly));
 }
 
+/** Server-Sent Events over fetch(), so that the request can carry `Authorization` (EventSource cannot).
+ *  The same events as an EventSource: `open`, one MessageEvent per named event (`alert`, `kpi`, `ping`),
+ *  `error` once when the stream cannot start or ends (`status` is the HTTP status, 0 without one).
+ *  No retry of its own: connect() owns reconnecting, with backoff. */
+class StreamSource extends EventTarget {
+  constructor(url, token) {
+    super();
+    this.status = 0;
+    this.closed = false;
+    this.controller = new AbortController();
+    this.run(url, token);
+  }
+
+  async run(url, token) {
+    const headers = { Accept: "text/event-stream" };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    try {
+      const response = await fetch(url, { headers, cache: "no-store", signal: this.controller.signal });
+      this.status = response.status;
+      if (!response.ok || !response.body) return;
+      this.dispatchEvent(new Event("open"));
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done || this.closed) return;
+        buffer += value;
+        // Frames end with a blank line; lines may end with \r\n or \r (a lone \r held back: \n may follow).
+        const cut = buffer.endsWith("\r") ? buffer.length - 1 : buffer.length;
+        const lines = buffer.slice(0, cut).replace(/\r\n?/g, "\n");
+        buffer = buffer.slice(cut);
+        const frames = lines.split("\n\n");
+        buffer = frames.pop() + buffer;
+        for (const frame of frames) this.frame(frame);
+      }
+    } catch {
+      // aborted by close(), or the connection broke: the same for the page
+    } finally {
+      if (!this.closed) this.dispatchEvent(new Event("error"));
+    }
+  }
+
+  frame(text) {
+    let event = "message";
+    const data = [];
+    for (const line of text.split("\n")) {
+      if (!line || line.startsWith(":")) continue; // a comment
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (field === "event") event = value;
+      else if (field === "data") data.push(value);
+    }
+    if (data.length && !this.closed) this.dispatchEvent(new MessageEvent(event, { data: data.join("\n") }));
+  }
+
+  close() {
+    this.closed = true;
+    this.controller.abort();
+  }
+}
+
 function connect() {
   clearTimeout(state.reconnectTimer);
-  const stream = new EventSource(`${API}/stream`);
+  if (state.stream) state.stream.close();
+  const stream = new StreamSource(`${API}/stream`, readToken());
   state.stream = stream;
   stream.addEventListener("open", () => {
     state.backoff = 0;
@@ -565,13 +649,62 @@ function connect() {
   stream.addEventListener("error", () => {
     if (state.stream !== stream) return;
     clearTimeout(state.pingTimer);
-    stream.close(); // our own backoff, not EventSource's fixed retry
+    stream.close();
     state.stream = null;
+    if (stream.status === 401) { // reads are closed: the stream starts again once a token is given
+      askViewerToken();
+      return;
+    }
     setConnection("stale");
     const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** state.backoff);
     state.backoff = Math.min(state.backoff + 1, 16);
     state.reconnectTimer = setTimeout(connect, ceiling / 2 + Math.random() * (ceiling / 2));
   });
+}
+
+// --- viewers (closed reads) ------------------------------------------------------------------------
+
+/** Reads need a token: stop the stream, show the locked state and the token entry (once). */
+function askViewerToken() {
+  if (state.viewerToken) { // kept from earlier, and no longer good
+    state.viewerToken = null;
+    sessionStorage.removeItem(VIEWER_KEY);
+  }
+  clearTimeout(state.reconnectTimer);
+  clearTimeout(state.pingTimer);
+  if (state.stream) {
+    state.stream.close();
+    state.stream = null;
+  }
+  setConnection("locked");
+  const dialog = $("[data-viewer-dialog]");
+  if (dialog.open) return;
+  $("[data-viewer-error]").hidden = true;
+  $("[data-action=viewer-token]").value = "";
+  closeDialogs();
+  dialog.showModal();
+  $("[data-action=viewer-token]").focus();
+}
+
+async function submitViewerToken(event) {
+  event.preventDefault();
+  const token = $("[data-action=viewer-token]").value.trim();
+  const error = $("[data-viewer-error]");
+  if (!token) return;
+  try {
+    await api("/areas", { token }); // any read tells whether the token may read
+  } catch (failure) {
+    error.textContent = failure.status === 401 ? t("tokenInvalid") : t("requestFailed", { error: failure.message });
+    error.hidden = false;
+    return;
+  }
+  state.viewerToken = token;
+  sessionStorage.setItem(VIEWER_KEY, token);
+  $("[data-viewer-dialog]").close();
+  setConnection("connecting");
+  quietly(loadAreas());
+  refreshAll();
+  connect();
 }
 
 // --- operators -------------------------------------------------------------------------------------
@@ -711,6 +844,9 @@ function start() {
   document.addEventListener("click", onClick);
   $("[data-login-form]").addEventListener("submit", submitLogin);
   $("[data-silence-form]").addEventListener("submit", submitSilence);
+  $("[data-viewer-form]").addEventListener("submit", submitViewerToken);
+  // The page shows nothing without a token: Escape must not close the entry.
+  $("[data-viewer-dialog]").addEventListener("cancel", (event) => event.preventDefault());
   applyTexts();
   renderClock();
   setInterval(renderClock, 1000);

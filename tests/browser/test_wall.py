@@ -1,6 +1,7 @@
 """The wall display in a real headless Chromium against a real daemon (`ioc run`): an alert fired by
 events appears, an operator logs in, acknowledges it and silences it from the page, the language
 switches, a cut stream shows the stale marker and recovers; and the layout fits 1920×1080 and 3840×2160.
+With closed reads (`[http] public_read = false`) the page asks for a viewer token once per session.
 
 A screenshot of each state is saved under the test's `tmp_path` (the path is printed)."""
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,10 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e.daemon import OPERATOR_TOKEN, VENDOR_TOKEN, DaemonProcess
+from ioc.config import token_sha256
+from tests.browser.conftest import RULES
+from tests.e2e.daemon import OPERATOR_TOKEN, VENDOR_TOKEN, DaemonProcess, make_daemon
+from tests.servers import Server
 
 pytestmark = pytest.mark.slow
 
@@ -389,3 +393,97 @@ def test_the_wall_fits_full_hd_and_4k_without_horizontal_overflow(
         sizes[width] = overflow["font"]
         shoot(driver, tmp_path, f"wall-{lang}-{width}x{height}")
     assert sizes[1920] >= 14 and sizes[3840] >= 2 * sizes[1920] - 1, sizes  # type scales with the wall
+
+
+VIEWER_TOKEN = "viewer-token-wall-1"
+
+
+@pytest.fixture
+def closed_wall(
+    tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str
+) -> Iterator[DaemonProcess]:
+    """The wall's daemon with `[http] public_read = false` and a viewer."""
+    rules = tmp_path / "rules" / "wall.yaml"
+    rules.parent.mkdir()
+    rules.write_text(RULES, encoding="utf-8")
+    process = make_daemon(
+        tmp_path,
+        mqtt_url=mosquitto.url,
+        influx_url=influxdb.url,
+        database=database,
+        client_id=f"ioc-closed-wall-{unique}",
+        extra=f'\n[rules]\npaths = ["{rules}"]\n[alerts]\nstream_heartbeat = "1s"\n'
+        f'[[viewers]]\nname = "wall-1"\ntoken_sha256 = "{token_sha256(VIEWER_TOKEN)}"\n',
+    )
+    process.config.write_text(process.config.read_text().replace("[http]\n", "[http]\npublic_read = false\n"))
+    process.start()
+    yield process
+    process.stop()
+
+
+def test_closed_reads_ask_for_a_viewer_token_once_per_session(
+    browser: Driver, closed_wall: DaemonProcess, tmp_path: Path, unique: str
+) -> None:
+    driver, wall = browser, closed_wall
+    post_events(wall, [reading(f"{unique}-1", 180)])
+    assert httpx.get(f"{wall.api}/api/v1/alerts", timeout=5).status_code == 401
+    viewport(driver, 1920, 1080)
+    driver.get(f"{wall.api}/")  # the shell loads without a token; its data does not
+    wait(driver, "the locked page", lambda: attribute(driver, "body", "data-state") == "locked")
+    wait(driver, "the token entry", lambda: driver.execute_script(
+        "return document.querySelector('[data-viewer-dialog]').open"))
+    assert text(driver, "[data-conn-text]") == "Cần mã truy cập"
+    assert text(driver, "[data-viewer-dialog] h2") == "Mã truy cập màn hình"
+    assert not driver.execute_script("return document.querySelectorAll('[data-fingerprint]').length")
+    shoot(driver, tmp_path, "closed-1-token-entry")
+
+    # A wrong token is refused on the page; the entry stays (Escape does not close it).
+    css(driver, "[data-action=viewer-token]").send_keys("not-a-token")
+    click(driver, "[data-action=viewer-submit]")
+    wait(driver, "the refusal", lambda: text(driver, "[data-viewer-error]") == "Mã truy cập không hợp lệ.")
+    from selenium.webdriver.common.keys import Keys
+
+    css(driver, "[data-action=viewer-token]").send_keys(Keys.ESCAPE)
+    assert driver.execute_script("return document.querySelector('[data-viewer-dialog]').open")
+
+    # The viewer's token: the page reads and goes live; the token is kept for the session only.
+    css(driver, "[data-action=viewer-token]").clear()
+    css(driver, "[data-action=viewer-token]").send_keys(VIEWER_TOKEN)
+    click(driver, "[data-action=viewer-submit]")
+    wait(driver, "the stream to be live", lambda: attribute(driver, "body", "data-state") == "live")
+    selector = "[data-fingerprint][data-rule='aqi-bad']"
+    wait(driver, "the alert on the wall", lambda: attribute(driver, selector, "data-state") == "firing")
+    assert wait(driver, "the commune grid", lambda: attribute(driver, "[data-areas]", "data-count")) == "25"
+    assert driver.execute_script("return sessionStorage.getItem('ioc.viewer.token')") == VIEWER_TOKEN
+    assert driver.execute_script("return localStorage.length") == 0
+    assert not driver.execute_script("return document.querySelector('[data-viewer-dialog]').open")
+
+    # Asked once: a reload reads with the kept token, and the stream (with the token in its header) is live.
+    driver.get(f"{wall.api}/")
+    wait(driver, "live after a reload", lambda: attribute(driver, "body", "data-state") == "live")
+    assert not driver.execute_script("return document.querySelector('[data-viewer-dialog]').open")
+    post_events(wall, [reading(f"{unique}-2", 200, area="22693")])
+    wait(driver, "a new alert over the stream",
+         lambda: attribute(driver, "[data-area='22693']", "data-severity") == "critical", timeout=3)
+    shoot(driver, tmp_path, "closed-2-live")
+
+    # The operator's login works as before, beside the viewer's token.
+    click(driver, "[data-action=login]")
+    css(driver, "[data-action=token]").send_keys(OPERATOR_TOKEN)
+    click(driver, "[data-action=login-submit]")
+    wait(driver, "the operator logged in", lambda: attribute(driver, "body", "data-operator") == "yes")
+    [alert] = [a for a in httpx.get(f"{wall.api}/api/v1/alerts", headers={
+        "Authorization": f"Bearer {VIEWER_TOKEN}"}, timeout=5).json() if a["labels"]["area"] == "22723"]
+    target = f"[data-fingerprint='{alert['fingerprint']}']"
+    click(driver, f"{target} [data-action=ack]")
+    wait(driver, "the acknowledged state", lambda: attribute(driver, target, "data-state") == "acknowledged")
+
+    # A kept token that stopped being good (e.g. taken out of the config) asks again.
+    driver.execute_script("sessionStorage.setItem('ioc.viewer.token', 'revoked');"
+                          "sessionStorage.removeItem('ioc.operator.token');")
+    driver.get(f"{wall.api}/?lang=en")
+    wait(driver, "the token entry again", lambda: driver.execute_script(
+        "return document.querySelector('[data-viewer-dialog]').open"))
+    assert attribute(driver, "body", "data-state") == "locked"
+    assert text(driver, "[data-viewer-dialog] h2") == "Wall access token"
+    assert driver.execute_script("return sessionStorage.getItem('ioc.viewer.token')") is None
