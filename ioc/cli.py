@@ -13,6 +13,7 @@ import typer
 
 from ioc.config import Settings, load_settings, token_sha256
 from ioc.errors import ConfigError, IocError
+from ioc.redact import redact_text
 
 app = typer.Typer(
     name="ioc",
@@ -27,12 +28,17 @@ _NAMES_ITS_FILE = re.compile(r"^[^\s:]+:\d+: ")
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The TOML config file.")]
 
 
+def _say(problem: str) -> None:
+    """A problem on stderr; any URL in it without its password (CONTRACT §7), whoever wrote the message."""
+    typer.echo(redact_text(problem), err=True)
+
+
 def _load(config: Path) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as error:
         for problem in error.problems:
-            typer.echo(problem, err=True)
+            _say(problem)
         raise typer.Exit(1) from None
 
 
@@ -51,7 +57,7 @@ def run(config: ConfigOption) -> None:
         if problems is None:
             raise
         for problem in problems:
-            typer.echo(problem, err=True)
+            _say(problem)
         raise typer.Exit(1) from None
 
 
@@ -94,7 +100,7 @@ def check(config: ConfigOption) -> None:
     except ConfigError as error:
         problems += error.problems
     for problem in problems:
-        typer.echo(problem, err=True)
+        _say(problem)
     if problems:
         raise typer.Exit(1)
     typer.echo(
@@ -123,10 +129,10 @@ def demo(
         code = run_demo(port=port, mqtt_port=mqtt_port, broker_kind=broker, keep=keep)  # type: ignore[arg-type]
     except ConfigError as error:
         for problem in error.problems:
-            typer.echo(problem, err=True)
+            _say(problem)
         raise typer.Exit(1) from None
     except IocError as error:
-        typer.echo(f"ioc demo: {error}", err=True)
+        _say(f"ioc demo: {error}")
         raise typer.Exit(1) from None
     raise typer.Exit(code)
 
