@@ -1,0 +1,56 @@
+"""The long profile: `python -m tests.chaos --minutes 30 [--seed N]`.
+
+Plays the nemesis's faults, each kind in turn in a shuffled order, for `--minutes`, with the long
+profile's rates (MQTT QoS 1 1000 events/s, HTTP 500 events/s in batches of 100), then heals, drains and
+checks, and prints the table of faults injected and outcomes. Exit 0 when every check held, 1 otherwise
+(the failures are listed under the table, with the seed to replay the schedule). `--short` plays the
+short profile (every kind once), as `tests/chaos/test_chaos_short.py` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import sys
+from pathlib import Path
+
+from tests.chaos.runner import LONG, SHORT, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=LONG.minutes, help="how long to inject faults")
+    parser.add_argument("--seed", type=int, default=None, help="the schedule's seed (default: random)")
+    parser.add_argument("--short", action="store_true", help="the short profile: every fault kind once")
+    parser.add_argument("--mqtt-rate", type=float, help="MQTT events/s")
+    parser.add_argument("--http-rate", type=float, help="HTTP events/s")
+    parser.add_argument("--rss-limit", type=float, help="the stated RSS bound, MiB")
+    parser.add_argument("--poison-bytes", type=int, help="size of the poison payloads (default 8 MiB)")
+    parser.add_argument("--workdir", type=Path, help="keep servers' data and logs here")
+    args = parser.parse_args(argv)
+    profile = SHORT if args.short else dataclasses.replace(LONG, minutes=args.minutes)
+    overrides = {"mqtt_rate": args.mqtt_rate, "http_rate": args.http_rate, "rss_limit_mib": args.rss_limit,
+                 "poison_bytes": args.poison_bytes}
+    profile = dataclasses.replace(profile, **{key: value for key, value in overrides.items() if value})
+    seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+    print(f"chaos: {profile.name} profile, seed {seed}", flush=True)
+    report = run(profile, seed, workdir=args.workdir, log=True)
+    print()
+    print(report.table())
+    print()
+    for injection in report.injections:
+        print(f"  {injection.kind}: {injection.detail}")
+    print(f"  HTTP answers seen by the generator: {report.http_statuses}")
+    failures = report.failures()
+    if failures:
+        print(f"\n{len(failures)} failures (seed {seed}, files in {report.workdir}):")
+        for failure in failures:
+            print(f"  - {failure}")
+        return 1
+    print("\nevery check held")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

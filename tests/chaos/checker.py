@@ -1,0 +1,334 @@
+"""The checker: what must hold whatever the nemesis did.
+
+During the run, `Monitor` (a thread):
+- scrapes `/metrics` every `scrape_every` seconds and checks the counting rule of CONTRACT §3 on every
+  scrape: per source received = accepted + rejected + duplicate; per sink handed = written +
+  dead_lettered + dropped + queue + spool;
+- reads the daemon's VmRSS (`/proc/PID/status`) every `rss_every` seconds; past `rss_kill_mib` it kills
+  the daemon (a runaway must not take the shared machine down) and records it;
+- is the watchdog: the daemon exiting while the nemesis did not stop it is a crash, recorded with the
+  tail of its log, and the daemon is started again so the run goes on.
+
+`DeadLetters` keeps every dead letter (a persistent MQTT session of its own: broker restarts lose none).
+
+At the end, `check_stream` proves every acknowledged event is in InfluxDB exactly once (or was refused
+by InfluxDB and dead-lettered: the 400 fault), and `check_alerts` that every alert change the alarm
+toggles caused was notified to the webhook exactly once.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+import paho.mqtt.client as mqtt
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.chaos.generator import Stream, Toggle
+from tests.chaos.world import ALARM_RULE, DATABASE, World
+
+
+@dataclass
+class Violation:
+    at: float  # monotonic
+    kind: str  # counting-rule | rss | crash | ...
+    detail: str
+
+
+def read_rss_mib(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def counting_rule_problems(text: str) -> list[str]:
+    """The breaches of CONTRACT §3's counting rules in one scrape (empty when it holds)."""
+    values: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+
+    def total(name: str, label: str, value: str) -> float:
+        return sum(v for labels, v in values.get(name, {}).items() if (label, value) in labels)
+
+    problems = []
+    for labels in values.get("ioc_events_received_total", {}):
+        source = dict(labels)["source"]
+        received = total("ioc_events_received_total", "source", source)
+        parts = [total(f"ioc_events_{kind}_total", "source", source) for kind in ("accepted", "rejected",
+                                                                                 "duplicate")]
+        if received != sum(parts):
+            problems.append(f"source {source}: received {received:g} != accepted {parts[0]:g} + rejected "
+                            f"{parts[1]:g} + duplicate {parts[2]:g}")
+    for labels in values.get("ioc_sink_points_handed_total", {}):
+        sink = dict(labels)["sink"]
+        handed = total("ioc_sink_points_handed_total", "sink", sink)
+        outcomes = total("ioc_sink_points_total", "sink", sink)
+        queued = total("ioc_sink_queue_points", "sink", sink)
+        spooled = total("ioc_sink_spool_points", "sink", sink)
+        if handed != outcomes + queued + spooled:
+            problems.append(f"sink {sink}: handed {handed:g} != outcomes {outcomes:g} + queue {queued:g} + "
+                            f"spool {spooled:g}")
+    return problems
+
+
+def metric_total(text: str, name: str) -> float:
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name)
+
+
+class Monitor:
+    def __init__(self, world: World, *, scrape_every: float = 1.0, rss_every: float = 0.25,
+                 rss_kill_mib: float = 2048.0) -> None:
+        self.world = world
+        self.scrape_every = scrape_every
+        self.rss_every = rss_every
+        self.rss_kill_mib = rss_kill_mib
+        self.rss: list[tuple[float, float]] = []  # (monotonic, MiB)
+        self.scrapes = 0
+        self.violations: list[Violation] = []
+        self.restarts_after_crash = 0
+        self._stop = threading.Event()
+        self._log_offset = 0
+        self.thread = threading.Thread(target=self._run, name="chaos-monitor", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        next_scrape = 0.0
+        with httpx.Client(timeout=3.0) as client:
+            while not self._stop.wait(self.rss_every):
+                self._watch()
+                now = time.monotonic()
+                if now >= next_scrape:
+                    next_scrape = now + self.scrape_every
+                    self._scrape(client)
+
+    def _watch(self) -> None:
+        world = self.world
+        process = world.daemon.process
+        if process is None:
+            return
+        with world.lock:
+            crashed = not world.expect_down and process.poll() is not None
+            if crashed:
+                world.expect_down = True
+        if crashed:
+            tail = world.daemon.log()[-3000:]
+            self.violations.append(Violation(time.monotonic(), "crash",
+                                             f"ioc run exited with {process.returncode}; log tail: {tail}"))
+            self.restarts_after_crash += 1
+            try:
+                world.start_daemon(world.failpoints)
+            except AssertionError as error:
+                self.violations.append(Violation(time.monotonic(), "crash", f"no restart: {error}"))
+            return
+        pid = world.daemon.pid
+        if pid is None:
+            return
+        rss = read_rss_mib(pid)
+        if rss is None:
+            return
+        self.rss.append((time.monotonic(), rss))
+        if rss > self.rss_kill_mib:
+            self.violations.append(Violation(time.monotonic(), "rss",
+                                             f"RSS {rss:.0f} MiB over {self.rss_kill_mib:.0f}: killed"))
+            process.kill()  # not via the world: the watchdog records the death as the crash it is
+
+    def _scrape(self, client: httpx.Client) -> None:
+        pid = self.world.daemon.pid
+        if pid is None:
+            return
+        try:
+            response = client.get(f"{self.world.daemon.api}/metrics")
+        except httpx.HTTPError:
+            return  # down or starting: nothing to check
+        if response.status_code != 200:
+            return
+        self.scrapes += 1
+        for problem in counting_rule_problems(response.text):
+            self.violations.append(Violation(time.monotonic(), "counting-rule", f"pid {pid}: {problem}"))
+
+    def max_rss(self, start: float = 0.0, end: float = float("inf")) -> float:
+        return max((mib for at, mib in self.rss if start <= at < end), default=0.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+
+class DeadLetters:
+    """Every message on `ioc/v1/deadletter/#`, decoded: (monotonic time, topic, body)."""
+
+    def __init__(self, port: int, *, client_id: str = "chaos-deadletters") -> None:
+        self.letters: list[tuple[float, str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                             clean_session=False)
+        client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # floats work
+        client.max_inflight_messages_set(0)
+        client.on_connect = lambda c, *_: c.subscribe("ioc/v1/deadletter/#", qos=1)
+        client.on_subscribe = lambda *_: self.subscribed.set()
+        client.on_message = self._on_message
+        client.connect_async("127.0.0.1", port, keepalive=10)
+        client.loop_start()
+        self.client = client
+        if not self.subscribed.wait(15):
+            raise TimeoutError("the dead-letter collector got no SUBACK")
+
+    def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            body = orjson.loads(message.payload)
+        except orjson.JSONDecodeError:
+            body = {"raw": message.payload[:200].decode("latin-1")}
+        with self.lock:
+            self.letters.append((time.monotonic(), message.topic, body))
+
+    def all(self) -> list[tuple[float, str, dict[str, Any]]]:
+        with self.lock:
+            return list(self.letters)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def payload_bytes(letter: dict[str, Any]) -> bytes:
+    payload = letter.get("payload", "")
+    if letter.get("encoding") == "base64":
+        return base64.b64decode(payload)
+    return str(payload).encode()
+
+
+def refused_points(letters: list[tuple[float, str, dict[str, Any]]], stream: Stream) -> set[int]:
+    """Events of `stream` whose points InfluxDB refused and the daemon dead-lettered (the 400 fault)."""
+    found = set()
+    prefix = f"{stream.metric},".encode()
+    base_ns = stream.base_ns
+    for _, _, letter in letters:
+        if not str(letter.get("reason", "")).startswith("influx refused the point"):
+            continue
+        point = payload_bytes(letter)
+        if not point.startswith(prefix):
+            continue
+        try:
+            time_ns = int(point.rsplit(b" ", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        offset = time_ns - base_ns
+        if offset >= 0 and offset % 1000 == 0:
+            found.add(offset // 1000)
+    return found
+
+
+# --- InfluxDB ------------------------------------------------------------------------------------------
+
+def influx_series(url: str, query: str) -> list[dict[str, Any]]:
+    params = urllib.parse.urlencode({"db": DATABASE, "q": query, "epoch": "ns"})
+    response = httpx.get(f"{url}/query?{params}", timeout=60)
+    response.raise_for_status()
+    result: dict[str, Any] = response.json()["results"][0]
+    if "error" in result:
+        if "database not found" in result["error"]:
+            return []
+        raise RuntimeError(result["error"])
+    return list(result.get("series", []))
+
+
+def influx_count(url: str, measurement: str) -> int:
+    series = influx_series(url, f'SELECT count("value") FROM "{measurement}"')
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+@dataclass
+class StreamResult:
+    points: Counter[int] = field(default_factory=Counter)  # event index -> points found for it
+    foreign: list[str] = field(default_factory=list)  # points that are no event's (wrong time or value)
+
+
+def read_stream(url: str, stream: Stream, *, chunk: int = 100_000) -> StreamResult:
+    """Every point of the stream's measurement, mapped back to event indexes."""
+    result = StreamResult()
+    sent = len(stream.sent_at)
+    base_ns = stream.base_ns
+    end_ns = base_ns + sent * 1000
+    measurement = stream.metric
+    for start in range(0, sent, chunk):
+        low, high = base_ns + start * 1000, min(end_ns, base_ns + (start + chunk) * 1000)
+        for series in influx_series(url, f'SELECT "value" FROM "{measurement}" WHERE time >= {low} '
+                                         f'AND time < {high}'):
+            for time_ns, value in series["values"]:
+                offset = time_ns - base_ns
+                index = offset // 1000
+                if offset % 1000 or value != float(index):
+                    result.foreign.append(f"{measurement} at {time_ns}: value {value}")
+                else:
+                    result.points[index] += 1
+    for condition in (f"time < {base_ns}", f"time >= {end_ns}"):
+        counted = influx_series(url, f'SELECT count("value") FROM "{measurement}" WHERE {condition}')
+        outside = int(counted[0]["values"][0][1]) if counted else 0
+        if outside:
+            result.foreign.append(f"{outside} points of {measurement} with {condition}")
+    return result
+
+
+# --- alerts --------------------------------------------------------------------------------------------
+
+@dataclass
+class AlertFinding:
+    toggle: Toggle | None  # the toggle it is about (None: a change no toggle explains)
+    kind: str  # "lost" | "twice" | "unexpected"
+    detail: str
+
+
+def check_alerts(toggles: list[Toggle], changes: list[tuple[float, dict[str, Any]]]) -> list[AlertFinding]:
+    """Each acknowledged over-threshold toggle must be notified `firing` once, and each acknowledged
+    under-threshold toggle that follows one `resolved` once (the rule has no `for`: a new episode, with a
+    new alert id, per toggle). A toggle never acknowledged may or may not have been seen: not judged."""
+    expected: dict[tuple[str, float], Toggle] = {}
+    previous: Toggle | None = None
+    unsure: set[tuple[str, float]] = set()
+    for toggle in toggles:
+        key = ("firing" if toggle.high else "resolved", toggle.value)
+        if toggle.acked_at is None or (not toggle.high and (previous is None or previous.acked_at is None)):
+            unsure.add(key)
+        elif toggle.high or previous is not None:
+            expected[key] = toggle
+        previous = toggle
+    got: Counter[tuple[str, float]] = Counter()
+    ids: dict[tuple[str, float], set[str]] = {}
+    findings = []
+    for _, body in changes:
+        alert = body.get("alert", {})
+        if alert.get("rule") != ALARM_RULE:
+            continue
+        key = (str(body.get("change")), float(alert.get("value")))
+        got[key] += 1
+        ids.setdefault(key, set()).add(str(alert.get("id")))
+        if key not in expected and key not in unsure:
+            findings.append(AlertFinding(None, "unexpected", f"{key[0]} at value {key[1]:g} "
+                                                             f"(alert {alert.get('id')})"))
+    for key, toggle in expected.items():
+        if got[key] == 0:
+            findings.append(AlertFinding(toggle, "lost", f"no {key[0]} for toggle {toggle.number} "
+                                                         f"(value {key[1]:g})"))
+        elif got[key] > 1:
+            findings.append(AlertFinding(toggle, "twice", f"{key[0]} of toggle {toggle.number} notified "
+                                                          f"{got[key]} times (alert ids {sorted(ids[key])})"))
+    for key in unsure:
+        if got[key] > 1:
+            findings.append(AlertFinding(None, "twice", f"{key[0]} at value {key[1]:g} notified {got[key]} "
+                                                        f"times (alert ids {sorted(ids[key])})"))
+    return findings

@@ -1,0 +1,236 @@
+"""The system under test, assembled from real parts: a private Mosquitto (persistence on, so sessions
+survive its restart), a private InfluxDB 1.x, a fault proxy in front of each (the daemon reaches both only
+through them), a webhook receiver, and `ioc run` as a subprocess.
+
+    generator ──MQTT──> Mosquitto <──proxy── ioc run ──proxy──> InfluxDB
+    generator ──HTTP──────────────────────> ioc run ──webhooks──> receiver
+
+The generator, the dead-letter collector and the checker talk to the servers directly: only the daemon's
+own connections go through the proxies. Everything the nemesis does to the daemon goes through
+`stop_daemon` / `start_daemon`, which tell the watchdog (in the checker) that the process is meant to be
+down, so any other exit is a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from ioc.config import token_sha256
+from tests.chaos.proxy import ProxyProcess
+from tests.e2e.daemon import DaemonProcess
+from tests.servers import Server, free_port, start_influxdb, start_mosquitto
+
+DATABASE = "chaos"
+MQTT_SOURCE = "chaos-mqtt"
+HTTP_SOURCE = "chaos-http"
+ALARM_SOURCE = "chaos-alarm"
+HTTP_TOKEN = "chaos-http-vendor-token"
+ALARM_TOKEN = "chaos-alarm-vendor-token"
+OPERATOR_TOKEN = "chaos-operator-token"
+ALARM_RULE = "chaos-alarm"
+ALARM_THRESHOLD = 100.0
+
+RULES = f"""\
+rules:
+  - id: {ALARM_RULE}
+    kind: threshold
+    severity: warning
+    match: {{type: telemetry, metric: chaos.alarm}}
+    op: ">="
+    threshold: {ALARM_THRESHOLD}
+    summary: "chaos alarm at {{{{ value }}}}"
+"""
+
+
+def daemon_config(*, http_port: int, mqtt_port: int, influx_port: int, store: Path, rules: Path,
+                  webhook_url: str) -> str:
+    """Short timeouts so every fault is noticed within its few seconds: MQTT keepalive 5 s, InfluxDB
+    request timeout 2 s, retries from 100 ms to 1 s."""
+    return f"""
+[http]
+listen = "127.0.0.1:{http_port}"
+durable_wait = "5s"
+
+[mqtt]
+url = "mqtt://127.0.0.1:{mqtt_port}"
+client_id = "ioc-chaos"
+keepalive = 5
+reconnect_min = "100ms"
+reconnect_max = "1s"
+
+[influx]
+url = "http://127.0.0.1:{influx_port}"
+database = "{DATABASE}"
+flush_interval = "200ms"
+timeout = "2s"
+retry_min = "100ms"
+retry_max = "1s"
+
+[store]
+path = "{store}"
+
+[rules]
+paths = ["{rules}"]
+
+[log]
+format = "json"
+
+[[vendors]]
+name = "chaos-http"
+token_sha256 = "{token_sha256(HTTP_TOKEN)}"
+sources = ["{HTTP_SOURCE}"]
+rate = 1000000
+
+[[vendors]]
+name = "chaos-alarm"
+token_sha256 = "{token_sha256(ALARM_TOKEN)}"
+sources = ["{ALARM_SOURCE}"]
+rate = 1000000
+
+[[operators]]
+name = "chaos-operator"
+token_sha256 = "{token_sha256(OPERATOR_TOKEN)}"
+
+[[alerts.webhooks]]
+url = "{webhook_url}"
+timeout = "2s"
+max_attempts = 20
+backoff_min = "100ms"
+backoff_max = "1s"
+"""
+
+
+class WebhookReceiver:
+    """Records every alert change the daemon POSTs: (monotonic time, body). Always answers 200."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[float, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver.lock:
+                    receiver.received.append((time.monotonic(), json.loads(body)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
+                                       name="chaos-webhook", daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def changes(self) -> list[tuple[float, dict[str, Any]]]:
+        with self.lock:
+            return list(self.received)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class World:
+    workdir: Path
+    mosquitto: Server
+    influxdb: Server
+    influx_proxy: ProxyProcess
+    broker_proxy: ProxyProcess
+    webhook: WebhookReceiver
+    daemon: DaemonProcess
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    expect_down: bool = False  # the nemesis is stopping or starting the daemon: an exit is no crash
+    failpoints: str = ""  # IOC_FAILPOINTS of the running daemon
+
+    @classmethod
+    def start(cls, workdir: Path) -> World:
+        workdir.mkdir(parents=True, exist_ok=True)
+        mosquitto = start_mosquitto(workdir / "mosquitto")
+        influxdb = start_influxdb(workdir / "influxdb")
+        influx_proxy = ProxyProcess("influx", influxdb.port, workdir)
+        broker_proxy = ProxyProcess("broker", mosquitto.port, workdir)
+        webhook = WebhookReceiver()
+        rules = workdir / "rules.yaml"
+        rules.write_text(RULES, encoding="utf-8")
+        http_port = free_port()
+        config = workdir / "ioc.toml"
+        config.write_text(daemon_config(http_port=http_port, mqtt_port=broker_proxy.listen_port,
+                                        influx_port=influx_proxy.listen_port, store=workdir / "var" / "ioc.db",
+                                        rules=rules, webhook_url=webhook.url), encoding="utf-8")
+        daemon = DaemonProcess(config, http_port, workdir / "ioc.log")
+        world = cls(workdir, mosquitto, influxdb, influx_proxy, broker_proxy, webhook, daemon)
+        world.start_daemon()
+        return world
+
+    # --- the daemon, as the nemesis drives it --------------------------------------------------------
+
+    def start_daemon(self, failpoints: str = "", *, wait: bool = True) -> None:
+        """Start `ioc run` (with IOC_FAILPOINTS=`failpoints` for this run only); wait for /healthz."""
+        with self.lock:
+            self.expect_down = True
+            self.failpoints = failpoints
+            self.daemon.start(wait_ready=False, env={"IOC_FAILPOINTS": failpoints} if failpoints else None)
+        if wait:
+            self.wait_daemon()
+
+    def wait_daemon(self, timeout: float = 60.0) -> None:
+        try:
+            self.daemon.wait_healthy(timeout)
+        finally:
+            with self.lock:
+                self.expect_down = False
+
+    def kill_daemon(self) -> int | None:
+        """SIGKILL: no flush, no goodbye. The exit status (None when it was not running)."""
+        with self.lock:
+            self.expect_down = True
+            process = self.daemon.process
+            if process is None or process.poll() is not None:
+                return None if process is None else process.returncode
+            process.kill()
+            return process.wait(10)
+
+    def terminate_daemon(self, timeout: float = 60.0) -> int:
+        """SIGTERM: the graceful stop (flush, last acknowledgements, exit 0)."""
+        with self.lock:
+            self.expect_down = True
+        return self.daemon.terminate(timeout)
+
+    def daemon_running(self) -> bool:
+        process = self.daemon.process
+        return process is not None and process.poll() is None
+
+    # --- healing -------------------------------------------------------------------------------------
+
+    def heal(self) -> None:
+        """Every fault undone: proxies pass, servers up, the daemon up without failpoints."""
+        self.influx_proxy.set("pass")
+        self.broker_proxy.set("pass")
+        self.influxdb.start()
+        self.mosquitto.start()
+        if self.failpoints or not self.daemon_running():
+            self.kill_daemon()
+            self.start_daemon()
+
+    def close(self) -> None:
+        with self.lock:
+            self.expect_down = True
+        self.daemon.stop()
+        for proxy in (self.influx_proxy, self.broker_proxy):
+            proxy.close()
+        self.webhook.close()
+        self.mosquitto.stop()
+        self.influxdb.stop()
