@@ -50,7 +50,8 @@ def compile_regex(pattern: str) -> Any:
             reason += " (RE2 syntax has no backreferences)"
         elif reason.startswith(_LOOKAROUND):
             reason += " (RE2 syntax has no lookarounds)"
-        raise ValueError(f"{_shown(pattern)} is not a valid regular expression (RE2 syntax): {reason}") from None
+        raise ValueError(f"{_shown(pattern)} is not a valid regular expression (RE2 syntax): "
+                         f"{reason}") from None
     except UnicodeEncodeError:  # a lone surrogate: not text RE2 (or JSON) can hold
         raise ValueError(f"{_shown(pattern)} is not valid Unicode text") from None
 
@@ -95,7 +96,10 @@ class Matcher:
         if self.op == "!=":
             return actual != self.value
         assert self._regex is not None
-        found = self._regex.fullmatch(actual) is not None
+        try:
+            found = self._regex.fullmatch(actual) is not None
+        except UnicodeEncodeError:  # a lone surrogate (no JSON decoder here lets one in): RE2 needs UTF-8
+            found = self._regex.fullmatch(actual.encode("utf-8", "replace").decode()) is not None
         return found if self.op == "=~" else not found
 
     def as_json(self) -> dict[str, str]:

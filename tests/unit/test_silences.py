@@ -65,6 +65,7 @@ def test_regexes_are_re2_linear_and_anchored() -> None:
     assert not Matcher.create("rule", "cell", "=~").matches({"rule": "cell-down"})  # the whole value
     assert Matcher.create("area", "227\\d{2}", "!~").matches({"area": "2272"})
     assert Matcher.create("name", "\\p{L}+", "=~").matches({"name": "Phường"})  # Unicode classes
+    assert Matcher.create("name", "a.", "=~").matches({"name": "a\ud800"})  # not UTF-8: matched as "a?"
 
 
 @pytest.mark.parametrize(("value", "message"), [
