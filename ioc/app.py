@@ -81,7 +81,9 @@ class Daemon:
             self.sinks.append(LocalSink(settings.store.path, max_points=settings.store.local_max_points))
         self.pipeline = Pipeline(sinks=self.sinks, dedup=self.dedup, max_bytes=settings.http.max_body,
                                  max_future=settings.intake.max_future)
-        self.mqtt = MqttConnector(settings.mqtt, self.pipeline) if settings.mqtt.enabled else None
+        self.mqtt = MqttConnector(settings.mqtt, self.pipeline, vendors=settings.vendors,
+                                  state_path=settings.store.path,
+                                  max_deliveries=settings.intake.max_deliveries) if settings.mqtt.enabled else None
         self.poller = HttpPoller(settings.poll, self.pipeline) if settings.poll else None
         self._build_evaluation(settings)
         self.metrics.add(self.pipeline.metrics)

@@ -124,7 +124,7 @@ class MqttSettings(_Section):
     keepalive: int = Field(default=30, ge=5, le=65535)
     session_expiry: Duration = parse_duration("7d")
     receive_maximum: int = Field(default=65535, ge=1, le=65535)
-    subscribe: list[str] = ["ioc/v1/events/+"]
+    subscribe: list[str] = ["ioc/v1/events/#"]  # every topic a vendor may publish under (CONTRACT §7)
     share_group: str = ""  # MQTT 5 shared subscription group, to split intake across daemons
     reconnect_min: Duration = parse_duration("1s")
     reconnect_max: Duration = parse_duration("60s")

@@ -40,7 +40,10 @@ NAMES: dict[str, str] = {
     "spool.after_write": "a batch is in the spool, before its events are acknowledged",
     "mqtt.before_ack": "points are durable, before the MQTT acknowledgements go out",
     "http.before_reply": "points are durable, before the HTTP 202 goes out",
-    "mqtt.handle": "an MQTT burst is about to be handed to the pipeline (a poison message's place)",
+    "mqtt.handle": "an MQTT burst is about to be handed to the pipeline, before it is journaled (a crash "
+                   "here is not charged to its messages)",
+    "mqtt.poison": "an MQTT burst holding a message with the bytes IOC-FAILPOINT-POISON is being handled "
+                   "(a poison message: quarantined after [intake] max_deliveries crashes)",
     "alerts.before_notify": "an alert change is stored, before the notifiers are called",
 }
 

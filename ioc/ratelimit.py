@@ -1,4 +1,7 @@
-"""Per-vendor rate limits for HTTP intake (CONTRACT §1 `rate`, §3 `429`): token buckets, pure logic.
+"""Per-vendor rate limits (CONTRACT §1 `rate`, §3 `429`, §7 "Vendor fairness"): token buckets, pure logic.
+
+HTTP asks for a whole request (`take`: all or nothing, answered with `Retry-After`); MQTT asks for a
+burst of messages and refuses the excess one by one (`take_up_to`). Each transport has its own buckets.
 
 A bucket holds up to `burst` tokens (default: one second of `rate`) and refills at `rate` tokens per
 second; a request of n events takes n tokens or is refused with the time to wait (`Retry-After`).
@@ -64,9 +67,25 @@ class TokenBucket:
             needed = min(n, self.burst) - self._tokens
             return needed / self.rate
 
+    def take_up_to(self, n: int) -> int:
+        """Take as many of `n` whole tokens as there are; answer how many. Never in debt, but for a bucket
+        smaller than one token."""
+        if n <= 0:
+            return 0
+        with self._lock:
+            self._refill()
+            granted = min(n, int(self._tokens + _EPSILON)) if self._tokens > 0 else 0
+            if granted == 0 and self._tokens >= self.burst - _EPSILON:
+                granted = 1  # a bucket smaller than one token, full: one goes, in debt (as `take` does)
+            self._tokens -= granted
+            return granted
+
 
 class RateLimiter:
-    """One `TokenBucket` per vendor, built from `[[vendors]]`; unknown names are not limited."""
+    """One `TokenBucket` per vendor, built from `[[vendors]]`; unknown names are not limited.
+
+    Thread-safe: the dict is never changed after construction and each bucket has its own lock, so
+    vendors never wait for each other."""
 
     def __init__(self, vendors: Iterable[VendorSettings], *, clock: Clock = time.monotonic) -> None:
         self.buckets: dict[str, TokenBucket] = {
@@ -76,3 +95,8 @@ class RateLimiter:
     def take(self, vendor: str, n: float) -> float | None:
         bucket = self.buckets.get(vendor)
         return None if bucket is None else bucket.take(n)
+
+    def take_up_to(self, vendor: str, n: int) -> int:
+        """How many of `n` events of `vendor` may go now (taken); all of them for an unknown vendor."""
+        bucket = self.buckets.get(vendor)
+        return n if bucket is None else bucket.take_up_to(n)

@@ -9,6 +9,10 @@ Threads: paho runs its network loop in its own thread (`loop_start`), which is a
 queues outgoing packets thread-safely, so acknowledgements may come from a sink's writer thread. Message
 ids are per connection and reused after a reconnect, so every acknowledgement carries the generation of the
 connection its message came on and is skipped if that connection is gone (the broker redelivers those).
+
+Hostile vendors (CONTRACT §7): a vendor's `rate` holds here too (the excess is refused before it is decoded:
+acknowledged, dead-lettered `rate_limited`, counted), and a message whose handling kills the process is
+quarantined after `max_deliveries` crashes (see poison.py).
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from __future__ import annotations
 import base64
 import random
 import select
+import socket
 import ssl
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,15 +41,23 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client.core import Metric
 
 from connectors.mqtt.fastclient import FastClient
-from ioc.config import MqttSettings
+from connectors.mqtt.poison import FAILPOINT_MARKER, PoisonGuard
+from ioc import failpoints
+from ioc.config import MqttSettings, VendorSettings
 from ioc.errors import ConfigError
+from ioc.ingest.decode import Rejection
 from ioc.ingest.pipeline import Pipeline
 from ioc.metrics import MetricSource, counter, gauge
+from ioc.ratelimit import RateLimiter
 from ioc.sinks.base import DurableCallback
 
 log = structlog.get_logger("ioc.mqtt")
 
 EVENTS_PREFIX = "ioc/v1/events/"
+# The default subscription before CONTRACT §7 "Topics"; a session resumed with both it and
+# `ioc/v1/events/#` would get every event twice, so it is unsubscribed (see `_on_connect`).
+LEGACY_FILTER = "ioc/v1/events/+"
+EVENTS_FILTER = "ioc/v1/events/#"
 DEAD_LETTER_PREFIX = "ioc/v1/deadletter/"
 DEFAULT_MAX_PENDING = 1_000  # QoS 1 publishes waiting for the broker; paho rescans them on every PUBACK
 PUBLISH_WINDOW = 20  # QoS 1 publishes in flight at once
@@ -51,6 +66,11 @@ BURST_MAX_AGE = 0.05  # seconds a received message may wait for the rest of its 
 BURST_CHECK_EVERY = 16  # look at the socket for the burst's end on the first and every 16th message
 _MAX_SESSION_EXPIRY = 0xFFFFFFFF  # MQTT 5: a four-byte integer (0xFFFFFFFF = never expires)
 _MIN_BACKOFF = 0.05  # seconds; a zero reconnect_min must not become a busy loop
+POISON = "poison"  # dead-letter reason and `ioc_events_rejected` label of a quarantined message
+RATE_LIMITED = "rate_limited"  # the same for a message over its vendor's rate
+_SOURCE = itemgetter(1)  # of a burst entry (payload, source, generation, mid, qos)
+
+Entry = tuple[bytes, str, int, int, int]  # a received message: (payload, source, generation, mid, qos)
 
 
 def topic_source(topic: str) -> str:
@@ -124,7 +144,11 @@ class MqttConnector:
     """
 
     def __init__(self, settings: MqttSettings, pipeline: Pipeline, *, name: str = "mqtt",
-                 max_pending: int = DEFAULT_MAX_PENDING) -> None:
+                 max_pending: int = DEFAULT_MAX_PENDING, vendors: Sequence[VendorSettings] = (),
+                 state_path: str | Path | None = None, max_deliveries: int = 3) -> None:
+        """`vendors`: whose `rate` holds on MQTT, by the sources each owns (none: no limit).
+        `state_path`: the daemon's store; with it, poison messages are quarantined after `max_deliveries`
+        crashes (the in-flight journal lives beside it). Without it (tests), there is no such guard."""
         if settings.url == "embedded":
             raise ConfigError(["mqtt.url: 'embedded' must be replaced by the embedded broker's mqtt:// URL"])
         tls_keys = [key for key in ("tls_ca", "tls_cert", "tls_key") if getattr(settings, key)]
@@ -138,7 +162,7 @@ class MqttConnector:
         self.url = f"{'mqtts' if settings.tls else 'mqtt'}://{settings.host}:{settings.port}"
         self._max_pending = max_pending
         self._v5 = settings.protocol == "5"
-        self._client: mqtt.Client | None = None
+        self._client: FastClient | None = None
         # Guards the generation, the client reference for acks and the counters written off paho's thread.
         self._lock = threading.Lock()
         self._generation = 0
@@ -154,7 +178,7 @@ class MqttConnector:
         # Counters (plain ints: metrics are built at scrape time).
         self._received = [0, 0, 0]  # by QoS; written only under the burst lock
         # Messages received but not yet handed to the pipeline: (payload, source, generation, mid, qos).
-        self._burst: list[tuple[bytes, str, int, int, int]] = []
+        self._burst: list[Entry] = []
         self._burst_since = 0.0
         self._burst_lock = threading.Lock()  # held across a whole flush, so bursts reach the pipeline in order
         self._burst_timer: threading.Thread | None = None
@@ -165,6 +189,20 @@ class MqttConnector:
         self._dead_letters_published = 0
         self._dead_letters_dropped = 0
         self._publishes_dropped = 0
+        # Vendor fairness: a source belongs to one vendor (the first that lists it).
+        self._vendor_of: dict[str, str] = {}
+        for vendor in vendors:
+            for source in vendor.sources:
+                self._vendor_of.setdefault(source, vendor.name)
+        self._limiter = RateLimiter(vendors) if self._vendor_of else None
+        self._rate_limited: dict[str, int] = {vendor.name: 0 for vendor in vendors}  # written under the burst lock
+        # Poison messages: the journal and ledger (poison.py), read at the first start.
+        self._guard = (PoisonGuard(state_path, name=name, max_deliveries=max_deliveries,
+                                   expiry=settings.session_expiry)
+                       if state_path is not None and str(state_path) != ":memory:" else None)
+        self._recovered = False
+        self._suspects_handled = 0
+        self._quarantined = 0
         pipeline.dead_letter_targets.append(self)
 
     # --- life cycle ------------------------------------------------------------------------------------
@@ -181,6 +219,13 @@ class MqttConnector:
             self._generation += 1
             self._attempt = 0
             self._last_problem = "connecting"
+        if self._guard is not None and not self._recovered:
+            self._recovered = True
+            in_flight = self._guard.recover()
+            if in_flight:
+                log.warning("mqtt.crash_recovery", connector=self.name, in_flight=in_flight,
+                            effect="each is handled alone when the broker sends it again",
+                            max_deliveries=self._guard.max_deliveries)
         settings = self.settings
         client = FastClient(
             CallbackAPIVersion.VERSION2,
@@ -323,6 +368,13 @@ class MqttConnector:
             else:
                 log.error("mqtt.subscribe_failed", connector=self.name, topics=topics,
                           reason=mqtt.error_string(result))
+            subscribed = self.settings.subscribe
+            if flags.session_present and EVENTS_FILTER in subscribed and LEGACY_FILTER not in subscribed:
+                # An older daemon's session still holds `ioc/v1/events/+`: with `#` beside it the broker
+                # would send every event twice. What it queued under it is still delivered.
+                client.unsubscribe(f"$share/{group}/{LEGACY_FILTER}" if group else LEGACY_FILTER)
+        if self._guard is not None:
+            self._guard.session(flags.session_present)
         self._connects += 1
         self._connected = True  # after the SUBSCRIBE is queued, so `subscribed` cannot be true too early
         log.info("mqtt.connected", connector=self.name, url=self.url, client_id=self.settings.client_id,
@@ -401,16 +453,118 @@ class MqttConnector:
                 self._flush_burst()
 
     def _flush_burst(self) -> None:
-        """Hand the gathered messages to the pipeline (the caller holds the burst lock)."""
+        """Hand the gathered messages to the pipeline (the caller holds the burst lock): the excess over
+        each vendor's rate is refused first, undecoded; after a crash, suspects go one by one."""
         burst, self._burst = self._burst, []
         if not burst:
             return
-        acks = [(generation, mid, qos) for _, _, generation, mid, qos in burst if qos]
         try:
+            if failpoints.ACTIVE:
+                failpoints.hit("mqtt.handle")  # before the journal: a crash here is no message's fault
+            if self._limiter is not None:
+                burst = self._limit_rates(burst)
+            guard = self._guard
+            if guard is not None and guard.suspects:
+                self._hand_over_with_suspects(burst, guard)
+            elif burst:
+                self._hand_over(burst)
+        except Exception:  # a bug here must not kill paho's thread; the messages stay unacknowledged
+            log.exception("mqtt.message_failed", connector=self.name, messages=len(burst))
+
+    def _hand_over(self, burst: list[Entry]) -> None:
+        """One pipeline call for the burst, journaled (QoS 1 packet ids) while it runs."""
+        acks = [(generation, mid, qos) for _, _, generation, mid, qos in burst if qos]
+        journal = self._guard.journal if self._guard is not None and acks else None
+        if journal is not None:
+            journal.write([mid for _, mid, _ in acks], alone=len(burst) == 1)
+        try:
+            if failpoints.ACTIVE and "mqtt.poison" in failpoints.ACTIVE and any(
+                    FAILPOINT_MARKER in entry[0] for entry in burst):
+                failpoints.hit("mqtt.poison")
             self.pipeline.ingest_batch([(payload, source) for payload, source, _, _, _ in burst],
                                        on_durable=self._acker(acks) if acks else None)
         except Exception:  # a bug here must not kill paho's thread; the messages stay unacknowledged
             log.exception("mqtt.message_failed", connector=self.name, messages=len(burst))
+        finally:
+            if journal is not None:
+                journal.clear()
+
+    def _hand_over_with_suspects(self, burst: list[Entry], guard: PoisonGuard) -> None:
+        """After a crash: the messages that were in flight then are handled alone, in order."""
+        run: list[Entry] = []
+        for entry in burst:
+            if entry[4] and guard.take_suspect(entry[3]):
+                if run:
+                    self._hand_over(run)
+                    run = []
+                self._handle_suspect(entry, guard)
+            else:
+                run.append(entry)
+        if run:
+            self._hand_over(run)
+
+    def _handle_suspect(self, entry: Entry, guard: PoisonGuard) -> None:
+        payload, source = entry[0], entry[1]
+        verdict = guard.judge(source, payload)
+        if verdict.poison:
+            self._quarantined += 1
+            log.error("mqtt.poison_quarantined", connector=self.name, source=source, key=verdict.key.hex(),
+                      crashes=verdict.crashes, size=len(payload),
+                      effect="acknowledged and dead-lettered, unprocessed")
+            self._refuse([entry], POISON)
+            return
+        self._suspects_handled += 1
+        self._hand_over([entry])
+        guard.ledger.clear(verdict.key)  # it was handled and we are alive: not poison
+
+    def _limit_rates(self, burst: list[Entry]) -> list[Entry]:
+        """Each vendor's messages in the burst take a token each; the excess (the vendor's last messages
+        in the burst) is refused here, before anything is decoded. Returns the rest, in order."""
+        vendor_of, limiter = self._vendor_of, self._limiter
+        assert limiter is not None
+        wanted: dict[str, int] = {}
+        for source, count in Counter(map(_SOURCE, burst)).items():
+            vendor = vendor_of.get(source)
+            if vendor is not None:
+                wanted[vendor] = wanted.get(vendor, 0) + count
+        over: dict[str, int] = {}
+        for vendor, count in wanted.items():
+            granted = limiter.take_up_to(vendor, count)
+            if granted < count:
+                over[vendor] = count - granted
+        if not over:
+            return burst
+        kept: list[Entry] = []
+        refused: list[Entry] = []
+        for entry in reversed(burst):
+            vendor = vendor_of.get(entry[1])
+            if vendor is not None and over.get(vendor, 0) > 0:
+                over[vendor] -= 1
+                refused.append(entry)
+            else:
+                kept.append(entry)
+        kept.reverse()
+        refused.reverse()
+        counts = Counter(vendor_of[entry[1]] for entry in refused)
+        for vendor, count in counts.items():
+            self._rate_limited[vendor] = self._rate_limited.get(vendor, 0) + count
+            log.warning("mqtt.rate_limited", connector=self.name, vendor=vendor, refused=count,
+                        rate=limiter.buckets[vendor].rate)
+        guard = self._guard
+        if guard is not None and guard.suspects:  # not handled: their packet ids are free again
+            for entry in refused:
+                if entry[4]:
+                    guard.take_suspect(entry[3])
+        self._refuse(refused, RATE_LIMITED)
+        return kept
+
+    def _refuse(self, entries: list[Entry], code: str) -> None:
+        """Reject whole messages undecoded: counted (`ioc_events_rejected{reason=code}`), dead-lettered with
+        `code` as the reason, and acknowledged in order behind what came before."""
+        acks = [(generation, mid, qos) for _, _, generation, mid, qos in entries if qos]
+        self.pipeline.admit([Rejection(code=code, message=code, raw=payload, source=source or None)
+                             for payload, source, _, _, _ in entries],
+                            on_durable=self._acker(acks) if acks else None)
 
     def _flush_old_bursts(self) -> None:
         """The timer thread: a burst whose end never came (a packet arriving slowly) still goes out."""
@@ -422,16 +576,40 @@ class MqttConnector:
 
     def _acker(self, acks: list[tuple[int, int, int]]) -> DurableCallback:
         def ack() -> None:
+            if failpoints.ACTIVE:
+                try:
+                    failpoints.hit("mqtt.before_ack")
+                except failpoints.FailpointError:
+                    self._ack_failed(len(acks))
+                    return
             with self._lock:
                 client = self._client
-                for generation, mid, qos in acks:
-                    if generation == self._generation and client is not None:
-                        client.ack(mid, qos)
-                        self._acks_sent += 1
-                    else:
-                        self._acks_skipped += 1
+                if client is None:
+                    self._acks_skipped += len(acks)
+                    return
+                with client.batched():  # one wake-up of paho's thread for the lot
+                    for generation, mid, qos in acks:
+                        if generation == self._generation:
+                            client.ack(mid, qos)
+                            self._acks_sent += 1
+                        else:
+                            self._acks_skipped += 1
 
         return ack
+
+    def _ack_failed(self, count: int) -> None:
+        """The acknowledgements could not be sent (a failpoint's `error`): as when a socket write fails,
+        the connection is dropped, so the broker sends the messages again on the next one."""
+        with self._lock:
+            self._acks_skipped += count
+            client = self._client
+        log.error("mqtt.ack_failed", connector=self.name, messages=count, effect="reconnecting; redelivered")
+        sock = client.socket() if client is not None else None
+        if isinstance(sock, socket.socket):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     # --- publishing ------------------------------------------------------------------------------------
 
@@ -524,3 +702,12 @@ class MqttConnector:
                       {(): float(publishes_dropped)})
         yield gauge("ioc_mqtt_pending_publishes", "QoS 1 publishes waiting for the broker's PUBACK.", (),
                     {(): float(pending)})
+        yield counter("ioc_mqtt_rate_limited", "Messages refused over their vendor's rate (dead-lettered "
+                      "rate_limited, acknowledged).", ("vendor",),
+                      {(vendor,): float(count) for vendor, count in self._rate_limited.copy().items()})
+        yield counter("ioc_mqtt_poison_suspects",
+                      "Messages handled alone because the process died while handling them.", (),
+                      {(): float(self._suspects_handled)})
+        yield counter("ioc_mqtt_poison_quarantined",
+                      "Messages dead-lettered as poison: the process died max_deliveries times handling them.",
+                      (), {(): float(self._quarantined)})

@@ -396,7 +396,7 @@ def test_the_sample_config_builds_a_connector() -> None:
     settings = load_settings(Path(__file__).resolve().parents[2] / "connectors" / "mqtt" / "sample.conf")
     connector = MqttConnector(settings.mqtt, make_pipeline())
     assert connector.problems() == ["mqtt: not connected to mqtt://127.0.0.1:1883 (not started)"]
-    assert settings.mqtt.protocol == "5" and settings.mqtt.subscribe == ["ioc/v1/events/+"]
+    assert settings.mqtt.protocol == "5" and settings.mqtt.subscribe == ["ioc/v1/events/#"]
 
 
 def test_config_mistakes_are_config_errors() -> None:
@@ -475,9 +475,9 @@ def test_denied_subscription_is_logged_with_its_topic(tmp_path: Path, unique: st
             connector = connectors(server, make_pipeline(), client_id=f"ioc-{unique}", username="ioc",
                                    password="pw")
         failed = [e for e in logs if e["event"] == "mqtt.subscribe_failed"]
-        assert len(failed) == 1 and failed[0]["topic"] == "ioc/v1/events/+"
+        assert len(failed) == 1 and failed[0]["topic"] == "ioc/v1/events/#"
         assert failed[0]["log_level"] == "error" and failed[0]["reason_code"] >= 0x80
         assert connector.problems() == [
-            "mqtt: subscription refused: ioc/v1/events/+ (Not authorized)"]
+            "mqtt: subscription refused: ioc/v1/events/# (Not authorized)"]
     finally:
         server.stop()

@@ -166,3 +166,77 @@ def test_acknowledged_messages_are_not_redelivered(mosquitto: Server, unique: st
         second.disconnect()
         second.loop_stop()
     assert got == [b"unacked"]
+
+
+class CountingSocket:
+    """Wraps paho's wake-up socket to count the bytes written into it (one per `send`)."""
+
+    def __init__(self, sock: object) -> None:
+        self.sock = sock
+        self.sends = 0
+
+    def send(self, data: bytes) -> int:
+        self.sends += 1
+        return self.sock.send(data)  # type: ignore[attr-defined, no-any-return]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)
+
+
+def test_packets_queued_in_paho_thread_or_a_batch_wake_it_once_at_most(mosquitto: Server, unique: str) -> None:
+    """A publish from a message callback needs no wake-up of paho's thread; acknowledgements queued from
+    another thread inside `batched()` share one. Either way every packet goes out: the echo arrives and
+    nothing acknowledged comes back on the next connection."""
+    topic, echo = f"fast/{unique}/in", f"fast/{unique}/echo"
+    client_id = f"fast-{unique}"
+    mids: list[int] = []
+    changed = threading.Condition()
+
+    def on_raw(_topic: bytes, payload: bytes, mid: int, qos: int) -> None:
+        if payload == b"0":
+            client.publish(echo, b"echo", qos=1)  # from paho's own thread
+        with changed:
+            mids.append(mid)
+            changed.notify_all()
+
+    client = FastClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                        clean_session=False, manual_ack=True)
+    client.on_raw_message = on_raw
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    client.subscribe(topic, 1)
+    assert subscribed.wait(10)
+    wakeups = CountingSocket(client._sockpairW)
+    client._sockpairW = wakeups  # type: ignore[assignment]
+    listener = Subscriber(mosquitto, echo, protocol=mqtt.MQTTv311, qos=1)
+    try:
+        publish_all("127.0.0.1", mosquitto.port, [(topic, str(i).encode()) for i in range(50)])
+        with changed:
+            assert changed.wait_for(lambda: len(mids) == 50, 10)
+        listener.wait_for(1)
+        assert wakeups.sends == 0  # the echo was written without one
+        with client.batched():
+            for mid in mids:
+                client.ack(mid, 1)
+        assert wakeups.sends == 1
+        deadline = time.monotonic() + 5
+        while client.want_write() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        listener.close()
+    mids.clear()
+    again = FastClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                       clean_session=False, manual_ack=True)
+    again.on_raw_message = on_raw
+    again.connect("127.0.0.1", mosquitto.port)
+    again.loop_start()
+    try:
+        time.sleep(0.5)  # a negative: every message was acknowledged, none may come back
+    finally:
+        again.disconnect()
+        again.loop_stop()
+    assert mids == []
