@@ -79,8 +79,8 @@ class Nemesis:
                    "poison": self._poison}[name]
         try:
             handler(injection, variant)
-        except AssertionError as error:  # the daemon did not come back: recorded, healed by the runner
-            injection.problems.append(f"{kind}: {error}"[:2000])
+        except Exception as error:  # noqa: BLE001 - e.g. the daemon did not come back: recorded, healed
+            injection.problems.append(f"{kind}: {type(error).__name__}: {error}"[:2000])
         injection.healed = time.monotonic()
         return injection
 
