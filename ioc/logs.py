@@ -126,6 +126,11 @@ _tracebacks = structlog.processors.ExceptionRenderer(
     structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
 
 
+def _console_tracebacks() -> structlog.typing.ExceptionRenderer:
+    """Tracebacks on a terminal (rich, a dependency), also without local variables."""
+    return structlog.dev.RichTracebackFormatter(show_locals=False)
+
+
 def _json_text(value: Any, **_: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
@@ -147,7 +152,7 @@ def configure_logging(level: str = "info", fmt: Literal["auto", "json", "console
     ]
     renderer: structlog.typing.Processor
     if use_console:
-        renderer = structlog.dev.ConsoleRenderer()
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=_console_tracebacks())
         processors += [renderer]
         factory: structlog.typing.WrappedLogger = structlog.PrintLoggerFactory(sys.stderr)
         library_chain: list[structlog.typing.Processor] = [renderer]
