@@ -160,3 +160,33 @@ def test_an_accept_error_flood_is_logged_once_not_per_attempt(tmp_path: Path) ->
     assert first["logger"] == "asyncio" and first["level"] == "error"
     assert first["event"].startswith("socket.accept() out of system resource")
     assert first["exception"][0]["exc_type"] == "OSError"
+
+
+def test_tracebacks_in_the_log_carry_no_local_variables(tmp_path: Path) -> None:
+    """A frame's locals may hold a token or a password: tracebacks are logged without them."""
+    script = tmp_path / "boom.py"
+    script.write_text(textwrap.dedent("""
+        import logging, structlog
+        from ioc.logs import configure_logging
+
+        configure_logging("info", "json")
+
+        def connect(password):
+            raise ConnectionError("refused")
+
+        for log in (lambda: structlog.get_logger("ioc.t").exception("t.failed"),
+                    lambda: logging.getLogger("lib").exception("lib failed")):
+            try:
+                connect("s3cret-pw")
+            except ConnectionError:
+                log()
+    """))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60,
+                            check=False)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr
+    for line in lines:
+        record = orjson.loads(line)
+        assert record["exception"][0]["frames"][-1]["name"] == "connect"
+    assert "s3cret-pw" not in result.stderr
