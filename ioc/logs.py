@@ -23,6 +23,8 @@ from typing import Any, Literal
 import orjson
 import structlog
 
+from ioc.redact import redact_secrets
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 REPEAT_WINDOW = 10.0  # seconds: CONTRACT §7, "at most once per 10 s, with a count"
 # structlog method names at warning and above (the level names of `make_filtering_bound_logger`).
@@ -153,16 +155,17 @@ def configure_logging(level: str = "info", fmt: Literal["auto", "json", "console
     renderer: structlog.typing.Processor
     if use_console:
         renderer = structlog.dev.ConsoleRenderer(exception_formatter=_console_tracebacks())
-        processors += [renderer]
+        processors += [redact_secrets, renderer]
         factory: structlog.typing.WrappedLogger = structlog.PrintLoggerFactory(sys.stderr)
-        library_chain: list[structlog.typing.Processor] = [renderer]
+        library_chain: list[structlog.typing.Processor] = [redact_secrets, renderer]
     else:
         processors += [
             _tracebacks,
+            redact_secrets,  # after the tracebacks are dicts, so their messages are redacted too
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ]
         factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
-        library_chain = [_tracebacks,
+        library_chain = [_tracebacks, redact_secrets,
                          structlog.processors.JSONRenderer(serializer=_json_text)]
     structlog.configure(
         processors=processors,
