@@ -7,6 +7,7 @@ an unknown section or key is an error that names `file:line`, so a typo never pa
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -41,7 +42,7 @@ def parse_duration(text: str | float | int) -> float:
     if isinstance(text, int | float) and not isinstance(text, bool):
         if text < 0:
             raise ValueError("a duration cannot be negative")
-        return float(text)
+        return _bounded(float(text))
     if not isinstance(text, str):
         raise ValueError("expected a duration such as '30s', '10m' or '1h30m'")
     position, total = 0, 0.0
@@ -52,7 +53,16 @@ def parse_duration(text: str | float | int) -> float:
         position = match.end()
     if position != len(text) or not text:
         raise ValueError(f"{text!r} is not a duration such as '30s', '10m' or '1h30m'")
-    return total
+    return _bounded(total)
+
+
+MAX_DURATION = 100 * 365 * 86400.0  # a century: longer is a typo, and datetime arithmetic overflows
+
+
+def _bounded(seconds: float) -> float:
+    if not math.isfinite(seconds) or seconds > MAX_DURATION:
+        raise ValueError("a duration must be at most 100 years")
+    return seconds
 
 
 def parse_size(text: str | int) -> int:
