@@ -38,11 +38,16 @@ _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB
 
 
 def parse_duration(text: str | float | int) -> float:
-    """`30s`, `10m`, `2h`, `1d`, `1h30m`, `250ms` (or a number of seconds) -> seconds."""
+    """`30s`, `10m`, `2h`, `1d`, `1h30m`, `250ms` (or a number of seconds) -> seconds, at most a century."""
+    return _bounded(parse_duration_unbounded(text))
+
+
+def parse_duration_unbounded(text: str | float | int) -> float:
+    """As `parse_duration`, with no upper bound: may be inf or NaN (callers with their own bound)."""
     if isinstance(text, int | float) and not isinstance(text, bool):
         if text < 0:
             raise ValueError("a duration cannot be negative")
-        return _bounded(float(text))
+        return float(text)
     if not isinstance(text, str):
         raise ValueError("expected a duration such as '30s', '10m' or '1h30m'")
     position, total = 0, 0.0
@@ -53,7 +58,7 @@ def parse_duration(text: str | float | int) -> float:
         position = match.end()
     if position != len(text) or not text:
         raise ValueError(f"{text!r} is not a duration such as '30s', '10m' or '1h30m'")
-    return _bounded(total)
+    return total
 
 
 MAX_DURATION = 100 * 365 * 86400.0  # a century: longer is a typo, and datetime arithmetic overflows

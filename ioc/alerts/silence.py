@@ -34,7 +34,7 @@ from ioc.alerts.alert import Alert, rfc3339
 from ioc.alerts.audit import AuditEntry
 from ioc.alerts.errors import InvalidSilence, SilenceNotFound
 from ioc.alerts.matchers import Matcher, MatcherSpec, matches_all
-from ioc.config import parse_duration
+from ioc.config import parse_duration_unbounded
 
 if TYPE_CHECKING:
     from ioc.alerts.store import AlertStore
@@ -54,7 +54,7 @@ _LAST_SECOND = 253_402_300_799.0  # 9999-12-31T23:59:59Z: the last time RFC 3339
 def _silence_duration(value: object) -> float:
     """A duration (`"2h"`, or seconds) that is finite, positive and at most MAX_AHEAD."""
     try:
-        seconds = parse_duration(value)  # type: ignore[arg-type]  # it refuses what is not a duration
+        seconds = parse_duration_unbounded(value)  # type: ignore[arg-type]  # it refuses what is not a duration
     except OverflowError:  # an integer past what a float holds
         seconds = math.inf
     if math.isnan(seconds):  # JSON's NaN, which pydantic's parser takes
