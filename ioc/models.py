@@ -6,7 +6,7 @@ Validation is strict (no coercion, no unknown keys) so a vendor's mistake is nam
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Annotated, Literal, TypeAlias
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
@@ -55,13 +55,25 @@ TAG_KEY_PATTERN = r"^[^_\r\n\\]([^\r\n]*[^\r\n\\])?$"
 TagValue = Annotated[str, Field(pattern=TAG_VALUE_PATTERN, max_length=256)]
 TagKey = Annotated[str, Field(pattern=TAG_KEY_PATTERN, max_length=128)]
 
+# Every time of an event must be one the whole path can hold, or the vendor would be told "stored" for a
+# point that InfluxDB refuses later (nanoseconds in a signed 64-bit integer: 1677-09-21 .. 2262-04-11),
+# or a tracker would fail on it (dates in UTC+7, a near-due date a year before a due date). 1970: neither
+# VictoriaMetrics nor our trackers' sentinels take negative timestamps; 2200: decades short of 2262, so
+# any offset arithmetic stays inside. Checked in pydantic-core (a comparison, no Python call per event).
+TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+TIME_MAX = datetime(2200, 1, 1, tzinfo=UTC)  # excluded
+TIME_RANGE_TEXT = "1970-01-01 .. 2199-12-31"
+TIME_FIELDS = frozenset({"time", "received_at", "due_at", "finished_at"})
+EventTime = Annotated[AwareDatetime, Field(ge=TIME_MIN, lt=TIME_MAX, description=(
+    f"RFC 3339 with an offset, from {TIME_MIN:%Y-%m-%d} to {TIME_MAX.year - 1}-12-31 (UTC)"))]
+
 
 class _Envelope(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     id: Annotated[str, Field(min_length=1, max_length=128)]
     source: Annotated[str, Field(pattern=SOURCE_PATTERN)]
-    time: AwareDatetime
+    time: EventTime
     area: Annotated[str, Field(pattern=TAG_VALUE_PATTERN, max_length=64)] | None = None
     tags: Annotated[dict[TagKey, TagValue], Field(max_length=MAX_TAGS)] | None = None
 
@@ -99,9 +111,9 @@ class DossierEvent(_Envelope):
     dossier_id: Annotated[str, Field(min_length=1, max_length=128)]
     procedure: Annotated[str, Field(pattern=TAG_VALUE_PATTERN, max_length=64)]
     status: DossierStatus
-    received_at: AwareDatetime
-    due_at: AwareDatetime
-    finished_at: AwareDatetime | None = None
+    received_at: EventTime
+    due_at: EventTime
+    finished_at: EventTime | None = None
     channel: Channel
     level: AreaLevel
 

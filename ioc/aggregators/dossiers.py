@@ -176,7 +176,7 @@ class DossierTracker:
         self._dirty: set[int] = set()  # chains whose nodes may have changed since the last emission
         self._all_dirty = True  # everything is new to the listener at start
         self._outcomes = {"applied": 0, "out_of_order": 0, "no_area": 0}
-        self._unknown_area_events = 0
+        self._unknown_area_events: dict[str, int] = {}  # by source
         self.last_sweep_seconds = 0.0
         self._load()
 
@@ -215,7 +215,7 @@ class DossierTracker:
             self._outcomes["applied"] += 1
             chain = self._nodes.chain_for(event.area, event.level, at_us / 1e6)
             if not self._nodes.chain_known[chain]:
-                self._unknown_area_events += 1
+                self._unknown_area_events[event.source] = self._unknown_area_events.get(event.source, 0) + 1
             online = event.channel == "online"
             self._count_received(chain, period_of(received_us / 1e6), online, 1)
             if finished_us is not None:
@@ -244,6 +244,7 @@ class DossierTracker:
                 self._set_clock(now_us)
             self._flush_rows()
             kpis = self._emit(now)
+            self._nodes.log_unknown_areas()
         self._changes.send(kpis)
 
     def close(self) -> None:
@@ -260,8 +261,9 @@ class DossierTracker:
                           "(out_of_order: older than the dossier's applied event, ignored).", ("outcome",),
                           {(name,): value for name, value in self._outcomes.items()})
             yield counter("ioc_aggregator_dossier_unknown_area_events",
-                          "Dossier events applied for an area the registry does not know (no roll-up).", (),
-                          {(): self._unknown_area_events})
+                          "Dossier events applied for an area the registry does not know (no roll-up), by "
+                          "source.", ("source",),
+                          {(source,): count for source, count in self._unknown_area_events.copy().items()})
             yield gauge("ioc_aggregator_dossier_sweep_seconds", "Duration of the last clock sweep.", (),
                         {(): self.last_sweep_seconds})
         return collect

@@ -10,6 +10,7 @@ registry does not know is a chain of itself alone (no roll-up) with the level th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import date
 
@@ -21,11 +22,17 @@ from ioc.models import AreaLevel
 
 log = structlog.get_logger("ioc.aggregators")
 
+# Unknown area codes are the vendor's to send, as many as it likes: the log says so at most once a minute
+# with a count (the first at once), and the trackers count the events per source in /metrics.
+UNKNOWN_AREA_LOG_EVERY = 60.0  # seconds
+_UNKNOWN_REMEMBERED = 10_000  # distinct unknown codes remembered to tell a new one from a repeat
+
 
 class AreaNodes:
     """Node numbers for area codes, interned chains of nodes, and each node's level."""
 
-    def __init__(self, areas: AreaRegistry, on_new_node: Callable[[], None]) -> None:
+    def __init__(self, areas: AreaRegistry, on_new_node: Callable[[], None], *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.areas = areas
         self.codes: list[str] = []
         self.fallback_levels: list[AreaLevel] = []  # the level when the registry has none at a date
@@ -36,6 +43,10 @@ class AreaNodes:
         self._resolved: dict[tuple[str, int, str], int] = {}  # (code, date ordinal, level) -> chain id
         self._on_new_node = on_new_node
         self.unknown_codes: set[str] = set()
+        self._monotonic = monotonic
+        self._unknown_logged_at = -UNKNOWN_AREA_LOG_EVERY
+        self._unknown_unlogged = 0  # new unknown codes since the last line
+        self._unknown_example: tuple[str, str] = ("", "")  # (code, level) of the latest
 
     def node(self, code: str, level: AreaLevel) -> int:
         index = self._node.get(code)
@@ -64,9 +75,12 @@ class AreaNodes:
         if chain is None:
             area = self.areas.get(code, day)
             if area is None:
-                if code not in self.unknown_codes and len(self.unknown_codes) < 10_000:
-                    self.unknown_codes.add(code)
-                    log.warning("aggregator.unknown_area", area=code, level=level)
+                if code not in self.unknown_codes:
+                    if len(self.unknown_codes) < _UNKNOWN_REMEMBERED:
+                        self.unknown_codes.add(code)
+                    self._unknown_unlogged += 1
+                    self._unknown_example = (code, level)
+                    self.log_unknown_areas()
                 chain = self._intern((self.node(code, level),), known=False)
             else:
                 nodes = [self.node(area.code, area.level)]
@@ -76,6 +90,21 @@ class AreaNodes:
                 self._resolved.clear()
             self._resolved[key] = chain
         return chain
+
+    def log_unknown_areas(self) -> None:
+        """Log the unknown codes seen since the last line, if any, at most once per
+        `UNKNOWN_AREA_LOG_EVERY` seconds (the trackers call it on every `advance` too, so the last ones
+        of a burst are told within a minute)."""
+        if not self._unknown_unlogged:
+            return
+        now = self._monotonic()
+        if now - self._unknown_logged_at < UNKNOWN_AREA_LOG_EVERY:
+            return
+        code, level = self._unknown_example
+        log.warning("aggregator.unknown_area", codes=self._unknown_unlogged, example=code, level=level,
+                    effect="counted alone, no roll-up", every_s=UNKNOWN_AREA_LOG_EVERY)
+        self._unknown_logged_at = now
+        self._unknown_unlogged = 0
 
     def chain_text(self, chain: int) -> str:
         """The chain as stored in SQLite: its codes, comma-separated, own area first."""

@@ -60,7 +60,7 @@ class StatusTracker:
         self._dirty: set[int] = set()
         self._all_dirty = True
         self._outcomes = {"applied": 0, "out_of_order": 0, "no_area": 0}
-        self._unknown_area_events = 0
+        self._unknown_area_events: dict[str, int] = {}  # by source
         self._load()
 
     def observe(self, event: AnyEvent) -> None:
@@ -82,7 +82,7 @@ class StatusTracker:
             self._outcomes["applied"] += 1
             chain = self._nodes.chain_for(event.area, guess_level(event.area), at_us / 1e6)
             if not self._nodes.chain_known[chain]:
-                self._unknown_area_events += 1
+                self._unknown_area_events[event.source] = self._unknown_area_events.get(event.source, 0) + 1
             down = event.state == "down"
             self._entities[key] = (chain, down, at_us)
             self._count(chain, down, 1)
@@ -98,6 +98,7 @@ class StatusTracker:
         with self._lock:
             self._flush()
             kpis = self._emit(now)
+            self._nodes.log_unknown_areas()
         self._changes.send(kpis)
 
     def close(self) -> None:
@@ -113,8 +114,9 @@ class StatusTracker:
                           "(out_of_order: older than the entity's applied event, ignored).", ("outcome",),
                           {(name,): value for name, value in self._outcomes.items()})
             yield counter("ioc_aggregator_status_unknown_area_events",
-                          "Status events applied for an area the registry does not know (no roll-up).", (),
-                          {(): self._unknown_area_events})
+                          "Status events applied for an area the registry does not know (no roll-up), by "
+                          "source.", ("source",),
+                          {(source,): count for source, count in self._unknown_area_events.copy().items()})
         return collect
 
     def _grow(self) -> None:

@@ -27,9 +27,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from ioc import failpoints
 from ioc.auth import Principal, require
 from ioc.config import HttpSettings
-from ioc.ingest.decode import Accepted, Decoded, Rejection
+from ioc.ingest import memory
+from ioc.ingest.decode import TOO_MANY_ITEMS, Accepted, Decoded, Rejection
 from ioc.ingest.pipeline import Pipeline
 from ioc.metrics import counter
 from ioc.models import Event
@@ -125,7 +127,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         401: "No or an unknown bearer token (`WWW-Authenticate: Bearer`).",
         403: "A vendor token is required, or an event's `source` is not one of the vendor's sources "
              "(nothing of the request was taken).",
-        413: "The body is over `[http] max_body`.",
+        413: "The body is over `[http] max_body`, or holds more than `[intake] max_items` items "
+             "(`too many items: N > 10000`).",
         415: "The content type is neither JSON nor NDJSON.",
         429: "Over the vendor's rate: retry after `Retry-After` seconds (nothing was taken).",
         503: "The daemon's queues are full: retry after `Retry-After` seconds (nothing was taken).",
@@ -195,11 +198,20 @@ class EventIntake:
     async def post(self, request: Request, vendor: Principal) -> Response:
         ndjson = _is_ndjson(request.headers.get("content-type"))
         body = await self.read_body(request)
+        try:
+            return await self._take(body, ndjson, vendor)
+        finally:
+            memory.after_payload(len(body))  # on a timer: by then this request and its body are gone
+
+    async def _take(self, body: bytes, ndjson: bool, vendor: Principal) -> Response:
         deadline = time.monotonic() + self.http.durable_wait
         if len(body) >= _DECODE_IN_THREAD:
             items = await run_in_threadpool(self.pipeline.decode, body, ndjson=ndjson)
         else:
             items = self.pipeline.decode(body, ndjson=ndjson)
+        if len(items) == 1 and isinstance(items[0], Rejection) and items[0].code == TOO_MANY_ITEMS:
+            # Refused whole, as a body over `max_body` is: nothing of it is taken or counted.
+            return _json(413, {"error": items[0].message})
 
         foreign = sorted({item.event.source for item in items
                           if isinstance(item, Accepted) and item.event.source not in vendor.sources})
@@ -238,6 +250,8 @@ class EventIntake:
                 await asyncio.wait_for(durable, timeout=max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 is_durable = False
+        if failpoints.ACTIVE:
+            failpoints.hit("http.before_reply")
         return _json(202, {
             "accepted": result.accepted,
             "duplicates": result.duplicates,

@@ -18,8 +18,18 @@ import structlog
 from prometheus_client.core import Metric
 from pydantic import ValidationError
 
+from ioc import failpoints
 from ioc.errors import SinkFull
-from ioc.ingest.decode import Accepted, Decoded, Rejection, decode_payload, reject_invalid
+from ioc.ingest import memory
+from ioc.ingest.decode import (
+    DEFAULT_MAX_ITEMS,
+    MAX_ITEM_BYTES,
+    Accepted,
+    Decoded,
+    Rejection,
+    decode_payload,
+    reject_invalid,
+)
 from ioc.ingest.dedup import DedupIndex, dedup_key
 from ioc.lineproto import render_event
 from ioc.metrics import counter, gauge
@@ -73,11 +83,15 @@ class Pipeline:
         dedup: DedupIndex,
         max_bytes: int,
         max_future: float,
+        max_items: int = DEFAULT_MAX_ITEMS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.sinks = list(sinks)
         self.dedup = dedup
         self.max_bytes = max_bytes
+        self.max_items = max_items
+        self._fast_max = min(max_bytes, MAX_ITEM_BYTES)  # a lone event this big takes the checked path
+        memory.configure()  # big payloads' memory goes back to the system once handled
         self._max_future_ns = int(max_future * 1e9)
         self._clock = clock
         self._lock = threading.Lock()
@@ -95,7 +109,7 @@ class Pipeline:
     # --- the stages --------------------------------------------------------------------------------
 
     def decode(self, payload: bytes, *, ndjson: bool = False) -> list[Decoded]:
-        return decode_payload(payload, max_bytes=self.max_bytes, ndjson=ndjson)
+        return decode_payload(payload, max_bytes=self.max_bytes, max_items=self.max_items, ndjson=ndjson)
 
     def ingest(
         self,
@@ -108,7 +122,9 @@ class Pipeline:
     ) -> IngestResult:
         """Everything a transport needs: decode the payload and admit its items."""
         items = self._decode_fast(payload) if not ndjson else self.decode(payload, ndjson=True)
-        return self._admit([(item, topic_source, topic_source) for item in items], on_durable, timeout)
+        result = self._admit([(item, topic_source, topic_source) for item in items], on_durable, timeout)
+        memory.after_payload(len(payload))
+        return result
 
     def ingest_batch(
         self,
@@ -123,12 +139,16 @@ class Pipeline:
         the CPU's caches (measured: 48 µs an event one message at a time between paho's own work, against
         ~20 µs in a tight loop). Result indexes count items across the messages."""
         entries: list[tuple[Decoded, str | None, str | None]] = []
+        size = 0
         for payload, topic_source in messages:
             entries.extend((item, topic_source, topic_source) for item in self._decode_fast(payload))
-        return self._admit(entries, on_durable, timeout)
+            size += len(payload)
+        result = self._admit(entries, on_durable, timeout)
+        memory.after_payload(size)
+        return result
 
     def _decode_fast(self, payload: bytes) -> Sequence[Decoded]:
-        if payload[:1] == b"{" and len(payload) <= self.max_bytes:
+        if payload[:1] == b"{" and len(payload) <= self._fast_max:
             # The common case of one event per message, without decode_payload's generality.
             try:
                 return (Accepted(_validate_json(payload), payload),)
@@ -156,6 +176,8 @@ class Pipeline:
         timeout: float | None,
     ) -> IngestResult:
         """Each entry is (item, the topic's source to match or None, the source to file a rejection under)."""
+        if failpoints.ACTIVE:
+            failpoints.hit("intake.after_decode")
         result = IngestResult()
         points: list[str] = []
         keys: list[str] = []
