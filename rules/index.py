@@ -12,13 +12,13 @@ work per event to one dict lookup per field plus the candidates, with no set ari
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import date
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ioc.areas import local_date
 from ioc.models import AnyEvent
+from ioc.regex import fullmatches
 from rules.labels import event_label
 from rules.model import Pattern, RuleBase
 
@@ -32,7 +32,7 @@ _ALL_TYPES = frozenset(("telemetry", "status", "dossier"))
 _FIELDS = ("source", "metric", "entity")
 
 
-def _constraint(value: object) -> tuple[frozenset[str] | None, re.Pattern[str] | None]:
+def _constraint(value: object) -> tuple[frozenset[str] | None, Any]:
     if isinstance(value, str):
         return frozenset((value,)), None
     if isinstance(value, list):
@@ -49,7 +49,7 @@ class Matcher:
 
     def __init__(self, rule: RuleBase) -> None:
         self.types = rule.event_types()
-        self.fields: list[tuple[str, frozenset[str] | None, re.Pattern[str] | None]] = []
+        self.fields: list[tuple[str, frozenset[str] | None, Any]] = []
         for name in _FIELDS:
             values, pattern = _constraint(getattr(rule.match, name))
             if values is not None or pattern is not None:
@@ -157,10 +157,10 @@ class RuleIndex(Generic[T]):
                 if matchers[position].matches(event, areas)]
 
 
-def _accepts(value: str | None, values: frozenset[str] | None, pattern: re.Pattern[str] | None) -> bool:
+def _accepts(value: str | None, values: frozenset[str] | None, pattern: Any) -> bool:
     """Whether one label or tag value satisfies a constraint: present, among `values`, matching `pattern`."""
     if value is None:
         return False
     if values is not None and value not in values:
         return False
-    return pattern is None or pattern.fullmatch(value) is not None
+    return pattern is None or fullmatches(pattern, value)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import operator
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ioc.alerts.model import Severity
 from ioc.config import Duration
 from ioc.models import AreaLevel
+from ioc.regex import compile_regex
 from rules.template import Template
 
 __all__ = [
@@ -48,7 +48,6 @@ TEMPLATE_VALUES = ("value", "threshold", "area_name")
 RULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"  # rule ids go into MQTT topics: no / + #
 
 
-_Regex = re.Pattern  # `re` is a field name of Pattern below
 
 
 class _Strict(BaseModel):
@@ -63,14 +62,12 @@ class Pattern(_Strict):
     @field_validator("re")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as error:
-            raise ValueError(f"{value!r} is not a valid regular expression: {error}") from None
+        compile_regex(value)  # ValueError naming what RE2 refuses (CONTRACT §7: linear-time matching)
         return value
 
-    def compiled(self) -> _Regex[str]:
-        return re.compile(self.re)
+    def compiled(self) -> Any:
+        """The pattern in RE2, anchored; match with `ioc.regex.fullmatches`."""
+        return compile_regex(self.re)
 
 
 # A match value: one value, any of several, or a regular expression.

@@ -19,45 +19,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeAlias
 
-import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from ioc.regex import compile_regex, fullmatches
 
 MatchOp: TypeAlias = Literal["=", "!=", "=~", "!~"]
 OPS: tuple[MatchOp, ...] = ("=", "!=", "=~", "!~")
 MAX_VALUE = 1024  # characters in a matcher's value (a regex longer than this is a mistake)
-
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False  # a bad pattern is refused with its reason; RE2 must not also print it
-_RE2_OPTIONS.never_capture = True  # only "does it match" is asked: no groups to track
-# What RE2 says about the Perl constructs it leaves out on purpose (they need backtracking).
-_BACKREFERENCE = re.compile(r"^invalid escape sequence: \\\d")
-_LOOKAROUND = ("invalid perl operator: (?=", "invalid perl operator: (?!", "invalid perl operator: (?<")
-
-
-def compile_regex(pattern: str) -> Any:
-    """`pattern` (RE2 syntax) compiled to match a whole value, as Alertmanager does (`^(?:pattern)$`), or
-    ValueError with RE2's reason. The pattern must also compile on its own, so `a)|(b` cannot escape the
-    anchors. Match with `.fullmatch(value)`: linear in the value's length."""
-    if len(pattern) > MAX_VALUE:
-        raise ValueError(f"longer than {MAX_VALUE} characters")
-    try:
-        re2.compile(pattern, _RE2_OPTIONS)
-        return re2.compile(f"^(?:{pattern})$", _RE2_OPTIONS)
-    except re2.error as error:
-        reason = error.args[0] if error.args else "invalid"
-        reason = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
-        if _BACKREFERENCE.match(reason):
-            reason += " (RE2 syntax has no backreferences)"
-        elif reason.startswith(_LOOKAROUND):
-            reason += " (RE2 syntax has no lookarounds)"
-        raise ValueError(f"{_shown(pattern)} is not a valid regular expression (RE2 syntax): "
-                         f"{reason}") from None
-    except UnicodeEncodeError:  # a lone surrogate: not text RE2 (or JSON) can hold
-        raise ValueError(f"{_shown(pattern)} is not valid Unicode text") from None
-
-
-def _shown(value: str, limit: int = 80) -> str:
-    return repr(value if len(value) <= limit else value[:limit] + "…")
 
 _TEXT_FORM = re.compile(r"^\s*([^\s=!~\"]+)\s*(=~|!~|!=|=)\s*(.*?)\s*$", re.DOTALL)
 
@@ -96,10 +64,7 @@ class Matcher:
         if self.op == "!=":
             return actual != self.value
         assert self._regex is not None
-        try:
-            found = self._regex.fullmatch(actual) is not None
-        except UnicodeEncodeError:  # a lone surrogate (no JSON decoder here lets one in): RE2 needs UTF-8
-            found = self._regex.fullmatch(actual.encode("utf-8", "replace").decode()) is not None
+        found = fullmatches(self._regex, actual)
         return found if self.op == "=~" else not found
 
     def as_json(self) -> dict[str, str]:
