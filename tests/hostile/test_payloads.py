@@ -27,7 +27,10 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
+from ioc.aggregators.rollup import AreaNodes
+from ioc.areas import AreaRegistry
 from tests.e2e.daemon import VENDOR_TOKEN, DaemonProcess, assert_counting_rule, make_daemon
 from tests.mqtt_tools import Collector, publish_all
 from tests.servers import Server, influx_query
@@ -92,7 +95,7 @@ class Rig:
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory, mosquitto: Server, influxdb: Server) -> Iterator[Rig]:
+def running(tmp_path_factory: pytest.TempPathFactory, mosquitto: Server, influxdb: Server) -> Iterator[Rig]:
     tmp = tmp_path_factory.mktemp("hostile-payloads")
     database = f"t_{uuid.uuid4().hex[:12]}"
     daemon = make_daemon(tmp, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
@@ -103,13 +106,13 @@ def rig(tmp_path_factory: pytest.TempPathFactory, mosquitto: Server, influxdb: S
     daemon.stop()
 
 
-@pytest.fixture(autouse=True)
-def _alive(rig: Rig) -> Iterator[None]:
-    """A test that killed the daemon fails; the next one gets a new daemon, so it fails only for itself."""
-    assert rig.daemon.process is not None
-    if rig.daemon.process.poll() is not None:
-        rig.start()
-    yield
+@pytest.fixture
+def rig(running: Rig) -> Rig:
+    """The module's daemon; a test that killed it fails, and the next one gets a new one."""
+    assert running.daemon.process is not None
+    if running.daemon.process.poll() is not None:
+        running.start()
+    return running
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, message: str) -> None:
@@ -308,6 +311,23 @@ def test_unknown_areas_are_counted_per_source_and_logged_a_bounded_number_of_tim
     assert lines <= 2, f"{lines} warning lines for 500 unknown area codes"
     counted = rig.daemon.metric_sum("ioc_aggregator_dossier_unknown_area_events_total", source=SOURCE)
     assert counted == 3000, "not counted per source"
+
+
+def test_the_unknown_area_log_is_one_line_a_minute_with_a_count() -> None:
+    clock = [1000.0]
+    nodes = AreaNodes(AreaRegistry.default(), lambda: None, monotonic=lambda: clock[0])
+    at = NOW.timestamp()
+    with capture_logs() as logs:
+        for index in range(500):
+            nodes.chain_for(f"X{index}", "commune", at)
+            clock[0] += 0.1  # 50 s in all
+        nodes.chain_for("X0", "commune", at)  # known by now as unknown: not new
+        nodes.log_unknown_areas()  # within the minute: nothing yet
+        clock[0] += 11
+        nodes.log_unknown_areas()
+        nodes.log_unknown_areas()
+    lines = [line for line in logs if line["event"] == "aggregator.unknown_area"]
+    assert [(line["codes"], line["example"]) for line in lines] == [(1, "X0"), (499, "X499")]
 
 
 # --- never a 5xx ---------------------------------------------------------------------------------------

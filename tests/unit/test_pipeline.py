@@ -4,10 +4,15 @@ Sinks here are test doubles (pure logic); real sinks are covered by the integrat
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import orjson
+import pytest
 
+from ioc import failpoints
 from ioc.errors import SinkFull
+from ioc.ingest import memory
+from ioc.ingest.decode import MAX_ITEM_BYTES
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
 from ioc.metrics import MetricSource
@@ -43,7 +48,7 @@ class RecordingSink:
         return []
 
     def metrics(self) -> MetricSource:
-        return lambda: []
+        return list
 
     def close(self, timeout: float) -> None: ...
 
@@ -58,7 +63,7 @@ class DeadLetters:
 
 def make(sinks: list[RecordingSink] | None = None, connection: sqlite3.Connection | None = None
          ) -> tuple[Pipeline, DeadLetters]:
-    clock = lambda: NOW  # noqa: E731
+    clock = lambda: NOW
     pipeline = Pipeline(sinks=sinks or [], dedup=DedupIndex(connection, window=3600, max_keys=1000, clock=clock),
                         max_bytes=1 << 20, max_future=300, clock=clock)
     letters = DeadLetters()
@@ -197,3 +202,69 @@ def test_a_failing_listener_does_not_stop_intake() -> None:
     pipeline.listeners += [broken, lambda e: seen.append(e.id)]  # type: ignore[attr-defined]
     assert pipeline.ingest(orjson.dumps([event("a"), event("b")])).accepted == 2
     assert seen == ["a", "b"]
+
+
+# --- hostile payloads (CONTRACT §7) ----------------------------------------------------------------------
+
+def test_too_many_items_is_one_rejection_and_one_dead_letter_of_the_whole_payload() -> None:
+    pipeline, letters = make()
+    payload = orjson.dumps([{"id": i} for i in range(10_001)])
+    result = pipeline.ingest(payload, topic_source="qtmt-aqi")
+    assert (result.accepted, result.rejected) == (0, [(0, "too many items: 10001 > 10000")])
+    assert pipeline.rejected == {("qtmt-aqi", "too_many_items"): 1}
+    [(source, reason, raw)] = letters.letters
+    assert (source, reason) == ("qtmt-aqi", "too many items: 10001 > 10000") and raw is payload
+    assert_counting_rule(pipeline)
+    small = Pipeline(sinks=[], dedup=DedupIndex(None, window=60, max_keys=10), max_bytes=1 << 20, max_future=300,
+                     max_items=2, clock=lambda: NOW)
+    result = small.ingest_batch([(orjson.dumps([event("a"), event("b"), event("c")]), "qtmt-aqi"),
+                                 (orjson.dumps([event("d"), event("e")]), "qtmt-aqi")])
+    assert result.accepted == 2 and result.rejected == [(0, "too many items: 3 > 2")]
+
+
+def test_a_lone_event_over_the_item_cap_is_refused_unparsed_on_the_fast_path() -> None:
+    pipeline, letters = make()
+    huge = orjson.dumps(event("big", unit="x" * (MAX_ITEM_BYTES + 1)))
+    result = pipeline.ingest(huge, topic_source="qtmt-aqi")
+    assert result.rejected == [(0, f"event: {len(huge)} bytes is over the limit of {MAX_ITEM_BYTES} for one event")]
+    assert pipeline.rejected == {("qtmt-aqi", "item_too_large"): 1}
+    assert letters.letters[0][2] is huge
+
+
+def test_times_a_store_cannot_hold_never_reach_the_sinks() -> None:
+    sink = RecordingSink()
+    pipeline, _ = make([sink])
+    result = pipeline.ingest(orjson.dumps([event("old", time="0001-01-01T00:00:00Z"), event("ok")]))
+    assert result.accepted == 1 and len(sink.points) == 1
+    assert result.rejected == [
+        (0, "time: 0001-01-01T00:00:00Z is outside the range a store can hold (1970-01-01 .. 2199-12-31)")]
+    assert pipeline.rejected == {("qtmt-aqi", "time_out_of_range"): 1}
+    assert_counting_rule(pipeline)
+
+
+def test_the_intake_failpoint_fires_after_decoding() -> None:
+    pipeline, _ = make()
+    failpoints.configure("intake.after_decode=1*error")
+    try:
+        with pytest.raises(failpoints.FailpointError):
+            pipeline.ingest(orjson.dumps(event("a")))
+        assert failpoints.hits("intake.after_decode") == 1
+        assert pipeline.received == {}  # nothing was counted: the fault came before the checks
+        assert pipeline.ingest(orjson.dumps(event("a"))).accepted == 1  # 1*: off again
+    finally:
+        failpoints.configure("")
+
+
+def test_memory_is_handed_back_once_after_big_payloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(memory, "_malloc_trim", trims.append)
+    monkeypatch.setattr(memory, "_DELAY", 0.01)
+    monkeypatch.setattr(memory, "_last", 0.0)
+    memory.after_payload(memory.TRIM_AFTER_BYTES - 1)
+    for _ in range(5):
+        memory.after_payload(memory.TRIM_AFTER_BYTES)
+    deadline = time.monotonic() + 5
+    while not trims and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert trims == [0]  # once for the five, none for the small one
