@@ -23,8 +23,10 @@ import time
 from collections.abc import Callable
 
 TRIM_AFTER_BYTES = 1 << 20
-MMAP_THRESHOLD = 1 << 20  # glibc's starting value is 128 KiB, then it grows up to 32 MiB
-TRIM_THRESHOLD = 1 << 20  # glibc's starting value is 128 KiB, then twice the mmap threshold
+# glibc's starting values, then pinned (its own adjustment raises them up to 32 and 64 MiB). The same
+# mmap threshold as `ioc.app`'s start-up sets, so their order does not matter.
+MMAP_THRESHOLD = 128 * 1024
+TRIM_THRESHOLD = 1 << 20
 _M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
 _DELAY = 0.5  # seconds after the request: its body and items are gone by then
