@@ -56,10 +56,14 @@ class Profile:
     drain_timeout: float = 120.0
 
 
+# RSS bounds: the daemon starts near 80 MiB; an 8 MiB poison may cost a few times its size while it is
+# handled; and the dedup index keeps every (source, id) of the window in memory, ~200 B a key, up to
+# `[intake] dedup_max_keys` (2M by default: ~400 MiB). The short profile sends ~70k events; the long one
+# fills the index within about 25 minutes.
 SHORT = Profile("short", None, mqtt_rate=400, http_rate=300, http_batch=50, alarm_period=1.5,
-                hold=(1.5, 3.0), gap=(0.5, 1.5), rss_limit_mib=400)
+                hold=(1.5, 3.0), gap=(0.5, 1.5), rss_limit_mib=300)
 LONG = Profile("long", 30, mqtt_rate=1000, http_rate=500, http_batch=100, alarm_period=3.0,
-               hold=(2.0, 6.0), gap=(1.0, 4.0), rss_limit_mib=400)
+               hold=(2.0, 6.0), gap=(1.0, 4.0), rss_limit_mib=640)
 
 
 @dataclass
@@ -187,6 +191,7 @@ def run(profile: Profile, seed: int, *, workdir: Path | None = None, log: bool =
         while plan:
             kind = plan.pop(0)
             say(f"fault {kind}")
+            world.doing = kind
             injection = nemesis.inject(kind)
             report.injections.append(injection)
             say(f"  {injection.detail} {injection.problems or ''}")
@@ -198,6 +203,7 @@ def run(profile: Profile, seed: int, *, workdir: Path | None = None, log: bool =
                 break
 
         say("healing and draining")
+        world.doing = "drain"
         drain_started = time.monotonic()
         world.heal()
         alarm.stop(30)
@@ -306,6 +312,11 @@ def _check(report: Report, world: World, monitor: Monitor, dead_letters: DeadLet
     report.scrapes = monitor.scrapes
     report.alert_findings = check_alerts(alarm.toggles, world.webhook.changes())
     for finding in report.alert_findings:
+        if finding.toggle is not None:  # what a person debugging it wants first: the last restart before
+            earlier = [(at, kind) for at, kind in world.starts if at <= finding.toggle.sent_at]
+            if earlier:
+                at, kind = earlier[-1]
+                finding.detail += f", {finding.toggle.sent_at - at:.1f}s after a daemon start ({kind})"
         row = row_at(finding.toggle.sent_at) if finding.toggle is not None else report.rows["drain"]
         if finding.kind == "lost":
             row.alerts_lost += 1

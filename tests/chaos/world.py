@@ -154,6 +154,8 @@ class World:
     lock: threading.RLock = field(default_factory=threading.RLock)
     expect_down: bool = False  # the nemesis is stopping or starting the daemon: an exit is no crash
     failpoints: str = ""  # IOC_FAILPOINTS of the running daemon
+    doing: str = "start"  # what the run is doing (the fault being injected), for the record of starts
+    starts: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, doing) of each daemon start
 
     @classmethod
     def start(cls, workdir: Path) -> World:
@@ -182,6 +184,7 @@ class World:
         with self.lock:
             self.expect_down = True
             self.failpoints = failpoints
+            self.starts.append((time.monotonic(), self.doing))
             self.daemon.start(wait_ready=False, env={"IOC_FAILPOINTS": failpoints} if failpoints else None)
         if wait:
             self.wait_daemon()
