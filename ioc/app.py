@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import signal
 import time
@@ -59,7 +58,6 @@ log = structlog.get_logger("ioc.daemon")
 HOUSEKEEPING_INTERVAL = 1.0
 RULE_STATE_EVERY = 30  # housekeeping rounds between saves of the rule engine's state (and at shutdown)
 RULE_STATE = "rules.engine"
-_M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
 KPI_STATE = "kpis.latest"
 
 
@@ -266,22 +264,7 @@ def tune_gc() -> None:
     collections' way; reference cycles are still collected, only less often."""
     gc.collect()
     gc.freeze()
-    _return_big_buffers()
     gc.set_threshold(50_000, 20, 100)
-
-
-def _return_big_buffers() -> None:
-    """Serve buffers of 128 KiB and more from their own mappings, given back to the system when freed.
-
-    glibc raises its mmap threshold after the first big buffer is freed, and from then on serves big
-    request bodies from a heap it does not shrink: after one 8 MiB body RSS stayed ~11 % over its baseline
-    (bench/hostile.py); with the threshold fixed it comes back within 1 %. A few mmap calls per big body
-    cost nothing next to decoding it. Only on glibc; elsewhere nothing changes."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
-    except (OSError, AttributeError):
-        pass
 
 
 async def run_daemon(settings: Settings, *, on_listening: Callable[[], None] | None = None) -> None:
