@@ -28,7 +28,6 @@ import pytest
 import structlog
 
 from connectors.mqtt import MqttConnector
-from connectors.mqtt.poison import FAILPOINT_MARKER, InflightJournal, PoisonGuard, PoisonLedger, message_key
 from ioc.config import MqttSettings, Settings, VendorSettings, load_settings, token_sha256
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
@@ -41,6 +40,7 @@ from tests.mqtt_tools import Collector, publish_all
 from tests.servers import Server, influx_count, start_mosquitto
 
 MAX_DELIVERIES = 3  # the default of [intake] max_deliveries
+POISON_MARKER = "IOC-FAILPOINT-POISON"  # what the failpoint `mqtt.poison` looks for in a payload
 BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 
 
@@ -73,6 +73,8 @@ def vendor(name: str, sources: list[str], rate: float, burst: float | None = Non
 
 
 def test_the_journal_keeps_the_burst_in_flight_and_ignores_what_is_not_one(tmp_path: Path) -> None:
+    from connectors.mqtt.poison import InflightJournal
+
     path = tmp_path / "ioc.db.mqtt-inflight"
     journal = InflightJournal(path)
     assert journal.read() == ([], False)
@@ -103,6 +105,9 @@ class FakeClock:
 def test_a_crash_is_pinned_on_one_message_and_its_burst_is_spared(tmp_path: Path) -> None:
     """Process by process, as the connector drives the guard: the poison P crashed a burst with g1 and g2,
     then twice alone; P is quarantined at its fourth delivery, g1 and g2 never are."""
+    from connectors.mqtt.poison import FAILPOINT_MARKER, PoisonGuard, message_key
+
+    assert POISON_MARKER.encode() == FAILPOINT_MARKER  # the bytes the end-to-end test's poison carries
     store = tmp_path / "ioc.db"
     p, g1, g2 = (("src", b"P"), ("src", b"g1"), ("src", b"g2"))
 
@@ -147,6 +152,8 @@ def test_a_crash_is_pinned_on_one_message_and_its_burst_is_spared(tmp_path: Path
 
 def test_only_a_crash_alone_can_make_poison(tmp_path: Path) -> None:
     """Crashes of bursts of many never quarantine: the neighbours of a poison must never be."""
+    from connectors.mqtt.poison import PoisonGuard
+
     store = tmp_path / "ioc.db"
     for _ in range(5):
         guard = PoisonGuard(store, max_deliveries=1)
@@ -165,6 +172,8 @@ def test_only_a_crash_alone_can_make_poison(tmp_path: Path) -> None:
 
 
 def test_a_lost_session_drops_the_suspects_and_the_ledger_expires(tmp_path: Path) -> None:
+    from connectors.mqtt.poison import PoisonGuard, PoisonLedger
+
     store = tmp_path / "ioc.db"
     clock = FakeClock()
     guard = PoisonGuard(store, max_deliveries=3, expiry=3600, clock=clock)
@@ -345,6 +354,8 @@ def test_a_crashed_bursts_redeliveries_are_recognised_by_packet_id(
         mosquitto: Server, unique: str, tmp_path: Path, protocol: str) -> None:
     """The broker resends unacknowledged messages with their packet ids; the connector takes exactly the
     journaled ones as suspects, handles each alone and, as they survive, clears them."""
+    from connectors.mqtt.poison import InflightJournal
+
     source = f"s-{unique}"
     topic = f"ioc/v1/events/{source}"
     store = tmp_path / "ioc.db"
@@ -391,7 +402,7 @@ def test_a_poison_message_is_quarantined_after_max_deliveries(
                          client_id=f"ioc-{unique}")
     daemon.start()  # makes the persistent session
     assert daemon.terminate() == 0
-    poison = telemetry(1000, tags={"note": FAILPOINT_MARKER.decode()})
+    poison = telemetry(1000, tags={"note": POISON_MARKER})
     goods = [telemetry(i) for i in range(60)]
     dead = Collector("127.0.0.1", private_mosquitto.port, "ioc/v1/deadletter/#")
     try:
@@ -399,8 +410,12 @@ def test_a_poison_message_is_quarantined_after_max_deliveries(
         topic = "ioc/v1/events/qtmt-aqi"
         publish_all("127.0.0.1", private_mosquitto.port,
                     [(topic, body) for body in goods[:30]] + [(topic, poison)] + [(topic, body) for body in goods[30:]])
-        deaths = supervise(daemon, until=lambda: bool(dead.messages)
-                           and influx_count(influxdb.url, database, "env.aqi") >= len(goods))
+        def quarantined() -> bool:
+            stored = influx_count(influxdb.url, database, "env.aqi")
+            assert stored <= len(goods), "the poison was processed and stored"
+            return bool(dead.messages) and stored == len(goods)
+
+        deaths = supervise(daemon, until=quarantined)
         time.sleep(1.0)
         assert daemon.process is not None and daemon.process.poll() is None, daemon.log()[-3000:]
         assert 1 <= deaths <= MAX_DELIVERIES, deaths  # it did crash, and not forever
