@@ -10,8 +10,9 @@ Kinds (`KINDS`):
 - `failpoint:NAME` for every name in `ioc.failpoints.NAMES`: the daemon restarted with
   `IOC_FAILPOINTS=NAME=abort` until it kills itself there (the spool's points with InfluxDB cut, so the
   spool is written; `mqtt.poison` with a message carrying the poison marker), then restarted without.
-- `spool-error`: restarted with `spool.write=error`, InfluxDB cut (every spool write fails), healed,
-  then a graceful stop (SIGTERM must exit 0) and a restart.
+- `spool-error`: restarted with `spool.write=error`, InfluxDB cut (every spool write fails: the sink
+  holds the batch and its queue fills, so intake is pushed back), healed, then a graceful stop (SIGTERM
+  must exit 0) and a restart.
 - `influx-restart`, `broker-restart`: the server stopped and started again (same port and files).
 - `influx-proxy:latency|reset|blackhole|slowclose|500|503|400` and
   `broker-proxy:latency|reset|blackhole|slowclose`: the fault proxy's modes (`proxy.py`); slowclose is
@@ -156,7 +157,7 @@ class Nemesis:
         world.kill_daemon()
         world.start_daemon("spool.write=error")
         world.influx_proxy.set("reset")
-        cut = self._pause()
+        cut = self._pause(5.0, 8.0)  # long enough for the sink's queue to fill: back-pressure to intake
         world.influx_proxy.set("pass")
         time.sleep(1.5)  # the held batch goes to InfluxDB
         status = world.terminate_daemon()

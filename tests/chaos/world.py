@@ -51,7 +51,9 @@ rules:
 def daemon_config(*, http_port: int, mqtt_port: int, influx_port: int, store: Path, rules: Path,
                   webhook_url: str) -> str:
     """Short timeouts so every fault is noticed within its few seconds: MQTT keepalive 5 s, InfluxDB
-    request timeout 2 s, retries from 100 ms to 1 s."""
+    request timeout 2 s, retries from 100 ms to 1 s. A small sink queue (2000 points, a second or two
+    of the generator's traffic) so a fault that stops the sink (a failing spool disk) reaches the queue's
+    bound and the daemon's back-pressure within the fault's few seconds."""
     return f"""
 [http]
 listen = "127.0.0.1:{http_port}"
@@ -68,6 +70,8 @@ reconnect_max = "1s"
 url = "http://127.0.0.1:{influx_port}"
 database = "{DATABASE}"
 flush_interval = "200ms"
+batch_size = 1000
+queue_max_points = 2000
 timeout = "2s"
 retry_min = "100ms"
 retry_max = "1s"
