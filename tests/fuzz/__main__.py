@@ -1,0 +1,175 @@
+"""The long fuzzing profile: `python -m tests.fuzz --cases 100000`.
+
+Starts its own Mosquitto and InfluxDB (tests/servers.py) and two `ioc run` daemons in turn: one for every
+HTTP route (read from its OpenAPI document), then a fresh one for MQTT, so the MQTT counters start at
+zero. Cases are spread over the targets by weight; each target runs the `fuzz-long` hypothesis profile
+(generation only, seed printed) in chunks, recording every finding instead of stopping at the first.
+Prints a table per target (cases, 2xx, 4xx by status, 5xx, crashes; MQTT accepted, duplicates,
+dead-lettered, missing) and the shortest examples of each finding. Exit status 1 when anything broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from hypothesis import given, seed, settings
+from hypothesis import strategies as st
+
+import tests.fuzz  # noqa: F401 - registers the profiles
+from tests.fuzz.harness import HttpFuzzer, MqttFuzzer, Tally, make_daemon, print_table, running, seed_daemon
+from tests.fuzz.routes import EVENTS_PATH, SILENCES_PATH, Known, Route, raw_requests, route_cases, stray_cases
+from tests.fuzz.strategies import mqtt_messages
+from tests.servers import start_influxdb, start_mosquitto
+
+CHUNK = 2_000  # examples per hypothesis run: its data tree grows with every example it keeps
+MQTT_BURST = 100  # messages published before their outcomes are checked together
+WEIGHTS = {f"POST {EVENTS_PATH}": 30.0, f"POST {SILENCES_PATH}": 12.0, "stray": 6.0, "raw requests": 4.0}
+OTHER_ROUTE_WEIGHT = 2.5
+
+
+def explore(strategy: st.SearchStrategy[Any], body: Callable[[Any], None], cases: int, first_seed: int) -> None:
+    """Draw `cases` examples from `strategy` into `body`, in chunks, each with its own seed."""
+    done, chunk = 0, 0
+    while done < cases:
+        count = min(CHUNK, cases - done)
+
+        @seed(first_seed + chunk)
+        @settings(settings.get_profile("fuzz-long"), max_examples=count)
+        @given(strategy)
+        def run(value: Any) -> None:
+            body(value)
+
+        run()
+        done += count
+        chunk += 1
+
+
+def split(total: int, weights: dict[str, float]) -> dict[str, int]:
+    scale = sum(weights.values())
+    counts = {name: max(1, int(total * weight / scale)) for name, weight in weights.items()}
+    first = next(iter(counts))
+    counts[first] += total - sum(counts.values())
+    return counts
+
+
+def http_phase(workdir: Path, mqtt_url: str, influx_url: str, cases: int, first_seed: int,
+               log: Callable[[str], None]) -> list[Tally]:
+    daemon = make_daemon(workdir / "http", mqtt_url=mqtt_url, influx_url=influx_url, name="long-http")
+    with running(daemon):
+        known = Known()
+        seed_daemon(daemon, known)
+        fuzzer = HttpFuzzer(daemon, strict=False)
+        try:
+            routes = fuzzer.routes()
+            by_name: dict[str, Route] = {route.name: route for route in routes}
+            weights = {name: WEIGHTS.get(name, OTHER_ROUTE_WEIGHT) for name in by_name}
+            weights.update({"stray": WEIGHTS["stray"], "raw requests": WEIGHTS["raw requests"]})
+            plan = split(cases, weights)
+            for index, (name, count) in enumerate(sorted(plan.items(), key=lambda item: -item[1])):
+                started = time.monotonic()
+                target_seed = first_seed + 1000 * index
+                if name == "stray":
+                    explore(stray_cases(tuple(routes), known), fuzzer.send, count, target_seed)
+                elif name == "raw requests":
+                    explore(raw_requests(known), fuzzer.send_raw, count, target_seed)
+                else:
+                    explore(route_cases(by_name[name], known), fuzzer.send, count, target_seed)
+                fuzzer.checkpoint(fuzzer.tally(name))
+                tally = fuzzer.tally(name)
+                log(f"  {name}: {tally.cases} cases in {time.monotonic() - started:.0f} s, "
+                    f"5xx {tally.server_errors}, crashes {tally.crashes} (seed {target_seed})")
+            return [fuzzer.tallies[name] for name in sorted(fuzzer.tallies)]
+        finally:
+            fuzzer.close()
+
+
+def mqtt_phase(workdir: Path, mqtt_url: str, influx_url: str, cases: int, first_seed: int,
+               log: Callable[[str], None]) -> Tally:
+    daemon = make_daemon(workdir / "mqtt", mqtt_url=mqtt_url, influx_url=influx_url, name="long-mqtt")
+    address = urlsplit(mqtt_url)
+    with running(daemon):
+        fuzzer = MqttFuzzer(daemon, address.hostname or "127.0.0.1", address.port or 1883, strict=False)
+        burst: list[tuple[str, bytes]] = []
+        started = time.monotonic()
+
+        def take(message: tuple[str, bytes]) -> None:
+            burst.append(message)
+            if len(burst) >= MQTT_BURST:
+                fuzzer.run(burst[:])
+                burst.clear()
+
+        try:
+            explore(mqtt_messages(), take, cases, first_seed)
+            if burst:
+                fuzzer.run(burst)
+            fuzzer.checkpoint()
+        finally:
+            fuzzer.close()
+        log(f"  MQTT: {fuzzer.tally.cases} messages in {time.monotonic() - started:.0f} s (seed {first_seed})")
+        return fuzzer.tally
+
+
+def report(tallies: list[Tally], out: Callable[[str], None]) -> bool:
+    """The table, then each finding's shortest examples; True when nothing broke."""
+    print_table(tallies, out)
+    broken = False
+    for tally in tallies:
+        for kind, examples in tally.failures.items():
+            broken = True
+            out(f"\nFINDING {tally.target}: {kind}")
+            for example in examples:
+                out(f"  {example[:1500]}")
+    notes = [(t.target, kind, examples) for t in tallies for kind, examples in t.shapes.items()]
+    if notes:
+        out("\nNotes (not failures):")
+        for target, kind, examples in notes:
+            out(f"  {target}: {kind}: {examples[0][:300]}")
+    return not broken
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=100_000, help="HTTP and MQTT cases in all (default 100000)")
+    parser.add_argument("--mqtt-share", type=float, default=0.25, help="the share of MQTT messages (0.25)")
+    parser.add_argument("--seed", type=int, default=None, help="the first seed (default: random, printed)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the report to this file")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep servers' and daemons' files here")
+    args = parser.parse_args(argv)
+    first_seed = args.seed if args.seed is not None else random.randrange(2**31)
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ioc-fuzz-"))
+    mqtt_cases = round(args.cases * args.mqtt_share)
+    log(f"fuzzing: {args.cases - mqtt_cases} HTTP cases, {mqtt_cases} MQTT messages, seed {first_seed}, "
+        f"files in {workdir}")
+    mosquitto = start_mosquitto(workdir / "mosquitto")
+    influxdb = start_influxdb(workdir / "influxdb")
+    started = time.monotonic()
+    try:
+        tallies = http_phase(workdir, mosquitto.url, influxdb.url, args.cases - mqtt_cases, first_seed, log)
+        if mqtt_cases:
+            tallies.append(mqtt_phase(workdir, mosquitto.url, influxdb.url, mqtt_cases, first_seed + 7, log))
+    finally:
+        influxdb.stop()
+        mosquitto.stop()
+    log(f"\n{sum(t.cases for t in tallies)} cases in {time.monotonic() - started:.0f} s, seed {first_seed}\n")
+    ok = report(tallies, log)
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
