@@ -476,7 +476,8 @@ class MqttConnector:
         acks = [(generation, mid, qos) for _, _, generation, mid, qos in burst if qos]
         journal = self._guard.journal if self._guard is not None and acks else None
         if journal is not None:
-            journal.write([mid for _, mid, _ in acks], alone=len(burst) == 1)
+            journal.write([mid for _, mid, _ in acks], alone=len(burst) == 1,
+                          waiting=not self.pipeline.has_room(len(burst)))
         try:
             if failpoints.ACTIVE and "mqtt.poison" in failpoints.ACTIVE and any(
                     FAILPOINT_MARKER in entry[0] for entry in burst):

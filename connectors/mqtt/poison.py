@@ -22,7 +22,10 @@ How a crash is pinned on one message, at almost no cost while nothing crashes:
    acknowledges it and dead-letters it as `poison`. (A crash of a burst of many cannot tell the guilty
    message from its neighbours, and those must never be quarantined; so with `max_deliveries = 1` a
    poison that first crashed among others is handled once more, alone.)
-4. Ledger rows expire (after the session expiry, at least a day: the broker cannot redeliver anything
+4. A burst handed over while a sink had no room may have been waiting there (a full spool with
+   `spool_on_full = "block"`), not processing, when the process was killed: its journal says so, and its
+   messages are then handled alone without being charged.
+5. Ledger rows expire (after the session expiry, at least a day: the broker cannot redeliver anything
    older) and are capped in number, so the ledger stays small. A quarantined message keeps its row until
    then: if the vendor sends the same bytes again, one more crash is enough to quarantine them.
 
@@ -40,7 +43,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ioc.store import connect, transaction
@@ -48,6 +51,7 @@ from ioc.store import connect, transaction
 _MAGIC = b"IOCJ"
 _HEADER = struct.Struct("=4sHH")  # magic, flags, number of packet ids that follow (uint16 each)
 _ALONE = 1  # flag: the burst was one message (of any QoS), so a crash is pinned on it
+_WAITING = 2  # flag: a sink had no room when it was handed over: a crash may be no message's fault
 _EMPTY_COUNT = struct.pack("=H", 0)
 _COUNT_OFFSET = 6
 # The failpoint `mqtt.poison` fires only while a burst holding these bytes is handled (ioc/failpoints.py).
@@ -73,6 +77,16 @@ def message_key(source: str, payload: bytes) -> bytes:
     return digest.digest()
 
 
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A journal's content: the packet ids of the burst, whether it was one message, whether a sink was
+    full when it was handed over."""
+
+    ids: list[int] = field(default_factory=list)
+    alone: bool = False
+    waiting: bool = False
+
+
 class InflightJournal:
     """The packet ids of the burst being handled, in a file that outlives a killed process.
 
@@ -85,25 +99,26 @@ class InflightJournal:
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         self._dirty = True  # unknown until read or written: the first clear() writes
 
-    def read(self) -> tuple[list[int], bool]:
-        """The packet ids written and not cleared (what a killed process was handling), and whether
-        they were handled alone."""
+    def read(self) -> InFlight:
+        """What a killed process was handling: the packet ids written and not cleared, and how."""
         fd = self._require()
         data = os.pread(fd, _HEADER.size + 2 * _MAX_IDS, 0)
         if len(data) < _HEADER.size:
-            return [], False
+            return InFlight()
         magic, flags, count = _HEADER.unpack_from(data)
         if magic != _MAGIC or count == 0:
-            return [], False
+            return InFlight()
         body = data[_HEADER.size:_HEADER.size + 2 * count]
         ids = array.array("H")
         ids.frombytes(body[:len(body) // 2 * 2])  # a short file (cut by a full disk) gives what it holds
-        return list(ids), bool(flags & _ALONE) and len(ids) == 1
+        return InFlight(list(ids), alone=bool(flags & _ALONE) and len(ids) == 1, waiting=bool(flags & _WAITING))
 
-    def write(self, packet_ids: Sequence[int], *, alone: bool) -> None:
-        """Record the burst about to be handled (`alone`: it is one message): one pwrite, no fsync."""
+    def write(self, packet_ids: Sequence[int], *, alone: bool, waiting: bool = False) -> None:
+        """Record the burst about to be handled (`alone`: it is one message; `waiting`: a sink has no
+        room, so the hand-over may wait there): one pwrite, no fsync."""
         count = min(len(packet_ids), _MAX_IDS)
-        os.pwrite(self._require(), _HEADER.pack(_MAGIC, _ALONE if alone else 0, count)
+        flags = (_ALONE if alone else 0) | (_WAITING if waiting else 0)
+        os.pwrite(self._require(), _HEADER.pack(_MAGIC, flags, count)
                   + array.array("H", packet_ids[:count]).tobytes(), 0)
         self._dirty = True
 
@@ -198,14 +213,16 @@ class PoisonGuard:
         # Packet ids that were in flight when the last process died, until their redelivery arrives.
         self.suspects: set[int] = set()
         self._alone = False  # whether that was a burst of one
+        self._charge = True  # false when a sink was full then: the crash may be no message's fault
 
     def recover(self) -> int:
         """At start: take the dead process's journal as suspects; expire old ledger rows. Returns how many.
 
         The journal is not cleared here: if this process dies before the first burst, the next start
         finds the same suspects. The first burst overwrites it."""
-        ids, self._alone = self.journal.read()
-        self.suspects = set(ids)
+        in_flight = self.journal.read()
+        self.suspects = set(in_flight.ids)
+        self._alone, self._charge = in_flight.alone, not in_flight.waiting
         self.ledger.expire(self.expiry)
         return len(self.suspects)
 
@@ -225,6 +242,8 @@ class PoisonGuard:
     def judge(self, source: str, payload: bytes) -> Verdict:
         """A suspect arrived: count the crash it was in flight for, and say whether it is poison."""
         key = message_key(source, payload)
+        if not self._charge:
+            return Verdict(key, self.ledger.crashes(key), False)
         crashes, alone = self.ledger.charge(key, source, alone=self._alone)
         return Verdict(key, crashes, crashes >= self.max_deliveries and alone > 0)
 

@@ -73,25 +73,25 @@ def vendor(name: str, sources: list[str], rate: float, burst: float | None = Non
 
 
 def test_the_journal_keeps_the_burst_in_flight_and_ignores_what_is_not_one(tmp_path: Path) -> None:
-    from connectors.mqtt.poison import InflightJournal
+    from connectors.mqtt.poison import InFlight, InflightJournal
 
     path = tmp_path / "ioc.db.mqtt-inflight"
     journal = InflightJournal(path)
-    assert journal.read() == ([], False)
+    assert journal.read() == InFlight()
     journal.write(list(range(1, 257)), alone=False)
     # Another process (the next start) reads what a killed one left: the page cache has it, no fsync.
-    assert InflightJournal(path).read() == (list(range(1, 257)), False)
+    assert InflightJournal(path).read() == InFlight(list(range(1, 257)))
     journal.clear()
-    assert InflightJournal(path).read() == ([], False)
+    assert InflightJournal(path).read() == InFlight()
     journal.write([7], alone=True)  # shorter than the last burst: its stale tail is never read
-    assert InflightJournal(path).read() == ([7], True)
-    journal.write([65535, 1], alone=False)
-    assert InflightJournal(path).read() == ([65535, 1], False)
+    assert InflightJournal(path).read() == InFlight([7], alone=True)
+    journal.write([65535, 1], alone=False, waiting=True)
+    assert InflightJournal(path).read() == InFlight([65535, 1], waiting=True)
     journal.close()
     path.write_bytes(b"garbage that is no journal")
-    assert InflightJournal(path).read() == ([], False)
+    assert InflightJournal(path).read() == InFlight()
     path.write_bytes(b"IOCJ\x00")  # cut short
-    assert InflightJournal(path).read() == ([], False)
+    assert InflightJournal(path).read() == InFlight()
 
 
 class FakeClock:
@@ -169,6 +169,23 @@ def test_only_a_crash_alone_can_make_poison(tmp_path: Path) -> None:
     guard.recover()
     assert guard.take_suspect(5)
     assert guard.judge("src", b"good").poison  # now alone: pinned
+
+
+def test_a_crash_while_a_sink_was_full_is_charged_to_no_one(tmp_path: Path) -> None:
+    """Handed over while a sink had no room, the burst may have been waiting there when the process was
+    killed (an operator restarting a daemon stuck on a full spool): its messages pass alone, uncharged."""
+    from connectors.mqtt.poison import PoisonGuard
+
+    store = tmp_path / "ioc.db"
+    for _ in range(5):
+        guard = PoisonGuard(store, max_deliveries=1)
+        guard.recover()
+        if guard.suspects:
+            assert guard.take_suspect(5)
+            verdict = guard.judge("src", b"waiting")
+            assert (verdict.crashes, verdict.poison) == (0, False)
+        guard.journal.write([5], alone=True, waiting=True)
+    assert len(guard.ledger) == 0
 
 
 def test_a_lost_session_drops_the_suspects_and_the_ledger_expires(tmp_path: Path) -> None:
@@ -370,7 +387,7 @@ def test_a_crashed_bursts_redeliveries_are_recognised_by_packet_id(
     publish_all("127.0.0.1", mosquitto.port, [(topic, telemetry(i, source=source)) for i in range(5)])
     wait_until(lambda: pipeline.accepted[(source,)] == 5, "five events")
     first.close(2)  # nothing was acknowledged: the session keeps all five
-    in_flight, _ = InflightJournal(f"{store}.mqtt-inflight").read()
+    in_flight = InflightJournal(f"{store}.mqtt-inflight").read().ids
     assert 1 <= len(in_flight) <= 5  # the last burst (the five may have come in more than one)
     publish_all("127.0.0.1", mosquitto.port, [(topic, telemetry(i, source=source)) for i in range(5, 8)])
 
