@@ -481,3 +481,40 @@ def test_denied_subscription_is_logged_with_its_topic(tmp_path: Path, unique: st
             "mqtt: subscription refused: ioc/v1/events/# (Not authorized)"]
     finally:
         server.stop()
+
+
+# --- failpoints on the MQTT path -------------------------------------------------------------------------
+
+
+def test_failpoints_before_ack_and_at_hand_over(mosquitto: Server, unique: str,
+                                                connectors: Callable[..., MqttConnector]) -> None:
+    """`mqtt.before_ack=error` fails the acknowledgements as a broken socket would: the connection drops
+    and the broker redelivers (a duplicate, then acknowledged). `mqtt.handle=error` fails a hand-over: the
+    messages stay unacknowledged, nothing is counted, and they come back after a reconnect."""
+    from ioc import failpoints
+
+    source = f"s-{unique}"
+    topic = f"ioc/v1/events/{source}"
+    pipeline = make_pipeline()
+    connector = connectors(mosquitto, pipeline, client_id=f"ioc-{unique}", subscribe=[topic])
+    try:
+        failpoints.configure("mqtt.before_ack=1*error")
+        with capture_logs() as logs:
+            publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, 1))])
+            wait_until(lambda: pipeline.duplicates[(source,)] == 1, "the redelivery after the failed ack")
+            wait_until(lambda: sample(connector, "ioc_mqtt_acks_sent_total") == 1, "the second ack")
+        assert [entry["event"] for entry in logs if entry["event"] == "mqtt.ack_failed"] == ["mqtt.ack_failed"]
+        assert sample(connector, "ioc_mqtt_acks_skipped_total") == 1
+        assert sample(connector, "ioc_mqtt_connects_total") == 2
+        assert pipeline.accepted[(source,)] == 1
+
+        failpoints.configure("mqtt.handle=1*error")
+        with capture_logs() as logs:
+            publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, 2))])
+            wait_until(lambda: failpoints.hits("mqtt.handle") == 1, "the failed hand-over")
+        assert pipeline.received[(source,)] == 2  # the failed one was not counted
+        assert any(entry["event"] == "mqtt.message_failed" for entry in logs)
+        drop_connection(connector)  # unacknowledged: the broker sends it again on the next connection
+        wait_until(lambda: pipeline.accepted[(source,)] == 2, "the event after the reconnect")
+    finally:
+        failpoints.configure("")
