@@ -42,6 +42,29 @@ EventListener = Callable[[AnyEvent], None]
 BatchListener = Callable[[Sequence[AnyEvent]], None]
 UNKNOWN_SOURCE = "unknown"
 _validate_json = EVENT_ADAPTER.validate_json
+# A payload may hold 10,000 bad items: the debug log names the first few, then counts the rest.
+_LOGGED_REJECTIONS = 5
+_FAILURE_LOG_EVERY = 10.0  # seconds between two lines about the same repeated failure
+
+
+class _Throttle:
+    """At most one log line per `every` seconds for one kind of failure that may repeat per item:
+    `due()` is how many were left unlogged since the last line, or None when this one is not logged."""
+
+    __slots__ = ("_every", "_last", "_missed")
+
+    def __init__(self, every: float = _FAILURE_LOG_EVERY) -> None:
+        self._every = every
+        self._last = -every
+        self._missed = 0
+
+    def due(self) -> int | None:
+        now = time.monotonic()
+        if now - self._last < self._every:
+            self._missed += 1
+            return None
+        missed, self._missed, self._last = self._missed, 0, now
+        return missed
 
 
 class DeadLetterTarget(Protocol):
@@ -105,6 +128,8 @@ class Pipeline:
         self.duplicates: defaultdict[tuple[str], int] = defaultdict(int)
         self.rejected: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.dead_letters: defaultdict[tuple[str], int] = defaultdict(int)
+        self._dead_letter_failures = _Throttle()
+        self._listener_failures = _Throttle()
 
     # --- the stages --------------------------------------------------------------------------------
 
@@ -223,6 +248,8 @@ class Pipeline:
             for _, event in kept:
                 accepted[(event.source,)] += 1
             result.accepted = len(kept)
+        if len(result.rejected) > _LOGGED_REJECTIONS:
+            log.debug("ingest.rejected_more", count=len(result.rejected) - _LOGGED_REJECTIONS)
         if self.listeners:
             self._notify(kept)
         if self.batch_listeners and kept:
@@ -231,8 +258,9 @@ class Pipeline:
                 try:
                     batch_listener(events)
                 except Exception:  # as for listeners: the intake goes on
-                    log.exception("ingest.listener_failed",
-                                  listener=getattr(batch_listener, "__name__", "?"))
+                    if (suppressed := self._listener_failures.due()) is not None:
+                        log.exception("ingest.listener_failed", listener=getattr(batch_listener, "__name__", "?"),
+                                      suppressed=suppressed)
         return result
 
     def _notify(self, kept: list[tuple[int, AnyEvent]]) -> None:
@@ -240,8 +268,10 @@ class Pipeline:
             for listener in self.listeners:
                 try:
                     listener(event)
-                except Exception:  # a listener's bug must never cost us the intake
-                    log.exception("ingest.listener_failed", listener=getattr(listener, "__name__", "?"))
+                except Exception:  # a listener's bug must never cost us the intake (nor fill the log)
+                    if (suppressed := self._listener_failures.due()) is not None:
+                        log.exception("ingest.listener_failed", listener=getattr(listener, "__name__", "?"),
+                                      suppressed=suppressed)
 
     def _reject(self, result: IngestResult, index: int, source: str | None, code: str, message: str,
                 raw: bytes) -> None:
@@ -249,7 +279,8 @@ class Pipeline:
         self.received[(source,)] += 1
         self.rejected[(source, code)] += 1
         result.rejected.append((index, message))
-        log.debug("ingest.rejected", source=source, reason=code, error=message)
+        if len(result.rejected) <= _LOGGED_REJECTIONS:
+            log.debug("ingest.rejected", source=source, reason=code, error=message)
         self.publish_dead_letter(source, message, raw)
 
     def publish_dead_letter(self, source: str, reason: str, payload: bytes) -> None:
@@ -258,8 +289,9 @@ class Pipeline:
         for target in self.dead_letter_targets:
             try:
                 target.publish_dead_letter(source, reason, payload)
-            except Exception:
-                log.exception("ingest.dead_letter_failed", source=source)
+            except Exception:  # per item of a flood: logged at most once per 10 s
+                if (suppressed := self._dead_letter_failures.due()) is not None:
+                    log.exception("ingest.dead_letter_failed", source=source, suppressed=suppressed)
 
     def _hand_to_sinks(self, points: list[str], keys: list[str], on_durable: DurableCallback | None,
                        timeout: float | None) -> None:

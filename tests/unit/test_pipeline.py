@@ -3,11 +3,14 @@ Sinks here are test doubles (pure logic); real sinks are covered by the integrat
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 
 import orjson
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from ioc import failpoints
 from ioc.errors import SinkFull
@@ -268,3 +271,31 @@ def test_memory_is_handed_back_once_after_big_payloads(monkeypatch: pytest.Monke
         time.sleep(0.01)
     time.sleep(0.05)
     assert trims == [0]  # once for the five, none for the small one
+
+
+def test_failures_per_item_are_logged_a_bounded_number_of_times() -> None:
+    pipeline, _ = make()
+
+    class Broken:
+        def publish_dead_letter(self, source: str, reason: str, payload: bytes) -> None:
+            raise OSError("gone")
+
+    def broken(_: object) -> None:
+        raise RuntimeError("bug")
+
+    pipeline.dead_letter_targets.append(Broken())
+    pipeline.listeners.append(broken)
+    pipeline.batch_listeners.append(broken)
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with capture_logs() as logs:
+            payload = orjson.dumps([event(f"ok{i}") for i in range(500)] + [{"bad": i} for i in range(500)])
+            result = pipeline.ingest(payload)
+    finally:
+        structlog.configure(**saved)
+    assert result.accepted == 500 and len(result.rejected) == 500
+    events = [line["event"] for line in logs]
+    assert events.count("ingest.rejected") == 5 and events.count("ingest.rejected_more") == 1
+    assert events.count("ingest.dead_letter_failed") == 1 and events.count("ingest.listener_failed") == 1
+    assert pipeline.dead_letters[("unknown",)] == 500  # each one still counted
