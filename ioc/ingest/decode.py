@@ -268,9 +268,12 @@ def _decode_array(payload: bytes, max_items: int) -> list[Decoded]:
         return [Rejection("invalid_json", f"payload: {error}", payload)]
     if not items:
         return [_empty(payload)]
-    # A JSON text is UTF-8 as a whole (the splitter does not look inside strings); `isascii` is the
-    # common case and costs nothing.
-    bad = utf8_error(payload)
-    if bad is not None:
-        return [Rejection("bad_utf8", f"payload: not valid UTF-8 (byte {bad})", payload)]
-    return [_decode_item(bytes(item)) for item in items]
+    decoded = [_decode_item(bytes(item)) for item in items]
+    # A JSON text is UTF-8 as a whole: bad UTF-8 inside an item (the splitter does not look into strings)
+    # refuses the whole payload. Only a payload that is not ASCII and had an item refused can hold it, so
+    # a good batch never pays for the check.
+    if not payload.isascii() and any(type(item) is Rejection for item in decoded):
+        bad = utf8_error(payload)
+        if bad is not None:
+            return [Rejection("bad_utf8", f"payload: not valid UTF-8 (byte {bad})", payload)]
+    return decoded

@@ -228,6 +228,7 @@ def test_array_items_that_are_not_objects_are_named() -> None:
     ("payload", "code"),
     [
         (b'[{"id": "a"}, {"id": "\xff"}]', "bad_utf8"),
+        (b'[{"id": "a"}, "\xff", ' + orjson.dumps(GOOD) + b"]", "bad_utf8"),
         (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
         (b'{"a":' * 10_000 + b"1" + b"}" * 10_000, "invalid_json"),
         (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "item_too_large"),
@@ -236,7 +237,7 @@ def test_array_items_that_are_not_objects_are_named() -> None:
         (b"[1,]", "invalid_json"),
         (b"\xef\xbb\xbf[]", "invalid_json"),
     ],
-    ids=["bad-utf8", "deep-arrays", "deep-object", "deep-big-object", "lone-surrogate", "unterminated",
+    ids=["bad-utf8", "bad-utf8-in-a-string-item", "deep-arrays", "deep-object", "deep-big-object", "lone-surrogate", "unterminated",
          "trailing-comma", "bom"],
 )
 def test_a_payload_that_is_not_json_is_one_rejection(payload: bytes, code: str) -> None:
