@@ -17,7 +17,6 @@ quarantined after `max_deliveries` crashes (see poison.py).
 
 from __future__ import annotations
 
-import base64
 import random
 import select
 import socket
@@ -30,7 +29,6 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-import orjson
 import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
@@ -45,6 +43,7 @@ from connectors.mqtt.poison import FAILPOINT_MARKER, PoisonGuard
 from ioc import failpoints
 from ioc.config import MqttSettings, VendorSettings
 from ioc.errors import ConfigError
+from ioc.ingest.deadletter import dead_letter_body
 from ioc.ingest.decode import Rejection
 from ioc.ingest.pipeline import Pipeline
 from ioc.metrics import MetricSource, counter, gauge
@@ -80,16 +79,6 @@ def topic_source(topic: str) -> str:
     if topic.startswith(EVENTS_PREFIX):
         return topic[len(EVENTS_PREFIX):].partition("/")[0]
     return topic.rpartition("/")[2]
-
-
-def dead_letter_body(reason: str, payload: bytes) -> bytes:
-    """CONTRACT §3 dead letter: `{"reason", "payload"}` with the text, or base64 + `"encoding": "base64"`
-    when the bytes are not UTF-8."""
-    try:
-        return orjson.dumps({"reason": reason, "payload": payload.decode("utf-8")})
-    except UnicodeDecodeError:
-        return orjson.dumps({"reason": reason, "payload": base64.b64encode(payload).decode("ascii"),
-                             "encoding": "base64"})
 
 
 def backoff_delay(attempt: int, low: float, high: float, rand: Callable[[float, float], float] = random.uniform
