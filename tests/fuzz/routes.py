@@ -134,7 +134,8 @@ def _hint_values(name: str, schema: dict[str, Any], known: Known) -> list[str]:
     values: list[str] = []
     if schema.get("type") == "integer" or any(s.get("type") == "integer" for s in schema.get("anyOf", [])):
         lo, hi = schema.get("minimum", 0), schema.get("maximum", 100)
-        values += [str(v) for v in (lo, lo - 1, hi, hi + 1, 1, 0, -1)]
+        values += [str(v) for v in (lo, lo - 1, hi, hi + 1, 1, 0, -1, 10**30, 2**63)]
+        values += ["１２", "٣", "1_000", " 5", "5 ", "+5", "0x10", "1e3", "1.0", "9" * 5000, "-0", "NaN"]
     words = {
         "state": ["firing", "acknowledged", "resolved", "pending", "FIRING", ""],
         "severity": ["info", "warning", "critical", "page"],
@@ -297,9 +298,14 @@ def _silence_bodies(draw: st.DrawFn) -> bytes:
             body["duration"] = draw(_SANE_DURATIONS)
         if draw(st.booleans()):
             body["comment"] = draw(st.text(max_size=40))
-        if draw(st.booleans()):
-            field_name = draw(st.sampled_from(("matchers", "starts_at", "ends_at", "duration", "comment", "author")))
+        if draw(st.integers(0, 2)):  # two in three: one field made odd, times and durations above all
+            field_name = draw(st.sampled_from(("starts_at", "ends_at", "duration", "starts_at", "ends_at", "duration",
+                                               "matchers", "comment", "author")))
             body[field_name] = draw(_silence_field_junk(field_name))
+            if field_name == "ends_at":
+                body.pop("duration", None)
+            elif field_name == "duration":
+                body.pop("ends_at", None)
         return dumps(body)
     body = {"matchers": draw(matchers())}
     if draw(st.booleans()):
