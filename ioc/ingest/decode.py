@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 from pydantic import ValidationError
 
-from ioc.ingest.items import ItemsError, TooManyItems, ndjson_count, ndjson_lines, split_array, utf8_error
+from ioc.ingest.items import ItemsError, TooManyItems, ndjson_lines, split_array, utf8_error
 from ioc.models import (
     EVENT_ADAPTER,
     MAX_TAGS,
@@ -245,12 +245,10 @@ def decode_payload(payload: bytes, *, max_bytes: int, max_items: int = DEFAULT_M
 
 
 def _decode_ndjson(payload: bytes, max_items: int) -> list[Decoded]:
-    lines = payload.count(b"\n") + 1
-    if lines > max_items:
-        lines = ndjson_count(payload)
-        if lines > max_items:
-            return [too_many(lines, max_items, payload)]
-    found = ndjson_lines(payload, lines)
+    try:
+        found = ndjson_lines(payload, max_items)
+    except TooManyItems as many:
+        return [too_many(many.count, max_items, payload)]
     if not found:
         return [_empty(payload)]
     return [decode_object(line) for line in found]

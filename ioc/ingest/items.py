@@ -4,7 +4,9 @@ A payload holds at most `[intake] max_items` items; more is refused whole, so th
 parsing, must be exact (a legit array of 5,000 events holds ~60,000 commas) and must cost memory in
 proportion to the payload whatever its shape: `[{},{},...]`, `[[[[...]]]]`, a million 1-byte NDJSON lines.
 
-- NDJSON: non-blank lines, counted with two C-speed passes over the bytes (`translate`, `count`).
+- NDJSON: one `split` bounded to a few times `max_items` parts; past that (a flood of blank or tiny
+  lines) the non-blank lines are counted with two C-speed passes (`translate`, `count`) and found by a
+  regex, never split into an object each.
 - JSON arrays: `payload.count(b",") + 1` bounds the count from above. Only when that bound is over the
   limit and the commas are dense (hostile shapes; events hold one comma in ~20 bytes) is the exact count
   taken from a skeleton of the payload: escapes and strings dropped, then the commas at depth 1 counted
@@ -64,12 +66,23 @@ def ndjson_count(payload: bytes) -> int:
     return marks.count(b"\nx") + (marks[:1] == b"x")
 
 
-def ndjson_lines(payload: bytes, lines: int) -> list[bytes]:
-    """The non-blank lines, in order; `lines` is their count (`ndjson_count`). With many blank lines
-    `split` would build an object per blank line, so then the lines are found by a regex instead."""
-    if payload.count(b"\n") < 4 * lines + 64:
-        return [line for line in payload.split(b"\n") if line and not line.isspace()]
-    return [match.group() for match in _NDJSON_LINE.finditer(payload)]
+def ndjson_lines(payload: bytes, max_items: int) -> list[bytes]:
+    """The non-blank lines, in order. Raises `TooManyItems` past `max_items` (counted exactly).
+
+    One `split`, as the happy path always did, but bounded: a payload of far more newlines than allowed
+    lines (blank lines cost an object each in a split) is counted first and its lines found by a regex."""
+    limit = 4 * max_items + 64
+    parts = payload.split(b"\n", limit)
+    if len(parts) <= limit:
+        lines = [line for line in parts if line and not line.isspace()]
+    else:
+        count = ndjson_count(payload)
+        if count > max_items:
+            raise TooManyItems(count)
+        lines = [match.group() for match in _NDJSON_LINE.finditer(payload)]
+    if len(lines) > max_items:
+        raise TooManyItems(len(lines))
+    return lines
 
 
 def array_count(payload: bytes) -> int:

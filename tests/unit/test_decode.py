@@ -285,9 +285,13 @@ def test_array_count_is_exact_for_any_json_array(items: list[Any], space: bytes)
 def test_ndjson_count_and_lines_match_a_split(payload: bytes) -> None:
     expected = [line for line in payload.split(b"\n") if line and not line.isspace()]
     assert ndjson_count(payload) == len(expected)
-    assert [line.strip() for line in ndjson_lines(payload, len(expected))] == [line.strip() for line in expected]
-    padded = b"\n" * 500 + payload  # takes the regex path (many blank lines)
-    assert [line.strip() for line in ndjson_lines(padded, len(expected))] == [line.strip() for line in expected]
+    assert [line.strip() for line in ndjson_lines(payload, 100)] == [line.strip() for line in expected]
+    padded = b"\n" * 500 + payload  # takes the counting path (far more newlines than lines allowed)
+    assert [line.strip() for line in ndjson_lines(padded, 100)] == [line.strip() for line in expected]
+    if expected:
+        with pytest.raises(TooManyItems) as many:
+            ndjson_lines(padded, len(expected) - 1)
+        assert many.value.count == len(expected)
 
 
 @settings(max_examples=300, deadline=None)
