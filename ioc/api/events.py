@@ -242,7 +242,7 @@ class EventIntake:
 
         result = await run_in_threadpool(
             self.pipeline.admit, items, fallback_source=vendor.default_source, on_durable=on_durable,
-            timeout=max(0.0, deadline - time.monotonic()),
+            timeout=max(0.0, deadline - time.monotonic()), payload=body,
         )
         is_durable = True
         if result.accepted or result.duplicates:  # duplicates: their first copy may still be in flight

@@ -7,6 +7,7 @@ CONTRACT §3's rule: received = accepted + rejected + duplicate, per source.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import defaultdict
@@ -44,6 +45,8 @@ UNKNOWN_SOURCE = "unknown"
 _validate_json = EVENT_ADAPTER.validate_json
 # A payload may hold 10,000 bad items: the debug log names the first few, then counts the rest.
 _LOGGED_REJECTIONS = 5
+# ... and its dead letter names this many (with their index), then counts the rest.
+_LETTER_REASONS = 20
 _FAILURE_LOG_EVERY = 10.0  # seconds between two lines about the same repeated failure
 
 
@@ -73,11 +76,24 @@ class DeadLetterTarget(Protocol):
     def publish_dead_letter(self, source: str, reason: str, payload: bytes) -> None: ...
 
 
+# A rejected item on its way to a dead letter: (its message's number, source, index in the message,
+# reason, its bytes).
+_Letter = tuple[int, str, int, str, bytes]
+
+
 @dataclass(slots=True)
 class IngestResult:
     accepted: int = 0
     duplicates: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (index in the payload, reason)
+
+
+def several_rejected(group: Sequence[_Letter]) -> str:
+    """The reason of a dead letter for several rejected items of one message: how many (a count a reader
+    can rely on: `N items rejected: `), then the first ones by their index in the message."""
+    named = [f"[{index}] {reason}" for _, _, index, reason, _ in group[:_LETTER_REASONS]]
+    more = f"; and {len(group) - _LETTER_REASONS} more" if len(group) > _LETTER_REASONS else ""
+    return f"{len(group)} items rejected: " + "; ".join(named) + more
 
 
 class _AllDurable:
@@ -147,7 +163,8 @@ class Pipeline:
     ) -> IngestResult:
         """Everything a transport needs: decode the payload and admit its items."""
         items = self._decode_fast(payload) if not ndjson else self.decode(payload, ndjson=True)
-        result = self._admit([(item, topic_source, topic_source) for item in items], on_durable, timeout)
+        result = self._admit([(item, topic_source, topic_source) for item in items], on_durable, timeout,
+                             ((0, payload),))
         memory.after_payload(len(payload))
         return result
 
@@ -164,11 +181,13 @@ class Pipeline:
         the CPU's caches (measured: 48 µs an event one message at a time between paho's own work, against
         ~20 µs in a tight loop). Result indexes count items across the messages."""
         entries: list[tuple[Decoded, str | None, str | None]] = []
+        starts: list[tuple[int, bytes | None]] = []  # (index of its first item, payload) per message
         size = 0
         for payload, topic_source in messages:
+            starts.append((len(entries), payload))
             entries.extend((item, topic_source, topic_source) for item in self._decode_fast(payload))
             size += len(payload)
-        result = self._admit(entries, on_durable, timeout)
+        result = self._admit(entries, on_durable, timeout, starts)
         memory.after_payload(size)
         return result
 
@@ -189,40 +208,48 @@ class Pipeline:
         fallback_source: str | None = None,
         on_durable: DurableCallback | None = None,
         timeout: float | None = None,
+        payload: bytes | None = None,
     ) -> IngestResult:
         """Check, dedup and hand decoded items to the sinks. `on_durable` runs once their points are
-        durable in every sink (immediately when there is none); rejected items are dead-lettered first."""
-        return self._admit([(item, topic_source, fallback_source) for item in items], on_durable, timeout)
+        durable in every sink (immediately when there is none); rejected items are dead-lettered first.
+        `payload`: the message the items came from (its rejected items share a dead letter); without it,
+        each item is a message of its own (as the MQTT connector's refusals of whole messages are)."""
+        return self._admit([(item, topic_source, fallback_source) for item in items], on_durable, timeout,
+                           ((0, payload),) if payload is not None else None)
 
     def _admit(
         self,
         entries: Sequence[tuple[Decoded, str | None, str | None]],
         on_durable: DurableCallback | None,
         timeout: float | None,
+        messages: Sequence[tuple[int, bytes | None]] | None,
     ) -> IngestResult:
-        """Each entry is (item, the topic's source to match or None, the source to file a rejection under)."""
+        """Each entry is (item, the topic's source to match or None, the source to file a rejection under);
+        `messages` are (index of the first entry, payload) of the messages the entries came from, None when
+        each entry is a message of its own."""
         if failpoints.ACTIVE:
             failpoints.hit("intake.after_decode")
         result = IngestResult()
         points: list[str] = []
         keys: list[str] = []
         kept: list[tuple[int, AnyEvent]] = []  # (index in the payload, event) of what goes to the sinks
+        letters: list[_Letter] = []
         with self._lock:
             limit_ns = int(self._clock() * 1e9) + self._max_future_ns
             for index, (item, topic_source, fallback_source) in enumerate(entries):
                 if isinstance(item, Rejection):
-                    self._reject(result, index, item.source or fallback_source, item.code, item.message,
-                                 item.raw)
+                    self._reject(result, letters, index, item.source or fallback_source, item.code,
+                                 item.message, item.raw)
                     continue
                 event = item.event
                 source = event.source
                 if topic_source is not None and source != topic_source:
-                    self._reject(result, index, topic_source, "source_mismatch",
+                    self._reject(result, letters, index, topic_source, "source_mismatch",
                                  f"source: {source!r} does not match the topic's {topic_source!r}", item.raw)
                     continue
                 time_ns = event_time_ns(event.time)
                 if time_ns > limit_ns:
-                    self._reject(result, index, source, "future_time",
+                    self._reject(result, letters, index, source, "future_time",
                                  f"time: {event.time.isoformat()} is more than "
                                  f"{self._max_future_ns // 1_000_000_000}s in the future", item.raw)
                     continue
@@ -235,6 +262,8 @@ class Pipeline:
                 points.append(render_event(event, time_ns))
                 keys.append(key)
                 kept.append((index, event))
+            if letters:
+                self._send_dead_letters(letters, messages)
             try:
                 self._hand_to_sinks(points, keys, on_durable, timeout)
             except SinkFull:
@@ -273,19 +302,46 @@ class Pipeline:
                         log.exception("ingest.listener_failed", listener=getattr(listener, "__name__", "?"),
                                       suppressed=suppressed)
 
-    def _reject(self, result: IngestResult, index: int, source: str | None, code: str, message: str,
-                raw: bytes) -> None:
+    def _reject(self, result: IngestResult, letters: list[_Letter], index: int, source: str | None, code: str,
+                message: str, raw: bytes) -> None:
         source = source or UNKNOWN_SOURCE
         self.received[(source,)] += 1
         self.rejected[(source, code)] += 1
         result.rejected.append((index, message))
         if len(result.rejected) <= _LOGGED_REJECTIONS:
             log.debug("ingest.rejected", source=source, reason=code, error=message)
-        self.publish_dead_letter(source, message, raw)
+        letters.append((0, source, index, message, raw))
+
+    def _send_dead_letters(self, letters: list[_Letter],
+                           messages: Sequence[tuple[int, bytes | None]] | None) -> None:
+        """One dead letter per message and source: the item itself when it is the only one rejected,
+        else the message with the rejected items' indexes and reasons. A message of 10,000 bad items
+        costs one publish, not 10,000 (which the connector could not queue: it would count them dropped)."""
+        if messages is None:  # every item a message of its own
+            for _, source, _, reason, raw in letters:
+                self._publish_dead_letter(source, reason, raw, 1)
+            return
+        starts = [start for start, _ in messages]
+        groups: dict[tuple[int, str], list[_Letter]] = {}
+        for _, source, index, reason, raw in letters:
+            number = bisect.bisect_right(starts, index) - 1 if len(starts) > 1 else 0
+            groups.setdefault((number, source), []).append((number, source, index - starts[number], reason, raw))
+        for (number, source), group in groups.items():
+            if len(group) == 1:
+                _, _, _, reason, raw = group[0]
+                self._publish_dead_letter(source, reason, raw, 1)
+                continue
+            payload = messages[number][1]
+            if payload is None:  # the caller did not say: the rejected items, one a line
+                payload = b"\n".join(raw for _, _, _, _, raw in group)
+            self._publish_dead_letter(source, several_rejected(group), payload, len(group))
 
     def publish_dead_letter(self, source: str, reason: str, payload: bytes) -> None:
         """Send a dead letter to every target (also used for points a sink refused for good)."""
-        self.dead_letters[(source,)] += 1
+        self._publish_dead_letter(source, reason, payload, 1)
+
+    def _publish_dead_letter(self, source: str, reason: str, payload: bytes, items: int) -> None:
+        self.dead_letters[(source,)] += items
         for target in self.dead_letter_targets:
             try:
                 target.publish_dead_letter(source, reason, payload)

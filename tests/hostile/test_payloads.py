@@ -187,6 +187,27 @@ def test_eight_mebibytes_of_empty_objects_over_mqtt_is_one_truncated_dead_letter
     assert_counting_rule(rig.daemon)
 
 
+def test_ten_thousand_bad_items_in_one_message_are_one_dead_letter_and_none_dropped(rig: Rig) -> None:
+    payload = orjson.dumps([{"id": f"bad-{i}", "source": SOURCE} for i in range(10_000)])
+    dropped = rig.daemon.metric_sum("ioc_mqtt_dead_letters_dropped_total")
+    received = rig.daemon.metric_sum("ioc_events_received_total", source=SOURCE)
+    dead = Collector("127.0.0.1", rig.mosquitto.port, f"ioc/v1/deadletter/{SOURCE}")
+    try:
+        publish_all("127.0.0.1", rig.mosquitto.port, [(TOPIC, payload)])
+        wait_until(lambda: rig.daemon.metric_sum("ioc_events_received_total", source=SOURCE) == received + 10_000,
+                   30, "the 10,000 items were not all counted")
+        time.sleep(1)  # any further dead letter would arrive by now
+        letters = dead.wait_for(1, timeout=10)
+    finally:
+        dead.close()
+    assert len(letters) == 1, f"{len(letters)} dead letters for one message"
+    body = orjson.loads(letters[0][1])
+    assert body["reason"].startswith("10000 items rejected: [0] type: required field missing")
+    assert body["truncated"] is True and body["payload"] == payload[:64 * 1024].decode()
+    assert rig.daemon.metric_sum("ioc_mqtt_dead_letters_dropped_total") == dropped
+    assert_counting_rule(rig.daemon)
+
+
 def hostile_bodies() -> dict[str, bytes]:
     """Payloads within `max_body` and `max_items` whose shape used to cost memory per item or per key."""
     junk = b"{" + b",".join(b'"k%d":%d' % (i, i) for i in range(80)) + b"}"  # ~840 B, 80 unknown keys

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from ioc import failpoints
 from ioc.errors import SinkFull
 from ioc.ingest import memory
-from ioc.ingest.decode import MAX_ITEM_BYTES
+from ioc.ingest.decode import MAX_ITEM_BYTES, Rejection
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
 from ioc.metrics import MetricSource
@@ -114,8 +114,12 @@ def test_topic_mismatch_and_future_time_are_dead_lettered() -> None:
         (0, "source: 'other' does not match the topic's 'qtmt-aqi'"),
         (1, "time: 2026-03-02T01:10:00+00:00 is more than 300s in the future"),
     ]
-    assert [(source, reason[:6]) for source, reason, _ in letters.letters] == [("qtmt-aqi", "source"),
-                                                                             ("qtmt-aqi", "time: ")]
+    # One dead letter for the message's two rejected items: the message, their indexes and reasons.
+    [(source, reason, payload)] = letters.letters
+    assert source == "qtmt-aqi" and payload.startswith(b'[{"id":"a"')
+    assert reason == ("2 items rejected: [0] source: 'other' does not match the topic's 'qtmt-aqi'; "
+                      "[1] time: 2026-03-02T01:10:00+00:00 is more than 300s in the future")
+    assert pipeline.dead_letters == {("qtmt-aqi",): 2}
     assert pipeline.rejected == {("qtmt-aqi", "source_mismatch"): 1, ("qtmt-aqi", "future_time"): 1}
     assert_counting_rule(pipeline)
 
@@ -299,3 +303,35 @@ def test_failures_per_item_are_logged_a_bounded_number_of_times() -> None:
     assert events.count("ingest.rejected") == 5 and events.count("ingest.rejected_more") == 1
     assert events.count("ingest.dead_letter_failed") == 1 and events.count("ingest.listener_failed") == 1
     assert pipeline.dead_letters[("unknown",)] == 500  # each one still counted
+
+
+def test_the_rejected_items_of_a_message_share_one_dead_letter_per_source() -> None:
+    pipeline, letters = make()
+    bad = orjson.dumps([{"id": i} for i in range(10_000)])
+    result = pipeline.ingest(bad, topic_source="qtmt-aqi")
+    assert len(result.rejected) == 10_000
+    [(source, reason, payload)] = letters.letters
+    assert source == "qtmt-aqi" and payload is bad
+    assert reason.startswith("10000 items rejected: [0] type: required field missing") and reason.endswith(
+        "; and 9980 more")
+    assert reason.count("[") == 20 and len(reason) < 4096
+    assert pipeline.dead_letters == {("qtmt-aqi",): 10_000}
+    assert_counting_rule(pipeline)
+
+    letters.letters.clear()
+    first = orjson.dumps([event("a"), {"id": "x"}])
+    second = orjson.dumps([{"id": "y"}, event("b"), event("c", source="other", value="v"), {"id": "z"}])
+    pipeline.ingest_batch([(first, "qtmt-aqi"), (orjson.dumps(event("d")), "qtmt-aqi"), (second, None)])
+    by_source = [(source, reason.split(":")[0], payload) for source, reason, payload in letters.letters]
+    assert by_source == [
+        ("qtmt-aqi", "type", b'{"id":"x"}'),  # alone in its message: the item itself
+        ("unknown", "2 items rejected", second),  # indexes within the message: [0] and [3]
+        ("other", "value", orjson.dumps(event("c", source="other", value="v"))),
+    ]
+    assert letters.letters[1][1].startswith("2 items rejected: [0] ") and "; [3] " in letters.letters[1][1]
+    assert_counting_rule(pipeline)
+    letters.letters.clear()
+    refused = [Rejection("rate_limited", "rate_limited", b"m1", "qtmt-aqi"),
+               Rejection("rate_limited", "rate_limited", b"m2", "qtmt-aqi")]
+    pipeline.admit(refused)  # no payload: each item a message of its own (the connector's refusals)
+    assert letters.letters == [("qtmt-aqi", "rate_limited", b"m1"), ("qtmt-aqi", "rate_limited", b"m2")]
