@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -143,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the report to this file")
     parser.add_argument("--workdir", type=Path, default=None, help="keep servers' and daemons' files here")
     args = parser.parse_args(argv)
+    # Stopped by a signal, still stop the servers and daemons (`finally` blocks): a background job
+    # started by a shell ignores SIGINT, so SIGTERM does the same.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     first_seed = args.seed if args.seed is not None else random.randrange(2**31)
     lines: list[str] = []
 

@@ -41,6 +41,7 @@ from tests.servers import free_port
 FUZZ_SOURCES = ("qtmt-aqi", "qtmt-aqi2")
 ALLOWED_5XX = {("GET /readyz", 503)}
 HEALTHZ_EVERY = 50  # cases between two /healthz checks
+MAX_BODY_READ = 1 << 20  # bytes of an answer read at most
 MAX_ITEMS = 10_000
 RULES = """
 rules:
@@ -218,11 +219,14 @@ class HttpFuzzer:
         try:
             request = self.client.build_request(case.method, self.daemon.api + case.target,
                                                 headers=list(case.headers), content=case.body)
-            if case.streaming:
-                response = self.stream_client.send(request, stream=True)
+            client = self.stream_client if case.streaming else self.client
+            response = client.send(request, stream=True)
+            try:
+                # Any route may stream (a stray GET of /api/v1/stream, say): read a bounded prefix
+                # within a bounded time, never to an end that may not come.
+                body = b"" if case.streaming else _read_some(response, MAX_BODY_READ, started + self.timeout)
+            finally:
                 response.close()
-            else:
-                response = self.client.send(request)
         except (httpx.LocalProtocolError, httpx.InvalidURL) as error:
             tally.unsendable += 1  # httpx refused to send it (the raw-request target sends such bytes)
             tally.keep(f"unsendable: {type(error).__name__}", f"{error} {case.short(100)}", into=tally.shapes)
@@ -243,14 +247,13 @@ class HttpFuzzer:
             tally.keep(f"slow (> {self.slow_after}s)", f"{elapsed:.1f}s {case.short()}", into=tally.shapes)
         status = response.status_code
         if status >= 500 and (case.route, status) not in ALLOWED_5XX:
-            body = b"" if case.streaming else response.content[:300]
             time.sleep(0.05)  # the daemon logs the cause just after it answers
             logged = "".join(f"\n  log: {line}" for line in self.logs.errors())
-            self._fail(tally, f"status {status}", f"{status} {body!r}\n  {case.short()}{logged}")
+            self._fail(tally, f"status {status}", f"{status} {body[:300]!r}\n  {case.short()}{logged}")
         elif (400 <= status < 500 and case.method != "HEAD" and not case.streaming
-              and not _is_error_body(response.content)):
+              and not _is_error_body(body)):
             tally.bad_error_shape += 1
-            tally.keep(f"{status} without an {{\"error\"}} body", f"{response.content[:200]!r} {case.short()}",
+            tally.keep(f"{status} without an {{\"error\"}} body", f"{body[:200]!r} {case.short()}",
                        into=tally.shapes)
         self.since_health += 1
         if self.since_health >= HEALTHZ_EVERY:
@@ -308,6 +311,15 @@ class HttpFuzzer:
         self.since_health += 1
         if self.since_health >= HEALTHZ_EVERY:
             self.checkpoint(tally)
+
+
+def _read_some(response: httpx.Response, limit: int, deadline: float) -> bytes:
+    body = bytearray()
+    for chunk in response.iter_raw():
+        body += chunk
+        if len(body) >= limit or time.monotonic() > deadline:
+            break
+    return bytes(body)
 
 
 def _is_error_body(content: bytes) -> bool:

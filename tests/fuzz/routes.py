@@ -397,8 +397,10 @@ def stray_cases(routes: tuple[Route, ...], known: Known) -> st.SearchStrategy[Ht
     target = st.one_of(st.sampled_from(paths), unknown, suffixed, st.sampled_from(
         ("//", "/api//v1/alerts", "/api/v1/alerts/", "/API/V1/ALERTS", "/api/v1/../v1/alerts", "/%2e%2e/etc",
          "/api/v1/alerts?" + "a=1&" * 2000, "/" + "a" * 8000)))
+    streams = {route.path for route in routes if route.streaming}
     return st.builds(
-        lambda method, target, headers, body: HttpCase("stray", method, target, _clean(headers), body),
+        lambda method, target, headers, body: HttpCase("stray", method, target, _clean(headers), body,
+                                                       target.partition("?")[0] in streams),
         st.sampled_from(METHODS), target, authorization(known),
         st.one_of(st.none(), generic_bodies()),
     )
