@@ -5,10 +5,12 @@ The oracle (CONTRACT §7, "bad input never gets a 5xx"; §3 "nothing is dropped 
 - HTTP: no status >= 500 (`/readyz` may say 503: that is its job, not an answer to input), no
   connection dropped by the server, the process alive, `/healthz` answering after each batch.
 - MQTT: every message is accepted, a duplicate, or dead-lettered. One message may hold several items
-  (a JSON array), so a message of n items (1 <= n <= max_items) must yield exactly n outcomes, anything
-  else (one event, bad JSON, bad UTF-8, an empty or oversized batch) exactly one. Outcomes are read from
+  (a JSON array), so a message of n items (1 <= n <= max_items, by the JSON grammar) must yield n
+  outcomes (or 1, refused whole), anything else (one event, bad JSON, bad UTF-8, an empty or oversized
+  batch) exactly one (`strategies.outcomes_allowed`). Outcomes are read from
   `/metrics` (`ioc_events_accepted_total`, `..._duplicate_total`, `..._rejected_total`, summed over
-  sources) and every rejection must also arrive on `ioc/v1/deadletter/#`. Dead letters of points InfluxDB
+  sources) and every rejection must also arrive on `ioc/v1/deadletter/#` (rejected items of one message
+  may share a letter, "N items rejected: ..."; its N is what it carries). Dead letters of points InfluxDB
   refused later ("influx refused the point") are counted apart as `late`: the event was accepted first.
 - The daemon's log: every line at level error or above is a finding (a stage that crashed on an event
   is a crash even when the request was answered 202).
@@ -17,6 +19,7 @@ The oracle (CONTRACT §7, "bad input never gets a 5xx"; §3 "nothing is dropped 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -376,6 +379,7 @@ def seed_daemon(daemon: DaemonProcess, known: Known) -> None:
 # --- MQTT ----------------------------------------------------------------------------------------------
 
 LATE_REASON = "influx refused the point"
+SEVERAL_REJECTED = re.compile(r"^(\d+) items rejected: ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +388,7 @@ class Outcomes:
     duplicates: float
     rejected: float
     received: float
-    dead_letters: int  # intake dead letters seen on the topic
+    dead_letters: int  # items of the intake dead letters seen on the topic
     late: int  # dead letters of points a sink refused after accepting them
     dropped: float  # dead letters the connector dropped and counted (ioc_mqtt_dead_letters_dropped_total)
 
@@ -400,7 +404,8 @@ class Outcomes:
 
 
 class DeadLetters:
-    """Subscribes to `ioc/v1/deadletter/#` and counts what arrives, intake rejections and late ones apart."""
+    """Subscribes to `ioc/v1/deadletter/#` and counts the items its letters carry, intake rejections and
+    late ones apart."""
 
     def __init__(self, host: str, port: int) -> None:
         self.intake = 0
@@ -423,11 +428,14 @@ class DeadLetters:
         except (orjson.JSONDecodeError, AttributeError):
             reason = ""
             self.unparsable.append(message.payload[:200])
+        # Rejected items of one message share a dead letter whose reason starts "N items rejected: ".
+        several = SEVERAL_REJECTED.match(reason)
+        items = int(several.group(1)) if several else 1
         with self._lock:
             if reason.startswith(LATE_REASON):
-                self.late += 1
+                self.late += items
             else:
-                self.intake += 1
+                self.intake += items
 
     def counts(self) -> tuple[int, int]:
         with self._lock:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.e2e.daemon import DaemonProcess
@@ -94,8 +94,15 @@ def test_unknown_paths_and_wrong_methods(http: HttpFuzzer, routes: list[Route], 
     http.checkpoint()
 
 
+# Found by this fuzzer: a bad chunk size on a closing connection made the app answer into a closed h11
+# connection ("Exception in ASGI application", LocalProtocolError) while the client got its 400.
+BAD_CHUNK = (b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+             b"-1\r\n")
+
+
 def test_raw_requests_a_client_library_would_not_send(http: HttpFuzzer, known: Known) -> None:
     @short(examples=100)
+    @example(request=BAD_CHUNK)
     @given(request=raw_requests(known))
     def run(request: bytes) -> None:
         http.send_raw(request)
