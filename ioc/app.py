@@ -80,6 +80,7 @@ class Daemon:
         else:  # CONTRACT §1: with no InfluxDB, metrics are kept in the embedded store
             self.sinks.append(LocalSink(settings.store.path, max_points=settings.store.local_max_points))
         self.pipeline = Pipeline(sinks=self.sinks, dedup=self.dedup, max_bytes=settings.http.max_body,
+                                 max_items=settings.intake.max_items,
                                  max_future=settings.intake.max_future)
         self.mqtt = MqttConnector(settings.mqtt, self.pipeline, vendors=settings.vendors,
                                   state_path=settings.store.path,
@@ -207,7 +208,7 @@ class Daemon:
                 housekeeping = tasks.create_task(self._housekeeping(), name="housekeeping")
                 poller = tasks.create_task(self.poller.run(), name="poller") if self.poller else None
                 stop_task = tasks.create_task(stop.wait(), name="stop")
-                done, _ = await asyncio.wait({http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
                 log.info("daemon.stopping")
                 # 1. Intake stops: no new HTTP requests, MQTT messages left unacknowledged for redelivery.
                 if self.mqtt is not None:

@@ -96,6 +96,18 @@ def several_rejected(group: Sequence[_Letter]) -> str:
     return f"{len(group)} items rejected: " + "; ".join(named) + more
 
 
+class _BatchCounts:
+    """One batch's counts, added to the pipeline's totals in one step once the batch is handed over."""
+
+    __slots__ = ("accepted", "duplicates", "received", "rejected")
+
+    def __init__(self) -> None:
+        self.received: defaultdict[str, int] = defaultdict(int)
+        self.accepted: defaultdict[str, int] = defaultdict(int)
+        self.duplicates: defaultdict[str, int] = defaultdict(int)
+        self.rejected: defaultdict[tuple[str, str], int] = defaultdict(int)
+
+
 class _AllDurable:
     """Calls `then` once every one of `count` sinks reported durability."""
 
@@ -139,6 +151,10 @@ class Pipeline:
         # Called once per admitted batch with its accepted events: the seam of the evaluation thread
         # (aggregators, rules), which must cost the intake no more than a hand-over.
         self.batch_listeners: list[BatchListener] = []
+        # The counters of CONTRACT §3 (received = accepted + rejected + duplicate, per source) change
+        # together once per batch, after the hand-over to the sinks (which may wait for room), under a
+        # lock of their own that a scrape takes too: no scrape sees a batch half counted.
+        self._counts_lock = threading.Lock()
         self.received: defaultdict[tuple[str], int] = defaultdict(int)
         self.accepted: defaultdict[tuple[str], int] = defaultdict(int)
         self.duplicates: defaultdict[tuple[str], int] = defaultdict(int)
@@ -146,6 +162,7 @@ class Pipeline:
         self.dead_letters: defaultdict[tuple[str], int] = defaultdict(int)
         self._dead_letter_failures = _Throttle()
         self._listener_failures = _Throttle()
+        self._sink_failures = _Throttle()
 
     # --- the stages --------------------------------------------------------------------------------
 
@@ -234,29 +251,30 @@ class Pipeline:
         keys: list[str] = []
         kept: list[tuple[int, AnyEvent]] = []  # (index in the payload, event) of what goes to the sinks
         letters: list[_Letter] = []
+        counts = _BatchCounts()
         with self._lock:
             limit_ns = int(self._clock() * 1e9) + self._max_future_ns
             for index, (item, topic_source, fallback_source) in enumerate(entries):
                 if isinstance(item, Rejection):
-                    self._reject(result, letters, index, item.source or fallback_source, item.code,
+                    self._reject(result, counts, letters, index, item.source or fallback_source, item.code,
                                  item.message, item.raw)
                     continue
                 event = item.event
                 source = event.source
                 if topic_source is not None and source != topic_source:
-                    self._reject(result, letters, index, topic_source, "source_mismatch",
+                    self._reject(result, counts, letters, index, topic_source, "source_mismatch",
                                  f"source: {source!r} does not match the topic's {topic_source!r}", item.raw)
                     continue
                 time_ns = event_time_ns(event.time)
                 if time_ns > limit_ns:
-                    self._reject(result, letters, index, source, "future_time",
+                    self._reject(result, counts, letters, index, source, "future_time",
                                  f"time: {event.time.isoformat()} is more than "
                                  f"{self._max_future_ns // 1_000_000_000}s in the future", item.raw)
                     continue
-                self.received[(source,)] += 1
+                counts.received[source] += 1
                 key = dedup_key(source, event.id)
                 if self.dedup.seen_before(key):
-                    self.duplicates[(source,)] += 1
+                    counts.duplicates[source] += 1
                     result.duplicates += 1
                     continue
                 points.append(render_event(event, time_ns))
@@ -266,17 +284,24 @@ class Pipeline:
                 self._send_dead_letters(letters, messages)
             try:
                 self._hand_to_sinks(points, keys, on_durable, timeout)
-            except SinkFull:
+            except Exception as error:  # noqa: BLE001  # SinkFull, or a sink that failed (a full disk)
+                # Not taken: the keys are forgotten, so a retry (or the broker's redelivery of an
+                # unacknowledged message) is a new event, not a duplicate of one that was never stored.
                 self.dedup.forget(keys)
+                code, why = (("overloaded", "the sinks are full") if isinstance(error, SinkFull)
+                             else ("sink_error", "a sink failed"))
+                if code == "sink_error" and (suppressed := self._sink_failures.due()) is not None:
+                    log.error("ingest.sink_failed", error=repr(error), events=len(kept), suppressed=suppressed)
                 for index, event in kept:
-                    self.rejected[(event.source, "overloaded")] += 1
-                    result.rejected.append((index, "overloaded: the sinks are full, retry later"))
+                    counts.rejected[(event.source, code)] += 1
+                    result.rejected.append((index, f"{code}: {why}, retry later"))
                 result.rejected.sort()
+                self._count(counts)
                 return result
-            accepted = self.accepted
             for _, event in kept:
-                accepted[(event.source,)] += 1
+                counts.accepted[event.source] += 1
             result.accepted = len(kept)
+            self._count(counts)
         if len(result.rejected) > _LOGGED_REJECTIONS:
             log.debug("ingest.rejected_more", count=len(result.rejected) - _LOGGED_REJECTIONS)
         if self.listeners:
@@ -302,11 +327,21 @@ class Pipeline:
                         log.exception("ingest.listener_failed", listener=getattr(listener, "__name__", "?"),
                                       suppressed=suppressed)
 
-    def _reject(self, result: IngestResult, letters: list[_Letter], index: int, source: str | None, code: str,
-                message: str, raw: bytes) -> None:
+    def _count(self, counts: _BatchCounts) -> None:
+        """Add one batch's counts to the totals, all at once (see `_counts_lock`)."""
+        with self._counts_lock:
+            for totals, batch in ((self.received, counts.received), (self.accepted, counts.accepted),
+                                  (self.duplicates, counts.duplicates)):
+                for source, number in batch.items():
+                    totals[(source,)] += number
+            for key, number in counts.rejected.items():
+                self.rejected[key] += number
+
+    def _reject(self, result: IngestResult, counts: _BatchCounts, letters: list[_Letter], index: int,
+                source: str | None, code: str, message: str, raw: bytes) -> None:
         source = source or UNKNOWN_SOURCE
-        self.received[(source,)] += 1
-        self.rejected[(source, code)] += 1
+        counts.received[source] += 1
+        counts.rejected[(source, code)] += 1
         result.rejected.append((index, message))
         if len(result.rejected) <= _LOGGED_REJECTIONS:
             log.debug("ingest.rejected", source=source, reason=code, error=message)
@@ -381,8 +416,9 @@ class Pipeline:
             return self.dedup.expire()
 
     def metrics(self) -> Iterable[Metric]:
-        received, accepted = self.received.copy(), self.accepted.copy()
-        duplicates, rejected = self.duplicates.copy(), self.rejected.copy()
+        with self._counts_lock:
+            received, accepted = self.received.copy(), self.accepted.copy()
+            duplicates, rejected = self.duplicates.copy(), self.rejected.copy()
         for (source,) in received:  # every source shows all three, zeros included, so sums are checkable
             accepted.setdefault((source,), 0)
             duplicates.setdefault((source,), 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 
 import orjson
@@ -335,3 +336,67 @@ def test_the_rejected_items_of_a_message_share_one_dead_letter_per_source() -> N
                Rejection("rate_limited", "rate_limited", b"m2", "qtmt-aqi")]
     pipeline.admit(refused)  # no payload: each item a message of its own (the connector's refusals)
     assert letters.letters == [("qtmt-aqi", "rate_limited", b"m1"), ("qtmt-aqi", "rate_limited", b"m2")]
+
+
+class FailingSink(RecordingSink):
+    """A sink whose disk fails (the local sink's SQLite on a full disk raises an OSError)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = True
+
+    def submit(self, points: list[str], on_durable: object = None, *, timeout: float | None = None) -> None:
+        if self.failing:
+            raise OSError(28, "No space left on device")
+        super().submit(points, on_durable, timeout=timeout)
+
+
+def test_a_failing_sink_rejects_the_batch_and_forgets_its_keys_so_a_redelivery_is_not_a_duplicate() -> None:
+    sink = FailingSink()
+    pipeline, _ = make([sink])
+    acked: list[bool] = []
+    result = pipeline.ingest(orjson.dumps(event("a")), topic_source="qtmt-aqi", on_durable=lambda: acked.append(True))
+    assert result.accepted == 0 and [reason[:10] for _, reason in result.rejected] == ["sink_error"]
+    assert acked == []  # never acknowledged: the broker redelivers it
+    assert pipeline.rejected[("qtmt-aqi", "sink_error")] == 1
+    assert_counting_rule(pipeline)
+    sink.failing = False
+    redelivered = pipeline.ingest(orjson.dumps(event("a")), topic_source="qtmt-aqi",
+                                  on_durable=lambda: acked.append(True))
+    assert (redelivered.accepted, redelivered.duplicates) == (1, 0)
+    assert len(sink.points) == 1
+    assert_counting_rule(pipeline)
+
+
+class WaitingSink(RecordingSink):
+    """A sink whose submit waits for room (as the InfluxDB sink does under back-pressure)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def submit(self, points: list[str], on_durable: object = None, *, timeout: float | None = None) -> None:
+        self.entered.set()
+        assert self.release.wait(10)
+        super().submit(points, on_durable, timeout=timeout)
+
+
+def test_a_scrape_while_a_batch_waits_for_room_sees_the_counting_rule_hold() -> None:
+    sink = WaitingSink()
+    pipeline, _ = make([sink])
+    worker = threading.Thread(target=pipeline.ingest,
+                              args=(orjson.dumps([event("a"), event("b"), {"bad": 1}]),))
+    worker.start()
+    assert sink.entered.wait(10)
+    scraped = {family.name: {tuple(sample.labels.values()): sample.value for sample in family.samples}
+               for family in pipeline.metrics()}
+    sink.release.set()
+    worker.join(10)
+    received = scraped["ioc_events_received"].get(("qtmt-aqi",), 0.0)
+    accepted = scraped["ioc_events_accepted"].get(("qtmt-aqi",), 0.0)
+    rejected = sum(v for k, v in scraped["ioc_events_rejected"].items() if k[0] == "qtmt-aqi")
+    duplicates = scraped["ioc_events_duplicate"].get(("qtmt-aqi",), 0.0)
+    assert received == accepted + rejected + duplicates  # the batch is counted whole or not at all
+    assert_counting_rule(pipeline)
+    assert pipeline.accepted[("qtmt-aqi",)] == 2
