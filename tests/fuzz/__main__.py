@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import signal
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,16 @@ from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
 import tests.fuzz  # noqa: F401 - registers the profiles
-from tests.fuzz.harness import HttpFuzzer, MqttFuzzer, Tally, make_daemon, print_table, running, seed_daemon
+from tests.fuzz.harness import (
+    HttpFuzzer,
+    MqttFuzzer,
+    Tally,
+    load_case,
+    make_daemon,
+    print_table,
+    running,
+    seed_daemon,
+)
 from tests.fuzz.routes import EVENTS_PATH, SILENCES_PATH, Known, Route, raw_requests, route_cases, stray_cases
 from tests.fuzz.strategies import mqtt_messages
 from tests.servers import start_influxdb, start_mosquitto
@@ -62,7 +73,8 @@ def split(total: int, weights: dict[str, float]) -> dict[str, int]:
 
 
 def http_phase(workdir: Path, mqtt_url: str, influx_url: str, cases: int, first_seed: int,
-               log: Callable[[str], None]) -> list[Tally]:
+               log: Callable[[str], None], only: re.Pattern[str] | None = None,
+               replay: list[Path] | None = None) -> list[Tally]:
     daemon = make_daemon(workdir / "http", mqtt_url=mqtt_url, influx_url=influx_url, name="long-http")
     with running(daemon):
         known = Known()
@@ -71,12 +83,22 @@ def http_phase(workdir: Path, mqtt_url: str, influx_url: str, cases: int, first_
         try:
             routes = fuzzer.routes()
             by_name: dict[str, Route] = {route.name: route for route in routes}
+            if replay:
+                for path in replay:
+                    case = load_case(path)
+                    fuzzer.send_raw(case) if isinstance(case, bytes) else fuzzer.send(case)
+                fuzzer.checkpoint(fuzzer.tally("replay"))
+                return [fuzzer.tallies[name] for name in sorted(fuzzer.tallies)]
             weights = {name: WEIGHTS.get(name, OTHER_ROUTE_WEIGHT) for name in by_name}
             weights.update({"stray": WEIGHTS["stray"], "raw requests": WEIGHTS["raw requests"]})
+            if only is not None:
+                weights = {name: weight for name, weight in weights.items() if only.search(name)}
+            if not weights:
+                return []
             plan = split(cases, weights)
-            for index, (name, count) in enumerate(sorted(plan.items(), key=lambda item: -item[1])):
+            for name, count in sorted(plan.items(), key=lambda item: -item[1]):
                 started = time.monotonic()
-                target_seed = first_seed + 1000 * index
+                target_seed = first_seed + zlib.crc32(name.encode()) % 1_000_000  # the same with --only
                 if name == "stray":
                     explore(stray_cases(tuple(routes), known), fuzzer.send, count, target_seed)
                 elif name == "raw requests":
@@ -143,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="the first seed (default: random, printed)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report to this file")
     parser.add_argument("--workdir", type=Path, default=None, help="keep servers' and daemons' files here")
+    parser.add_argument("--only", type=re.compile, default=None,
+                        help="fuzz only the targets whose name matches this regular expression ('MQTT' for MQTT)")
+    parser.add_argument("--replay", type=Path, nargs="+", default=None,
+                        help="send these saved HTTP cases (findings/http-*.json) instead of fuzzing")
     args = parser.parse_args(argv)
     # Stopped by a signal, still stop the servers and daemons (`finally` blocks): a background job
     # started by a shell ignores SIGINT, so SIGTERM does the same.
@@ -157,13 +183,18 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ioc-fuzz-"))
     mqtt_cases = round(args.cases * args.mqtt_share)
+    if args.only is not None and not args.only.search("MQTT ioc/v1/events/{source}"):
+        mqtt_cases = 0
+    if args.replay:
+        mqtt_cases = 0
     log(f"fuzzing: {args.cases - mqtt_cases} HTTP cases, {mqtt_cases} MQTT messages, seed {first_seed}, "
         f"files in {workdir}")
     mosquitto = start_mosquitto(workdir / "mosquitto")
     influxdb = start_influxdb(workdir / "influxdb")
     started = time.monotonic()
     try:
-        tallies = http_phase(workdir, mosquitto.url, influxdb.url, args.cases - mqtt_cases, first_seed, log)
+        tallies = http_phase(workdir, mosquitto.url, influxdb.url, args.cases - mqtt_cases, first_seed, log,
+                             args.only, args.replay)
         if mqtt_cases:
             tallies.append(mqtt_phase(workdir, mosquitto.url, influxdb.url, mqtt_cases, first_seed + 7, log))
     finally:

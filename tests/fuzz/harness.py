@@ -18,6 +18,7 @@ The oracle (CONTRACT §7, "bad input never gets a 5xx"; §3 "nothing is dropped 
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import socket
@@ -45,6 +46,7 @@ FUZZ_SOURCES = ("qtmt-aqi", "qtmt-aqi2")
 ALLOWED_5XX = {("GET /readyz", 503)}
 HEALTHZ_EVERY = 50  # cases between two /healthz checks
 MAX_BODY_READ = 1 << 20  # bytes of an answer read at most
+MAX_HEAD = 16 * 1024  # h11's limit on a request's head (uvicorn's default `h11_max_incomplete_event_size`)
 MAX_ITEMS = 10_000
 RULES = """
 rules:
@@ -235,10 +237,20 @@ class HttpFuzzer:
             tally.keep(f"unsendable: {type(error).__name__}", f"{error} {case.short(100)}", into=tally.shapes)
             return
         except httpx.HTTPError as error:
+            if _head_size(case) > MAX_HEAD and isinstance(error, httpx.ReadError | httpx.WriteError
+                                                          | httpx.RemoteProtocolError):
+                # h11 refuses a request head over 16 KiB (when it arrives in pieces) by closing the
+                # connection, so a client still sending sees a reset. Counted as closed, noted.
+                tally.statuses[0] += 1
+                tally.keep("connection closed on a head over 16 KiB", f"{error} {case.short(100)}", into=tally.shapes)
+                self.client.close()
+                self.client = httpx.Client(base_url=self.daemon.api, timeout=self.timeout)
+                return
             tally.crashes += 1
             alive = self.daemon.process is not None and self.daemon.process.poll() is None
             what = f"{type(error).__name__}: {error} (daemon {'alive' if alive else 'DEAD'})"
-            self._fail(tally, what, f"{what}\n  {case.short()}")
+            saved = self.save(case)
+            self._fail(tally, what, f"{what}\n  {case.short()} (saved in {saved})")
             self.client.close()  # a broken keep-alive connection must not fail the next case
             self.client = httpx.Client(base_url=self.daemon.api, timeout=self.timeout)
             return
@@ -252,7 +264,9 @@ class HttpFuzzer:
         if status >= 500 and (case.route, status) not in ALLOWED_5XX:
             time.sleep(0.05)  # the daemon logs the cause just after it answers
             logged = "".join(f"\n  log: {line}" for line in self.logs.errors())
-            self._fail(tally, f"status {status}", f"{status} {body[:300]!r}\n  {case.short()}{logged}")
+            saved = self.save(case)
+            self._fail(tally, f"status {status}",
+                       f"{status} {body[:300]!r}\n  {case.short()} (saved in {saved}){logged}")
         elif (400 <= status < 500 and case.method != "HEAD" and not case.streaming
               and not _is_error_body(body)):
             tally.bad_error_shape += 1
@@ -261,6 +275,22 @@ class HttpFuzzer:
         self.since_health += 1
         if self.since_health >= HEALTHZ_EVERY:
             self.checkpoint(tally)
+
+    def save(self, case: HttpCase | bytes) -> Path:
+        """Keep a case that broke the oracle beside the daemon's log, for replaying by hand
+        (`tests.fuzz.harness.replay`)."""
+        folder = self.daemon.log_path.parent / "findings"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"http-{len(list(folder.iterdir())):04d}.json"
+        if isinstance(case, bytes):
+            record: dict[str, Any] = {"raw": base64.b64encode(case).decode()}
+        else:
+            record = {"method": case.method, "target": case.target, "streaming": case.streaming,
+                      "headers": [[base64.b64encode(n).decode(), base64.b64encode(v).decode()]
+                                  for n, v in case.headers],
+                      "body": None if case.body is None else base64.b64encode(case.body).decode()}
+        path.write_text(json.dumps(record), encoding="utf-8")
+        return path
 
     def checkpoint(self, tally: Tally | None = None) -> None:
         """The process is alive, `/healthz` answers, and the log holds no new error."""
@@ -307,13 +337,18 @@ class HttpFuzzer:
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         tally.statuses[status] += 1
         if status >= 500:
-            self._fail(tally, f"status {status}", f"{answer[:300]!r}\n  {request[:300]!r}")
+            self._fail(tally, f"status {status}", f"{answer[:300]!r}\n  {request[:300]!r} (saved in "
+                                                  f"{self.save(request)})")
         time.sleep(0.02)  # an error the request caused is logged after the answer: pin it on this case
         for line in self.logs.errors():
-            self._fail(tally, "error logged", f"{line}\n  {request[:600]!r}")
+            self._fail(tally, "error logged", f"{line}\n  {request[:600]!r} (saved in {self.save(request)})")
         self.since_health += 1
         if self.since_health >= HEALTHZ_EVERY:
             self.checkpoint(tally)
+
+
+def _head_size(case: HttpCase) -> int:
+    return len(case.target) + sum(len(name) + len(value) + 4 for name, value in case.headers)
 
 
 def _read_some(response: httpx.Response, limit: int, deadline: float) -> bytes:
@@ -628,3 +663,13 @@ def print_table(tallies: list[Tally], out: Callable[[str], None] = print) -> Non
     total = sum(t.cases for t in tallies)
     out(f"{'total':<40} {total:>6} {'':>6} {'':>4} {'':<44} {sum(t.server_errors for t in tallies):>4} "
         f"{sum(t.crashes for t in tallies):>5}")
+
+
+def load_case(path: Path) -> HttpCase | bytes:
+    """A case `HttpFuzzer.save` kept: an `HttpCase`, or the bytes of a raw request."""
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if "raw" in record:
+        return base64.b64decode(record["raw"])
+    headers = tuple((base64.b64decode(n), base64.b64decode(v)) for n, v in record["headers"])
+    body = None if record["body"] is None else base64.b64decode(record["body"])
+    return HttpCase("replay", record["method"], record["target"], headers, body, record["streaming"])
