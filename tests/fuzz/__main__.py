@@ -27,6 +27,7 @@ from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
 import tests.fuzz  # noqa: F401 - registers the profiles
+from tests.e2e.daemon import DaemonProcess
 from tests.fuzz.harness import (
     HttpFuzzer,
     MqttFuzzer,
@@ -36,6 +37,7 @@ from tests.fuzz.harness import (
     print_table,
     running,
     seed_daemon,
+    settle_counts,
 )
 from tests.fuzz.routes import EVENTS_PATH, SILENCES_PATH, Known, Route, raw_requests, route_cases, stray_cases
 from tests.fuzz.strategies import mqtt_messages
@@ -109,6 +111,7 @@ def http_phase(workdir: Path, mqtt_url: str, influx_url: str, cases: int, first_
                 tally = fuzzer.tally(name)
                 log(f"  {name}: {tally.cases} cases in {time.monotonic() - started:.0f} s, "
                     f"5xx {tally.server_errors}, crashes {tally.crashes} (seed {target_seed})")
+            check_counts(daemon, fuzzer.tally("counts and sinks (HTTP daemon)"), log)
             return [fuzzer.tallies[name] for name in sorted(fuzzer.tallies)]
         finally:
             fuzzer.close()
@@ -134,10 +137,20 @@ def mqtt_phase(workdir: Path, mqtt_url: str, influx_url: str, cases: int, first_
             if burst:
                 fuzzer.run(burst)
             fuzzer.checkpoint()
+            check_counts(daemon, fuzzer.tally, log)
         finally:
             fuzzer.close()
         log(f"  MQTT: {fuzzer.tally.cases} messages in {time.monotonic() - started:.0f} s (seed {first_seed})")
         return fuzzer.tally
+
+
+def check_counts(daemon: DaemonProcess, tally: Tally, log: Callable[[str], None]) -> None:
+    """After a phase: the counting rule holds and no accepted point was dead-lettered by a sink."""
+    problems, outcomes = settle_counts(daemon)
+    log(f"  sink points: {', '.join(f'{k} {v:.0f}' for k, v in sorted(outcomes.items()))}; counting rule "
+        f"{'held' if not problems else 'BROKEN'}")
+    for problem in problems:
+        tally.keep("counts", problem)
 
 
 def report(tallies: list[Tally], out: Callable[[str], None]) -> bool:

@@ -24,7 +24,7 @@ import re
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,7 +37,13 @@ import paho.mqtt.client as mqtt
 from prometheus_client.parser import text_string_to_metric_families
 
 from ioc.config import token_sha256
-from tests.e2e.daemon import OPERATOR_TOKEN, OTHER_VENDOR_TOKEN, VENDOR_TOKEN, DaemonProcess
+from tests.e2e.daemon import (
+    OPERATOR_TOKEN,
+    OTHER_VENDOR_TOKEN,
+    VENDOR_TOKEN,
+    DaemonProcess,
+    assert_counting_rule,
+)
 from tests.fuzz.routes import HttpCase, Known, Route, load_routes
 from tests.fuzz.strategies import dumps, outcomes_allowed
 from tests.servers import free_port
@@ -462,7 +468,7 @@ class DeadLetters:
             reason = str(orjson.loads(message.payload).get("reason", ""))
         except (orjson.JSONDecodeError, AttributeError):
             reason = ""
-            self.unparsable.append(message.payload[:200])
+            self.unparsable.append(bytes(message.payload[:200]))
         # Rejected items of one message share a dead letter whose reason starts "N items rejected: ".
         several = SEVERAL_REJECTED.match(reason)
         items = int(several.group(1)) if several else 1
@@ -529,7 +535,7 @@ class MqttFuzzer:
         self.metrics.close()
 
     def outcomes(self) -> Outcomes:
-        sums: Counter[str] = Counter()
+        sums: dict[str, float] = defaultdict(float)
         text = self.metrics.get("/metrics").text
         for family in text_string_to_metric_families(text):
             if family.name in ("ioc_events_accepted", "ioc_events_duplicate", "ioc_events_rejected",
@@ -673,3 +679,27 @@ def load_case(path: Path) -> HttpCase | bytes:
     headers = tuple((base64.b64decode(n), base64.b64decode(v)) for n, v in record["headers"])
     body = None if record["body"] is None else base64.b64decode(record["body"])
     return HttpCase("replay", record["method"], record["target"], headers, body, record["streaming"])
+
+
+def settle_counts(daemon: DaemonProcess, timeout: float = 30.0) -> tuple[list[str], dict[str, float]]:
+    """Once intake is idle: what breaks CONTRACT §3's counting rule (empty when it holds) and the sinks'
+    outcomes ({"written": n, "dead_lettered": n, ...}). A point a sink refused after its event was
+    accepted (a time no store holds, say) is a vendor told "stored" wrongly: `dead_lettered` must stay 0."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            assert_counting_rule(daemon)
+            problems: list[str] = []
+        except AssertionError as error:
+            problems = [f"counting rule: {error}"]
+        outcomes: dict[str, float] = defaultdict(float)
+        for (name, labels), value in daemon.metrics().items():
+            if name == "ioc_sink_points_total":
+                outcomes[dict(labels)["outcome"]] += value
+            elif name in ("ioc_sink_queue_points", "ioc_sink_spool_points"):
+                outcomes["pending"] += value
+        if (not problems and not outcomes.get("pending")) or time.monotonic() > deadline:
+            if outcomes.get("dead_lettered"):
+                problems.append(f"{outcomes['dead_lettered']:.0f} accepted points dead-lettered by a sink later")
+            return problems, dict(outcomes)
+        time.sleep(0.2)

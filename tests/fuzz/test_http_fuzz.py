@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests.e2e.daemon import DaemonProcess
 from tests.fuzz.conftest import short
-from tests.fuzz.harness import HttpFuzzer
+from tests.fuzz.harness import HttpFuzzer, settle_counts
 from tests.fuzz.routes import EVENTS_PATH, SILENCES_PATH, Known, Route, raw_requests, route_cases, stray_cases
 
 
@@ -109,3 +109,12 @@ def test_raw_requests_a_client_library_would_not_send(http: HttpFuzzer, known: K
 
     run()
     http.checkpoint()
+
+
+def test_after_the_fuzzing_the_counts_add_up_and_no_accepted_point_is_refused_later(
+        http: HttpFuzzer, fuzz_daemon: DaemonProcess) -> None:
+    """Runs last: every item posted was counted (CONTRACT §3), and no event answered as accepted was
+    dead-lettered by InfluxDB afterwards (a time no store holds, say)."""
+    problems, outcomes = settle_counts(fuzz_daemon)
+    assert not problems, (problems, outcomes)
+    assert outcomes.get("written", 0) > 0

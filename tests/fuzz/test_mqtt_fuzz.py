@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests.e2e.daemon import DaemonProcess
 from tests.fuzz.conftest import short
-from tests.fuzz.harness import MqttFuzzer
+from tests.fuzz.harness import MqttFuzzer, settle_counts
 from tests.fuzz.strategies import mqtt_messages
 from tests.servers import Server
 
@@ -54,3 +54,10 @@ def test_a_burst_of_fuzzed_messages_adds_up(mqtt: MqttFuzzer) -> None:
 
     run()
     mqtt.checkpoint()
+
+
+def test_after_the_fuzzing_the_counts_add_up_and_no_accepted_point_is_refused_later(
+        mqtt: MqttFuzzer, fuzz_daemon: DaemonProcess) -> None:
+    problems, outcomes = settle_counts(fuzz_daemon)
+    assert not problems, (problems, outcomes)
+    assert mqtt.tally.late == 0
