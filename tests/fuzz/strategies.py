@@ -16,6 +16,7 @@ at every case.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from functools import cache
@@ -49,8 +50,11 @@ def dumps(value: Any) -> bytes:
     return "".join(parts).encode("utf-8", "surrogatepass")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _has_surrogate(text: str) -> bool:
-    return any("\ud800" <= char <= "\udfff" for char in text)
+    return _SURROGATE.search(text) is not None
 
 
 def _string(text: str) -> str:
