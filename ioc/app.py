@@ -113,9 +113,10 @@ class Daemon:
         self.stream = Broadcaster(queue_max=settings.alerts.stream_queue_max,
                                   heartbeat=settings.alerts.stream_heartbeat, retry=settings.alerts.stream_retry,
                                   max_clients=settings.http.max_streams)
-        # There is always a sink (InfluxDB, else the local one): alert points go to the first.
+        # There is always a sink (InfluxDB, else the local one): alert points go to the first. Deliveries
+        # wait (in the outbox) until `run` has started the connector and the sinks.
         self.alerts = AlertManager.open(
-            settings.store.path, settings=settings.alerts, areas=self.areas,
+            settings.store.path, settings=settings.alerts, areas=self.areas, resume=False,
             notifiers=build_notifiers(settings.alerts, mqtt=self.mqtt, sink=self.sinks[0], stream=self.stream))
         self.clock = EventClock()
         self.engine = RuleEngine(load_rules(settings.rules.resolved_paths()), areas=self.areas,
@@ -126,6 +127,9 @@ class Daemon:
                 self.engine.load_state(saved)
             except StateError as error:  # an old or damaged state must not keep the daemon down
                 log.error("rules.state_discarded", reason=str(error), effect="timers and windows start afresh")
+        # The saved state may be older than the alert store (saved every RULE_STATE_EVERY rounds, the
+        # store at every change): after a crash the store is the truth of what is pending and firing.
+        self.engine.adopt(self.alerts.active())
         saved_kpis = load_state(self._store, KPI_STATE)
         if saved_kpis is not None:  # the wall's tiles right after a restart, before the first emission
             self.kpis.restore(saved_kpis)
@@ -198,6 +202,7 @@ class Daemon:
         self.evaluator.start()
         if self.mqtt is not None:
             self.mqtt.start()
+        self.alerts.resume()  # what a crash left in the outbox goes out first, then the new changes
         log.info("daemon.started", version=__version__, http=self.settings.http.listen,
                  mqtt=redact_url(self.settings.mqtt.url) if self.mqtt else None,
                  influx=redact_url(self.settings.influx.url) or None,
@@ -232,15 +237,18 @@ class Daemon:
         save_state(self._store, KPI_STATE, self.kpis.dump())
         for aggregator in self.aggregators:
             aggregator.close()
-        self.alerts.close()
         self.stream.close()
         # 3. Sinks flush (to InfluxDB or the spool) and run the last callbacks: MQTT acks go out.
         for sink in self.sinks:
             sink.close(timeout=30.0)
-        # 4. Dedup keys of everything durable are saved; 5. the broker connection closes.
+        # 4. Dedup keys of everything durable are saved; 5. the broker connection closes (its queue,
+        # alert publishes included, flushed first).
         self.dedup.persist()
         if self.mqtt is not None:
             self.mqtt.close(timeout=10.0)
+        # 6. Webhooks get their last seconds; what the sinks, the broker and the webhooks took leaves the
+        # outbox, the rest is delivered at the next start.
+        self.alerts.close()
         self._store.close()
 
     async def _housekeeping(self) -> None:

@@ -13,6 +13,14 @@ so the heap stays about as large as the number of groups with something pending.
 A rule that raises is counted in `ioc_rule_errors_total{rule}` and logged once per episode
 (`rules.evaluation_failed`); the other rules go on. A listener (`on_change`) that raises is logged
 (`rules.listener_failed`) and the engine goes on.
+
+Across a restart: the state saved by `dump_state` (every 30 s and at a clean stop) brings back each kind's
+data (window samples, entities' states, when a series was last seen) and the groups' timing; then
+`adopt` makes every group's phase the one of the alert store, which is written with every change and so
+is the truth after a crash: a group the store has firing (or pending) is firing (pending) since the
+stored times, with its condition holding; any other group is inactive with its condition not holding
+(the hysteresis latch and `keep_firing_for` start afresh). A stored alert of a rule no longer loaded (or
+of a group the rule can no longer have) is resolved, as a reload that removes the rule does.
 """
 
 from __future__ import annotations
@@ -21,8 +29,8 @@ import heapq
 import itertools
 import math
 import threading
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import structlog
@@ -42,7 +50,7 @@ from rules.model import RuleBase, RuleSet
 if TYPE_CHECKING:
     from ioc.areas import AreaRegistry
 
-__all__ = ["MAX_GROUPS", "RuleEngine", "StateError"]
+__all__ = ["MAX_GROUPS", "RuleEngine", "StateError", "StoredAlert"]
 
 log = structlog.get_logger("rules.engine")
 
@@ -52,6 +60,31 @@ STATE_VERSION = 1
 
 class StateError(IocError):
     """Saved engine state that cannot be read (the caller starts with fresh state)."""
+
+
+class StoredAlert(Protocol):
+    """What `adopt` reads of an active alert of the store (`ioc.alerts.alert.Alert` is one)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def rule(self) -> str: ...
+    @property
+    def labels(self) -> dict[str, str]: ...
+    @property
+    def severity(self) -> Any: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def summary(self) -> str: ...
+    @property
+    def value(self) -> float | None: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def fired_at(self) -> float | None: ...
+    @property
+    def runbook(self) -> str | None: ...
 
 
 class _Runtime:
@@ -224,6 +257,43 @@ class RuleEngine:
             self._now = float(saved_now)
         log.info("rules.state_loaded", groups=len(restored))
 
+    def adopt(self, alerts: Sequence[StoredAlert]) -> None:
+        """Make every group's phase that of the alert store's active `alerts` (pending and firing; see the
+        module doc). Called at start-up after `load_state`; reports nothing for the groups it aligns, and
+        a `resolved` for each alert no loaded rule can hold."""
+        with self._lock:
+            stored = {alert.fingerprint: alert for alert in alerts}
+            aligned = reset = 0
+            for runtime in self._runtimes.values():
+                for group in runtime.groups.values():
+                    if group.active and runtime.fingerprint(group) not in stored:
+                        group.phase, group.holds = "inactive", False
+                        group.since = group.fired_at = group.cleared_at = None
+                        self._schedule(runtime, group)  # e.g. an absence's deadline, watched again
+                        reset += 1
+            orphans: list[StoredAlert] = []
+            for alert in stored.values():
+                owner = self._runtimes.get(alert.rule)
+                held: Group | None = None
+                if owner is not None and alert.state in ("pending", "firing"):
+                    key = tuple(alert.labels.get(name) for name in owner.rule.group_by)
+                    if key_labels(owner.rule.group_by, key, owner.rule.labels) == alert.labels:
+                        held = owner.group(key)
+                if owner is None or held is None:
+                    orphans.append(alert)
+                    continue
+                if _align(held, alert):
+                    aligned += 1
+                self._schedule(owner, held)
+            at = self._started_at
+            for alert in orphans:
+                self._on_change_safe(AlertUpdate(rule=alert.rule, labels=dict(alert.labels),
+                                                 severity=alert.severity, state="resolved",
+                                                 summary=alert.summary, value=alert.value, at=at,
+                                                 runbook=alert.runbook, fingerprint=alert.fingerprint))
+            log.info("rules.alerts_adopted", alerts=len(stored) - len(orphans), aligned=aligned, reset=reset,
+                     resolved=len(orphans))
+
     def metrics(self) -> MetricSource:
         """`ioc_rule_evaluations_total{rule}`, `ioc_rule_errors_total{rule}`, `ioc_rules_loaded`,
         `ioc_rule_samples_dropped_total{rule}` (samples, entities or groups refused at their bound)."""
@@ -352,7 +422,9 @@ class RuleEngine:
                            runbook=rule.runbook, fingerprint=runtime.fingerprint(group))
 
     def _emit(self, runtime: _Runtime, group: Group, state: str, at: float) -> None:
-        update = self._update(runtime, group, state, at)
+        self._on_change_safe(self._update(runtime, group, state, at))
+
+    def _on_change_safe(self, update: AlertUpdate) -> None:
         try:
             self._on_change(update)
         except Exception as error:  # the listener's bug must not stop the rules
@@ -362,3 +434,20 @@ class RuleEngine:
             self._listener_failing = True
         else:
             self._listener_failing = False
+
+
+def _align(group: Group, alert: StoredAlert) -> bool:
+    """Give `group` the stored alert's phase and times (unless it is already in that very episode, whose
+    finer timing, e.g. `keep_firing_for`, it keeps); True when it changed."""
+    if alert.state == "firing":
+        if group.phase == "firing" and group.fired_at == alert.fired_at:
+            return False
+        group.phase, group.since, group.fired_at = "firing", alert.started_at, alert.fired_at
+    else:
+        if group.phase == "pending" and group.since == alert.started_at:
+            return False
+        group.phase, group.since, group.fired_at = "pending", alert.started_at, None
+    group.holds, group.cleared_at = True, None
+    if alert.value is not None:
+        group.value = alert.value
+    return True

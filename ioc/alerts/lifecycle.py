@@ -6,10 +6,16 @@ resolves; the next episode is a new alert with a new `id` and the same fingerpri
 firing alert can be acknowledged; the acknowledgement ends with the episode.
 
 Everything is persisted in SQLite before anyone is told, and loaded back at start-up; an update that
-repeats the stored state is not a change, so a restart re-notifies nothing. Every change goes through
-the notifier chain, silenced or not; each notifier decides what a muted alert gets (see `notify`).
-Muting (silences, inhibition) is derived, never stored: it is looked at again when an alert changes,
-when a silence is made or expired, and when `tick()` passes the next silence's start or end.
+repeats the stored state is not a change, so a restart re-notifies nothing. A change is stored in one
+transaction with the outbox rows of the durable notifiers that want it (`ioc.alerts.outbox`); then the
+failpoint `alerts.before_notify`; then every notifier is told, in order of the changes. So a crash at any
+moment loses no notification: what the outbox still holds at start-up is delivered again (`resume`).
+Within `batch()` (the evaluation thread's batch of events) changes are stored and told when the batch ends,
+in one transaction; an operator's action on another thread first stores and tells what is pending.
+
+Every change goes through the notifier chain, silenced or not; each notifier decides what a muted alert
+gets (see `notify`). Muting (silences, inhibition) is derived, never stored: it is looked at again when an
+alert changes, when a silence is made or expired, and when `tick()` passes the next silence's start or end.
 
 Thread-safe: one re-entrant lock serialises updates, operator actions and reads.
 """
@@ -31,15 +37,17 @@ from typing import Literal, TypeAlias
 import structlog
 from prometheus_client.core import Metric
 
+from ioc import failpoints
 from ioc.alerts.alert import Acknowledgement, Alert, Change
 from ioc.alerts.audit import AuditEntry
 from ioc.alerts.config import AlertsSettings
 from ioc.alerts.errors import AlertConflict, AlertNotFound
 from ioc.alerts.inhibit import AreaTree, Inhibitor, InhibitRule
 from ioc.alerts.model import SEVERITY_RANK, AlertUpdate
-from ioc.alerts.notify import Notifier, NotifierChain
+from ioc.alerts.notify import AnyNotifier, NotifierChain
+from ioc.alerts.outbox import Notification, Outbox, alert_from_record, alert_record, new_ids
 from ioc.alerts.silence import Silence, SilenceRequest, Silences, SilenceStatus
-from ioc.alerts.store import AlertStore
+from ioc.alerts.store import AlertStore, OutboxRow
 from ioc.metrics import counter, gauge
 
 log = structlog.get_logger("ioc.alerts")
@@ -51,6 +59,9 @@ CHANGES: tuple[Change, ...] = ("pending", "firing", "resolved", "acknowledged", 
 _UPDATE_STATES = frozenset({"pending", "firing", "resolved"})
 PURGE_INTERVAL = 60.0  # seconds between purges of old resolved alerts, silences and audit entries
 Clock = Callable[[], float]
+# A change ready to be told: the alert, the change, its notification id, and the outbox row's sequence
+# number for each durable notifier (by key) that wants it (0: the row could not be written).
+_Prepared: TypeAlias = tuple[Alert, Change, str, dict[str, int]]
 
 
 def new_alert_id() -> str:
@@ -69,16 +80,19 @@ class AlertManager:
     """Alerts from rule updates; operators' acks and silences; muting; notification. See the module doc."""
 
     def __init__(self, store: AlertStore, *, settings: AlertsSettings | None = None,
-                 notifiers: Sequence[Notifier] = (), areas: AreaTree | None = None,
-                 clock: Clock = time.time) -> None:
+                 notifiers: Sequence[AnyNotifier] = (), areas: AreaTree | None = None,
+                 clock: Clock = time.time, resume: bool = True) -> None:
+        """`resume=False` holds the durable notifiers' deliveries (they are in the outbox) until
+        `resume()`: the daemon calls it once the MQTT connector and the sinks are started."""
         self.settings = settings or AlertsSettings()
         self.store = store
         self._clock = clock
         self._lock = threading.RLock()
-        self._batching = threading.local()  # `batch()`: alerts to store when the batch ends, per thread
+        self._batching = threading.local()  # `batch()` on this thread: store and tell when it ends
         self.silences = Silences(store, clock=clock, retention=self.settings.silence_retention)
         self.inhibitor = Inhibitor([InhibitRule.from_settings(rule) for rule in self.settings.inhibit], areas)
         self.chain = NotifierChain(notifiers)
+        self.outbox = Outbox(store)
         self._active: dict[str, Alert] = {}  # by fingerprint: pending and firing alerts
         self._ids: dict[str, str] = {}  # active alert id -> fingerprint
         for alert in store.active_alerts():
@@ -88,10 +102,44 @@ class AlertManager:
         self._store_errors = 0
         self._next_mute_check: float | None = None
         self._next_purge = 0.0
+        # Changes made and not yet stored and told (`_flush`), in order.
+        self._unsaved: dict[str, Alert] = {}
+        self._untold: builtins.list[tuple[Alert, Change]] = []
+        self._new_id = new_ids()
+        self._owed: builtins.list[OutboxRow] = store.outbox()  # what a crash left undelivered: sent first
+        self._next_seq = (self._owed[-1].seq if self._owed else 0) + 1
+        self._held: builtins.list[_Prepared] | None = []  # durable deliveries made before `resume()`
         self.inhibitor.set_sources(self._active.values())
         self._refresh(notify=False)  # muting is derived: work it out again, telling nobody
         log.info("alerts.loaded", active=len(self._active), resolved=self._resolved,
-                 silences=len(self.silences.list()))
+                 silences=len(self.silences.list()), outbox=len(self._owed))
+        if resume:
+            self.resume()
+
+    def resume(self) -> None:
+        """Start the durable deliveries: first what the outbox held at start-up (in order), then the
+        changes made since. Idempotent."""
+        with self._lock:
+            held, self._held = self._held, None
+            if held is None:
+                return
+            owed, self._owed = self._owed, []
+            settle = self.outbox.settle
+            orphans = 0
+            for row in owed:
+                try:
+                    note = Notification(alert_from_record(row.alert), row.change, row.id,  # type: ignore[arg-type]
+                                        row.seq)
+                except (ValueError, TypeError, KeyError):
+                    note = None
+                if note is None or not self.chain.redeliver(row.notifier, note, settle):
+                    orphans += 1
+                    settle(row.seq)
+            if owed:
+                log.info("alerts.outbox_resent", notifications=len(owed) - orphans,
+                         dropped=orphans, reason="a notifier no longer configured, or a damaged row")
+            for alert, change, notification_id, seqs in held:
+                self.chain.dispatch(alert, change, notification_id, seqs, settle, plain=False)
 
     @classmethod
     def open(cls, path: str | Path, **options: object) -> AlertManager:
@@ -136,18 +184,19 @@ class AlertManager:
                                 updated_at=now)
                 change = "firing"
             alert = self._with_muting(alert, now)
-            self._save(alert)
             if change == "resolved":
                 self._drop(alert)
                 self._resolved += 1
             else:
                 self._put(alert)
             self._changes[(change,)] += 1
-            self.chain.notify(alert, change)
+            self._tell(alert, change, save=True)
             if change != "pending" and self.inhibitor.rules and self.inhibitor.is_source(alert):
                 # A source started or stopped firing: the alerts it covers may change their muting.
                 self.inhibitor.set_sources(self._active.values())
                 self._refresh(silences=False)
+            if not self._deferring():
+                self._flush()
             return alert
 
     # --- operators ---------------------------------------------------------------------------------------
@@ -188,10 +237,12 @@ class AlertManager:
     def _operator_change(self, alert: Alert, by: str, action: str, change: Change) -> Alert:
         audit = AuditEntry(alert.updated_at, by, action, alert.id,
                            {"rule": alert.rule, "fingerprint": alert.fingerprint, "labels": alert.labels})
-        self.store.save_alert(alert, audit)  # an operator's action that cannot be stored is refused
+        self._flush()  # what the rules changed before (a batch still open on its thread) goes first
+        prepared, rows = self._prepare([(alert, change)])
+        self.store.commit([alert], rows, audit)  # an operator's action that cannot be stored is refused
         self._put(alert)
         self._changes[(change,)] += 1
-        self.chain.notify(alert, change)
+        self._tell_prepared(prepared)
         return alert
 
     def create_silence(self, request: SilenceRequest, *, actor: str) -> Silence:
@@ -199,6 +250,7 @@ class AlertManager:
         with self._lock:
             silence = self.silences.create(request, actor=actor)
             self._refresh()
+            self._flush()
             return silence
 
     def expire_silence(self, silence_id: str, *, actor: str) -> Silence:
@@ -207,6 +259,7 @@ class AlertManager:
             silence, changed = self.silences.expire(silence_id, actor=actor)
             if changed:
                 self._refresh()
+                self._flush()
             return silence
 
     # --- reading -----------------------------------------------------------------------------------------
@@ -266,6 +319,8 @@ class AlertManager:
             now = self._clock()
             if self._next_mute_check is not None and now >= self._next_mute_check:
                 self._refresh()
+                if not self._deferring():
+                    self._flush()
             if now >= self._next_purge:
                 self._next_purge = now + PURGE_INTERVAL
                 self._purge(now)
@@ -293,36 +348,86 @@ class AlertManager:
         self._active.pop(alert.fingerprint, None)
         self._ids.pop(alert.id, None)
 
-    def _save(self, alert: Alert) -> None:
-        batch = getattr(self._batching, "alerts", None)
-        if batch is not None:  # inside `batch()` on this thread: written once, when it ends
-            batch[alert.id] = alert
+    def _deferring(self) -> bool:
+        return bool(getattr(self._batching, "active", False))
+
+    def _tell(self, alert: Alert, change: Change, *, save: bool) -> None:
+        """A change to store (`save`: the alert's row; muting is never stored) and tell at the next
+        `_flush`. Under the lock."""
+        if save:
+            self._unsaved[alert.id] = alert
+        self._untold.append((alert, change))
+
+    def _flush(self) -> None:
+        """Store what changed since the last flush, with its outbox rows, in one transaction; then tell.
+        Under the lock. A store that cannot be written loses no alert: it is still told (without the
+        outbox: a crash may then lose those notifications), and counted."""
+        if not self._untold and not self._unsaved:
             return
+        alerts = list(self._unsaved.values())
+        prepared, rows = self._prepare(self._untold)
+        self._unsaved, self._untold = {}, []
         try:
-            self.store.save_alert(alert)
-        except sqlite3.Error as error:  # a full disk must not lose the alert: it is still notified
-            self._store_errors += 1
-            log.error("alerts.store_failed", alert=alert.id, rule=alert.rule, error=str(error))
+            self.store.commit(alerts, rows)
+        except sqlite3.Error as error:
+            self._store_errors += max(1, len(alerts))
+            log.error("alerts.store_failed", alerts=len(alerts), notifications=len(rows), error=str(error),
+                      effect="told without the outbox: lost if the process dies before delivering them")
+            prepared = [(alert, change, nid, dict.fromkeys(seqs, 0)) for alert, change, nid, seqs in prepared]
+        self._tell_prepared(prepared)
+
+    def _prepare(self, changes: Iterable[tuple[Alert, Change]]
+                 ) -> tuple[builtins.list[_Prepared], builtins.list[OutboxRow]]:
+        """Give each change its notification id, and an outbox row for each durable notifier that wants it."""
+        prepared: builtins.list[_Prepared] = []
+        rows: builtins.list[OutboxRow] = []
+        wanting = self.chain.wanting
+        for alert, change in changes:
+            keys = wanting(alert, change)
+            notification_id = self._new_id()
+            seqs: dict[str, int] = {}
+            if keys:
+                record = alert_record(alert)
+                for key in keys:
+                    seq = seqs[key] = self._next_seq
+                    self._next_seq += 1
+                    rows.append(OutboxRow(seq, key, notification_id, change, record))
+            prepared.append((alert, change, notification_id, seqs))
+        return prepared, rows
+
+    def _tell_prepared(self, prepared: builtins.list[_Prepared]) -> None:
+        """Tell stored changes, in order: the plain notifiers now; the durable ones now, or once resumed."""
+        if not prepared:
+            return
+        if failpoints.ACTIVE:
+            try:
+                failpoints.hit("alerts.before_notify")
+            except OSError as error:  # `error`: nobody is told now; the outbox delivers at the next start
+                log.error("alerts.notify_skipped", changes=len(prepared), error=str(error))
+                return
+        settle = self.outbox.settle
+        held = self._held
+        for alert, change, notification_id, seqs in prepared:
+            if held is None:
+                self.chain.dispatch(alert, change, notification_id, seqs, settle)
+            else:
+                self.chain.dispatch(alert, change, notification_id, seqs, settle, durable=False)
+                if seqs:
+                    held.append((alert, change, notification_id, seqs))
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Within this block, the changes `apply` makes on this thread are stored together when it ends
-        (one SQLite transaction), not one by one; they are notified and served at once as always. The
-        evaluation thread wraps each batch of events in it. Operators' actions (other threads) are
-        stored at once. Not reentrant."""
-        self._batching.alerts = {}
+        """Within this block, the changes made on this thread are stored together when it ends (one
+        SQLite transaction, with their outbox rows), then told; they are served by `list` and `get` at
+        once. The evaluation thread wraps each batch of events in it. An operator's action on another
+        thread stores and tells what is pending first, then its own change. Not reentrant."""
+        self._batching.active = True
         try:
             yield
         finally:
-            alerts: dict[str, Alert] = self._batching.alerts
-            self._batching.alerts = None
-            if alerts:
-                with self._lock:
-                    try:
-                        self.store.save_alerts(list(alerts.values()))
-                    except sqlite3.Error as error:
-                        self._store_errors += len(alerts)
-                        log.error("alerts.store_failed", alerts=len(alerts), error=str(error))
+            self._batching.active = False
+            with self._lock:
+                self._flush()
 
     def _with_muting(self, alert: Alert, now: float, *, silences: bool = True,
                      inhibition: bool = True) -> Alert:
@@ -346,7 +451,7 @@ class AlertManager:
             if notify and updated.silenced != alert.silenced:
                 change: Change = "muted" if updated.silenced else "unmuted"
                 self._changes[(change,)] += 1
-                self.chain.notify(updated, change)
+                self._tell(updated, change, save=False)
         if silences:
             self._next_mute_check = self.silences.next_transition(now)
 
@@ -368,12 +473,24 @@ class AlertManager:
                     "those kept).", ("state",), {(state,): float(n) for state, n in by_state.items()})
         yield counter("ioc_alert_changes", "Alert changes, by kind.", ("change",), changes)
         yield gauge("ioc_silences", "Silences by status (expired ones until purged).", ("status",), silences)
-        yield counter("ioc_alert_store_errors", "Alert changes that could not be written to SQLite.", (),
-                      {(): store_errors})
+        yield counter("ioc_alert_store_errors", "Alert changes (or removals of delivered notifications "
+                      "from the outbox) that could not be written to SQLite.", (),
+                      {(): store_errors + self.outbox.errors})
         yield from self.chain.metrics()
+        owed = dict.fromkeys(self.chain.durable, 0)
+        try:
+            owed.update(self.store.outbox_counts())
+        except sqlite3.Error:  # closed, or busy past its timeout: the gauge says what it knows
+            pass
+        yield gauge("ioc_alert_outbox", "Notifications stored and not yet delivered (sent again after a "
+                    "restart), by notifier.", ("notifier",), {(key,): float(n) for key, n in owed.items()})
 
     def close(self, timeout: float = 5.0) -> None:
-        """Give queued notifications up to `timeout` seconds, then close the store."""
+        """Store and tell what is pending, give deliveries up to `timeout` seconds (what is not delivered
+        stays in the outbox for the next start), then close the store."""
+        with self._lock:
+            self._flush()
         self.chain.close(timeout)
+        self.outbox.close(timeout)
         with self._lock:
             self.store.close()

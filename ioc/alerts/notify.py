@@ -8,6 +8,11 @@ counts and logs (the MQTT connector already queues while disconnected, InfluxDB 
 `Queued` delivers in a background thread with bounded attempts, exponential backoff with jitter and a
 bounded queue, so `AlertManager.apply` never waits for a web server.
 
+MQTT, InfluxDB and the webhooks are also *durable* (`ioc.alerts.outbox`): the alert manager writes what
+each owes to the store's outbox with the change itself, hands it over with `deliver(note, settle)`, and
+the notifier settles it once delivered, so a crash loses no notification (at least once; receivers
+de-duplicate on the notification id, `Idempotency-Key` for webhooks).
+
 Notifiers are called under the alert manager's lock, in order, so they see changes in the order they
 happened; each must return quickly (queue, never wait on the network).
 """
@@ -20,7 +25,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, cast, runtime_checkable
 
 import httpx
 import orjson
@@ -28,10 +33,10 @@ import structlog
 from prometheus_client.core import Metric
 
 from connectors.mqtt.connector import backoff_delay
-from ioc import failpoints
 from ioc.alerts.alert import STATE_CHANGES, Alert, Change
 from ioc.alerts.config import AlertsSettings, WebhookSettings
 from ioc.alerts.errors import NotifyError
+from ioc.alerts.outbox import Durable, Notification, Settle, new_ids
 from ioc.errors import SinkFull
 from ioc.lineproto import render_alert
 from ioc.metrics import counter, gauge
@@ -42,6 +47,11 @@ log = structlog.get_logger("ioc.alerts.notify")
 ALERTS_TOPIC = "ioc/v1/alerts/"  # + rule: every change of an unmuted alert (QoS 1)
 STATE_TOPIC = "ioc/v1/alerts/state/"  # + fingerprint: the current state, retained; cleared when resolved
 OUTCOMES = ("sent", "failed", "dropped")
+SETTLE_POLL = 0.01  # seconds between looks at the MQTT connector's unacknowledged publishes while one is owed
+
+
+def _settle_nothing(seq: int) -> None:
+    """The settle callback of a notification outside the outbox."""
 
 
 class Notifier(Protocol):
@@ -52,6 +62,10 @@ class Notifier(Protocol):
     def notify(self, alert: Alert, change: Change) -> None: ...
 
 
+AnyNotifier: TypeAlias = Notifier | Durable
+"""What a chain holds: plain notifiers, told at once, and durable ones, handed their outbox rows."""
+
+
 @runtime_checkable
 class SelfCounting(Protocol):
     """A notifier that counts its own outcomes (one that delivers later, such as `Queued`)."""
@@ -60,7 +74,8 @@ class SelfCounting(Protocol):
 
 
 class Publisher(Protocol):
-    """`connectors.mqtt.MqttConnector.publish`: False when the message was dropped."""
+    """`connectors.mqtt.MqttConnector.publish`: False when the message was dropped. A publisher may also
+    have `pending() -> int`, its QoS 1 publishes not yet acknowledged by the broker (the connector has)."""
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool: ...
 
@@ -88,15 +103,51 @@ def alert_body(alert: Alert, change: Change) -> dict[str, Any]:
 class MqttNotifier:
     """Every change of an unmuted alert to `ioc/v1/alerts/{rule}` (QoS 1); the current state of every
     alert, silenced included, retained on `ioc/v1/alerts/state/{fingerprint}`, cleared (an empty retained
-    message) when it resolves."""
+    message) when it resolves.
+
+    Durable: a delivered change (with its `notification_id` in the body) is settled once the broker has
+    acknowledged every QoS 1 publish the connector had waiting after it (`Publisher.pending() == 0`, looked
+    at every `SETTLE_POLL` while something is owed; the connector tells no more than that). Within a run
+    paho re-sends what the broker did not acknowledge; the outbox covers a crash. A publisher without
+    `pending` is taken at its word."""
 
     name = "mqtt"
 
-    def __init__(self, publisher: Publisher) -> None:
+    def __init__(self, publisher: Publisher, *, poll: float = SETTLE_POLL) -> None:
         self.publisher = publisher
+        self._in_flight: Callable[[], int] | None = getattr(publisher, "pending", None)
+        self._poll = poll
+        self._owed: list[tuple[int, Settle]] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._abandon = False
+
+    def wants(self, alert: Alert, change: Change) -> bool:
+        return True
 
     def notify(self, alert: Alert, change: Change) -> None:
-        body = orjson.dumps(alert_body(alert, change))
+        self._publish(alert, change, None)
+
+    def deliver(self, note: Notification, settle: Settle) -> None:
+        self._publish(note.alert, note.change, note.id)
+        if self._in_flight is None or note.seq <= 0:
+            settle(note.seq)
+            return
+        with self._cond:
+            if self._closing:
+                return  # stays in the outbox: sent again at the next start
+            self._owed.append((note.seq, settle))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._settle_loop, name="notify-mqtt-settle", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _publish(self, alert: Alert, change: Change, notification_id: str | None) -> None:
+        message = alert_body(alert, change)
+        if notification_id:
+            message["notification_id"] = notification_id
+        body = orjson.dumps(message)
         dropped = []
         if not alert.silenced:
             topic = ALERTS_TOPIC + alert.rule
@@ -110,12 +161,52 @@ class MqttNotifier:
             raise NotifyError(f"the MQTT connector dropped the publish to {', '.join(dropped)}",
                               retryable=False)
 
+    def owed(self) -> int:
+        """Deliveries waiting for the broker's acknowledgement."""
+        with self._cond:
+            return len(self._owed)
+
+    def _settle_loop(self) -> None:
+        in_flight = self._in_flight
+        assert in_flight is not None
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._owed or self._closing)
+                if not self._owed or self._abandon:
+                    self._thread = None
+                    self._cond.notify_all()
+                    return
+                owed = list(self._owed)
+            # Everything published before this look is acknowledged once nothing waits: ours too.
+            while in_flight() > 0:
+                with self._cond:
+                    if self._cond.wait_for(lambda: self._abandon, self._poll):
+                        self._thread = None
+                        self._cond.notify_all()
+                        return  # closing: still owed, so delivered again at the next start
+            with self._cond:
+                del self._owed[:len(owed)]
+            for seq, settle in owed:
+                settle(seq)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Wait up to `timeout` for the broker to acknowledge what is owed (the connector flushes its own
+        queue when it closes); what is not stays in the outbox."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            if not self._cond.wait_for(lambda: self._thread is None, timeout):
+                self._abandon = True
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: self._thread is None, 1.0)
+
 
 class InfluxNotifier:
     """Each state change as a point of the `alert` measurement (CONTRACT §4), at the change's event time.
 
     Acknowledgements and muting are not state changes and write nothing. Never waits: a full sink is a
-    NotifyError (counted), not a stalled alert manager."""
+    NotifyError (counted), not a stalled alert manager. Durable: settled when the sink has the point
+    written or spooled (its `on_durable`); a point written twice after a crash is the same point."""
 
     name = "influx"
 
@@ -123,15 +214,24 @@ class InfluxNotifier:
         self.sink = sink
         self.timeout = timeout
 
+    def wants(self, alert: Alert, change: Change) -> bool:
+        return change in STATE_CHANGES
+
     def notify(self, alert: Alert, change: Change) -> None:
-        if change not in STATE_CHANGES:
-            return
+        if change in STATE_CHANGES:
+            self._submit(alert, change, None)
+
+    def deliver(self, note: Notification, settle: Settle) -> None:
+        seq = note.seq
+        self._submit(note.alert, note.change, (lambda: settle(seq)) if seq > 0 else None)
+
+    def _submit(self, alert: Alert, change: Change, on_durable: DurableCallback | None) -> None:
         at = {"resolved": alert.resolved_at, "firing": alert.fired_at}.get(change) or alert.started_at
         time_ns = round(at * 1_000_000) * 1000  # microseconds kept exactly
         line = render_alert(alert.rule, alert.severity, alert.labels.get("area"), alert.state,
                             alert.fingerprint, alert.value, time_ns, entity=alert.labels.get("entity"))
         try:
-            self.sink.submit([line], timeout=self.timeout)
+            self.sink.submit([line], on_durable, timeout=self.timeout)
         except SinkFull as error:
             raise NotifyError(f"the sink took no point: {error}", retryable=True) from None
 
@@ -151,7 +251,8 @@ class StreamNotifier:
 # --- webhooks ------------------------------------------------------------------------------------------
 
 class WebhookNotifier:
-    """One attempt to POST `{"alert": ..., "change": ...}` to a URL; retrying is `Queued`'s job.
+    """One attempt to POST `{"alert": ..., "change": ..., "notification_id": ...}` to a URL, with the
+    notification id also as the `Idempotency-Key` header; retrying is `Queued`'s job.
 
     Retryable: 5xx, 429 (with its Retry-After), timeouts and connection errors; any other status is a
     failure for good (a 404 does not get better by asking again)."""
@@ -173,8 +274,15 @@ class WebhookNotifier:
         return True
 
     def notify(self, alert: Alert, change: Change) -> None:
-        body = orjson.dumps({"alert": alert.as_json(), "change": change})
+        self.send(Notification(alert, change, ""))
+
+    def send(self, note: Notification) -> None:
+        message: dict[str, Any] = {"alert": note.alert.as_json(), "change": note.change}
         headers = {"Content-Type": "application/json", **self.settings.headers}
+        if note.id:
+            message["notification_id"] = note.id
+            headers["Idempotency-Key"] = note.id
+        body = orjson.dumps(message)
         try:
             response = self._client.post(self.settings.url, content=body, headers=headers)
         except httpx.TimeoutException:
@@ -217,12 +325,23 @@ class RetryPolicy:
         return wait
 
 
+class Sender(Protocol):
+    """What `Queued` delivers through: one attempt, NotifyError when it fails (`WebhookNotifier`)."""
+
+    name: str
+
+    def send(self, note: Notification) -> None: ...
+
+
 class Queued:
     """Delivers through `inner` from a background thread: a bounded queue (a delivery that finds it full
     is dropped and counted), then attempts under `policy`. Deliveries keep their order (a `resolved`
-    never overtakes its `firing`). `accept` filters what is queued at all (e.g. muted alerts)."""
+    never overtakes its `firing`). `accept` filters what is queued at all (e.g. muted alerts).
 
-    def __init__(self, inner: Notifier, *, policy: RetryPolicy, queue_max: int = 1000,
+    Durable: a delivery is settled when it is sent, fails for good, or is dropped from a full queue; one
+    still queued or being retried when the daemon stops stays in the outbox for the next start."""
+
+    def __init__(self, inner: Sender, *, policy: RetryPolicy, queue_max: int = 1000,
                  accept: Callable[[Alert, Change], bool] | None = None,
                  rand: Callable[[float, float], float] = random.uniform) -> None:
         self.inner = inner
@@ -231,7 +350,8 @@ class Queued:
         self.queue_max = queue_max
         self._accept = accept
         self._rand = rand
-        self._queue: deque[tuple[Alert, Change]] = deque()
+        self._ids = new_ids()
+        self._queue: deque[tuple[Notification, Settle]] = deque()
         self._cond = threading.Condition()
         self._abort = threading.Event()
         self._closing = False
@@ -241,21 +361,30 @@ class Queued:
         self._counts: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.retries = 0
 
+    def wants(self, alert: Alert, change: Change) -> bool:
+        return self._accept is None or self._accept(alert, change)
+
     def notify(self, alert: Alert, change: Change) -> None:
-        if self._accept is not None and not self._accept(alert, change):
-            return
+        """Queue a change outside the outbox (a new notification id; lost with the process)."""
+        if self.wants(alert, change):
+            self.deliver(Notification(alert, change, self._ids()), _settle_nothing)
+
+    def deliver(self, note: Notification, settle: Settle) -> None:
         with self._cond:
+            if self._closing and note.seq > 0:
+                return  # the daemon is stopping: the outbox keeps it for the next start
             if self._closing or len(self._queue) >= self.queue_max:
                 self._counts["dropped"] += 1
                 first, self._dropping = not self._dropping, True
             else:
-                first = self._dropping = False
-                self._queue.append((alert, change))
+                self._dropping = False
+                self._queue.append((note, settle))
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name=f"notify-{self.name}", daemon=True)
                     self._thread.start()
                 self._cond.notify()
                 return
+        settle(note.seq)  # dropped for good
         if first:
             log.warning("alerts.notify_dropped", notifier=self.name, queue_max=self.queue_max,
                         closing=self._closing)
@@ -277,7 +406,8 @@ class Queued:
                                        max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop taking deliveries, try those queued for up to `timeout` seconds, drop (and count) the rest."""
+        """Stop taking deliveries, try those queued for up to `timeout` seconds; the rest stay in the
+        outbox for the next start (those outside it are dropped and counted)."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -289,8 +419,10 @@ class Queued:
                 thread.join(5.0)
         with self._cond:
             if self._queue:
-                log.warning("alerts.notify_abandoned", notifier=self.name, deliveries=len(self._queue))
-                self._counts["dropped"] += len(self._queue)
+                kept = sum(1 for note, _ in self._queue if note.seq > 0)
+                log.warning("alerts.notify_deferred", notifier=self.name, deliveries=kept,
+                            dropped=len(self._queue) - kept, effect="sent at the next start")
+                self._counts["dropped"] += len(self._queue) - kept
                 self._queue.clear()
         close = getattr(self.inner, "close", None)
         if callable(close):
@@ -303,25 +435,29 @@ class Queued:
                 if not self._queue or self._abort.is_set():
                     self._cond.notify_all()
                     return
-                alert, change = self._queue.popleft()
+                note, settle = self._queue.popleft()
                 self._busy = True
-            outcome = self._deliver(alert, change)
+            outcome = self._deliver(note)
+            if outcome != "dropped" or note.seq <= 0:
+                settle(note.seq)  # done with, either way (a delivery cut by the stop stays owed)
             with self._cond:
                 self._busy = False
-                self._counts[outcome] += 1
+                if outcome != "dropped" or note.seq <= 0:
+                    self._counts[outcome] += 1
                 self._cond.notify_all()
 
-    def _deliver(self, alert: Alert, change: Change) -> str:
+    def _deliver(self, note: Notification) -> str:
+        alert, change = note.alert, note.change
         attempt = 1
         while True:
             try:
-                self.inner.notify(alert, change)
+                self.inner.send(note)
                 return "sent"
             except NotifyError as error:
                 if not error.retryable or attempt >= self.policy.max_attempts or self._abort.is_set():
                     log.warning("alerts.notify_failed", notifier=self.name, alert=alert.id, change=change,
                                 attempts=attempt, error=str(error))
-                    return "failed"
+                    return "dropped" if self._abort.is_set() else "failed"
                 delay = self.policy.delay(attempt, error.retry_after, self._rand)
             except Exception as error:  # a bug in a notifier: counted, never the end of the thread
                 log.exception("alerts.notify_crashed", notifier=self.name, alert=alert.id, error=repr(error))
@@ -337,37 +473,87 @@ class Queued:
 
 class NotifierChain:
     """Tells every notifier of a change, in order; a failing one never stops the others. Counts
-    `sent`/`failed` of the synchronous notifiers (self-counting ones report their own)."""
+    `sent`/`failed` of the synchronous notifiers (self-counting ones report their own).
 
-    def __init__(self, notifiers: Sequence[Notifier] = ()) -> None:
+    Durable notifiers are known by a key that is stable across restarts (their name, `name#2`... for a
+    repeated one), the `notifier` of their outbox rows."""
+
+    def __init__(self, notifiers: Sequence[AnyNotifier] = ()) -> None:
         self.notifiers = list(notifiers)
         # Checked once per notifier: a runtime Protocol isinstance costs ~15 µs, per change a real share.
-        self._self_counting: dict[int, bool] = {}
+        self._self_counting = {id(n): isinstance(n, SelfCounting) for n in self.notifiers}
+        self._keys: dict[int, str] = {}
+        self.durable: dict[str, Durable] = {}
+        for notifier in self.notifiers:
+            if isinstance(notifier, Durable):
+                key, n = notifier.name, 1
+                while key in self.durable:
+                    n += 1
+                    key = f"{notifier.name}#{n}"
+                self._keys[id(notifier)] = key
+                self.durable[key] = notifier
+        self._ids = new_ids()
         self._counts: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._failing: set[str] = set()
 
+    def wanting(self, alert: Alert, change: Change) -> list[str]:
+        """The keys of the durable notifiers that deliver this change (each gets an outbox row)."""
+        return [key for key, notifier in self.durable.items() if notifier.wants(alert, change)]
+
     def notify(self, alert: Alert, change: Change) -> None:
-        if failpoints.ACTIVE:
-            failpoints.hit("alerts.before_notify")
+        """Tell every notifier now, outside the outbox (a new notification id)."""
+        self.dispatch(alert, change, self._ids(), dict.fromkeys(self.wanting(alert, change), 0),
+                      _settle_nothing)
+
+    def dispatch(self, alert: Alert, change: Change, notification_id: str, seqs: Mapping[str, int],
+                 settle: Settle, *, plain: bool = True, durable: bool = True) -> None:
+        """Tell the plain notifiers (`plain`) and hand the durable ones that want it (a key in `seqs`, with
+        the sequence number of its outbox row) the notification (`durable`). A notification refused for
+        good is settled (its row removed) and counted failed."""
         for notifier in self.notifiers:
             name = notifier.name
+            key = self._keys.get(id(notifier))
+            seq = 0
             try:
-                notifier.notify(alert, change)
+                if key is None:
+                    if not plain:
+                        continue
+                    cast(Notifier, notifier).notify(alert, change)
+                else:
+                    if not durable or key not in seqs:
+                        continue
+                    seq = seqs[key]
+                    cast(Durable, notifier).deliver(Notification(alert, change, notification_id, seq), settle)
             except NotifyError as error:
+                settle(seq)
                 self._failed(name, alert, change, str(error))
                 continue
             except Exception as error:  # a notifier's bug must not cost the others their change
+                settle(seq)
                 log.exception("alerts.notify_crashed", notifier=name, alert=alert.id)
                 self._failed(name, alert, change, repr(error))
                 continue
-            counts_itself = self._self_counting.get(id(notifier))
-            if counts_itself is None:
-                counts_itself = self._self_counting[id(notifier)] = isinstance(notifier, SelfCounting)
-            if not counts_itself:
+            if not self._self_counting[id(notifier)]:
                 self._counts[(name, "sent")] += 1
                 if name in self._failing:
                     self._failing.discard(name)
                     log.info("alerts.notify_recovered", notifier=name)
+
+    def redeliver(self, key: str, note: Notification, settle: Settle) -> bool:
+        """Hand a notification found in the outbox at start-up to its notifier; False when no notifier has
+        that key any more (a webhook removed from the config)."""
+        notifier = self.durable.get(key)
+        if notifier is None:
+            return False
+        try:
+            notifier.deliver(note, settle)
+        except Exception as error:  # noqa: BLE001 - refused for good, as in dispatch
+            settle(note.seq)
+            self._failed(notifier.name, note.alert, note.change, str(error))
+            return True
+        if not self._self_counting[id(notifier)]:
+            self._counts[(notifier.name, "sent")] += 1
+        return True
 
     def _failed(self, name: str, alert: Alert, change: Change, error: str) -> None:
         self._counts[(name, "failed")] += 1
@@ -395,11 +581,13 @@ class NotifierChain:
                     {(n.name,): n.pending() for n in queued})
 
     def close(self, timeout: float = 5.0) -> None:
-        """Give queued deliveries up to `timeout` seconds in all (then they are dropped, counted)."""
+        """Give deliveries up to `timeout` seconds in all (then they stay in the outbox): the webhooks'
+        queues first, then what the broker has not acknowledged (quick unless it is away)."""
         deadline = time.monotonic() + timeout
-        for notifier in self.notifiers:
-            if isinstance(notifier, Queued):
-                notifier.close(max(0.0, deadline - time.monotonic()))
+        closing: list[Queued | MqttNotifier] = [n for n in self.notifiers if isinstance(n, Queued)]
+        closing += [n for n in self.notifiers if isinstance(n, MqttNotifier)]
+        for notifier in closing:
+            notifier.close(max(0.0, deadline - time.monotonic()))
 
 
 def webhook(settings: WebhookSettings, *, client: httpx.Client | None = None) -> Queued:

@@ -1,16 +1,24 @@
-"""SQLite persistence of alerts, silences and the operators' audit log (CONTRACT §1 `[store]`).
+"""SQLite persistence of alerts, silences, the operators' audit log and the notification outbox
+(CONTRACT §1 `[store]`).
 
 Active alerts are all loaded at start-up (the manager keeps them in memory); resolved ones are kept for
-`[alerts] resolved_retention` (and at most `resolved_max` rows) and read back from here on demand. The
-store is not thread-safe by itself: the `AlertManager` serialises every call with its lock.
+`[alerts] resolved_retention` (and at most `resolved_max` rows) and read back from here on demand.
+
+The outbox holds every notification a durable notifier (webhooks, MQTT, InfluxDB) still owes: its rows are
+written in the same transaction as the alert change they tell of (`commit`), and removed once delivered
+(`outbox_done`), so a crash loses none (see `ioc.alerts.outbox`).
+
+Thread-safe: one lock around the connection. The `AlertManager` calls it under its own lock; the outbox's
+rows are also removed from the delivery side's thread.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -59,6 +67,13 @@ CREATE TABLE IF NOT EXISTS alert_audit (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alert_audit_at ON alert_audit (at);
+CREATE TABLE IF NOT EXISTS alert_outbox (
+    seq INTEGER PRIMARY KEY,
+    notifier TEXT NOT NULL,
+    id TEXT NOT NULL,
+    change TEXT NOT NULL,
+    alert BLOB NOT NULL
+);
 """
 
 _ALERT_COLUMNS = ("id, fingerprint, rule, severity, state, labels, summary, value, runbook, started_at, "
@@ -67,6 +82,17 @@ _ALERT_COLUMNS = ("id, fingerprint, rule, severity, state, labels, summary, valu
 
 _SAVE_ALERT = (f"INSERT OR REPLACE INTO alerts ({_ALERT_COLUMNS}) VALUES "
                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_ADD_OUTBOX = "INSERT INTO alert_outbox (seq, notifier, id, change, alert) VALUES (?, ?, ?, ?, ?)"
+
+
+class OutboxRow(NamedTuple):
+    """A notification owed to one notifier: `alert` is the alert's snapshot (`ioc.alerts.outbox`)."""
+
+    seq: int
+    notifier: str
+    id: str
+    change: str
+    alert: bytes
 
 
 class AlertStore:
@@ -75,35 +101,52 @@ class AlertStore:
     def __init__(self, path: str | Path | sqlite3.Connection) -> None:
         self._owned = not isinstance(path, sqlite3.Connection)
         self._db = connect(path) if not isinstance(path, sqlite3.Connection) else path
+        self._lock = threading.RLock()
+        self._closed = False
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
-        if self._owned:
-            self._db.close()
+        with self._lock:
+            self._closed = True
+            if self._owned:
+                self._db.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     # --- alerts ------------------------------------------------------------------------------------------
 
     def save_alert(self, alert: Alert, audit: AuditEntry | None = None) -> None:
         """Insert or replace an alert (and record the operator's action with it, in one transaction)."""
-        with transaction(self._db):
-            self._db.execute(_SAVE_ALERT, _alert_row(alert))
-            if audit is not None:
-                self._insert_audit(audit)
+        self.commit([alert], (), audit)
 
     def save_alerts(self, alerts: list[Alert]) -> None:
         """Insert or replace several alerts in one transaction (a rule engine's batch of changes: one
         commit instead of one each, ~100 -> ~10 µs an alert)."""
-        with transaction(self._db):
-            self._db.executemany(_SAVE_ALERT, [_alert_row(alert) for alert in alerts])
+        self.commit(alerts, ())
+
+    def commit(self, alerts: Sequence[Alert], outbox: Sequence[OutboxRow], audit: AuditEntry | None = None) -> None:
+        """In one transaction: insert or replace `alerts`, add the notifications they owe to `outbox`, and
+        record the operator's action `audit`. All or nothing (sqlite3.Error)."""
+        with self._lock, transaction(self._db):
+            if alerts:
+                self._db.executemany(_SAVE_ALERT, [_alert_row(alert) for alert in alerts])
+            if outbox:
+                self._db.executemany(_ADD_OUTBOX, outbox)
+            if audit is not None:
+                self._insert_audit(audit)
 
     def active_alerts(self) -> list[Alert]:
         """Every pending or firing alert (what the manager loads at start-up)."""
-        cursor = self._db.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE state != 'resolved' "
-                                  "ORDER BY started_at")
-        return [_alert(row) for row in cursor]
+        with self._lock:
+            cursor = self._db.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE state != 'resolved' "
+                                      "ORDER BY started_at")
+            return [_alert(row) for row in cursor]
 
     def get_alert(self, alert_id: str) -> Alert | None:
-        row = self._db.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+        with self._lock:
+            row = self._db.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = ?", (alert_id,)).fetchone()
         return _alert(row) if row else None
 
     def resolved_alerts(self, *, severity: str | None = None, limit: int = 1000) -> list[Alert]:
@@ -115,14 +158,16 @@ class AlertStore:
             args.append(severity)
         query += " ORDER BY resolved_at DESC, updated_at DESC LIMIT ?"
         args.append(limit)
-        return [_alert(row) for row in self._db.execute(query, args)]
+        with self._lock:
+            return [_alert(row) for row in self._db.execute(query, args)]
 
     def count_resolved(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM alerts WHERE state = 'resolved'").fetchone()[0])
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM alerts WHERE state = 'resolved'").fetchone()[0])
 
     def purge_resolved(self, *, before: float, keep: int) -> int:
         """Delete resolved alerts resolved before `before`, and the oldest beyond the newest `keep`."""
-        with transaction(self._db):
+        with self._lock, transaction(self._db):
             removed = self._db.execute("DELETE FROM alerts WHERE state = 'resolved' AND resolved_at < ?",
                                        (before,)).rowcount
             removed += self._db.execute(
@@ -130,11 +175,42 @@ class AlertStore:
                 "ORDER BY resolved_at DESC, updated_at DESC LIMIT -1 OFFSET ?)", (keep,)).rowcount
         return removed
 
+    # --- the outbox --------------------------------------------------------------------------------------
+
+    def outbox(self) -> list[OutboxRow]:
+        """Every notification still owed, oldest first."""
+        with self._lock:
+            cursor = self._db.execute("SELECT seq, notifier, id, change, alert FROM alert_outbox ORDER BY seq")
+            return [OutboxRow(seq, notifier, nid, change, bytes(alert)) for seq, notifier, nid, change, alert
+                    in cursor]
+
+    def outbox_done(self, seqs: Sequence[int]) -> None:
+        """Remove delivered (or abandoned) notifications, in one transaction: one range delete per run of
+        consecutive numbers (settlements mostly come in order)."""
+        ranges: list[tuple[int, int]] = []
+        for seq in sorted(seqs):
+            if ranges and seq <= ranges[-1][1] + 1:
+                ranges[-1] = (ranges[-1][0], max(seq, ranges[-1][1]))
+            else:
+                ranges.append((seq, seq))
+        with self._lock, transaction(self._db):
+            self._db.executemany("DELETE FROM alert_outbox WHERE seq BETWEEN ? AND ?", ranges)
+
+    def outbox_last(self) -> int:
+        """The highest sequence number in the outbox (0 when it is empty): new rows number on from it."""
+        with self._lock:
+            return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM alert_outbox").fetchone()[0])
+
+    def outbox_counts(self) -> dict[str, int]:
+        """Notifications owed, by notifier."""
+        with self._lock:
+            return dict(self._db.execute("SELECT notifier, count(*) FROM alert_outbox GROUP BY notifier"))
+
     # --- silences ----------------------------------------------------------------------------------------
 
     def save_silence(self, silence: Silence, audit: AuditEntry | None = None) -> None:
         matchers = orjson.dumps([matcher.as_json() for matcher in silence.matchers]).decode()
-        with transaction(self._db):
+        with self._lock, transaction(self._db):
             self._db.execute(
                 "INSERT OR REPLACE INTO silences (id, matchers, starts_at, ends_at, comment, author, "
                 "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -144,23 +220,24 @@ class AlertStore:
                 self._insert_audit(audit)
 
     def silences(self) -> list[Silence]:
-        cursor = self._db.execute("SELECT id, matchers, starts_at, ends_at, comment, author, created_at, "
-                                  "updated_at FROM silences ORDER BY created_at")
+        with self._lock:
+            rows = self._db.execute("SELECT id, matchers, starts_at, ends_at, comment, author, created_at, "
+                                    "updated_at FROM silences ORDER BY created_at").fetchall()
         found = []
-        for sid, matchers, starts_at, ends_at, comment, author, created_at, updated_at in cursor:
+        for sid, matchers, starts_at, ends_at, comment, author, created_at, updated_at in rows:
             parsed = tuple(Matcher.create(item["name"], item["value"], item["op"])
                            for item in orjson.loads(matchers))
             found.append(Silence(sid, parsed, starts_at, ends_at, comment, author, created_at, updated_at))
         return found
 
     def delete_silences(self, ids: list[str]) -> None:
-        with transaction(self._db):
+        with self._lock, transaction(self._db):
             self._db.executemany("DELETE FROM silences WHERE id = ?", [(sid,) for sid in ids])
 
     # --- audit log ---------------------------------------------------------------------------------------
 
     def audit(self, entry: AuditEntry) -> None:
-        with transaction(self._db):
+        with self._lock, transaction(self._db):
             self._insert_audit(entry)
 
     def _insert_audit(self, entry: AuditEntry) -> None:
@@ -177,11 +254,12 @@ class AlertStore:
             args.append(target)
         query += " ORDER BY seq DESC LIMIT ?"
         args.append(limit)
-        return list(_audit_rows(self._db.execute(query, args)))
+        with self._lock:
+            return list(_audit_rows(self._db.execute(query, args)))
 
     def purge_audit(self, *, before: float) -> int:
-        with transaction(self._db):
-            return self._db.execute("DELETE FROM alert_audit WHERE at < ?", (before,)).rowcount
+        with self._lock, transaction(self._db):
+            return int(self._db.execute("DELETE FROM alert_audit WHERE at < ?", (before,)).rowcount)
 
 
 def _audit_rows(cursor: sqlite3.Cursor) -> Iterator[AuditEntry]:

@@ -1,6 +1,7 @@
 """Alert notification against real servers: Mosquitto (through the daemon's own `MqttConnector`) for
 `ioc/v1/alerts/{rule}` and the retained `ioc/v1/alerts/state/{fingerprint}`, and a local HTTP receiver
-(`http.server` in a thread) for webhooks with retries."""
+(`http.server` in a thread) for webhooks with retries; each delivery leaves the outbox only once the
+broker acknowledged it or the receiver answered."""
 
 from __future__ import annotations
 
@@ -148,6 +149,43 @@ def test_a_change_arrives_at_qos1_and_the_state_is_retained_then_cleared(
         after.close()
 
 
+def owed(manager: AlertManager) -> list[tuple[str, str]]:
+    """(notifier, change) of what the outbox still holds, once settled rows are removed."""
+    assert manager.outbox.flush(5)
+    return [(row.notifier, row.change) for row in manager.store.outbox()]
+
+
+def test_an_mqtt_delivery_leaves_the_outbox_once_the_broker_acknowledged_it(
+        private_mosquitto: Server, tmp_path: Path, unique: str) -> None:
+    pipeline = Pipeline(sinks=[], dedup=DedupIndex(None, window=60, max_keys=100), max_bytes=1 << 20,
+                        max_future=300)
+    settings = MqttSettings.model_validate({"url": private_mosquitto.url, "client_id": f"ioc-out-{unique}",
+                                            "subscribe": [f"ioc/v1/events/{unique}"]})
+    connector = MqttConnector(settings, pipeline)
+    connector.start()
+    wait_until(lambda: connector.connected, "the broker connection")
+    manager = AlertManager(AlertStore(tmp_path / "ioc.db"), notifiers=[MqttNotifier(connector)])
+    rule = f"outbox-{unique}"
+    live = Subscriber(private_mosquitto, f"ioc/v1/alerts/{rule}")
+    try:
+        private_mosquitto.pause()  # no PUBACK while it is frozen
+        try:
+            alert = manager.apply(update(rule, "firing"))
+            time.sleep(0.3)  # ample for a PUBACK, were the broker running
+            assert alert is not None and owed(manager) == [("mqtt", "firing")]
+        finally:
+            private_mosquitto.resume()
+        wait_until(lambda: owed(manager) == [], "the outbox emptied after the PUBACKs")
+        live.wait_for(lambda got: len(got) >= 1)
+        (payload, _, _), = live.on(f"ioc/v1/alerts/{rule}")
+        body = orjson.loads(payload)
+        assert body["id"] == alert.id and len(body["notification_id"]) > 8
+    finally:
+        live.close()
+        manager.close()
+        connector.close()
+
+
 def manager_publish(manager: AlertManager, topic: str) -> bool:
     notifier = manager.chain.notifiers[0]
     assert isinstance(notifier, MqttNotifier)
@@ -243,6 +281,9 @@ def test_a_webhook_is_retried_after_5xx_and_delivered_once(tmp_path: Path, recei
         assert body["change"] == "firing" and body["alert"]["id"] == alert.id
         assert body["alert"]["state"] == "firing" and body["alert"]["acknowledged"] is None
         assert hook.outcomes() == {"sent": 1, "failed": 0, "dropped": 0} and hook.retries == 2
+        # Every attempt carries the same idempotency key; delivered, it leaves the outbox.
+        keys = {headers["Idempotency-Key"] for _, headers, _ in receiver.requests}
+        assert keys == {body["notification_id"]} and owed(manager) == []
         port = receiver.server.server_address[1]
         assert hook.name == f"webhook:127.0.0.1:{port}"  # the default name: host and port, never the path
         assert manager.chain.outcomes()[(hook.name, "sent")] == 1

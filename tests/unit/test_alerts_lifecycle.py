@@ -1,24 +1,31 @@
-"""The alert life cycle (ioc.alerts.lifecycle): episodes, acknowledgements, listing, restart, muting, on a
+"""The alert life cycle (ioc.alerts.lifecycle): episodes, acknowledgements, listing, restart, muting, the
+outbox, and the rule engine adopting the store's alerts after a crash (rules.engine.RuleEngine.adopt), on a
 fake clock with the store in a temporary SQLite file."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ioc import failpoints
 from ioc.alerts.alert import Alert, Change
 from ioc.alerts.config import AlertsSettings
 from ioc.alerts.errors import AlertConflict, AlertNotFound, NotifyError
 from ioc.alerts.lifecycle import AlertManager
 from ioc.alerts.model import AlertUpdate, fingerprint
+from ioc.alerts.outbox import Notification
 from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore
 from ioc.config import load_settings
+from ioc.models import AnyEvent
+from rules.engine import RuleEngine
+from rules.loader import parse_rules
+from tests.unit import rules_support as rs
 
 T0 = 1_772_409_600.0  # 2026-03-02T00:00:00Z
 CONTRACT_KEYS = {"id", "fingerprint", "rule", "severity", "state", "labels", "summary", "value", "started_at",
@@ -374,27 +381,313 @@ def test_the_sample_config_loads() -> None:
 
 # --- batches -------------------------------------------------------------------------------------------
 
-def test_a_batch_stores_its_changes_together_at_its_end_and_notifies_at_once(
+def test_a_batch_stores_its_changes_together_at_its_end_then_notifies(
         manager: AlertManager, db: Path, clock: Clock, recorder: Recorder) -> None:
     outside = AlertStore(db)  # another connection: what is committed
     with manager.batch():
         first = manager.apply(update("firing", T0 + 60))
         manager.apply(update("pending", T0 + 60, area="22724"))
         manager.apply(update("resolved", T0 + 120, area="22724"))
-        assert first is not None and recorder.changes == [("aqi-bad", "firing"), ("aqi-bad", "pending"),
-                                                          ("aqi-bad", "resolved")]
-        assert [a.id for a in manager.list()] == [first.id]  # served at once
+        assert first is not None and [a.id for a in manager.list()] == [first.id]  # served at once
         assert outside.active_alerts() == [] and outside.resolved_alerts() == []  # stored at the end
+        assert recorder.got == []  # told once stored
     assert [a.id for a in outside.active_alerts()] == [first.id]
     assert [a.labels["area"] for a in outside.resolved_alerts()] == ["22724"]
-    # An operator's action on another thread while a batch is open is stored at once.
+    assert recorder.changes == [("aqi-bad", "firing"), ("aqi-bad", "pending"), ("aqi-bad", "resolved")]
+    # An operator's action on another thread while a batch is open stores (and tells) what the batch
+    # changed so far first, then its own change: nobody hears of an ack before the firing it is about.
     with manager.batch():
+        second = manager.apply(update("firing", T0 + 200, area="22725"))
+        assert second is not None
         done = threading.Event()
-        threading.Thread(target=lambda: (manager.ack(first.id, "truc-ban-1"), done.set())).start()
+
+        def operator() -> None:
+            manager.ack(second.id, "truc-ban-1")
+            done.set()
+
+        threading.Thread(target=operator).start()
         assert done.wait(5)
-        stored = outside.get_alert(first.id)
+        stored = outside.get_alert(second.id)
         assert stored is not None and stored.acknowledged is not None
+        assert recorder.changes[-2:] == [("aqi-bad", "firing"), ("aqi-bad", "acknowledged")]
     outside.close()
     restarted = reopen(db, clock, recorder)
-    assert [a.id for a in restarted.list()] == [first.id]
+    assert {a.id for a in restarted.list()} == {first.id, second.id}
+    assert restarted.get(second.id).acknowledged is not None
     restarted.close()
+
+
+# --- the outbox: no notification lost across a crash ----------------------------------------------------
+
+class Durable:
+    """A durable notifier (as webhooks and MQTT are): keeps what it is handed; settles at once unless
+    `hold` (the delivery is under way when the process dies)."""
+
+    def __init__(self, name: str = "hook", *, hold: bool = False) -> None:
+        self.name = name
+        self.hold = hold
+        self.got: list[Notification] = []
+
+    def wants(self, alert: Alert, change: Change) -> bool:
+        return change in ("firing", "resolved")
+
+    def deliver(self, note: Notification, settle: Callable[[int], None]) -> None:
+        self.got.append(note)
+        if not self.hold:
+            settle(note.seq)
+
+    @property
+    def changes(self) -> list[tuple[str, str, float | None]]:
+        return [(note.change, note.alert.labels["area"], note.alert.value) for note in self.got]
+
+
+def owed(db: Path) -> list[tuple[str, str]]:
+    """(notifier, change) of the outbox's rows, as another connection sees them."""
+    outside = AlertStore(db)
+    try:
+        return [(row.notifier, row.change) for row in outside.outbox()]
+    finally:
+        outside.close()
+
+
+def test_a_change_is_stored_with_its_outbox_rows_before_anyone_is_told(db: Path, clock: Clock) -> None:
+    seen: list[tuple[int, list[tuple[str, str]]]] = []
+
+    class Watcher:
+        name = "watcher"
+
+        def notify(self, alert: Alert, change: Change) -> None:  # what is committed when it is told
+            outside = AlertStore(db)
+            seen.append((len(outside.active_alerts()), [(r.notifier, r.change) for r in outside.outbox()]))
+            outside.close()
+
+    hook = Durable(hold=True)
+    manager = AlertManager(AlertStore(db), notifiers=[Watcher(), hook], clock=clock)
+    manager.apply(update("pending", T0))  # the hook does not want it: no row
+    manager.apply(update("firing", T0 + 60))
+    assert seen == [(1, []), (1, [("hook", "firing")])]
+    assert [note.change for note in hook.got] == ["firing"] and hook.got[0].seq > 0
+    assert owed(db) == [("hook", "firing")]  # held: not delivered yet
+    manager.close()
+
+
+def test_what_a_crash_left_undelivered_is_delivered_first_after_the_restart(db: Path, clock: Clock) -> None:
+    hook = Durable(hold=True)  # the receiver never answers before the crash
+    crashed = AlertManager(AlertStore(db), notifiers=[hook], clock=clock)
+    crashed.apply(update("firing", T0, area="1", value=1.0))
+    crashed.apply(update("firing", T0, area="2", value=2.0))
+    crashed.apply(update("resolved", T0 + 5, area="1", value=0.5))
+    ids = [note.id for note in hook.got]
+    assert owed(db) == [("hook", "firing"), ("hook", "firing"), ("hook", "resolved")]
+    crashed.store.close()  # no close(): the process died
+
+    again = Durable()
+    restarted = AlertManager(AlertStore(db), notifiers=[again], clock=clock, resume=False)
+    restarted.apply(update("resolved", T0 + 9, area="2", value=0.1))  # a change before resume: held
+    assert again.got == []
+    restarted.resume()
+    assert again.changes == [("firing", "1", 1.0), ("firing", "2", 2.0), ("resolved", "1", 0.5),
+                             ("resolved", "2", 0.1)]
+    assert [note.id for note in again.got[:3]] == ids  # the same ids: receivers de-duplicate on them
+    assert again.got[0].alert == hook.got[0].alert  # the alert as it was told
+    assert restarted.outbox.flush(5) and owed(db) == []
+    restarted.close()
+    later = Durable()
+    AlertManager(AlertStore(db), notifiers=[later], clock=clock).close()
+    assert later.got == []  # delivered once: nothing owed any more
+
+
+def test_rows_of_a_notifier_no_longer_configured_are_dropped(db: Path, clock: Clock) -> None:
+    crashed = AlertManager(AlertStore(db), notifiers=[Durable("webhook:old", hold=True)], clock=clock)
+    crashed.apply(update("firing", T0))
+    crashed.store.close()
+    restarted = AlertManager(AlertStore(db), notifiers=[Durable("webhook:new")], clock=clock)
+    assert restarted.outbox.flush(5) and owed(db) == []
+    restarted.close()
+
+
+def test_a_failpoint_error_before_notifying_leaves_the_change_owed(db: Path, clock: Clock,
+                                                                 recorder: Recorder) -> None:
+    hook = Durable()
+    manager = AlertManager(AlertStore(db), notifiers=[recorder, hook], clock=clock)
+    failpoints.configure("alerts.before_notify=1*error")
+    try:
+        assert manager.apply(update("firing", T0)) is not None
+    finally:
+        failpoints.configure("")
+    assert recorder.got == [] and hook.got == [] and owed(db) == [("hook", "firing")]
+    manager.store.close()
+    again = Durable()
+    AlertManager(AlertStore(db), notifiers=[again], clock=clock).close()
+    assert [note.change for note in again.got] == ["firing"]
+
+
+def test_the_outbox_gauge_counts_what_is_owed(db: Path, clock: Clock) -> None:
+    hook = Durable(hold=True)
+    manager = AlertManager(AlertStore(db), notifiers=[hook, Durable("mqtt")], clock=clock)
+    manager.apply(update("firing", T0))
+    assert manager.outbox.flush(5)
+    samples = {m.name: {tuple(s.labels.values()): s.value for s in m.samples} for m in manager.metrics()}
+    assert samples["ioc_alert_outbox"] == {("hook",): 1.0, ("mqtt",): 0.0}
+    manager.close()
+
+
+# --- restart: the rule engine adopts what the store says is pending and firing ----------------------------
+
+class Site:
+    """The rule engine feeding the alert manager over one store file, as the daemon wires them: a saved
+    engine state (`state`, as `dump_state` left it, maybe older than the store), then `adopt`."""
+
+    def __init__(self, db: Path, rules: str, *, state: bytes | None = None, started: str = "0s") -> None:
+        self.recorder = Recorder()
+        self.manager = AlertManager(AlertStore(db), notifiers=[self.recorder], clock=lambda: rs.T0)
+        self.engine = RuleEngine(parse_rules(rules), areas=None, on_change=self._apply,
+                                 started_at=rs.at(started))
+        if state is not None:
+            self.engine.load_state(state)
+        self.engine.adopt(self.manager.active())
+
+    def _apply(self, update: AlertUpdate) -> None:
+        self.manager.apply(update)
+
+    def feed(self, *events: AnyEvent) -> None:
+        for event in events:
+            self.engine.observe(event)
+
+    def changes(self) -> list[tuple[str, Change, float | None]]:
+        return [(alert.rule, change, alert.value) for alert, change in self.recorder.got]
+
+    def crash(self) -> None:
+        self.manager.store.close()  # no flush, no saved engine state
+
+
+THRESHOLD = """
+rules:
+  - {id: hot, kind: threshold, severity: warning, match: {metric: m}, op: ">=", threshold: 100}
+"""
+
+
+def test_after_a_crash_the_engine_resolves_what_the_store_has_firing(db: Path) -> None:
+    """The chaos checker's finding: fire, crash before the engine's state was saved, resolve."""
+    before = Site(db, THRESHOLD)
+    before.feed(rs.tel(0, 150))
+    assert before.changes() == [("hot", "firing", 150.0)]
+    before.crash()
+    after = Site(db, THRESHOLD)  # nothing saved: the engine alone would think nothing fires
+    after.feed(rs.tel(10, 50))
+    assert after.changes() == [("hot", "resolved", 50.0)] and after.manager.list() == []
+    after.feed(rs.tel(20, 160), rs.tel(30, 170))
+    assert after.changes()[1:] == [("hot", "firing", 160.0)]
+
+
+def test_after_a_crash_a_state_saved_while_firing_does_not_swallow_the_next_episode(db: Path) -> None:
+    before = Site(db, THRESHOLD)
+    before.feed(rs.tel(0, 150))
+    saved = before.engine.dump_state()  # firing
+    before.feed(rs.tel(5, 50))  # resolved, stored; the saved state is not updated
+    before.crash()
+    after = Site(db, THRESHOLD, state=saved)
+    after.feed(rs.tel(10, 160))
+    after.feed(rs.tel(20, 40))
+    assert after.changes() == [("hot", "firing", 160.0), ("hot", "resolved", 40.0)]
+    first, second = before.recorder.got[0][0], after.recorder.got[0][0]
+    assert first.id != second.id and first.fingerprint == second.fingerprint
+
+
+def test_a_pending_alert_fires_when_its_for_runs_out_after_a_crash(db: Path) -> None:
+    rules = """
+rules:
+  - {id: hot, kind: threshold, severity: warning, match: {metric: m}, op: ">=", threshold: 100, for: 10m}
+"""
+    before = Site(db, rules)
+    before.feed(rs.tel(0, 150))
+    before.crash()
+    after = Site(db, rules, started="1m")
+    after.engine.advance(rs.at("9m"))
+    assert after.changes() == []
+    after.engine.advance(rs.at("11m"))
+    assert after.changes() == [("hot", "firing", 150.0)]
+    [alert] = after.manager.list()
+    assert (alert.started_at, alert.fired_at) == (rs.at(0), rs.at("10m"))
+
+
+def test_the_hysteresis_latch_follows_the_store(db: Path) -> None:
+    rules = """
+rules:
+  - {id: aqi, kind: threshold, severity: warning, match: {metric: m}, op: ">=", threshold: 151, clear: 120}
+"""
+    before = Site(db, rules)
+    before.feed(rs.tel(0, 160))
+    saved = before.engine.dump_state()
+    before.crash()
+    after = Site(db, rules)  # firing in the store: latched, 130 keeps it firing
+    after.feed(rs.tel(10, 130))
+    assert after.changes() == []
+    after.feed(rs.tel(20, 110), rs.tel(30, 130))  # resolved below 120; 130 is not enough to fire again
+    assert after.changes() == [("aqi", "resolved", 110.0)]
+    after.crash()
+    again = Site(db, rules, state=saved)  # the saved state is latched; the store says resolved
+    again.feed(rs.tel(40, 130))
+    assert again.changes() == []
+
+
+def test_keep_firing_for_keeps_its_timing_within_the_same_episode(db: Path) -> None:
+    rules = """
+rules:
+  - {id: hot, kind: threshold, severity: warning, match: {metric: m}, op: ">=", threshold: 100,
+     keep_firing_for: 5m}
+"""
+    before = Site(db, rules)
+    before.feed(rs.tel(0, 150), rs.tel("1m", 50))  # stopped holding at 1m: firing until 6m
+    saved = before.engine.dump_state()
+    before.crash()
+    after = Site(db, rules, state=saved)
+    after.engine.advance(rs.at("5m"))
+    assert after.changes() == []
+    after.engine.advance(rs.at("7m"))
+    assert after.changes() == [("hot", "resolved", 50.0)]
+    assert after.manager.list("resolved")[0].resolved_at == rs.at("6m")
+
+
+def test_an_absent_series_resolves_when_it_comes_back_after_a_crash(db: Path) -> None:
+    rules = """
+rules:
+  - {id: silent, kind: absence, severity: warning, match: {source: s}, group_by: [source], after: 15m}
+"""
+    before = Site(db, rules)
+    before.engine.advance(rs.at("16m"))
+    assert before.changes() == [("silent", "firing", None)]
+    before.crash()
+    after = Site(db, rules, started="20m")  # the grace period alone would not fire before 35m
+    after.feed(rs.tel("21m", 1.0))
+    assert after.changes() == [("silent", "resolved", None)]
+
+
+def test_a_window_alert_adopted_after_a_crash_resolves_as_its_samples_expire(db: Path) -> None:
+    rules = """
+rules:
+  - {id: busy, kind: window, severity: warning, match: {metric: m}, aggregate: count, window: 5m,
+     op: ">=", threshold: 3}
+"""
+    before = Site(db, rules)
+    before.feed(rs.tel(0, 1), rs.tel(10, 1))
+    saved = before.engine.dump_state()  # two samples
+    before.feed(rs.tel(20, 1))  # the third fires it; this sample is lost with the process
+    before.crash()
+    after = Site(db, rules, state=saved)
+    after.engine.advance(rs.at("4m"))
+    assert after.changes() == []
+    after.engine.advance(rs.at("6m"))
+    assert after.changes() == [("busy", "resolved", 1.0)]
+
+
+def test_an_alert_of_a_rule_no_longer_loaded_is_resolved_at_start(db: Path) -> None:
+    both = THRESHOLD + """  - {id: cold, kind: threshold, severity: info, match: {metric: m}, op: "<", threshold: 0}
+"""
+    before = Site(db, both)
+    before.feed(rs.tel(0, -5))
+    assert before.changes() == [("cold", "firing", -5.0)]
+    before.crash()
+    after = Site(db, THRESHOLD, started="1m")
+    assert after.changes() == [("cold", "resolved", -5.0)] and after.manager.list() == []
+    assert after.manager.list("resolved")[0].resolved_at == rs.at("1m")

@@ -1,13 +1,15 @@
 """The notifiers' own logic (ioc.alerts.notify) with test doubles: what each sends for which change,
-retry policy bounds, and the delivery queue's shutdown. Real Mosquitto and HTTP are in
-tests/integration/test_alerts_notify.py."""
+retry policy bounds, the delivery queue's shutdown, and when each durable notifier settles a notification
+(ioc.alerts.outbox). Real Mosquitto and HTTP are in tests/integration/test_alerts_notify.py."""
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import pytest
 
 from ioc.alerts.alert import Acknowledgement, Alert, Change
@@ -23,6 +25,7 @@ from ioc.alerts.notify import (
     WebhookNotifier,
     build_notifiers,
 )
+from ioc.alerts.outbox import Notification, alert_from_record, alert_record
 from ioc.errors import SinkFull
 
 T0 = 1_772_409_600.0
@@ -40,6 +43,30 @@ class Publisher:
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
         self.sent.append((topic, payload, qos, retain))
         return self.accept
+
+
+class Connector(Publisher):
+    """A publisher that, as the MQTT connector, says how many QoS 1 publishes the broker has not
+    acknowledged yet (`unacked`, set by the test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unacked = 0
+
+    def pending(self) -> int:
+        return self.unacked
+
+
+class Settled:
+    """A settle callback that records the sequence numbers it is given."""
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.event = threading.Event()
+
+    def __call__(self, seq: int) -> None:
+        self.seqs.append(seq)
+        self.event.set()
 
 
 def test_mqtt_topics_for_each_kind_of_alert() -> None:
@@ -63,17 +90,51 @@ def test_a_dropped_mqtt_publish_is_a_notify_error() -> None:
     assert not caught.value.retryable
 
 
+def test_mqtt_settles_a_delivery_once_the_broker_acknowledged_everything_before_it() -> None:
+    connector = Connector()
+    notifier = MqttNotifier(connector, poll=0.001)
+    settled = Settled()
+    connector.unacked = 2  # our two publishes, not yet acknowledged
+    notifier.deliver(Notification(FIRING, "firing", "n-1", seq=7), settled)
+    assert [orjson.loads(body)["notification_id"] for _, body, _, _ in connector.sent] == ["n-1", "n-1"]
+    assert not settled.event.wait(0.05) and notifier.owed() == 1
+    connector.unacked = 0  # the PUBACKs came
+    assert settled.event.wait(5) and settled.seqs == [7]
+    notifier.close(1.0)
+
+
+def test_mqtt_leaves_what_the_broker_never_acknowledged_in_the_outbox_at_close() -> None:
+    connector = Connector()
+    connector.unacked = 1  # the broker is away
+    notifier = MqttNotifier(connector, poll=0.001)
+    settled = Settled()
+    notifier.deliver(Notification(FIRING, "firing", "n-1", seq=3), settled)
+    notifier.close(0.05)
+    assert settled.seqs == []  # still owed: sent again at the next start
+    notifier.deliver(Notification(FIRING, "resolved", "n-2", seq=4), settled)  # after close: kept owed
+    assert settled.seqs == [] and notifier.owed() == 1
+    # A publisher that cannot tell (no `pending`) is taken at its word; a dropped publish is settled by
+    # the chain (refused for good).
+    plain = Settled()
+    MqttNotifier(Publisher()).deliver(Notification(FIRING, "firing", "n-3", seq=5), plain)
+    assert plain.seqs == [5]
+
+
 class Sink:
     def __init__(self, full: bool = False) -> None:
         self.full = full
         self.points: list[str] = []
         self.timeouts: list[float | None] = []
 
+        self.callbacks: list[Any] = []
+
     def submit(self, points: list[str], on_durable: Any = None, *, timeout: float | None = None) -> None:
         self.timeouts.append(timeout)
         if self.full:
             raise SinkFull("influx: queue full")
         self.points.extend(points)
+        if on_durable is not None:
+            self.callbacks.append(on_durable)
 
 
 def test_influx_gets_state_changes_at_their_event_time_and_never_waits() -> None:
@@ -87,6 +148,18 @@ def test_influx_gets_state_changes_at_their_event_time_and_never_waits() -> None
     assert sink.timeouts == [0.0]
     with pytest.raises(NotifyError, match="the sink took no point"):
         InfluxNotifier(Sink(full=True)).notify(FIRING, "firing")
+
+
+def test_influx_settles_when_the_sink_has_the_point_durable() -> None:
+    sink = Sink()
+    notifier = InfluxNotifier(sink)
+    assert notifier.wants(FIRING, "firing") and not notifier.wants(FIRING, "acknowledged")
+    settled = Settled()
+    notifier.deliver(Notification(FIRING, "firing", "n-1", seq=9), settled)
+    assert len(sink.points) == 1 and settled.seqs == []
+    (durable,) = sink.callbacks
+    durable()  # written or spooled
+    assert settled.seqs == [9]
 
 
 def test_the_stream_gets_every_change_with_its_kind() -> None:
@@ -118,6 +191,13 @@ def test_what_a_webhook_wants(alert: Alert, change: Change, wanted: bool) -> Non
     notifier.close()
 
 
+def test_an_alert_record_brings_back_the_alert_as_it_was_told() -> None:
+    alert = replace(FIRING, acknowledged=Acknowledgement("op", T0 + 400), silenced_by=("s1", "s2"),
+                    inhibited_by="f" * 16, runbook="https://wiki/x", updated_at=T0 + 401)
+    assert alert_from_record(alert_record(alert)) == alert
+    assert alert_from_record(alert_record(FIRING)) == FIRING
+
+
 def test_webhook_settings_defaults_and_checks() -> None:
     settings = WebhookSettings(url="https://user:pw@chat.example.vn:8443/hooks/secret-path")
     assert settings.name == "webhook:chat.example.vn:8443"
@@ -138,7 +218,7 @@ def test_retry_delays_grow_are_capped_and_honour_retry_after() -> None:
 
 
 class Flaky:
-    """Fails retryably `failures` times, then succeeds; records attempts."""
+    """Fails retryably `failures` times, then succeeds; records attempts (and what it was sent)."""
 
     name = "flaky"
 
@@ -146,11 +226,16 @@ class Flaky:
         self.failures = failures
         self.retryable = retryable
         self.attempts = 0
+        self.sent: list[Notification] = []
 
     def notify(self, alert: Alert, change: Change) -> None:
+        self.send(Notification(alert, change, ""))
+
+    def send(self, note: Notification) -> None:
         self.attempts += 1
         if self.attempts <= self.failures:
             raise NotifyError("nope", retryable=self.retryable)
+        self.sent.append(note)
 
 
 def test_queued_retries_up_to_max_attempts() -> None:
@@ -164,24 +249,65 @@ def test_queued_retries_up_to_max_attempts() -> None:
     assert isinstance(gives_up.inner, Flaky) and gives_up.inner.attempts == 3
 
 
-def test_close_drops_what_it_cannot_deliver_in_time() -> None:
+def test_queued_settles_what_is_sent_failed_or_dropped_from_a_full_queue() -> None:
+    settled = Settled()
+    ok = Queued(Flaky(1), policy=RetryPolicy(3, 0.001, 0.002))
+    ok.deliver(Notification(FIRING, "firing", "n-1", seq=1), settled)
+    assert ok.wait_idle(5) and settled.seqs == [1]
+    assert isinstance(ok.inner, Flaky) and [note.id for note in ok.inner.sent] == ["n-1"]
+    gives_up = Queued(Flaky(9, retryable=False), policy=RetryPolicy(3, 0.001, 0.002))
+    gives_up.deliver(Notification(FIRING, "firing", "n-2", seq=2), settled)
+    assert gives_up.wait_idle(5) and settled.seqs == [1, 2] and gives_up.outcomes()["failed"] == 1
+    gate = threading.Event()
+
+    class Slow:
+        name = "slow"
+
+        def send(self, note: Notification) -> None:
+            gate.wait(10)
+
+    full = Queued(Slow(), policy=RetryPolicy(3, 0.001, 0.002), queue_max=1)
+    full.deliver(Notification(FIRING, "firing", "n-3", seq=3), settled)  # taken by the thread
+    assert wait_until(lambda: full.pending() == 1 and not full._queue)
+    full.deliver(Notification(FIRING, "firing", "n-4", seq=4), settled)  # queued
+    full.deliver(Notification(FIRING, "firing", "n-5", seq=5), settled)  # no room: dropped for good
+    assert settled.seqs == [1, 2, 5] and full.outcomes()["dropped"] == 1
+    gate.set()
+    assert full.wait_idle(5) and settled.seqs == [1, 2, 5, 3, 4]
+    full.close(1.0)
+
+
+def wait_until(probe: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def test_close_keeps_in_the_outbox_what_it_cannot_deliver_in_time() -> None:
     gate = threading.Event()
 
     class Stuck:
         name = "stuck"
 
-        def notify(self, alert: Alert, change: Change) -> None:
+        def send(self, note: Notification) -> None:
             gate.wait(10)
             raise NotifyError("still down", retryable=True)
 
+    settled = Settled()
     queued = Queued(Stuck(), policy=RetryPolicy(5, 30.0, 60.0))
-    for _ in range(3):
-        queued.notify(FIRING, "firing")
+    for seq in (1, 2):
+        queued.deliver(Notification(FIRING, "firing", f"n-{seq}", seq=seq), settled)
+    queued.notify(FIRING, "firing")  # outside the outbox: lost with the process, so counted dropped
     gate.set()  # the first attempt fails; the retry would wait 30 s
     queued.close(timeout=0.2)
-    assert queued.outcomes() == {"sent": 0, "failed": 0, "dropped": 3}
-    queued.notify(FIRING, "firing")  # closed: counted, never queued
-    assert queued.outcomes()["dropped"] == 4
+    assert settled.seqs == []  # both stay owed: delivered again at the next start
+    assert queued.outcomes() == {"sent": 0, "failed": 0, "dropped": 1}
+    queued.deliver(Notification(FIRING, "firing", "n-3", seq=3), settled)  # closed: stays owed
+    queued.notify(FIRING, "firing")  # closed, outside the outbox: counted, never queued
+    assert settled.seqs == [] and queued.outcomes()["dropped"] == 2
 
 
 def test_the_chain_counts_and_build_notifiers_orders_them() -> None:
@@ -198,3 +324,47 @@ def test_the_chain_counts_and_build_notifiers_orders_them() -> None:
     settings = AlertsSettings.model_validate({"webhooks": [{"url": "http://127.0.0.1:9/hook"}]})
     names = [n.name for n in build_notifiers(settings, mqtt=Publisher(), sink=Sink(), stream=Stream())]
     assert names == ["sse", "mqtt", "influx", "webhook:127.0.0.1:9"]
+
+
+class Durable:
+    """A durable notifier double: keeps what it is handed; settles at once unless `hold`."""
+
+    def __init__(self, name: str, *, hold: bool = False, refuse: bool = False) -> None:
+        self.name = name
+        self.hold = hold
+        self.refuse = refuse
+        self.got: list[Notification] = []
+
+    def wants(self, alert: Alert, change: Change) -> bool:
+        return change != "acknowledged"
+
+    def deliver(self, note: Notification, settle: Any) -> None:
+        if self.refuse:
+            raise NotifyError("no", retryable=False)
+        self.got.append(note)
+        if not self.hold:
+            settle(note.seq)
+
+
+def test_the_chain_keys_durable_notifiers_and_hands_each_its_row() -> None:
+    plain = Flaky(0)
+    first, second, refusing = Durable("hook"), Durable("hook", hold=True), Durable("mqtt", refuse=True)
+    chain = NotifierChain([plain, first, second, refusing])
+    assert list(chain.durable) == ["hook", "hook#2", "mqtt"]  # a repeated name is told apart, stably
+    assert chain.wanting(FIRING, "firing") == ["hook", "hook#2", "mqtt"]
+    assert chain.wanting(FIRING, "acknowledged") == []
+    settled = Settled()
+    chain.dispatch(FIRING, "firing", "n-1", {"hook": 1, "hook#2": 2, "mqtt": 3}, settled)
+    assert [n.seq for n in first.got] == [1] and [n.seq for n in second.got] == [2]
+    assert [n.id for n in first.got + second.got] == ["n-1", "n-1"] and plain.attempts == 1
+    assert settled.seqs == [1, 3]  # delivered; refused for good (its row is of no more use)
+    assert chain.outcomes()[("mqtt", "failed")] == 1
+    # Only the plain ones, then only the durable ones (the alert manager before `resume`).
+    chain.dispatch(FIRING, "resolved", "n-2", {"hook": 4}, settled, durable=False)
+    assert plain.attempts == 2 and len(first.got) == 1
+    chain.dispatch(FIRING, "resolved", "n-2", {"hook": 4}, settled, plain=False)
+    assert plain.attempts == 2 and [n.seq for n in first.got] == [1, 4] and len(second.got) == 1
+    # A row of a notifier no longer configured is refused.
+    assert not chain.redeliver("webhook:gone", Notification(FIRING, "firing", "n-0", 9), settled)
+    assert chain.redeliver("hook#2", Notification(FIRING, "firing", "n-0", 9), settled)
+    assert second.got[-1].seq == 9

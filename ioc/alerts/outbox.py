@@ -1,0 +1,169 @@
+"""The notification outbox: alert changes owed to durable notifiers survive a crash (at least once).
+
+A *durable* notifier (webhooks, `ioc/v1/alerts/...` on MQTT, the `alert` measurement in InfluxDB) gets each
+change it `wants` as a `Notification`. Its row in the store's outbox is written in the same SQLite
+transaction as the alert change itself, before anyone is told; the notifier calls `settle(seq)` once the
+notification is delivered (or given up for good: failed after its attempts, dropped from a full queue), and
+the row is removed. Rows still there at start-up are delivered again, in order, before any new change.
+
+So a change is never lost between the store and a receiver. A SIGKILL after the receiver took a delivery
+and before its row is gone repeats it after the restart: the window is the delivery thread handing the
+sequence number to `Outbox`'s thread, `GATHER` (2 ms, so a burst costs one commit) and one SQLite commit;
+for MQTT also until the broker's PUBACK of every publish in flight has come (looked at every 10 ms). Receivers de-duplicate on the
+notification's `id`: the same on every re-send and for every receiver of the change (a webhook's
+`Idempotency-Key` header and `notification_id` field, the `notification_id` field on MQTT). For `pending`,
+`firing` and `resolved` the pair (alert `id`, `change`) is unique too, since a new episode is a new alert id.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import orjson
+import structlog
+
+from ioc.alerts.alert import Acknowledgement, Alert, Change
+from ioc.alerts.store import AlertStore
+
+__all__ = ["Durable", "Notification", "Outbox", "Settle", "alert_from_record", "alert_record", "new_ids"]
+
+log = structlog.get_logger("ioc.alerts.outbox")
+
+GATHER = 0.002  # seconds settlements are gathered before their rows are removed in one transaction
+
+Settle = Callable[[int], None]
+"""Called by a durable notifier with a notification's `seq` once it needs no more delivering."""
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One alert change for one notifier. `id` is the idempotency key; `seq` its outbox row (0: none, e.g.
+    the store could not be written, or the notifier was called directly)."""
+
+    alert: Alert
+    change: Change
+    id: str
+    seq: int = 0
+
+
+@runtime_checkable
+class Durable(Protocol):
+    """A notifier whose deliveries go through the outbox. `wants` says which changes it delivers at all
+    (only those get a row); `deliver` takes one over and returns at once (queue, never wait on the network),
+    raising NotifyError when it refuses it for good; `settle(note.seq)` follows once it is delivered."""
+
+    name: str
+
+    def wants(self, alert: Alert, change: Change) -> bool: ...
+
+    def deliver(self, note: Notification, settle: Settle) -> None: ...
+
+
+def new_ids() -> Callable[[], str]:
+    """A source of notification ids: a random prefix per process, then a counter (unique across restarts
+    without a random draw per change)."""
+    prefix = os.urandom(6).hex()
+    counter = iter(range(1, 1 << 62))
+    return lambda: f"{prefix}-{next(counter):x}"
+
+
+# --- the alert snapshot a row carries ------------------------------------------------------------------------
+
+def alert_record(alert: Alert) -> bytes:
+    """The alert exactly as it was told (muting included), to be told again the same way after a restart."""
+    ack = alert.acknowledged
+    return orjson.dumps({
+        "id": alert.id, "fingerprint": alert.fingerprint, "rule": alert.rule, "severity": alert.severity,
+        "state": alert.state, "labels": alert.labels, "summary": alert.summary, "value": alert.value,
+        "started_at": alert.started_at, "fired_at": alert.fired_at, "resolved_at": alert.resolved_at,
+        "runbook": alert.runbook, "acknowledged": None if ack is None else [ack.by, ack.at],
+        "updated_at": alert.updated_at, "silenced_by": alert.silenced_by, "inhibited_by": alert.inhibited_by,
+    })
+
+
+def alert_from_record(data: bytes) -> Alert:
+    raw = orjson.loads(data)
+    ack = raw.pop("acknowledged")
+    silenced_by = tuple(raw.pop("silenced_by"))
+    return Alert(**raw, acknowledged=None if ack is None else Acknowledgement(ack[0], ack[1]),
+                 silenced_by=silenced_by)
+
+
+# --- removing delivered rows -----------------------------------------------------------------------------------
+
+class Outbox:
+    """Removes settled rows from the store: `settle(seq)` (any thread, never blocks) hands the number to a
+    small thread that deletes everything settled since its last round in one transaction, so a burst of
+    deliveries (an alert storm's points to InfluxDB) costs a commit a round, not one each."""
+
+    def __init__(self, store: AlertStore) -> None:
+        self.store = store
+        self._settled: list[int] = []
+        self._cond = threading.Condition()
+        self._busy = False
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._failing = False
+        self.errors = 0
+
+    def settle(self, seq: int) -> None:
+        if seq <= 0:
+            return
+        with self._cond:
+            if self._closing:
+                return
+            self._settled.append(seq)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="alerts-outbox", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every settled row is removed; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._settled and not self._busy, timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Remove what is settled (up to `timeout`), then stop; later settlements are ignored (their rows
+        are delivered again at the next start)."""
+        self.flush(timeout)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: self._settled or self._closing)
+                if not self._settled:
+                    self._thread = None
+                    return
+                self._busy = True
+                if not self._closing:
+                    # Settlements come in bursts (a sink's flush, the broker's PUBACKs, an alert storm's
+                    # deliveries): gather them for a moment, one commit for all. This moment is part of
+                    # the window in which a crash repeats a delivery.
+                    self._cond.wait(GATHER)
+                seqs, self._settled = self._settled, []
+            self._remove(seqs)
+
+    def _remove(self, seqs: list[int]) -> None:
+        try:
+            self.store.outbox_done(seqs)
+        except Exception as error:  # noqa: BLE001 - a full disk or a closed store: the rows are sent again
+            self.errors += 1
+            if not self._failing:
+                log.error("alerts.outbox_remove_failed", rows=len(seqs), error=str(error),
+                          effect="delivered again after a restart")
+            self._failing = True
+        else:
+            self._failing = False
