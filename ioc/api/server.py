@@ -199,6 +199,24 @@ class GuardedH11Protocol(H11Protocol):
             cycle.message_event.set()
         self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request that breaks HTTP mid-body (a chunk size of `-1`): uvicorn answers 400 and closes,
+        while the application may still be reading the body. Its request is cut off as by a timeout:
+        its `receive()` returns `http.disconnect` and what it answers is dropped, instead of reaching an
+        h11 connection that must close (a `LocalProtocolError`, logged as an internal error)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            self._timed_out = True  # what the application raises about it is the client's doing
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:  # too late for a 400: just close
+                self.transport.close()
+                return
+        try:
+            super().send_400_response(msg)
+        except h11.LocalProtocolError:
+            self.transport.close()
+
     async def _run_app(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The application; what it raises because this server cut its request off (the client was too
         slow: `ClientDisconnect` in a body read) is the client's doing, not an application error."""

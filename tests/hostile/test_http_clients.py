@@ -479,3 +479,28 @@ def test_through_the_proxy_streams_flow_unbuffered_and_big_bodies_stop_there(
                           headers={"Authorization": f"Bearer {VENDOR_TOKEN}"}, json={"id": "via-proxy", "source": "qtmt-aqi", "type": "telemetry",
                                 "time": "2026-01-05T08:00:00+07:00", "metric": "env.aqi", "value": 1.0})
     assert accepted.status_code == 202, accepted.text
+
+
+@pytest.mark.parametrize("token", [True, False])  # without one the app answers 401 without reading the body
+@pytest.mark.parametrize("request_bytes", [
+    # Found by the fuzzer (tests/fuzz): a chunk size h11 refuses while the app is reading the body.
+    b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n-1\r\n",
+    b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\nzz\r\n",
+])
+def test_a_request_broken_mid_body_is_a_400_never_an_internal_error(daemon: LimitedDaemon,
+                                                                    request_bytes: bytes, token: bool) -> None:
+    before = daemon.log_path.read_bytes().count(b"api.internal_error")
+    sock = connect(daemon)
+    if token:
+        request_bytes = request_bytes.replace(
+            b"Host: x\r\n", f"Host: x\r\nAuthorization: Bearer {VENDOR_TOKEN}\r\n".encode())
+    sock.sendall(request_bytes)
+    answer = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            answer += chunk
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert post_event(daemon, f"after-broken-{len(request_bytes)}-{token}").status_code == 202
+    time.sleep(0.3)  # the application's side of the cut-off request has finished by now
+    assert daemon.log_path.read_bytes().count(b"api.internal_error") == before
