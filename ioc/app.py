@@ -7,7 +7,11 @@ connectors -> pipeline (validate, dedup, dead letters) -> sinks (InfluxDB or its
 `Daemon.run()` keeps every long-lived task in one TaskGroup. Shutdown order matters for durability:
 stop intake first (HTTP stops accepting, MQTT stops processing and acknowledging), then evaluate what
 was accepted (its KPIs and alerts go out), persist the rule engine's state, then flush the sinks
-(which sends the last acknowledgements), then persist dedup keys, then disconnect from the broker.
+(which sends the last acknowledgements), then persist dedup keys, then disconnect from the broker, then
+close the alerts (what the sinks, the broker and the webhooks took leaves the notification outbox).
+At start the rule engine adopts the alert store's pending and firing alerts (the store is written at
+every change, the engine's state only every RULE_STATE_EVERY seconds), and the outbox's leftovers are
+delivered once the connector and the sinks run.
 """
 
 from __future__ import annotations
