@@ -47,10 +47,10 @@ log = structlog.get_logger("ioc.alerts.notify")
 ALERTS_TOPIC = "ioc/v1/alerts/"  # + rule: every change of an unmuted alert (QoS 1)
 STATE_TOPIC = "ioc/v1/alerts/state/"  # + fingerprint: the current state, retained; cleared when resolved
 OUTCOMES = ("sent", "failed", "dropped")
-SETTLE_POLL = 0.01  # seconds between looks at the MQTT connector's unacknowledged publishes while one is owed
+SETTLE_POLL = 0.005  # seconds between looks at the MQTT connector's unacknowledged publishes while one is owed
 
 
-def _settle_nothing(seq: int) -> None:
+def _settle_nothing(seq: int, *, now: bool = False) -> None:
     """The settle callback of a notification outside the outbox."""
 
 
@@ -439,7 +439,9 @@ class Queued:
                 self._busy = True
             outcome = self._deliver(note)
             if outcome != "dropped" or note.seq <= 0:
-                settle(note.seq)  # done with, either way (a delivery cut by the stop stays owed)
+                # Done with, either way (a delivery cut by the stop stays owed); at once, so a crash
+                # repeats as few deliveries as it can.
+                settle(note.seq, now=True)
             with self._cond:
                 self._busy = False
                 if outcome != "dropped" or note.seq <= 0:

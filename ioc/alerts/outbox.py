@@ -7,9 +7,10 @@ notification is delivered (or given up for good: failed after its attempts, drop
 the row is removed. Rows still there at start-up are delivered again, in order, before any new change.
 
 So a change is never lost between the store and a receiver. A SIGKILL after the receiver took a delivery
-and before its row is gone repeats it after the restart: the window is the delivery thread handing the
-sequence number to `Outbox`'s thread, `GATHER` (2 ms, so a burst costs one commit) and one SQLite commit;
-for MQTT also until the broker's PUBACK of every publish in flight has come (looked at every 10 ms). Receivers de-duplicate on the
+and before its row is gone repeats it after the restart: for a webhook that window is one SQLite commit
+in the delivery thread right after the 2xx; for MQTT and InfluxDB, whose settlements come in bursts, the
+next look at the connector's unacknowledged publishes (every 5 ms) or the sink's callback, then `GATHER`
+(2 ms, so a burst costs one commit) and the commit. Receivers de-duplicate on the
 notification's `id`: the same on every re-send and for every receiver of the change (a webhook's
 `Idempotency-Key` header and `notification_id` field, the `notification_id` field on MQTT). For `pending`,
 `firing` and `resolved` the pair (alert `id`, `change`) is unique too, since a new episode is a new alert id.
@@ -35,8 +36,12 @@ log = structlog.get_logger("ioc.alerts.outbox")
 
 GATHER = 0.002  # seconds settlements are gathered before their rows are removed in one transaction
 
-Settle = Callable[[int], None]
-"""Called by a durable notifier with a notification's `seq` once it needs no more delivering."""
+class Settle(Protocol):
+    """Called by a durable notifier with a notification's `seq` once it needs no more delivering. `now`:
+    remove its row at once, in the caller's thread (a webhook's delivery: the smallest window in which a
+    crash repeats it); else the row goes with the next gathered batch (bursts: points, PUBACKs)."""
+
+    def __call__(self, seq: int, *, now: bool = False) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +115,12 @@ class Outbox:
         self._failing = False
         self.errors = 0
 
-    def settle(self, seq: int) -> None:
+    def settle(self, seq: int, *, now: bool = False) -> None:
         if seq <= 0:
+            return
+        if now:
+            if not self._closing:
+                self._remove([seq])
             return
         with self._cond:
             if self._closing:

@@ -62,10 +62,13 @@ class Settled:
 
     def __init__(self) -> None:
         self.seqs: list[int] = []
+        self.at_once: list[int] = []  # those whose row is to go at once (`now`)
         self.event = threading.Event()
 
-    def __call__(self, seq: int) -> None:
+    def __call__(self, seq: int, *, now: bool = False) -> None:
         self.seqs.append(seq)
+        if now:
+            self.at_once.append(seq)
         self.event.set()
 
 
@@ -274,6 +277,7 @@ def test_queued_settles_what_is_sent_failed_or_dropped_from_a_full_queue() -> No
     assert settled.seqs == [1, 2, 5] and full.outcomes()["dropped"] == 1
     gate.set()
     assert full.wait_idle(5) and settled.seqs == [1, 2, 5, 3, 4]
+    assert settled.at_once == [1, 2, 3, 4]  # a webhook's row goes right after its answer
     full.close(1.0)
 
 
