@@ -196,11 +196,6 @@ class AlertStore:
         with self._lock, transaction(self._db):
             self._db.executemany("DELETE FROM alert_outbox WHERE seq BETWEEN ? AND ?", ranges)
 
-    def outbox_last(self) -> int:
-        """The highest sequence number in the outbox (0 when it is empty): new rows number on from it."""
-        with self._lock:
-            return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM alert_outbox").fetchone()[0])
-
     def outbox_counts(self) -> dict[str, int]:
         """Notifications owed, by notifier."""
         with self._lock:

@@ -20,7 +20,7 @@ from ioc.alerts.lifecycle import AlertManager
 from ioc.alerts.model import AlertUpdate, fingerprint
 from ioc.alerts.outbox import Notification
 from ioc.alerts.silence import SilenceRequest
-from ioc.alerts.store import AlertStore
+from ioc.alerts.store import AlertStore, OutboxRow
 from ioc.config import load_settings
 from ioc.models import AnyEvent
 from rules.engine import RuleEngine
@@ -691,3 +691,15 @@ def test_an_alert_of_a_rule_no_longer_loaded_is_resolved_at_start(db: Path) -> N
     after = Site(db, THRESHOLD, started="1m")
     assert after.changes() == [("cold", "resolved", -5.0)] and after.manager.list() == []
     assert after.manager.list("resolved")[0].resolved_at == rs.at("1m")
+
+
+def test_the_store_removes_exactly_the_settled_rows(db: Path) -> None:
+    store = AlertStore(db)
+    rows = [OutboxRow(seq, "hook", f"n-{seq}", "firing", b"{}") for seq in range(1, 11)]
+    store.commit([], rows)
+    store.outbox_done([9, 2, 3, 4, 7, 2])  # out of order, repeated, in runs and alone
+    assert [row.seq for row in store.outbox()] == [1, 5, 6, 8, 10]
+    assert store.outbox_counts() == {"hook": 5}
+    store.outbox_done([1, 5, 6, 8, 10])
+    assert store.outbox() == [] and store.outbox_counts() == {}
+    store.close()
