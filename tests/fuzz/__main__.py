@@ -76,12 +76,16 @@ def split(total: int, weights: dict[str, float]) -> dict[str, int]:
 
 def http_phase(workdir: Path, mqtt_url: str, influx_url: str, cases: int, first_seed: int,
                log: Callable[[str], None], only: re.Pattern[str] | None = None,
-               replay: list[Path] | None = None) -> list[Tally]:
-    daemon = make_daemon(workdir / "http", mqtt_url=mqtt_url, influx_url=influx_url, name="long-http")
+               replay: list[Path] | None = None, public_read: bool = True) -> list[Tally]:
+    """Every route by weight (or `replay`'s saved cases) against a daemon of its own; with
+    `public_read=False` reads need a token too, and the targets are named `closed: ...`."""
+    name = "long-http" if public_read else "long-closed"
+    daemon = make_daemon(workdir / name, mqtt_url=mqtt_url, influx_url=influx_url, name=name,
+                         public_read=public_read)
     with running(daemon):
         known = Known()
         seed_daemon(daemon, known)
-        fuzzer = HttpFuzzer(daemon, strict=False)
+        fuzzer = HttpFuzzer(daemon, strict=False, prefix="" if public_read else "closed: ")
         try:
             routes = fuzzer.routes()
             by_name: dict[str, Route] = {route.name: route for route in routes}
@@ -91,27 +95,31 @@ def http_phase(workdir: Path, mqtt_url: str, influx_url: str, cases: int, first_
                     fuzzer.send_raw(case) if isinstance(case, bytes) else fuzzer.send(case)
                 fuzzer.checkpoint(fuzzer.tally("replay"))
                 return [fuzzer.tallies[name] for name in sorted(fuzzer.tallies)]
-            weights = {name: WEIGHTS.get(name, OTHER_ROUTE_WEIGHT) for name in by_name}
-            weights.update({"stray": WEIGHTS["stray"], "raw requests": WEIGHTS["raw requests"]})
+            # With reads closed the token check runs first on every route: all weigh the same there.
+            weights = {name: WEIGHTS.get(name, OTHER_ROUTE_WEIGHT) if public_read else 1.0 for name in by_name}
+            weights.update({"stray": WEIGHTS["stray"], "raw requests": WEIGHTS["raw requests"]} if public_read
+                           else {"stray": 1.0})
             if only is not None:
-                weights = {name: weight for name, weight in weights.items() if only.search(name)}
+                weights = {target: weight for target, weight in weights.items()
+                           if only.search(fuzzer.prefix + target)}
             if not weights:
                 return []
             plan = split(cases, weights)
-            for name, count in sorted(plan.items(), key=lambda item: -item[1]):
+            for target, count in sorted(plan.items(), key=lambda item: -item[1]):  # the same seed with --only
                 started = time.monotonic()
-                target_seed = first_seed + zlib.crc32(name.encode()) % 1_000_000  # the same with --only
-                if name == "stray":
+                target_seed = first_seed + zlib.crc32((fuzzer.prefix + target).encode()) % 1_000_000
+                if target == "stray":
                     explore(stray_cases(tuple(routes), known), fuzzer.send, count, target_seed)
-                elif name == "raw requests":
+                elif target == "raw requests":
                     explore(raw_requests(known), fuzzer.send_raw, count, target_seed)
                 else:
-                    explore(route_cases(by_name[name], known), fuzzer.send, count, target_seed)
-                fuzzer.checkpoint(fuzzer.tally(name))
-                tally = fuzzer.tally(name)
-                log(f"  {name}: {tally.cases} cases in {time.monotonic() - started:.0f} s, "
+                    explore(route_cases(by_name[target], known), fuzzer.send, count, target_seed)
+                fuzzer.checkpoint(fuzzer.tally(target))
+                tally = fuzzer.tally(target)
+                log(f"  {tally.target}: {tally.cases} cases in {time.monotonic() - started:.0f} s, "
                     f"5xx {tally.server_errors}, crashes {tally.crashes} (seed {target_seed})")
-            check_counts(daemon, fuzzer.tally("counts and sinks (HTTP daemon)"), log)
+            if public_read:  # (the harness scrapes /metrics without a token)
+                check_counts(daemon, fuzzer.tally("counts and sinks (HTTP daemon)"), log)
             return [fuzzer.tallies[name] for name in sorted(fuzzer.tallies)]
         finally:
             fuzzer.close()
@@ -175,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=100_000, help="HTTP and MQTT cases in all (default 100000)")
     parser.add_argument("--mqtt-share", type=float, default=0.25, help="the share of MQTT messages (0.25)")
+    parser.add_argument("--closed-share", type=float, default=0.1,
+                        help="the share of HTTP cases against a daemon with [http] public_read = false (0.1)")
     parser.add_argument("--seed", type=int, default=None, help="the first seed (default: random, printed)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report to this file")
     parser.add_argument("--workdir", type=Path, default=None, help="keep servers' and daemons' files here")
@@ -200,14 +210,19 @@ def main(argv: list[str] | None = None) -> int:
         mqtt_cases = 0
     if args.replay:
         mqtt_cases = 0
-    log(f"fuzzing: {args.cases - mqtt_cases} HTTP cases, {mqtt_cases} MQTT messages, seed {first_seed}, "
-        f"files in {workdir}")
+    log(f"fuzzing: {args.cases - mqtt_cases} HTTP cases ({args.closed_share:.0%} with reads closed), "
+        f"{mqtt_cases} MQTT messages, seed {first_seed}, files in {workdir}")
     mosquitto = start_mosquitto(workdir / "mosquitto")
     influxdb = start_influxdb(workdir / "influxdb")
     started = time.monotonic()
     try:
-        tallies = http_phase(workdir, mosquitto.url, influxdb.url, args.cases - mqtt_cases, first_seed, log,
+        http_cases = args.cases - mqtt_cases
+        closed_cases = 0 if args.replay else round(http_cases * args.closed_share)
+        tallies = http_phase(workdir, mosquitto.url, influxdb.url, http_cases - closed_cases, first_seed, log,
                              args.only, args.replay)
+        if closed_cases:
+            tallies += http_phase(workdir, mosquitto.url, influxdb.url, closed_cases, first_seed, log, args.only,
+                                  public_read=False)
         if mqtt_cases:
             tallies.append(mqtt_phase(workdir, mosquitto.url, influxdb.url, mqtt_cases, first_seed + 7, log))
     finally:

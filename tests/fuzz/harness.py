@@ -67,14 +67,18 @@ rules:
 """
 
 
+VIEWER_TOKEN = "viewer-token-1"
+
+
 def config_text(*, http_port: int, mqtt_url: str, influx_url: str, database: str, workdir: Path,
-                client_id: str, rules: Path) -> str:
+                client_id: str, rules: Path, public_read: bool = True) -> str:
     """The daemon under fuzzing: as in production, with a quick InfluxDB flush (a valid POST waits for
     durability) and a rule without `for`, so alerts to ack exist at once."""
     return f"""
 [http]
 listen = "127.0.0.1:{http_port}"
 durable_wait = "2s"
+public_read = {str(public_read).lower()}
 
 [mqtt]
 url = "{mqtt_url}"
@@ -112,10 +116,15 @@ sources = ["viettel-ran"]
 [[operators]]
 name = "truc-ban-1"
 token_sha256 = "{token_sha256(OPERATOR_TOKEN)}"
+
+[[viewers]]
+name = "wall-1"
+token_sha256 = "{token_sha256(VIEWER_TOKEN)}"
 """
 
 
-def make_daemon(workdir: Path, *, mqtt_url: str, influx_url: str, name: str) -> DaemonProcess:
+def make_daemon(workdir: Path, *, mqtt_url: str, influx_url: str, name: str, public_read: bool = True
+                ) -> DaemonProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     rules = workdir / "fuzz-rules.yaml"
     rules.write_text(RULES, encoding="utf-8")
@@ -123,7 +132,7 @@ def make_daemon(workdir: Path, *, mqtt_url: str, influx_url: str, name: str) -> 
     config = workdir / "ioc.toml"
     config.write_text(config_text(http_port=port, mqtt_url=mqtt_url, influx_url=influx_url,
                                   database=f"fuzz_{name}", workdir=workdir, client_id=f"ioc-fuzz-{name}",
-                                  rules=rules), encoding="utf-8")
+                                  rules=rules, public_read=public_read), encoding="utf-8")
     return DaemonProcess(config, port, workdir / "ioc.log")
 
 
@@ -207,6 +216,7 @@ class HttpFuzzer:
     slow_after: float = 2.0
     tallies: dict[str, Tally] = field(default_factory=dict)
     since_health: int = 0
+    prefix: str = ""  # before each target's name in the tally (a second daemon's run, say)
 
     def __post_init__(self) -> None:
         self.client = httpx.Client(base_url=self.daemon.api, timeout=self.timeout)
@@ -218,10 +228,14 @@ class HttpFuzzer:
         self.stream_client.close()
 
     def tally(self, target: str) -> Tally:
-        return self.tallies.setdefault(target, Tally(target))
+        name = self.prefix + target
+        return self.tallies.setdefault(name, Tally(name))
 
     def routes(self) -> list[Route]:
-        return load_routes(self.client.get("/openapi.json").json())
+        """The routes of the daemon's OpenAPI document (read with a viewer token: reads may be closed)."""
+        answer = self.client.get("/openapi.json", headers={"Authorization": f"Bearer {VIEWER_TOKEN}"})
+        answer.raise_for_status()
+        return load_routes(answer.json())
 
     def send(self, case: HttpCase) -> None:
         tally = self.tally(case.route)
@@ -395,7 +409,8 @@ def seed_daemon(daemon: DaemonProcess, known: Known) -> None:
                "value": 150, "area": area} for area in ("60", "593", "22723")]
     auth = {"Authorization": f"Bearer {VENDOR_TOKEN}"}
     operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
-    with httpx.Client(base_url=daemon.api, timeout=10) as client:
+    with httpx.Client(base_url=daemon.api, timeout=10, headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}
+                      ) as client:
         answer = client.post("/api/v1/events", content=dumps(events), headers=auth)
         assert answer.status_code == 202 and answer.json()["accepted"] == 3, answer.text
         deadline = time.monotonic() + 15
@@ -414,6 +429,7 @@ def seed_daemon(daemon: DaemonProcess, known: Known) -> None:
         known.silence_ids[:] = [silence.json()["id"]]
     known.vendor_token, known.other_vendor_token, known.operator_token = (VENDOR_TOKEN, OTHER_VENDOR_TOKEN,
                                                                           OPERATOR_TOKEN)
+    known.viewer_token = VIEWER_TOKEN
     known.sources = (*FUZZ_SOURCES, "viettel-ran", "QTMT")
 
 
@@ -654,20 +670,22 @@ def running(daemon: DaemonProcess) -> Iterator[DaemonProcess]:
 
 def print_table(tallies: list[Tally], out: Callable[[str], None] = print) -> None:
     """The long run's table: per target cases, 2xx, 3xx, 4xx by status, 5xx, crashes; MQTT outcomes."""
-    out(f"{'target':<40} {'cases':>6} {'2xx':>6} {'3xx':>4} {'4xx by status':<44} {'5xx':>4} {'crash':>5} {'slow':>4}")
+    out(f"{'target':<46} {'cases':>6} {'2xx':>6} {'3xx':>4} {'4xx by status':<40} {'5xx':>4} {'crash':>5} {'slow':>4}")
     for t in tallies:
+        if not t.cases and not t.failures:
+            continue
         ok = sum(c for s, c in t.statuses.items() if 200 <= s < 300)
         redirects = sum(c for s, c in t.statuses.items() if 300 <= s < 400)
         fours = " ".join(f"{s}:{c}" for s, c in sorted(t.statuses.items()) if 400 <= s < 500)
         if t.statuses.get(0):
             fours += f" closed:{t.statuses[0]}"
-        out(f"{t.target:<40} {t.cases:>6} {ok:>6} {redirects:>4} {fours:<44} {t.server_errors:>4} {t.crashes:>5} "
+        out(f"{t.target:<46} {t.cases:>6} {ok:>6} {redirects:>4} {fours:<40} {t.server_errors:>4} {t.crashes:>5} "
             f"{t.slow:>4}")
         if t.accepted or t.dead_lettered or t.missing or t.duplicates:
-            out(f"{'':<40} accepted {t.accepted}, duplicates {t.duplicates}, dead-lettered {t.dead_lettered}, "
+            out(f"{'':<46} accepted {t.accepted}, duplicates {t.duplicates}, dead-lettered {t.dead_lettered}, "
                 f"late dead letters {t.late}, dead letters dropped {t.dropped}, missing {t.missing}")
     total = sum(t.cases for t in tallies)
-    out(f"{'total':<40} {total:>6} {'':>6} {'':>4} {'':<44} {sum(t.server_errors for t in tallies):>4} "
+    out(f"{'total':<46} {total:>6} {'':>6} {'':>4} {'':<40} {sum(t.server_errors for t in tallies):>4} "
         f"{sum(t.crashes for t in tallies):>5}")
 
 

@@ -87,6 +87,7 @@ class Known:
     vendor_token: str = ""
     other_vendor_token: str = ""
     operator_token: str = ""
+    viewer_token: str = ""
     sources: tuple[str, ...] = ("qtmt-aqi",)
     static_names: tuple[str, ...] = ("app.js", "style.css", "i18n.js", "index.html")
 
@@ -179,8 +180,8 @@ def query_string(params: tuple[Param, ...], known: Known) -> st.SearchStrategy[s
     return st.one_of(st.just(""), pairs.map("&".join), pairs.map(lambda parts: "&&".join(parts) + "&"))
 
 
-_TOKEN_KINDS = ("none", "vendor", "other_vendor", "operator", "operator", "junk", "basic", "empty", "bytes",
-                "lower", "twice")
+_TOKEN_KINDS = ("none", "vendor", "other_vendor", "operator", "operator", "viewer", "junk", "basic", "empty",
+                "bytes", "lower", "twice")
 
 
 @cache
@@ -189,7 +190,7 @@ def authorization(known: Known, *, prefer: str | None = None) -> st.SearchStrate
 
     def build(kind: str, junk_text: str, raw: bytes) -> tuple[tuple[bytes, bytes], ...]:
         tokens = {"vendor": known.vendor_token, "other_vendor": known.other_vendor_token,
-                  "operator": known.operator_token}
+                  "operator": known.operator_token, "viewer": known.viewer_token}
         header = b"authorization"
         if kind == "none":
             return ()

@@ -74,7 +74,7 @@ def test_silences_with_odd_matchers_times_and_durations(http: HttpFuzzer, routes
                                                          known: Known) -> None:
     silences = _route(routes, "POST", SILENCES_PATH)
 
-    @short(examples=300)
+    @short(examples=250)
     @given(case=route_cases(silences, known))
     def run(case: object) -> None:
         http.send(case)  # type: ignore[arg-type]

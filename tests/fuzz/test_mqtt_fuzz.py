@@ -31,7 +31,7 @@ def mqtt(fuzz_daemon: DaemonProcess, mosquitto: Server) -> Iterator[MqttFuzzer]:
 
 
 def test_every_mqtt_payload_is_accepted_or_dead_lettered(mqtt: MqttFuzzer) -> None:
-    @short(examples=300)
+    @short(examples=250)
     @given(message=mqtt_messages())
     def run(message: tuple[str, bytes]) -> None:
         mqtt.run([message])
