@@ -51,7 +51,8 @@ def test_bearer_token_parsing() -> None:
     assert bearer_token(None) is None
 
 
-async def test_require_answers_401_and_403(settings: Settings) -> None:
+def operator_only_app(settings: Settings) -> httpx.ASGITransport:
+    """An app with one operator-only route, `POST /ack`, answering errors as the daemon does."""
     app = FastAPI()
     app.state.authenticator = Authenticator(settings)
 
@@ -63,7 +64,11 @@ async def test_require_answers_401_and_403(settings: Settings) -> None:
     async def ack(who: Annotated[Principal, Depends(require("operator"))]) -> dict[str, str]:
         return {"by": who.name}
 
-    transport = httpx.ASGITransport(app=app)
+    return httpx.ASGITransport(app=app)
+
+
+async def test_require_answers_401_and_403(settings: Settings) -> None:
+    transport = operator_only_app(settings)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         response = await client.post("/ack")
         assert response.status_code == 401
@@ -79,18 +84,7 @@ async def test_require_answers_401_and_403(settings: Settings) -> None:
 
 
 async def test_a_viewer_is_refused_what_only_an_operator_may_do(settings: Settings) -> None:
-    app = FastAPI()
-    app.state.authenticator = Authenticator(settings)
-
-    @app.exception_handler(HTTPException)
-    async def error(_request: object, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
-
-    @app.post("/ack")
-    async def ack(who: Annotated[Principal, Depends(require("operator"))]) -> dict[str, str]:
-        return {"by": who.name}
-
-    transport = httpx.ASGITransport(app=app)
+    transport = operator_only_app(settings)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         response = await client.post("/ack", headers={"Authorization": f"Bearer {VIEWER}"})
         assert response.status_code == 403
