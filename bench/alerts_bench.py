@@ -16,10 +16,10 @@ from datetime import date
 from pathlib import Path
 
 from ioc.alerts.config import AlertsSettings
-from ioc.alerts.lifecycle import AlertManager
-from ioc.alerts.model import AlertUpdate
+from ioc.alerts.manager import AlertManager
 from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore
+from ioc.alerts.updates import AlertUpdate
 
 
 class Areas:

@@ -23,7 +23,7 @@ from pathlib import Path
 from ioc.aggregators import DossierTracker, WorkCalendar
 from ioc.aggregators.calendar import default_holidays_path, load_holidays
 from ioc.areas import AreaRegistry
-from ioc.models import DossierEvent
+from ioc.envelope import DossierEvent
 
 ZONE = timezone(timedelta(hours=7))
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=ZONE)

@@ -23,11 +23,12 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from ioc.rules.engine import RuleEngine
+from ioc.rules.kinds import RULE_ADAPTER
+from ioc.rules.spec import RuleSet
+
 from ioc.areas import AreaRegistry
-from ioc.models import EVENT_ADAPTER, AnyEvent
-from rules.engine import RuleEngine
-from rules.kinds import RULE_ADAPTER
-from rules.model import RuleSet
+from ioc.envelope import EVENT_ADAPTER, AnyEvent
 
 KEYS = 10_000
 START = datetime(2026, 3, 2, 8, 0, tzinfo=timezone(timedelta(hours=7)))

@@ -24,9 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simulators.play import Player, events, plan
-from simulators.publish import MqttPublisher
-from simulators.scenario import load_scenario, resolve
+from ioc.simulators.play import Player, events, plan
+from ioc.simulators.publish import MqttPublisher
+from ioc.simulators.scenario import load_scenario, resolve
+
 from tests.servers import find_binary, start_mosquitto
 
 START = datetime.fromisoformat("2026-03-02T09:00:00+07:00")  # a Monday morning: every subsystem is busy

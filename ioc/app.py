@@ -26,13 +26,11 @@ from collections.abc import Callable, Iterable
 import structlog
 from prometheus_client.core import Metric
 
-from connectors.http_poll import HttpPoller
-from connectors.mqtt import MqttConnector
 from ioc import __version__, failpoints
 from ioc.aggregators import build_aggregators
-from ioc.alerts.lifecycle import AlertManager
-from ioc.alerts.model import AlertUpdate
+from ioc.alerts.manager import AlertManager
 from ioc.alerts.notify import build_notifiers
+from ioc.alerts.updates import AlertUpdate
 from ioc.api.app import create_app
 from ioc.api.server import HttpServer
 from ioc.api.stream import Broadcaster
@@ -40,6 +38,8 @@ from ioc.api.web import default_province, web_router
 from ioc.areas import registry_from_settings
 from ioc.clock import EventClock
 from ioc.config import Settings
+from ioc.connectors.http_poll import HttpPoller
+from ioc.connectors.mqtt import MqttConnector
 from ioc.errors import ConfigError, SinkFull
 from ioc.evaluation import Evaluator
 from ioc.ingest.dedup import DedupIndex
@@ -48,14 +48,14 @@ from ioc.kpis import Kpi, KpiBoard
 from ioc.lineproto import parse_tag, render_kpi
 from ioc.metrics import Metrics, counter, gauge
 from ioc.redact import redact_url
+from ioc.rules import StateError
+from ioc.rules.engine import RuleEngine
+from ioc.rules.loader import load_rules
 from ioc.sinks.base import Sink
 from ioc.sinks.influx import InfluxSink
 from ioc.sinks.local import LocalSink
 from ioc.store import connect, load_state, save_state
 from ioc.web.watch import SourceWatch
-from rules import StateError
-from rules.engine import RuleEngine
-from rules.loader import load_rules
 
 log = structlog.get_logger("ioc.daemon")
 

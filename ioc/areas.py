@@ -29,8 +29,8 @@ from typing import TypeAlias, cast
 from zoneinfo import ZoneInfo
 
 from ioc.config import AreasSettings
+from ioc.envelope import METRIC_PATTERN, AreaLevel
 from ioc.errors import ConfigError
-from ioc.models import METRIC_PATTERN, AreaLevel
 
 __all__ = ["Area", "AreaRegistry", "LEVELS", "LOCAL_ZONE", "local_date", "registry_from_settings"]
 

@@ -86,7 +86,7 @@ def check(config: ConfigOption) -> None:
     settings = _load(config)
     from ioc.aggregators import work_calendar
     from ioc.areas import registry_from_settings
-    from rules.loader import load_rules
+    from ioc.rules.loader import load_rules
 
     problems: list[str] = []
     rule_count = 0
@@ -166,7 +166,7 @@ def token(name: Annotated[str, typer.Argument(help="Who the token is for.")] = "
 
 def _add_sim() -> None:
     """`ioc sim ...` is the simulators' own typer app (simulators/cli.py)."""
-    from simulators.cli import sim_app
+    from ioc.simulators.cli import sim_app
 
     app.add_typer(sim_app, name="sim", help="Simulators of a province (CONTRACT §6): run, list, verify.")
 
@@ -182,7 +182,7 @@ def rules_test(
     files: Annotated[list[Path], typer.Argument(help="Rule test files (YAML, CONTRACT §5).")],
 ) -> None:
     """Run rule unit tests on a simulated clock: exit 0 all pass, 1 a test failed, 2 a bad test file."""
-    from rules.testing import run_files
+    from ioc.rules.testing import run_files
 
     raise typer.Exit(run_files(files))
 

@@ -10,6 +10,7 @@ import hashlib
 import math
 import re
 import tomllib
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,8 +27,8 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ioc.envelope import SOURCE_PATTERN
 from ioc.errors import ConfigError
-from ioc.models import SOURCE_PATTERN
 from ioc.redact import redact_url
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -251,7 +252,7 @@ class RulesSettings(_Section):
     paths: list[str] = [SHIPPED_RULE_PACKS]
 
     def resolved_paths(self) -> list[Path]:
-        packs = Path(__file__).resolve().parents[1] / "rules" / "packs"
+        packs = Path(str(resources.files("ioc.rules") / "packs"))
         return [packs if path == SHIPPED_RULE_PACKS else Path(path) for path in self.paths]
 
 

@@ -42,7 +42,7 @@ SIM_RESTART_DELAY = 2.0
 def demo_sources() -> list[str]:
     """The sources of the `demo` scenario: the demo vendor may send for every one of them."""
     try:
-        from simulators.scenario import load_scenario, resolve
+        from ioc.simulators.scenario import load_scenario, resolve
 
         sources = sorted(set(load_scenario(resolve(DEMO_SCENARIO)).sources()))
     except Exception:  # noqa: BLE001 - the demo still runs for the usual sources
@@ -115,7 +115,7 @@ class ScenarioLoop:
             while not self._stopping.is_set():
                 self.runs += 1
                 self._process = subprocess.Popen(
-                    [sys.executable, "-m", "simulators.cli", "run", DEMO_SCENARIO, "--to", self.to,
+                    [sys.executable, "-m", "ioc.simulators.cli", "run", DEMO_SCENARIO, "--to", self.to,
                      "--speed", "1"], stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True)  # Ctrl-C reaches the demo, which stops this in order
                 code = self._process.wait()

@@ -24,8 +24,8 @@ import structlog
 from prometheus_client.core import Metric
 
 from ioc.clock import EventClock
+from ioc.envelope import AnyEvent, event_time_ns
 from ioc.metrics import MetricSource, counter, gauge
-from ioc.models import AnyEvent, event_time_ns
 
 log = structlog.get_logger("ioc.evaluation")
 

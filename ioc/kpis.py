@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import orjson
 import structlog
 
-from ioc.models import AreaLevel, TelemetryEvent
+from ioc.envelope import AreaLevel, TelemetryEvent
 
 log = structlog.get_logger("ioc.kpis")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ioc.models import AnyEvent, DossierEvent, StatusEvent, TelemetryEvent, event_time_ns
+from ioc.envelope import AnyEvent, DossierEvent, StatusEvent, TelemetryEvent, event_time_ns
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})

@@ -34,18 +34,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import structlog
+from ioc.rules import timing
+from ioc.rules.index import RuleIndex
+from ioc.rules.kinds import Context, Kind, make_kind
+from ioc.rules.labels import GroupKey, key_function, key_labels
+from ioc.rules.spec import RuleBase, RuleSet
+from ioc.rules.timing import Change, Group
 from prometheus_client.core import Metric
 
-from ioc.alerts.model import AlertListener, AlertUpdate, fingerprint
+from ioc.alerts.updates import AlertListener, AlertUpdate, fingerprint
+from ioc.envelope import AnyEvent
 from ioc.errors import IocError
 from ioc.metrics import MetricSource, counter, gauge
-from ioc.models import AnyEvent
-from rules import lifecycle
-from rules.index import RuleIndex
-from rules.kinds import Context, Kind, make_kind
-from rules.labels import GroupKey, key_function, key_labels
-from rules.lifecycle import Change, Group
-from rules.model import RuleBase, RuleSet
 
 if TYPE_CHECKING:
     from ioc.areas import AreaRegistry
@@ -378,16 +378,16 @@ class RuleEngine:
         then catch up to `now`."""
         rule = runtime.rule
         if judgement is None:
-            return lifecycle.tick(group, now, rule.for_, rule.keep_firing_for)
+            return timing.tick(group, now, rule.for_, rule.keep_firing_for)
         at = now if at is None else min(at, now)
-        changes = lifecycle.judge(group, judgement[0], judgement[1], at, rule.for_, rule.keep_firing_for)
+        changes = timing.judge(group, judgement[0], judgement[1], at, rule.for_, rule.keep_firing_for)
         if at < now:
-            changes += lifecycle.tick(group, now, rule.for_, rule.keep_firing_for)
+            changes += timing.tick(group, now, rule.for_, rule.keep_firing_for)
         return changes
 
     def _schedule(self, runtime: _Runtime, group: Group) -> None:
         rule = runtime.rule
-        due = lifecycle.due(group, rule.for_, rule.keep_firing_for)
+        due = timing.due(group, rule.for_, rule.keep_firing_for)
         kind_due = runtime.kind.next_due(group)
         if kind_due is not None and (due is None or kind_due < due):
             due = kind_due

@@ -16,11 +16,12 @@ from collections.abc import Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from ioc.rules.labels import event_label
+from ioc.rules.spec import Pattern, RuleBase
+
 from ioc.areas import local_date
-from ioc.models import AnyEvent
+from ioc.envelope import AnyEvent
 from ioc.regex import fullmatches
-from rules.labels import event_label
-from rules.model import Pattern, RuleBase
 
 if TYPE_CHECKING:
     from ioc.areas import AreaRegistry

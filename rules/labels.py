@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ioc.models import AnyEvent
+from ioc.envelope import AnyEvent
 
 __all__ = ["GroupKey", "KeyFunction", "event_label", "key_function", "key_labels"]
 

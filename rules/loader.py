@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ioc.rules.kinds import KINDS, RULE_ADAPTER
+from ioc.rules.spec import RuleSet
+from ioc.rules.yamlsrc import LineDict, LineList, YamlError, line_of, load_yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from ioc.errors import ConfigError
-from rules.kinds import KINDS, RULE_ADAPTER
-from rules.model import RuleSet
-from rules.yamlsrc import LineDict, LineList, YamlError, line_of, load_yaml
 
 _NAMED = re.compile(r"^([a-z_][a-z0-9_.]*): ")
 

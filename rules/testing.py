@@ -23,19 +23,19 @@ from pathlib import Path
 from typing import IO, Annotated, Any, Literal
 
 import orjson
+from ioc.rules.engine import RuleEngine
+from ioc.rules.loader import describe_error, load_rules
+from ioc.rules.spec import RuleSet
+from ioc.rules.template import format_number
+from ioc.rules.yamlsrc import LineDict, line_of, read_yaml_file
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ioc.alerts.model import AlertUpdate
+from ioc.alerts.updates import AlertUpdate
 from ioc.areas import AreaRegistry, default_targets_path
 from ioc.config import Duration, parse_duration
+from ioc.envelope import AnyEvent
 from ioc.errors import ConfigError
 from ioc.ingest.decode import Rejection, decode_object
-from ioc.models import AnyEvent
-from rules.engine import RuleEngine
-from rules.loader import describe_error, load_rules
-from rules.model import RuleSet
-from rules.template import format_number
-from rules.yamlsrc import LineDict, line_of, read_yaml_file
 
 __all__ = ["AlertKey", "Harness", "InvalidEvent", "TestFileError", "read_test_file", "run_files", "run_test_file"]
 

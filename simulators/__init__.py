@@ -1,8 +1,8 @@
 """Simulators of a province's subsystems (CONTRACT §6): scenarios played as contract events.
 
-A scenario (`simulators/scenarios/*.yaml`, see `simulators.scenario`) names a province from an area
-registry, the subsystems that report from it (`simulators.subsystems`), timed incidents and the alerts
-it expects. `simulators.play` turns it into a deterministic stream of events, `simulators.publish`
-sends them (MQTT, HTTP or stdout), `simulators.verify` checks a daemon's alerts, and `simulators.cli`
+A scenario (`simulators/scenarios/*.yaml`, see `ioc.simulators.scenario`) names a province from an area
+registry, the subsystems that report from it (`ioc.simulators.subsystems`), timed incidents and the alerts
+it expects. `ioc.simulators.play` turns it into a deterministic stream of events, `ioc.simulators.publish`
+sends them (MQTT, HTTP or stdout), `ioc.simulators.verify` checks a daemon's alerts, and `ioc.simulators.cli`
 is `ioc sim`. It is also a vendor's worked example of publishing to the daemon.
 """

@@ -1,4 +1,4 @@
-"""`ioc sim` (CONTRACT §6): `run`, `list` and `verify` scenarios. Also `python -m simulators.cli`.
+"""`ioc sim` (CONTRACT §6): `run`, `list` and `verify` scenarios. Also `python -m ioc.simulators.cli`.
 
 Exit codes: 0 done; 1 the play failed (nothing reachable, events refused) or `verify` found
 differences; 2 a bad scenario or flag (`file:line: message`), before anything is sent.
@@ -15,15 +15,15 @@ from typing import Annotated
 import httpx
 import structlog
 import typer
+from ioc.simulators.play import Plan, Player, plan
+from ioc.simulators.progress import Progress
+from ioc.simulators.publish import Publisher, PublishError, PublishStats, open_publisher
+from ioc.simulators.scenario import Scenario, load_scenario, resolve, shipped
+from ioc.simulators.verify import fetch_alerts, wait_for_verdict
 
 from ioc.areas import local_date
 from ioc.config import parse_duration
 from ioc.errors import ConfigError
-from simulators.play import Plan, Player, plan
-from simulators.progress import Progress
-from simulators.publish import Publisher, PublishError, PublishStats, open_publisher
-from simulators.scenario import Scenario, load_scenario, resolve, shipped
-from simulators.verify import fetch_alerts, wait_for_verdict
 
 __all__ = ["sim_app"]
 

@@ -1,7 +1,7 @@
 """Timed incidents of a scenario: what goes wrong, where, from which offset and for how long.
 
 Each kind is a strict model discriminated by `kind`; the subsystem it concerns reads it (see
-`simulators.subsystems`), except `silent`, which the player applies to any subsystem's events. Incidents
+`ioc.simulators.subsystems`), except `silent`, which the player applies to any subsystem's events. Incidents
 repeat every `duration` of the scenario for as long as the play lasts, so an open-ended play
 (`--speed 1` without `--duration`) loops, as the demo does.
 """
@@ -14,7 +14,7 @@ from typing import Annotated, Literal, TypeAlias
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from ioc.config import Duration
-from ioc.models import SOURCE_PATTERN
+from ioc.envelope import SOURCE_PATTERN
 
 __all__ = [
     "INCIDENT_ADAPTER",

@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from simulators.incidents import Silent, occurrences
-from simulators.scenario import Scenario
-from simulators.subsystems import SUBSYSTEMS
-from simulators.subsystems.base import Context, Emitted, Windows, derive_rng
-from simulators.subsystems.probes import HealthServer, ProbeSchedule, ProbesConfig
+from ioc.simulators.incidents import Silent, occurrences
+from ioc.simulators.scenario import Scenario
+from ioc.simulators.subsystems import SUBSYSTEMS
+from ioc.simulators.subsystems.base import Context, Emitted, Windows, derive_rng
+from ioc.simulators.subsystems.probes import HealthServer, ProbeSchedule, ProbesConfig
 
 __all__ = ["Plan", "PlayStats", "Player", "describe_offset", "events", "plan", "run_tag"]
 

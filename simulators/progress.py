@@ -11,12 +11,11 @@ import threading
 from collections.abc import Callable
 from typing import Self, TextIO
 
+from ioc.simulators.play import PlayStats, describe_offset
+from ioc.simulators.publish import PublishStats
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-
-from simulators.play import PlayStats, describe_offset
-from simulators.publish import PublishStats
 
 __all__ = ["Progress"]
 

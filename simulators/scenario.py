@@ -18,7 +18,7 @@ allow:                                        # these may fire too (noise a real
 Loading is strict and checks everything before anything is sent: YAML syntax, unknown keys, unknown
 subsystems, durations (`ioc.config.parse_duration`), incidents outside the registry or the province,
 incidents of a subsystem the scenario does not play, expected alerts naming a rule that the rule packs
-(`rules.loader.load_rules`) do not define or a label its group does not have. Every problem is
+(`ioc.rules.loader.load_rules`) do not define or a label its group does not have. Every problem is
 `file:line: message`, gathered in one `ScenarioError`.
 """
 
@@ -29,18 +29,18 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
+from ioc.rules.loader import describe_error, load_rules
+from ioc.rules.spec import RuleSet
+from ioc.rules.yamlsrc import LineDict, LineList, line_of, read_yaml_file
+from ioc.simulators.incidents import INCIDENT_ADAPTER, KINDS, AqiSpike, Backlog, Outage, ServiceDown, Silent
+from ioc.simulators.subsystems import SUBSYSTEMS
+from ioc.simulators.subsystems.base import Config
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
 from ioc.areas import AreaRegistry
 from ioc.config import SHIPPED_RULE_PACKS, Duration, RulesSettings
 from ioc.errors import ConfigError
-from rules.loader import describe_error, load_rules
-from rules.model import RuleSet
-from rules.yamlsrc import LineDict, LineList, line_of, read_yaml_file
-from simulators.incidents import INCIDENT_ADAPTER, KINDS, AqiSpike, Backlog, Outage, ServiceDown, Silent
-from simulators.subsystems import SUBSYSTEMS
-from simulators.subsystems.base import Config
 
 __all__ = ["SCENARIO_DIR", "Allowed", "Expected", "Scenario", "ScenarioError", "load_scenario", "resolve",
            "shipped"]

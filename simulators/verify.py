@@ -17,9 +17,8 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-
-from simulators.play import Plan, describe_offset
-from simulators.scenario import Expected, Scenario
+from ioc.simulators.play import Plan, describe_offset
+from ioc.simulators.scenario import Expected, Scenario
 
 __all__ = ["Verdict", "fetch_alerts", "judge", "wait_for_verdict"]
 

@@ -1,5 +1,5 @@
 """HTTP poll connector: service health URLs probed on a schedule, each probe a `status` event."""
 
-from connectors.http_poll.poller import HttpPoller, Probe, probe, status_event
+from ioc.connectors.http_poll.poller import HttpPoller, Probe, probe, status_event
 
 __all__ = ["HttpPoller", "Probe", "probe", "status_event"]

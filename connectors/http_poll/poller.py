@@ -26,9 +26,9 @@ from prometheus_client.core import Metric
 
 from ioc import __version__
 from ioc.config import PollTarget
+from ioc.envelope import StatusState
 from ioc.ingest.pipeline import Pipeline
 from ioc.metrics import MetricSource, counter, gauge
-from ioc.models import StatusState
 
 log = structlog.get_logger("ioc.connectors.http_poll")
 

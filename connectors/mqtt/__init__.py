@@ -1,5 +1,5 @@
 """MQTT transport: events in from `ioc/v1/events/{source}`, dead letters out (see README.md)."""
 
-from connectors.mqtt.connector import MqttConnector
+from ioc.connectors.mqtt.connector import MqttConnector
 
 __all__ = ["MqttConnector"]

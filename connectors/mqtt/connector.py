@@ -31,6 +31,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
+from ioc.connectors.mqtt.fastclient import FastClient
+from ioc.connectors.mqtt.poison import FAILPOINT_MARKER, PoisonGuard
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -38,8 +40,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client.core import Metric
 
-from connectors.mqtt.fastclient import FastClient
-from connectors.mqtt.poison import FAILPOINT_MARKER, PoisonGuard
 from ioc import failpoints
 from ioc.config import MqttSettings, VendorSettings
 from ioc.errors import ConfigError

@@ -16,9 +16,9 @@ from ioc.aggregators.dossiers import DossierTracker
 from ioc.aggregators.status import StatusTracker
 from ioc.areas import AreaRegistry
 from ioc.config import KpisSettings
+from ioc.envelope import AnyEvent
 from ioc.kpis import KpiListener
 from ioc.metrics import MetricSource
-from ioc.models import AnyEvent
 
 __all__ = ["Aggregator", "DossierTracker", "StatusTracker", "WorkCalendar", "build_aggregators"]
 

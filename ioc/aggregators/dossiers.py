@@ -38,9 +38,7 @@ import structlog
 from ioc.aggregators.calendar import WorkCalendar, period_of, period_start
 from ioc.aggregators.rollup import AreaNodes, KpiChanges
 from ioc.areas import AreaRegistry, local_date
-from ioc.kpis import Kpi, KpiListener
-from ioc.metrics import MetricSource, counter, gauge
-from ioc.models import (
+from ioc.envelope import (
     FINISHED_DOSSIER_STATUSES,
     AnyEvent,
     AreaLevel,
@@ -48,6 +46,8 @@ from ioc.models import (
     DossierStatus,
     event_time_ns,
 )
+from ioc.kpis import Kpi, KpiListener
+from ioc.metrics import MetricSource, counter, gauge
 from ioc.store import connect, transaction
 
 log = structlog.get_logger("ioc.aggregators.dossiers")

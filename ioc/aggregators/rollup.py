@@ -17,8 +17,8 @@ from datetime import date
 import structlog
 
 from ioc.areas import AreaRegistry, local_date
+from ioc.envelope import AreaLevel
 from ioc.kpis import Kpi, KpiListener
-from ioc.models import AreaLevel
 
 log = structlog.get_logger("ioc.aggregators")
 

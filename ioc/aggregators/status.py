@@ -18,9 +18,9 @@ from typing import cast
 
 from ioc.aggregators.rollup import AreaNodes, KpiChanges
 from ioc.areas import AreaRegistry, local_date
+from ioc.envelope import AnyEvent, AreaLevel, StatusEvent, event_time_ns
 from ioc.kpis import Kpi, KpiListener
 from ioc.metrics import MetricSource, counter, gauge
-from ioc.models import AnyEvent, AreaLevel, StatusEvent, event_time_ns
 from ioc.store import connect, transaction
 
 _SCHEMA = """

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, TypeAlias
 
-from ioc.alerts.model import AlertState, Severity
+from ioc.alerts.updates import AlertState, Severity
 
 Change: TypeAlias = Literal["pending", "firing", "resolved", "acknowledged", "unacknowledged", "muted",
                             "unmuted"]

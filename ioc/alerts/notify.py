@@ -32,11 +32,11 @@ import orjson
 import structlog
 from prometheus_client.core import Metric
 
-from connectors.mqtt.connector import backoff_delay
 from ioc.alerts.alert import STATE_CHANGES, Alert, Change
 from ioc.alerts.config import AlertsSettings, WebhookSettings
 from ioc.alerts.errors import NotifyError
 from ioc.alerts.outbox import Durable, Notification, Settle, new_ids
+from ioc.connectors.mqtt.connector import backoff_delay
 from ioc.errors import SinkFull
 from ioc.lineproto import render_alert
 from ioc.metrics import counter, gauge
@@ -74,7 +74,7 @@ class SelfCounting(Protocol):
 
 
 class Publisher(Protocol):
-    """`connectors.mqtt.MqttConnector.publish`: False when the message was dropped. A publisher may also
+    """`ioc.connectors.mqtt.MqttConnector.publish`: False when the message was dropped. A publisher may also
     have `pending() -> int`, its QoS 1 publishes not yet acknowledged by the broker (the connector has)."""
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool: ...

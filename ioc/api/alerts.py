@@ -19,9 +19,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ioc.alerts.errors import AlertConflict, AlertNotFound, InvalidSilence, SilenceNotFound
-from ioc.alerts.lifecycle import LIST_STATES, AlertManager, ListState
-from ioc.alerts.model import Severity
+from ioc.alerts.manager import LIST_STATES, AlertManager, ListState
 from ioc.alerts.silence import STATUSES, SilenceRequest, SilenceStatus
+from ioc.alerts.updates import Severity
 from ioc.api.events import ErrorBody
 from ioc.auth import Principal, require
 from ioc.kpis import KpiBoard

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ioc import __version__
-from ioc.alerts.lifecycle import AlertManager
+from ioc.alerts.manager import AlertManager
 from ioc.api.alerts import alerts_router, kpis_router
 from ioc.api.events import EventIntake, event_schemas, events_router
 from ioc.api.health import health_router

@@ -30,11 +30,11 @@ from starlette.requests import ClientDisconnect
 from ioc import failpoints
 from ioc.auth import Principal, require
 from ioc.config import HttpSettings
+from ioc.envelope import Event
 from ioc.ingest import memory
 from ioc.ingest.decode import TOO_MANY_ITEMS, Accepted, Decoded, Rejection
 from ioc.ingest.pipeline import Pipeline
 from ioc.metrics import counter
-from ioc.models import Event
 from ioc.ratelimit import RateLimiter
 
 EVENTS_PATH = "/api/v1/events"

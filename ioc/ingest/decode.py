@@ -20,8 +20,7 @@ from typing import Any
 import msgspec
 from pydantic import ValidationError
 
-from ioc.ingest.items import ItemsError, TooManyItems, ndjson_lines, split_array, utf8_error
-from ioc.models import (
+from ioc.envelope import (
     EVENT_ADAPTER,
     MAX_TAGS,
     SOURCE_PATTERN,
@@ -32,6 +31,7 @@ from ioc.models import (
     AnyEvent,
     tag_value_problem,
 )
+from ioc.ingest.items import ItemsError, TooManyItems, ndjson_lines, split_array, utf8_error
 
 # The largest valid event is ~55 KB of plain UTF-8 (32 tags of 128 + 256 four-byte characters, a 1 KiB
 # detail): 64 KiB holds every event a vendor writes without `\u` escapes for non-ASCII characters.

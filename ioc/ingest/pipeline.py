@@ -20,6 +20,7 @@ from prometheus_client.core import Metric
 from pydantic import ValidationError
 
 from ioc import failpoints
+from ioc.envelope import EVENT_ADAPTER, AnyEvent, event_time_ns
 from ioc.errors import SinkFull
 from ioc.ingest import memory
 from ioc.ingest.decode import (
@@ -34,7 +35,6 @@ from ioc.ingest.decode import (
 from ioc.ingest.dedup import DedupIndex, dedup_key
 from ioc.lineproto import render_event
 from ioc.metrics import counter, gauge
-from ioc.models import EVENT_ADAPTER, AnyEvent, event_time_ns
 from ioc.sinks.base import DurableCallback, Sink
 
 log = structlog.get_logger("ioc.ingest")

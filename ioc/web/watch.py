@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ioc.models import AnyEvent, TelemetryEvent
+from ioc.envelope import AnyEvent, TelemetryEvent
 
 DEFAULT_METRICS = ("env.aqi",)
 RATE_WINDOW = 60.0  # seconds over which `rate` is measured

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Union
 
+from ioc.rules.kinds.absence import AbsenceKind, AbsenceRule
+from ioc.rules.kinds.base import Context, Judgement, Kind
+from ioc.rules.kinds.share import ShareKind, ShareRule
+from ioc.rules.kinds.status import StatusKind, StatusRule
+from ioc.rules.kinds.threshold import ThresholdKind, ThresholdRule
+from ioc.rules.kinds.window import WindowKind, WindowRule
 from pydantic import Field, TypeAdapter
-
-from rules.kinds.absence import AbsenceKind, AbsenceRule
-from rules.kinds.base import Context, Judgement, Kind
-from rules.kinds.share import ShareKind, ShareRule
-from rules.kinds.status import StatusKind, StatusRule
-from rules.kinds.threshold import ThresholdKind, ThresholdRule
-from rules.kinds.window import WindowKind, WindowRule
 
 __all__ = [
     "KINDS", "RULE_ADAPTER", "AbsenceRule", "Context", "Judgement", "Kind", "Rule", "ShareRule", "StatusRule",

@@ -14,13 +14,13 @@ import itertools
 from collections.abc import Iterable
 from typing import Annotated, Literal
 
+from ioc.rules.kinds.base import Judgement, Kind
+from ioc.rules.spec import RuleBase
+from ioc.rules.timing import Group
 from pydantic import Field
 
 from ioc.config import Duration
-from ioc.models import AnyEvent
-from rules.kinds.base import Judgement, Kind
-from rules.lifecycle import Group
-from rules.model import RuleBase
+from ioc.envelope import AnyEvent
 
 MAX_SEEDS = 10_000  # never-seen series watched from start-up, per rule (the product of the match lists)
 

@@ -2,7 +2,7 @@
 
 A kind is small: it keeps per-group data (`Group.data`), and says whether its condition holds when an
 event arrives (`observe`) or when time passes (`tick`, at the times `next_due` asks for). The timing
-shared by every kind (`for`, `keep_firing_for`) is `rules.lifecycle`'s; matching is `rules.index`'s.
+shared by every kind (`for`, `keep_firing_for`) is `ioc.rules.timing`'s; matching is `ioc.rules.index`'s.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+from ioc.rules.spec import Comparison, RuleBase
+from ioc.rules.timing import Group
+
 from ioc.areas import local_date
-from ioc.models import AnyEvent
-from rules.lifecycle import Group
-from rules.model import Comparison, RuleBase
+from ioc.envelope import AnyEvent
 
 if TYPE_CHECKING:
     from ioc.areas import AreaRegistry

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from ioc.rules.kinds.base import Context, Judgement, Kind, judge_comparison
+from ioc.rules.spec import Comparison, RuleBase
+from ioc.rules.timing import Group
 from pydantic import Field
 
-from ioc.models import AnyEvent, StatusEvent, StatusState
-from rules.kinds.base import Context, Judgement, Kind, judge_comparison
-from rules.lifecycle import Group
-from rules.model import Comparison, RuleBase
+from ioc.envelope import AnyEvent, StatusEvent, StatusState
 
 MAX_ENTITIES = 100_000
 

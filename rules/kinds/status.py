@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from ioc.rules.kinds.base import Context, Judgement, Kind
+from ioc.rules.spec import RuleBase
+from ioc.rules.timing import Group
 from pydantic import Field
 
-from ioc.models import AnyEvent, StatusEvent, StatusState
-from rules.kinds.base import Context, Judgement, Kind
-from rules.lifecycle import Group
-from rules.model import RuleBase
+from ioc.envelope import AnyEvent, StatusEvent, StatusState
 
 
 class StatusRule(RuleBase):

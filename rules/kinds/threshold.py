@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ioc.models import AnyEvent, TelemetryEvent
-from rules.kinds.base import Judgement, Kind, judge_comparison
-from rules.lifecycle import Group
-from rules.model import Comparison, RuleBase
+from ioc.rules.kinds.base import Judgement, Kind, judge_comparison
+from ioc.rules.spec import Comparison, RuleBase
+from ioc.rules.timing import Group
+
+from ioc.envelope import AnyEvent, TelemetryEvent
 
 
 class ThresholdRule(Comparison, RuleBase):

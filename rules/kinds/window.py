@@ -17,13 +17,13 @@ from __future__ import annotations
 from collections import deque
 from typing import Annotated, Any, Literal
 
+from ioc.rules.kinds.base import Context, Judgement, Kind, judge_comparison
+from ioc.rules.spec import Comparison, RuleBase
+from ioc.rules.timing import Group
 from pydantic import Field
 
 from ioc.config import Duration
-from ioc.models import AnyEvent, TelemetryEvent
-from rules.kinds.base import Context, Judgement, Kind, judge_comparison
-from rules.lifecycle import Group
-from rules.model import Comparison, RuleBase
+from ioc.envelope import AnyEvent, TelemetryEvent
 
 MAX_SAMPLES = 10_000
 

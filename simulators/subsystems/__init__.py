@@ -1,7 +1,7 @@
 """The subsystems a scenario may play, by name (a registry: adding one never touches the player).
 
 Each is a module with `NAME`, a `Config` model (its section of the scenario), `sources(config)` (the
-event sources it publishes as) and `stream(config, context)` (see `simulators.subsystems.base`).
+event sources it publishes as) and `stream(config, context)` (see `ioc.simulators.subsystems.base`).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from simulators.subsystems import cells, dossiers, environment, probes
-from simulators.subsystems.base import Config, Context, Stream
+from ioc.simulators.subsystems import cells, dossiers, environment, probes
+from ioc.simulators.subsystems.base import Config, Context, Stream
 
 
 @dataclass(frozen=True)

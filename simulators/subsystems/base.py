@@ -168,7 +168,7 @@ class Windows:
     endless), so only the occurrences begun and not yet over are held."""
 
     def __init__(self, incidents: Iterable[Any], cycle: float, end: float | None) -> None:
-        from simulators.incidents import occurrences
+        from ioc.simulators.incidents import occurrences
 
         counter = itertools.count()
         streams = [((begin, next(counter), finish, incident) for begin, finish in

@@ -15,10 +15,9 @@ import math
 from collections.abc import Iterator
 
 import orjson
+from ioc.simulators.incidents import Outage, occurrences
+from ioc.simulators.subsystems.base import Config, Context, Stream, TimeText, poisson
 from pydantic import Field
-
-from simulators.incidents import Outage, occurrences
-from simulators.subsystems.base import Config, Context, Stream, TimeText, poisson
 
 NAME = "cells"
 OPERATOR_PREFIX = {"viettel-ran": "VTL", "vnpt-ran": "VNP", "mobifone-ran": "MBF"}

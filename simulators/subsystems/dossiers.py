@@ -28,11 +28,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
+from ioc.simulators.incidents import Backlog, occurrences
+from ioc.simulators.subsystems.base import LOCAL_OFFSET, Config, Context, Stream, TimeText, WorkHours
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ioc.models import AreaLevel
-from simulators.incidents import Backlog, occurrences
-from simulators.subsystems.base import LOCAL_OFFSET, Config, Context, Stream, TimeText, WorkHours
+from ioc.envelope import AreaLevel
 
 NAME = "dossiers"
 Share = Annotated[float, Field(ge=0, le=1)]

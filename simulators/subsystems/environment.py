@@ -12,10 +12,9 @@ import math
 from collections.abc import Sequence
 
 import orjson
+from ioc.simulators.incidents import AqiSpike
+from ioc.simulators.subsystems.base import LOCAL_OFFSET, Config, Context, Stream, TimeText, Windows
 from pydantic import Field
-
-from simulators.incidents import AqiSpike
-from simulators.subsystems.base import LOCAL_OFFSET, Config, Context, Stream, TimeText, Windows
 
 NAME = "environment"
 

@@ -20,10 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
 import orjson
+from ioc.simulators.incidents import ServiceDown
+from ioc.simulators.subsystems.base import Config, Context, Stream, TimeText, Windows, poisson
 from pydantic import Field
-
-from simulators.incidents import ServiceDown
-from simulators.subsystems.base import Config, Context, Stream, TimeText, Windows, poisson
 
 NAME = "probes"
 DEFAULT_SERVICES = ["dvc-portal", "mot-cua", "lgsp", "email-cong-vu", "ioc-wall"]

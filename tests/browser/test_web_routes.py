@@ -16,9 +16,9 @@ from ioc.api.web import default_province, load_assets, web_router
 from ioc.areas import AreaRegistry
 from ioc.auth import Authenticator
 from ioc.config import Settings, token_sha256
+from ioc.envelope import EVENT_ADAPTER
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
-from ioc.models import EVENT_ADAPTER
 from ioc.web import SourceWatch
 
 OPERATOR, VENDOR = "token-operator", "token-vendor"

@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from ioc.simulators.cli import sim_app
+from ioc.simulators.scenario import SCENARIO_DIR
 from typer.testing import CliRunner
 
-from simulators.cli import sim_app
-from simulators.scenario import SCENARIO_DIR
 from tests.e2e.daemon import DaemonProcess, make_daemon
 from tests.servers import Server
 

@@ -1,7 +1,7 @@
 """Structure-aware hypothesis strategies for hostile input (CONTRACT §2, §7).
 
 The generators start from what the daemon expects, so most cases get past the first check and reach
-deep code: valid events built from the models of `ioc.models` (CONTRACT §2), then mutated one way or
+deep code: valid events built from the models of `ioc.envelope` (CONTRACT §2), then mutated one way or
 several (a field dropped, a wrong type, numbers no double holds, times no store holds, odd Unicode,
 long strings, unknown or repeated keys, deep nesting, arrays of mixed junk), then serialised by our own
 writer, which can say what a Python object cannot (`1e400`, bare `NaN`, an escaped lone surrogate, a
@@ -24,7 +24,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from ioc.models import RESERVED_TAG_KEYS
+from ioc.envelope import RESERVED_TAG_KEYS
 
 # --- a JSON writer that can say what Python objects cannot -----------------------------------------------
 

@@ -9,7 +9,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ioc.models import EVENT_ADAPTER
+from ioc.envelope import EVENT_ADAPTER
 from tests.fuzz.strategies import Pairs, Raw, dumps, outcomes_allowed, valid_events
 
 

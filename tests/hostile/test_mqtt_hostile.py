@@ -26,12 +26,12 @@ from pathlib import Path
 import orjson
 import pytest
 import structlog
+from ioc.connectors.mqtt import MqttConnector
 
-from connectors.mqtt import MqttConnector
 from ioc.config import MqttSettings, Settings, VendorSettings, load_settings, token_sha256
+from ioc.envelope import AnyEvent
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
-from ioc.models import AnyEvent
 from ioc.mosquitto_acl import write_mosquitto_files
 from ioc.ratelimit import RateLimiter, TokenBucket
 from ioc.sinks.base import DurableCallback
@@ -73,7 +73,7 @@ def vendor(name: str, sources: list[str], rate: float, burst: float | None = Non
 
 
 def test_the_journal_keeps_the_burst_in_flight_and_ignores_what_is_not_one(tmp_path: Path) -> None:
-    from connectors.mqtt.poison import InFlight, InflightJournal
+    from ioc.connectors.mqtt.poison import InFlight, InflightJournal
 
     path = tmp_path / "ioc.db.mqtt-inflight"
     journal = InflightJournal(path)
@@ -105,7 +105,7 @@ class FakeClock:
 def test_a_crash_is_pinned_on_one_message_and_its_burst_is_spared(tmp_path: Path) -> None:
     """Process by process, as the connector drives the guard: the poison P crashed a burst with g1 and g2,
     then twice alone; P is quarantined at its fourth delivery, g1 and g2 never are."""
-    from connectors.mqtt.poison import FAILPOINT_MARKER, PoisonGuard, message_key
+    from ioc.connectors.mqtt.poison import FAILPOINT_MARKER, PoisonGuard, message_key
 
     assert POISON_MARKER.encode() == FAILPOINT_MARKER  # the bytes the end-to-end test's poison carries
     store = tmp_path / "ioc.db"
@@ -152,7 +152,7 @@ def test_a_crash_is_pinned_on_one_message_and_its_burst_is_spared(tmp_path: Path
 
 def test_only_a_crash_alone_can_make_poison(tmp_path: Path) -> None:
     """Crashes of bursts of many never quarantine: the neighbours of a poison must never be."""
-    from connectors.mqtt.poison import PoisonGuard
+    from ioc.connectors.mqtt.poison import PoisonGuard
 
     store = tmp_path / "ioc.db"
     for _ in range(5):
@@ -174,7 +174,7 @@ def test_only_a_crash_alone_can_make_poison(tmp_path: Path) -> None:
 def test_a_crash_while_a_sink_was_full_is_charged_to_no_one(tmp_path: Path) -> None:
     """Handed over while a sink had no room, the burst may have been waiting there when the process was
     killed (an operator restarting a daemon stuck on a full spool): its messages pass alone, uncharged."""
-    from connectors.mqtt.poison import PoisonGuard
+    from ioc.connectors.mqtt.poison import PoisonGuard
 
     store = tmp_path / "ioc.db"
     for _ in range(5):
@@ -189,7 +189,7 @@ def test_a_crash_while_a_sink_was_full_is_charged_to_no_one(tmp_path: Path) -> N
 
 
 def test_a_lost_session_drops_the_suspects_and_the_ledger_expires(tmp_path: Path) -> None:
-    from connectors.mqtt.poison import PoisonGuard, PoisonLedger
+    from ioc.connectors.mqtt.poison import PoisonGuard, PoisonLedger
 
     store = tmp_path / "ioc.db"
     clock = FakeClock()
@@ -371,7 +371,7 @@ def test_a_crashed_bursts_redeliveries_are_recognised_by_packet_id(
         mosquitto: Server, unique: str, tmp_path: Path, protocol: str) -> None:
     """The broker resends unacknowledged messages with their packet ids; the connector takes exactly the
     journaled ones as suspects, handles each alone and, as they survive, clears them."""
-    from connectors.mqtt.poison import InflightJournal
+    from ioc.connectors.mqtt.poison import InflightJournal
 
     source = f"s-{unique}"
     topic = f"ioc/v1/events/{source}"

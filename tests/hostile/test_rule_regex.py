@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
+from ioc.rules.loader import load_rules
 
 from ioc.errors import ConfigError
-from rules.loader import load_rules
 from tests.unit.rules_support import Recorder, tel
 
 EVIL = """\

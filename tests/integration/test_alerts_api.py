@@ -16,10 +16,10 @@ import orjson
 import pytest
 
 from ioc.alerts.alert import Alert, Change
-from ioc.alerts.lifecycle import AlertManager
-from ioc.alerts.model import AlertUpdate
+from ioc.alerts.manager import AlertManager
 from ioc.alerts.notify import StreamNotifier
 from ioc.alerts.store import AlertStore
+from ioc.alerts.updates import AlertUpdate
 from ioc.api import create_app, serve
 from ioc.api.stream import Broadcaster
 from ioc.config import Settings, token_sha256

@@ -15,14 +15,14 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
+from ioc.connectors.mqtt import MqttConnector
 
-from connectors.mqtt import MqttConnector
 from ioc.alerts.config import AlertsSettings, WebhookSettings
-from ioc.alerts.lifecycle import AlertManager
-from ioc.alerts.model import AlertUpdate, fingerprint
+from ioc.alerts.manager import AlertManager
 from ioc.alerts.notify import MqttNotifier, Queued, webhook
 from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore
+from ioc.alerts.updates import AlertUpdate, fingerprint
 from ioc.config import MqttSettings
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline

@@ -20,8 +20,8 @@ import orjson
 import pytest
 import yaml
 
+from ioc.envelope import EVENT_ADAPTER
 from ioc.lineproto import render_alert, render_event, render_kpi
-from ioc.models import EVENT_ADAPTER
 from tests.servers import Server, influx_query
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -24,11 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ioc.api import HttpServer, create_app, serve
 from ioc.config import HttpSettings, Settings, load_settings, token_sha256
+from ioc.envelope import AnyEvent
 from ioc.errors import IocError
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
 from ioc.metrics import Metrics, MetricSource
-from ioc.models import AnyEvent
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

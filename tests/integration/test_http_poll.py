@@ -13,14 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
+from ioc.connectors.http_poll import HttpPoller, probe, status_event
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.http_poll import HttpPoller, probe, status_event
 from ioc.config import PollTarget, load_settings
+from ioc.envelope import AnyEvent, StatusEvent
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
 from ioc.metrics import Metrics
-from ioc.models import AnyEvent, StatusEvent
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

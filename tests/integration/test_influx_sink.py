@@ -23,9 +23,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from ioc.config import InfluxSettings, load_settings
+from ioc.envelope import EVENT_ADAPTER
 from ioc.errors import SinkFull
 from ioc.lineproto import render_event, render_point
-from ioc.models import EVENT_ADAPTER
 from ioc.sinks.base import Sink
 from ioc.sinks.influx import InfluxSink
 from tests.servers import Server, free_port, influx_count, influx_query

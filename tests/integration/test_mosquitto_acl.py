@@ -13,11 +13,11 @@ from pathlib import Path
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
+from ioc.connectors.mqtt import MqttConnector
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from structlog.testing import capture_logs
 
-from connectors.mqtt import MqttConnector
 from ioc.config import MqttSettings, Settings, load_settings, token_sha256
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from ioc.connectors.mqtt import MqttConnector
+from ioc.connectors.mqtt.connector import backoff_delay, dead_letter_body, topic_source
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from connectors.mqtt import MqttConnector
-from connectors.mqtt.connector import backoff_delay, dead_letter_body, topic_source
 from ioc.config import MqttSettings, load_settings
 from ioc.errors import ConfigError
 from ioc.ingest.dedup import DedupIndex

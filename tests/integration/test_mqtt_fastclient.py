@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
+from ioc.connectors.mqtt.fastclient import READ_SIZE, FastClient
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from connectors.mqtt.fastclient import READ_SIZE, FastClient
 from tests.mqtt_tools import publish_all
 from tests.servers import Server
 

@@ -14,12 +14,12 @@ from typing import ClassVar
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
+from ioc.simulators.cli import sim_app
+from ioc.simulators.play import Player, events, plan
+from ioc.simulators.publish import HttpPublisher, MqttPublisher
+from ioc.simulators.scenario import load_scenario, resolve
 from typer.testing import CliRunner
 
-from simulators.cli import sim_app
-from simulators.play import Player, events, plan
-from simulators.publish import HttpPublisher, MqttPublisher
-from simulators.scenario import load_scenario, resolve
 from tests.servers import Server
 
 START = "2026-03-02T09:00:00+07:00"

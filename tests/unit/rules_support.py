@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ioc.alerts.model import AlertUpdate
+from ioc.rules.engine import RuleEngine
+from ioc.rules.loader import parse_rules
+
+from ioc.alerts.updates import AlertUpdate
 from ioc.areas import AreaRegistry
 from ioc.config import parse_duration
-from ioc.models import EVENT_ADAPTER, AnyEvent
-from rules.engine import RuleEngine
-from rules.loader import parse_rules
+from ioc.envelope import EVENT_ADAPTER, AnyEvent
 
 VN = timezone(timedelta(hours=7))
 START = datetime(2026, 3, 2, 8, 0, tzinfo=VN)

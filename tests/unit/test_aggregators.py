@@ -13,9 +13,9 @@ from ioc.aggregators.calendar import WorkCalendar, load_holidays, local_midnight
 from ioc.aggregators.dossiers import grade
 from ioc.areas import AreaRegistry
 from ioc.config import KpisSettings
+from ioc.envelope import DossierEvent, StatusEvent
 from ioc.errors import ConfigError
 from ioc.kpis import Kpi
-from ioc.models import DossierEvent, StatusEvent
 
 VN = timezone(timedelta(hours=7))
 MONDAY = datetime(2026, 3, 2, 8, 0, tzinfo=VN)  # after the 2025 reform: commune -> province

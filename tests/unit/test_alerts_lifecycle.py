@@ -1,4 +1,4 @@
-"""The alert life cycle (ioc.alerts.lifecycle): episodes, acknowledgements, listing, restart, muting, the
+"""The alert life cycle (ioc.alerts.manager): episodes, acknowledgements, listing, restart, muting, the
 outbox, and the rule engine adopting the store's alerts after a crash (rules.engine.RuleEngine.adopt), on a
 fake clock with the store in a temporary SQLite file."""
 
@@ -11,20 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ioc.rules.engine import RuleEngine
+from ioc.rules.loader import parse_rules
 
 from ioc import failpoints
 from ioc.alerts.alert import Alert, Change
 from ioc.alerts.config import AlertsSettings
 from ioc.alerts.errors import AlertConflict, AlertNotFound, NotifyError
-from ioc.alerts.lifecycle import AlertManager
-from ioc.alerts.model import AlertUpdate, fingerprint
+from ioc.alerts.manager import AlertManager
 from ioc.alerts.outbox import Notification
 from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore, OutboxRow
+from ioc.alerts.updates import AlertUpdate, fingerprint
 from ioc.config import load_settings
-from ioc.models import AnyEvent
-from rules.engine import RuleEngine
-from rules.loader import parse_rules
+from ioc.envelope import AnyEvent
 from tests.unit import rules_support as rs
 
 T0 = 1_772_409_600.0  # 2026-03-02T00:00:00Z

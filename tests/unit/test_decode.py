@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ioc.envelope import StatusEvent, TelemetryEvent
 from ioc.ingest.deadletter import DEAD_LETTER_MAX_BYTES, dead_letter_body
 from ioc.ingest.decode import MAX_ITEM_BYTES, Accepted, Rejection, decode_payload
 from ioc.ingest.items import TooManyItems, array_count, ndjson_count, ndjson_lines, split_array, utf8_error
-from ioc.models import StatusEvent, TelemetryEvent
 
 GOOD = {
     "id": "a1",

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from ioc.clock import EventClock
+from ioc.envelope import AnyEvent, TelemetryEvent
 from ioc.evaluation import Evaluator
-from ioc.models import AnyEvent, TelemetryEvent
 
 
 class FakeWall:

@@ -13,9 +13,9 @@ from pydantic import ValidationError
 from ioc.alerts.alert import Alert, Change
 from ioc.alerts.config import AlertsSettings, InhibitRuleSettings
 from ioc.alerts.inhibit import Inhibitor, InhibitRule
-from ioc.alerts.lifecycle import AlertManager
-from ioc.alerts.model import AlertUpdate, fingerprint
+from ioc.alerts.manager import AlertManager
 from ioc.alerts.store import AlertStore
+from ioc.alerts.updates import AlertUpdate, fingerprint
 from ioc.errors import ConfigError
 
 T0 = 1_772_409_600.0

@@ -8,9 +8,9 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ioc.envelope import EVENT_ADAPTER, event_time_ns, tag_value_problem
 from ioc.ingest.decode import Accepted, decode_payload
 from ioc.lineproto import escape_tag, render_event, render_point, string_field
-from ioc.models import EVENT_ADAPTER, event_time_ns, tag_value_problem
 
 
 def event(**fields: object) -> object:

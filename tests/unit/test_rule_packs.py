@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from rules.loader import load_rules
-from rules.testing import run_test_file
+from ioc.rules.loader import load_rules
+from ioc.rules.testing import run_test_file
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKS = ROOT / "rules" / "packs"

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ioc.rules.engine import RuleEngine, StateError
+from ioc.rules.index import RuleIndex
+from ioc.rules.kinds import RULE_ADAPTER
+from ioc.rules.loader import parse_rules
+from ioc.rules.spec import Pattern, RuleBase
 
 from ioc.areas import AreaRegistry, local_date
-from ioc.models import AnyEvent
-from rules.engine import RuleEngine, StateError
-from rules.index import RuleIndex
-from rules.kinds import RULE_ADAPTER
-from rules.loader import parse_rules
-from rules.model import Pattern, RuleBase
+from ioc.envelope import AnyEvent
 from tests.unit.rules_support import START, Recorder, at, event, status, tel
 
 AREAS = AreaRegistry.default()

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
+from ioc.rules.kinds import window as window_module
+from ioc.rules.template import format_number
 from structlog.testing import capture_logs
 
 from ioc.areas import AreaRegistry
-from rules.kinds import window as window_module
-from rules.template import format_number
 from tests.unit.rules_support import VN, Recorder, at, status, tel
 
 AREAS = AreaRegistry.default()

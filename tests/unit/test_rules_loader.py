@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
+from ioc.rules.loader import load_rules, parse_rules
+from ioc.rules.testing import read_test_file
 
 from ioc.errors import ConfigError
-from rules.loader import load_rules, parse_rules
-from rules.testing import read_test_file
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,16 +13,16 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from ioc.connectors.http_poll.poller import probe
+from ioc.simulators.cli import sim_app
+from ioc.simulators.play import Player, events, plan
+from ioc.simulators.scenario import SCENARIO_DIR, ScenarioError, load_scenario, resolve, shipped
+from ioc.simulators.subsystems.base import WorkHours
+from ioc.simulators.subsystems.probes import HealthServer
 from typer.testing import CliRunner
 
-from connectors.http_poll.poller import probe
 from ioc.config import PollTarget
-from ioc.models import EVENT_ADAPTER, DossierEvent, StatusEvent, TelemetryEvent
-from simulators.cli import sim_app
-from simulators.play import Player, events, plan
-from simulators.scenario import SCENARIO_DIR, ScenarioError, load_scenario, resolve, shipped
-from simulators.subsystems.base import WorkHours
-from simulators.subsystems.probes import HealthServer
+from ioc.envelope import EVENT_ADAPTER, DossierEvent, StatusEvent, TelemetryEvent
 
 MONDAY = "2026-03-02T00:00:00+07:00"
 runner = CliRunner()

@@ -1,6 +1,6 @@
 """The seam between the rule engine and the alert manager.
 
-The rule engine (`rules.engine`) knows, per rule and group of labels, whether the condition is pending,
+The rule engine (`ioc.rules.engine`) knows, per rule and group of labels, whether the condition is pending,
 firing or resolved; it reports every change as an `AlertUpdate`. The alert manager (`ioc.alerts`) turns
 updates into alerts with ids, episodes, acknowledgements and silences, persists them and notifies.
 """

@@ -43,11 +43,11 @@ from ioc.alerts.audit import AuditEntry
 from ioc.alerts.config import AlertsSettings
 from ioc.alerts.errors import AlertConflict, AlertNotFound
 from ioc.alerts.inhibit import AreaTree, Inhibitor, InhibitRule
-from ioc.alerts.model import SEVERITY_RANK, AlertUpdate
 from ioc.alerts.notify import AnyNotifier, NotifierChain
 from ioc.alerts.outbox import Notification, Outbox, alert_from_record, alert_record, new_ids
 from ioc.alerts.silence import Silence, SilenceRequest, Silences, SilenceStatus
 from ioc.alerts.store import AlertStore, OutboxRow
+from ioc.alerts.updates import SEVERITY_RANK, AlertUpdate
 from ioc.metrics import counter, gauge
 
 log = structlog.get_logger("ioc.alerts")

@@ -1,7 +1,7 @@
 """What a rule says (CONTRACT §5): the fields every kind shares, `match`, comparisons and the RuleSet.
 
 Rules are strict pydantic models (`extra="forbid"`: a misspelt key is an error, never a default). Each
-kind (`rules.kinds`) subclasses `RuleBase` with its own `kind` literal and fields; the union of them,
+kind (`ioc.rules.kinds`) subclasses `RuleBase` with its own `kind` literal and fields; the union of them,
 discriminated by `kind`, is what the loader validates.
 """
 
@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
 import orjson
+from ioc.rules.template import Template
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ioc.alerts.model import Severity
+from ioc.alerts.updates import Severity
 from ioc.config import Duration
-from ioc.models import AreaLevel
+from ioc.envelope import AreaLevel
 from ioc.regex import compile_regex
-from rules.template import Template
 
 __all__ = [
     "BUILTIN_LABELS",
