@@ -13,6 +13,10 @@ timeout = "5s"
 max_attempts = 5               # then the delivery is counted failed
 headers = {Authorization = "Bearer ..."}
 
+[[alerts.alertmanagers]]       # pushed as Prometheus does: POST {url}/api/v2/alerts
+url = "http://alertmanager.example.vn:9093"
+resend_interval = "1m"
+
 [[alerts.inhibit]]             # a province-wide outage mutes its communes' outage and cell alerts
 source_matchers = ["rule = coverage-outage"]
 target_matchers = ["rule =~ coverage-outage|cell-down"]
@@ -25,11 +29,11 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from ioc.alerts.alert import Change
 from ioc.alerts.matchers import MatcherInput
-from ioc.config import Duration, _Section, parse_duration
+from ioc.config import Duration, _read_secret, _Section, parse_duration
 
 
 class WebhookSettings(_Section):
@@ -57,6 +61,34 @@ class WebhookSettings(_Section):
         return self
 
 
+class AlertmanagerSettings(_Section):
+    """One Alertmanager the leader pushes alerts to, as Prometheus does (`ioc.alerts.alertmanager_push`):
+    firing alerts re-sent every `resend_interval` (with an `endsAt` four intervals ahead), resolved ones
+    with their `endsAt`; a failed post is retried with exponential backoff and jitter, always with the
+    latest state. `labels` are added to every alert (e.g. `source = "ioc-binhthuan"` for routing)."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s]+")]  # Alertmanager's base URL (+ path prefix)
+    name: str = ""  # the `alertmanager` label of its metrics; default `alertmanager:HOST[:PORT]`
+    token: SecretStr = SecretStr("")  # sent as `Authorization: Bearer ...` (a proxy in front of it)
+    token_file: str = ""
+    timeout: Duration = parse_duration("10s")
+    resend_interval: Duration = Field(default=parse_duration("1m"), gt=0)  # Prometheus' resend_delay
+    backoff_min: Duration = parse_duration("1s")
+    backoff_max: Duration = parse_duration("60s")
+    labels: dict[str, str] = Field(default_factory=dict)
+    queue_max: int = Field(default=10_000, ge=1)  # alerts tracked (firing + recently resolved)
+
+    @model_validator(mode="after")
+    def _defaults(self) -> AlertmanagerSettings:
+        if not self.name:
+            self.name = f"alertmanager:{urlsplit(self.url).netloc.rpartition('@')[2]}"
+        if self.token_file:
+            self.token = SecretStr(_read_secret(self.token_file))
+        if self.backoff_max < self.backoff_min:
+            raise ValueError("backoff_max must not be less than backoff_min")
+        return self
+
+
 class InhibitRuleSettings(_Section):
     """Alertmanager's inhibition rule: while an alert matching `source_matchers` fires, alerts matching
     `target_matchers` with the same values of the `equal` labels are muted. `within_area` (an IOC
@@ -74,6 +106,9 @@ class AlertsSettings(_Section):
     silence_retention: Duration = parse_duration("5d")
     audit_retention: Duration = parse_duration("365d")
     webhooks: list[WebhookSettings] = []
+    alertmanagers: list[AlertmanagerSettings] = Field(default_factory=list)
+    # The daemon's URL as operators reach it: links in what goes to Alertmanager (its generatorURL).
+    external_url: Annotated[str, Field(pattern=r"^(https?://[^/\s]+.*)?$")] = ""
     inhibit: list[InhibitRuleSettings] = []
     stream_queue_max: int = Field(default=1000, ge=1)  # SSE events waiting for one client; then it is cut
     stream_heartbeat: Duration = parse_duration("15s")  # a comment line this often keeps proxies open
