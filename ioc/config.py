@@ -144,6 +144,9 @@ class MqttSettings(_Section):
     share_group: str = ""  # MQTT 5 shared subscription group, to split intake across daemons
     reconnect_min: Duration = parse_duration("1s")
     reconnect_max: Duration = parse_duration("60s")
+    # "fast": FastClient, paho with a lean receive path (connectors/mqtt/fastclient.py); "paho": stock paho,
+    # the way back should a paho release break what FastClient relies on (slower intake, same behaviour).
+    client: Literal["fast", "paho"] = "fast"
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
