@@ -116,7 +116,7 @@ class Daemon:
         self.kpis = KpiBoard()
         self.stream = Broadcaster(queue_max=settings.alerts.stream_queue_max,
                                   heartbeat=settings.alerts.stream_heartbeat, retry=settings.alerts.stream_retry,
-                                  max_clients=settings.http.max_streams)
+                                  max_clients=settings.http.max_streams, replay=settings.http.sse_replay)
         # There is always a sink (InfluxDB, else the local one): alert points go to the first. Deliveries
         # wait (in the outbox) until `run` has started the connector and the sinks.
         self.alerts = AlertManager.open(

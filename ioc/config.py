@@ -109,6 +109,8 @@ class HttpSettings(_Section):
     body_timeout: Duration = parse_duration("60s")
     keepalive_timeout: Duration = parse_duration("15s")
     max_streams: int = Field(default=256, ge=0, le=100_000)  # SSE clients of /api/v1/stream, exactly
+    # SSE events kept for clients that reconnect with Last-Event-ID; older ones get a `reset` event.
+    sse_replay: int = Field(default=1000, ge=0, le=1_000_000)
     # False: every route but /healthz and /readyz needs a vendor, operator or viewer token.
     public_read: bool = True
 
