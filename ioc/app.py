@@ -28,6 +28,7 @@ from prometheus_client.core import Metric
 
 from ioc import __version__, failpoints
 from ioc.aggregators import build_aggregators
+from ioc.alerts.alertmanager_push import alertmanager_pushers
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.notify import build_notifiers
 from ioc.alerts.updates import AlertUpdate
@@ -102,6 +103,8 @@ class Daemon:
                        self.evaluator.metrics(), *(aggregator.metrics() for aggregator in self.aggregators)):
             self.metrics.add(source)
         self.metrics.add(self._own_metrics)
+        for pusher in self.pushers:
+            self.metrics.add(pusher.metrics)
         wall = web_router(self.areas, default_province(self.areas), pipeline=self.pipeline, watch=self.watch)
         self.app = create_app(settings=settings, pipeline=self.pipeline, metrics=self.metrics,
                               readiness=self.problems, alerts=self.alerts, kpis=self.kpis, stream=self.stream,
@@ -119,9 +122,11 @@ class Daemon:
                                   max_clients=settings.http.max_streams, replay=settings.http.sse_replay)
         # There is always a sink (InfluxDB, else the local one): alert points go to the first. Deliveries
         # wait (in the outbox) until `run` has started the connector and the sinks.
+        self.pushers = alertmanager_pushers(settings.alerts, http_port=settings.http.port)  # CONTRACT §9
         self.alerts = AlertManager.open(
             settings.store.path, settings=settings.alerts, areas=self.areas, resume=False,
-            notifiers=build_notifiers(settings.alerts, mqtt=self.mqtt, sink=self.sinks[0], stream=self.stream))
+            notifiers=[*build_notifiers(settings.alerts, mqtt=self.mqtt, sink=self.sinks[0], stream=self.stream),
+                       *self.pushers])
         self.clock = EventClock()
         self.engine = RuleEngine(load_rules(settings.rules.resolved_paths()), areas=self.areas,
                                  on_change=self._alert_changed, started_at=self.started_at)
@@ -206,6 +211,8 @@ class Daemon:
         self.evaluator.start()
         if self.mqtt is not None:
             self.mqtt.start()
+        for pusher in self.pushers:  # Alertmanagers hear at once of what the store has firing
+            pusher.start(self.alerts.active())
         self.alerts.resume()  # what a crash left in the outbox goes out first, then the new changes
         log.info("daemon.started", version=__version__, http=self.settings.http.listen,
                  mqtt=redact_url(self.settings.mqtt.url) if self.mqtt else None,
@@ -252,6 +259,8 @@ class Daemon:
             self.mqtt.close(timeout=10.0)
         # 6. Webhooks get their last seconds; what the sinks, the broker and the webhooks took leaves the
         # outbox, the rest is delivered at the next start.
+        for pusher in self.pushers:
+            pusher.close(5.0)
         self.alerts.close()
         self._store.close()
 
