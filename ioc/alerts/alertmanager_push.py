@@ -8,7 +8,7 @@ fingerprint (rule id + group labels), and a thread POSTs them to `{url}/api/v2/a
   daemon goes away; a *resolved* one with `endsAt` = when it resolved, re-sent for 15 minutes (Prometheus'
   resolved retention) in case a post was lost; pending alerts are not sent (Prometheus does not either);
 - a change is posted at once (after a few milliseconds that gather a burst into one post); a failed post
-  is retried with exponential backoff and jitter (`RetryPolicy`, as the webhooks), forever, and always with
+  is retried with exponential backoff and jitter (`ioc.retry.Backoff`), forever, and always with
   the latest state: what Alertmanager needs is the current set, never a replay of every step;
 - silenced, inhibited and acknowledged alerts are sent all the same (their state in annotations): an
   Alertmanager does its own routing and silencing, and an alert that stopped coming would end there after
@@ -43,9 +43,9 @@ from prometheus_client.core import Metric
 from ioc.alerts.alert import Alert, Change
 from ioc.alerts.config import AlertmanagerSettings, AlertsSettings
 from ioc.alerts.errors import NotifyError
-from ioc.alerts.notify import RetryPolicy, _retry_after
 from ioc.alerts.outbox import Notification, Settle
 from ioc.metrics import counter, gauge
+from ioc.retry import Backoff, parse_retry_after
 
 log = structlog.get_logger("ioc.alerts.alertmanager_push")
 
@@ -134,8 +134,7 @@ class AlertmanagerPush:
         self.name = settings.name
         self.url = settings.url.rstrip("/") + "/api/v2/alerts"
         self.external_url = external_url
-        self.policy = RetryPolicy(max_attempts=1 << 30, backoff_min=settings.backoff_min,
-                                  backoff_max=settings.backoff_max)
+        self._backoff = Backoff(settings.backoff_min, settings.backoff_max, rand)  # the shared ioc.retry
         headers = {"Content-Type": "application/json"}
         if settings.token.get_secret_value():
             headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
@@ -144,14 +143,12 @@ class AlertmanagerPush:
         self._leader = leader
         self._clock = clock
         self._monotonic = monotonic
-        self._rand = rand
         self._tracked: dict[str, _Tracked] = {}  # by fingerprint, in the order first told
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._started = False
         self._closing = False
         self._abort = threading.Event()
-        self._attempt = 0  # failed posts in a row
         self._failing = False
         self.posts: dict[str, int] = dict.fromkeys(POST_OUTCOMES, 0)
         self.alerts_sent = 0
@@ -320,7 +317,7 @@ class AlertmanagerPush:
         status = response.status_code
         if 200 <= status < 300:
             return
-        retry_after = _retry_after(response.headers.get("retry-after")) if status == 429 else None
+        retry_after = parse_retry_after(response.headers.get("retry-after")) if status in (429, 503) else None
         raise NotifyError(f"HTTP {status}: {response.text[:200]}", retryable=status >= 500 or status == 429,
                           retry_after=retry_after)
 
@@ -346,7 +343,7 @@ class AlertmanagerPush:
             self.alerts_sent += alerts
             self._outcomes["sent"] += alerts
             self.last_success = self._clock()
-            self._attempt = 0
+            self._backoff.reset()
         if self._failing:
             self._failing = False
             log.info("alertmanager.recovered", alertmanager=self.name)
@@ -356,20 +353,19 @@ class AlertmanagerPush:
             self.posts["refused"] += 1
             self.alerts_dropped += alerts
             self._outcomes["failed"] += alerts
-            self._attempt = 0
+            self._backoff.reset()
         log.error("alertmanager.post_refused", alertmanager=self.name, alerts=alerts, error=str(error),
                   effect="these alert states are not sent again until they change or are due again")
 
     def _failed(self, error: NotifyError, alerts: int) -> float:
         with self._cond:
             self.posts["error"] += 1
-            self._attempt += 1
-            attempt = self._attempt
+            delay = self._backoff.failed(error.retry_after)
         if not self._failing:  # one line per episode; the counter has the rest
             self._failing = True
             log.warning("alertmanager.post_failed", alertmanager=self.name, alerts=alerts, error=str(error),
                         effect="retried with backoff, with the latest state")
-        return self.policy.delay(attempt, error.retry_after, self._rand)
+        return delay
 
     # --- what the daemon sees -------------------------------------------------------------------------
 
