@@ -151,6 +151,7 @@ class Daemon:
         self.pipeline.batch_listeners.append(self.evaluator.offer)
         self._kpi_points_dropped = 0
         self._reload_failures = 0
+        self._last_reload_ok = True
         self._rounds = 0
 
     def _alert_changed(self, update: AlertUpdate) -> None:
@@ -175,9 +176,11 @@ class Daemon:
             rules = load_rules(self.settings.rules.resolved_paths())
         except ConfigError as error:
             self._reload_failures += 1
+            self._last_reload_ok = False
             log.error("rules.reload_failed", problems=error.problems, kept="the rules loaded before")
             return False
         self.engine.replace_rules(rules)
+        self._last_reload_ok = True
         log.info("rules.reloaded", paths=[str(path) for path in self.settings.rules.resolved_paths()])
         return True
 
@@ -196,6 +199,9 @@ class Daemon:
                     {(): self.started_at})
         yield counter("ioc_rules_reload_failures", "Rule reloads (SIGHUP) refused for a bad file.", (),
                       {(): float(self._reload_failures)})
+        # A gauge, as Prometheus' own config_last_reload_successful: an alert holds until a good reload.
+        yield gauge("ioc_rules_last_reload_successful", "1 unless the last rule reload (SIGHUP) was refused.",
+                    (), {(): float(self._last_reload_ok)})
         yield counter("ioc_kpi_points_dropped", "KPI points a full sink did not take.", (),
                       {(): float(self._kpi_points_dropped)})
 
