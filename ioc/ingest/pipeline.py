@@ -135,6 +135,7 @@ class Pipeline:
         max_bytes: int,
         max_future: float,
         max_items: int = DEFAULT_MAX_ITEMS,
+        dead_letters: Sequence[DeadLetterTarget] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.sinks = list(sinks)
@@ -146,7 +147,7 @@ class Pipeline:
         self._max_future_ns = int(max_future * 1e9)
         self._clock = clock
         self._lock = threading.Lock()
-        self.dead_letter_targets: list[DeadLetterTarget] = []
+        self.dead_letter_targets: list[DeadLetterTarget] = list(dead_letters)  # given by the assembly (app.py)
         self.listeners: list[EventListener] = []  # called per accepted event, in the intake's thread
         # Called once per admitted batch with its accepted events: the seam of the evaluation thread
         # (aggregators, rules), which must cost the intake no more than a hand-over.
