@@ -5,7 +5,7 @@ gets: the record-keepers (SSE stream, retained MQTT state, InfluxDB) take every 
 the pagers (`ioc/v1/alerts/{rule}`, webhooks) skip muted alerts. A notifier that cannot deliver raises
 `NotifyError(retryable=...)`; it never retries by itself. The caller owns the policy: `NotifierChain`
 counts and logs (the MQTT connector already queues while disconnected, InfluxDB has its spool), and
-`Queued` delivers in a background thread with bounded attempts, exponential backoff with jitter and a
+`Queued` delivers in a background thread with bounded attempts, the daemon's one backoff (ioc/retry.py) and a
 bounded queue, so `AlertManager.apply` never waits for a web server.
 
 MQTT, InfluxDB and the webhooks are also *durable* (`ioc.alerts.outbox`): the alert manager writes what
@@ -24,22 +24,22 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, cast, runtime_checkable
 
 import httpx
 import orjson
 import structlog
+import tenacity
 from prometheus_client.core import Metric
 
 from ioc.alerts.alert import STATE_CHANGES, Alert, Change
 from ioc.alerts.config import AlertsSettings, WebhookSettings
 from ioc.alerts.errors import NotifyError
 from ioc.alerts.outbox import Durable, Notification, Settle, new_ids
-from ioc.connectors.mqtt.connector import backoff_delay
 from ioc.errors import SinkFull
 from ioc.lineproto import render_alert
 from ioc.metrics import counter, gauge
+from ioc.retry import Aborted, RetryPolicy, parse_retry_after
 from ioc.sinks.base import DurableCallback
 
 log = structlog.get_logger("ioc.alerts.notify")
@@ -294,35 +294,15 @@ class WebhookNotifier:
         if 200 <= status < 300:
             return
         retryable = status >= 500 or status == 429
-        retry_after = _retry_after(response.headers.get("retry-after")) if status == 429 else None
+        retry_after = parse_retry_after(response.headers.get("retry-after")) if retryable else None
         raise NotifyError(f"{self.name}: HTTP {status}", retryable=retryable, retry_after=retry_after)
 
     def close(self) -> None:
         self._client.close()
 
 
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """At most `max_attempts` attempts; before attempt n+1 wait exponential backoff from `backoff_min`,
-    capped at `backoff_max`, with jitter (a server's Retry-After is honoured up to `backoff_max`)."""
-
-    max_attempts: int = 5
-    backoff_min: float = 1.0
-    backoff_max: float = 60.0
-
-    def delay(self, attempt: int, retry_after: float | None = None,
-              rand: Callable[[float, float], float] = random.uniform) -> float:
-        wait = backoff_delay(attempt - 1, self.backoff_min, self.backoff_max, rand)
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, self.backoff_max))
-        return wait
+def _retryable(error: BaseException) -> bool:
+    return isinstance(error, NotifyError) and error.retryable
 
 
 class Sender(Protocol):
@@ -449,26 +429,29 @@ class Queued:
                 self._cond.notify_all()
 
     def _deliver(self, note: Notification) -> str:
+        """Attempts under the policy (ioc/retry.py: retryable NotifyErrors only, the server's Retry-After
+        honoured); a close that gives up (`_abort`) ends the waiting at once."""
         alert, change = note.alert, note.change
-        attempt = 1
-        while True:
-            try:
-                self.inner.send(note)
-                return "sent"
-            except NotifyError as error:
-                if not error.retryable or attempt >= self.policy.max_attempts or self._abort.is_set():
-                    log.warning("alerts.notify_failed", notifier=self.name, alert=alert.id, change=change,
-                                attempts=attempt, error=str(error))
-                    return "dropped" if self._abort.is_set() else "failed"
-                delay = self.policy.delay(attempt, error.retry_after, self._rand)
-            except Exception as error:  # a bug in a notifier: counted, never the end of the thread
-                log.exception("alerts.notify_crashed", notifier=self.name, alert=alert.id, error=repr(error))
-                return "failed"
-            attempt += 1
-            with self._cond:
-                self.retries += 1
-            if self._abort.wait(delay):
-                return "dropped"
+        attempts = self.policy.retrying(retry_on=_retryable, abort=self._abort, before_sleep=self._retrying,
+                                        rand=self._rand)
+        try:
+            for attempt in attempts:
+                with attempt:
+                    self.inner.send(note)
+            return "sent"
+        except Aborted:
+            return "dropped"
+        except NotifyError as error:
+            log.warning("alerts.notify_failed", notifier=self.name, alert=alert.id, change=change,
+                        attempts=attempts.statistics.get("attempt_number", 1), error=str(error))
+            return "dropped" if self._abort.is_set() else "failed"
+        except Exception as error:  # a bug in a notifier: counted, never the end of the thread
+            log.exception("alerts.notify_crashed", notifier=self.name, alert=alert.id, error=repr(error))
+            return "failed"
+
+    def _retrying(self, state: tenacity.RetryCallState) -> None:
+        with self._cond:
+            self.retries += 1
 
 
 # --- the chain -----------------------------------------------------------------------------------------
