@@ -36,7 +36,7 @@ from ioc.api.app import create_app
 from ioc.api.server import HttpServer
 from ioc.api.stream import Broadcaster
 from ioc.api.web import default_province, web_router
-from ioc.areas import registry_from_settings
+from ioc.areas import REFORM_NS, registry_from_settings
 from ioc.clock import EventClock
 from ioc.config import Settings
 from ioc.connectors.http_poll import HttpPoller
@@ -46,13 +46,13 @@ from ioc.evaluation import Evaluator
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
 from ioc.kpis import Kpi, KpiBoard
-from ioc.lineproto import parse_tag, render_kpi
+from ioc.lineproto import render_kpi
 from ioc.metrics import Metrics, counter, gauge
 from ioc.redact import redact_url
 from ioc.rules import StateError
 from ioc.rules.engine import RuleEngine
 from ioc.rules.loader import load_rules
-from ioc.sinks.base import Sink
+from ioc.sinks.base import Origin, Sink
 from ioc.sinks.influx import InfluxSink
 from ioc.sinks.local import LocalSink
 from ioc.store import connect, load_state, save_state
@@ -116,6 +116,9 @@ class Daemon:
         """Areas, aggregators, rules and alerts: what the evaluation thread drives. Every file is read
         and validated here, so a bad rule or registry file stops the start with its `file:line`."""
         self.areas = registry_from_settings(settings.areas)
+        # CONTRACT §10: former area codes no longer in use are converted at the intake (events dated
+        # from 2025-07-01), so sinks, rules and KPIs only ever see the unit of the event's era.
+        self.pipeline.convert_areas(self.areas.former, REFORM_NS)
         self.kpis = KpiBoard()
         self.stream = Broadcaster(queue_max=settings.alerts.stream_queue_max,
                                   heartbeat=settings.alerts.stream_heartbeat, retry=settings.alerts.stream_retry,
@@ -205,10 +208,11 @@ class Daemon:
         yield counter("ioc_kpi_points_dropped", "KPI points a full sink did not take.", (),
                       {(): float(self._kpi_points_dropped)})
 
-    def _point_refused(self, reason: str, point: str) -> None:
-        """A point InfluxDB refused for good becomes a dead letter of its source."""
-        source = parse_tag(point, "source") or "unknown"
-        self.pipeline.publish_dead_letter(source, f"influx refused the point: {reason}", point.encode())
+    def _point_refused(self, reason: str, point: str, origin: Origin | None) -> None:
+        """A point InfluxDB refused for good becomes a dead letter of its event's source (the daemon's
+        own KPI and alert points, which have no event, go under `unknown`)."""
+        source, event = (origin.source, f" of event {origin.event_id!r}") if origin else ("unknown", "")
+        self.pipeline.publish_dead_letter(source, f"influx refused the point{event}: {reason}", point.encode())
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in the order that keeps every event."""

@@ -245,7 +245,10 @@ class LogSettings(_Section):
 
 
 class AreasSettings(_Section):
-    path: str = ""  # the area registry CSV (ioc.areas); empty: the shipped sample (Bình Thuận)
+    # The national registry (CONTRACT §10) narrowed to these provinces (codes from 2025-07-01, e.g. ["68"];
+    # each includes, before 2025-07-01, the former provinces now inside it); unset: the whole country.
+    provinces: list[Annotated[str, Field(pattern=r"^[0-9]{2}$")]] | None = Field(default=None, min_length=1)
+    path: str = ""  # a CSV of units over the national registry (a row replaces its code for its dates)
     targets_path: str = ""  # KPI targets by level CSV; empty: the shipped ioc/data/targets.csv
 
 

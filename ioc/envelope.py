@@ -16,7 +16,9 @@ METRIC_PATTERN = r"^[a-z][a-z0-9_.]*$"
 MAX_TAGS = 32
 
 # Tag keys the schema itself uses (CONTRACT §4); an event tag of the same name would overwrite them.
-RESERVED_TAG_KEYS = frozenset({"source", "area", "entity", "time", "kpi", "level", "rule", "severity"})
+# `area_former`: the code an event carried before the intake converted it (CONTRACT §10, ioc.areas).
+RESERVED_TAG_KEYS = frozenset({"source", "area", "area_former", "entity", "time", "kpi", "level", "rule",
+                               "severity"})
 # Keys starting with "_" are reserved by InfluxDB itself (TAG_KEY_PATTERN refuses them).
 
 DossierStatus: TypeAlias = Literal[

@@ -82,9 +82,16 @@ def render_event(event: AnyEvent, time_ns: int | None = None) -> str:
         return f"{line} value={float(event.value)!r} {time_ns}"
     if isinstance(event, StatusEvent):
         up = 1.0 if event.state == "up" else 0.0
-        tags: dict[str, str | None] = {"source": event.source, "entity": event.entity, "area": event.area}
+        tags: dict[str, str | None] = {"source": event.source, "entity": event.entity, "area": event.area,
+                                       "area_former": _area_former(event)}
         return render_point("status", tags, {"state": event.state, "up": up}, time_ns)
     return _render_dossier(event, time_ns)
+
+
+def _area_former(event: AnyEvent) -> str | None:
+    """The code a status or dossier event carried before the intake converted it (CONTRACT §10); their
+    points hold no vendor tags, but this one is the intake's own."""
+    return event.tags.get("area_former") if event.tags else None
 
 
 def _render_dossier(event: DossierEvent, time_ns: int) -> str:
@@ -97,6 +104,7 @@ def _render_dossier(event: DossierEvent, time_ns: int) -> str:
         "status": event.status,
         "channel": event.channel,
         "level": event.level,
+        "area_former": _area_former(event),
     }
     fields: dict[str, float | str | bool] = {
         "dossier_id": event.dossier_id,

@@ -11,7 +11,7 @@ import bisect
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -70,6 +70,25 @@ class _Throttle:
         return missed
 
 
+class FormerArea(Protocol):
+    """What the intake needs of a former area code no longer in use (`ioc.areas.Former`): the new
+    code(s) it became, with names (several: a divided commune, refused), its level, why it is refused."""
+
+    @property
+    def level(self) -> str: ...
+
+    @property
+    def into(self) -> tuple[tuple[str, str], ...]: ...
+
+    def reason(self) -> str: ...
+
+
+def _moved(event: AnyEvent, new: str, former: str) -> AnyEvent:
+    """The event placed in the new unit `new`; its original code kept as the tag `area_former` (stored
+    as a tag of its point: which vendors still send former codes is a GROUP BY away)."""
+    return event.model_copy(update={"area": new, "tags": {**(event.tags or {}), "area_former": former}})
+
+
 class DeadLetterTarget(Protocol):
     """Where rejected items go (the MQTT connector publishes them on `ioc/v1/deadletter/{source}`)."""
 
@@ -99,13 +118,14 @@ def several_rejected(group: Sequence[_Letter]) -> str:
 class _BatchCounts:
     """One batch's counts, added to the pipeline's totals in one step once the batch is handed over."""
 
-    __slots__ = ("accepted", "duplicates", "received", "rejected")
+    __slots__ = ("accepted", "converted", "duplicates", "received", "rejected")
 
     def __init__(self) -> None:
         self.received: defaultdict[str, int] = defaultdict(int)
         self.accepted: defaultdict[str, int] = defaultdict(int)
         self.duplicates: defaultdict[str, int] = defaultdict(int)
         self.rejected: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.converted: defaultdict[str, int] = defaultdict(int)  # former area codes, by level
 
 
 class _AllDurable:
@@ -135,7 +155,6 @@ class Pipeline:
         max_bytes: int,
         max_future: float,
         max_items: int = DEFAULT_MAX_ITEMS,
-        dead_letters: Sequence[DeadLetterTarget] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.sinks = list(sinks)
@@ -147,7 +166,7 @@ class Pipeline:
         self._max_future_ns = int(max_future * 1e9)
         self._clock = clock
         self._lock = threading.Lock()
-        self.dead_letter_targets: list[DeadLetterTarget] = list(dead_letters)  # given by the assembly (app.py)
+        self.dead_letter_targets: list[DeadLetterTarget] = []
         self.listeners: list[EventListener] = []  # called per accepted event, in the intake's thread
         # Called once per admitted batch with its accepted events: the seam of the evaluation thread
         # (aggregators, rules), which must cost the intake no more than a hand-over.
@@ -161,9 +180,22 @@ class Pipeline:
         self.duplicates: defaultdict[tuple[str], int] = defaultdict(int)
         self.rejected: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.dead_letters: defaultdict[tuple[str], int] = defaultdict(int)
+        # CONTRACT §10: former area codes no longer in use, converted for events dated from `since_ns`
+        # (the app sets them from the registry); none by default. One dict lookup an event at most.
+        self._former_areas: Mapping[str, FormerArea] = {}
+        self._former_since_ns = 1 << 63
+        self.converted: defaultdict[tuple[str], int] = defaultdict(int)
         self._dead_letter_failures = _Throttle()
         self._listener_failures = _Throttle()
         self._sink_failures = _Throttle()
+
+    def convert_areas(self, former: Mapping[str, FormerArea], since_ns: int) -> None:
+        """Place events dated from `since_ns` that carry a code of `former` in the unit it became (a
+        divided one is refused as `area_divided`, naming the candidates); counted by the former level."""
+        self._former_areas = former
+        self._former_since_ns = since_ns
+        for level in ("province", "district", "commune"):
+            self.converted.setdefault((level,), 0)
 
     # --- the stages --------------------------------------------------------------------------------
 
@@ -253,6 +285,7 @@ class Pipeline:
         kept: list[tuple[int, AnyEvent]] = []  # (index in the payload, event) of what goes to the sinks
         letters: list[_Letter] = []
         counts = _BatchCounts()
+        formers, since_ns = self._former_areas, self._former_since_ns
         with self._lock:
             limit_ns = int(self._clock() * 1e9) + self._max_future_ns
             for index, (item, topic_source, fallback_source) in enumerate(entries):
@@ -272,12 +305,21 @@ class Pipeline:
                                  f"time: {event.time.isoformat()} is more than "
                                  f"{self._max_future_ns // 1_000_000_000}s in the future", item.raw)
                     continue
+                moved = formers.get(event.area) if time_ns >= since_ns else None  # type: ignore[arg-type]
+                if moved is not None:
+                    if len(moved.into) > 1:
+                        self._reject(result, counts, letters, index, source, "area_divided", moved.reason(),
+                                     item.raw)
+                        continue
+                    event = _moved(event, moved.into[0][0], event.area)  # type: ignore[arg-type]
                 counts.received[source] += 1
                 key = dedup_key(source, event.id)
                 if self.dedup.seen_before(key):
                     counts.duplicates[source] += 1
                     result.duplicates += 1
                     continue
+                if moved is not None:
+                    counts.converted[moved.level] += 1
                 points.append(render_event(event, time_ns))
                 keys.append(key)
                 kept.append((index, event))
@@ -302,6 +344,8 @@ class Pipeline:
             for _, event in kept:
                 counts.accepted[event.source] += 1
             result.accepted = len(kept)
+            for level, number in counts.converted.items():  # only for a batch the sinks took
+                self.converted[(level,)] += number
             self._count(counts)
         if len(result.rejected) > _LOGGED_REJECTIONS:
             log.debug("ingest.rejected_more", count=len(result.rejected) - _LOGGED_REJECTIONS)
@@ -429,6 +473,9 @@ class Pipeline:
                       duplicates)
         yield counter("ioc_events_rejected", "Events rejected, by source and reason.", ("source", "reason"),
                       rejected)
+        yield counter("ioc_area_codes_converted", "Events dated from 2025-07-01 whose former area code was "
+                      "converted to the unit it became, by the former code's level.", ("level",),
+                      self.converted.copy())
         yield counter("ioc_dead_letters", "Rejected items sent to the dead-letter topic.", ("source",),
                       self.dead_letters.copy())
         yield gauge("ioc_dedup_keys", "(source, id) keys remembered for deduplication.", (),

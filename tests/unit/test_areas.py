@@ -10,7 +10,6 @@ import pytest
 
 from ioc.areas import (
     AreaRegistry,
-    default_areas_path,
     default_targets_path,
     local_date,
     registry_from_settings,
@@ -37,30 +36,29 @@ def problems(tmp_path: Path, areas: str, targets: str | None = None) -> list[str
 
 def test_shipped_registry_has_three_levels_before_the_reform() -> None:
     registry = AreaRegistry.default()
-    lac_dao = registry.get("22723", BEFORE)
+    lac_dao = registry.get("22945", BEFORE)
     assert lac_dao is not None and lac_dao.name == "Phường Lạc Đạo" and lac_dao.level == "commune"
-    assert [a.code for a in registry.ancestors("22723", BEFORE)] == ["593", "60"]
+    assert [a.code for a in registry.ancestors("22945", BEFORE)] == ["593", "60"]
     assert registry.level_of("593", BEFORE) == "district"
-    assert registry.is_within("22723", "593", BEFORE) and registry.is_within("22723", "60", BEFORE)
-    assert not registry.is_within("22723", "594", BEFORE)
+    assert registry.is_within("22945", "593", BEFORE) and registry.is_within("22945", "60", BEFORE)
+    assert not registry.is_within("22945", "594", BEFORE)
     districts = registry.children("60", BEFORE)
     assert [a.code for a in districts] == [str(code) for code in range(593, 603)]
-    assert {a.name for a in districts} >= {"Thành phố Phan Thiết", "Thị xã La Gi", "Huyện Phú Quý",
+    assert {a.name for a in districts} >= {"Thành phố Phan Thiết", "Thị xã La Gi", "Huyện Phú Quí",
                                              "Huyện Hàm Thuận Bắc", "Huyện Đức Linh", "Huyện Tánh Linh"}
-    communes = [a for a in registry.areas(BEFORE) if a.level == "commune"]
-    assert len(communes) >= 36
-    assert len(registry.children("593", BEFORE)) == 18
+    assert len(registry.children("593", BEFORE)) == 15  # Phan Thiết's wards and communes
 
 
 def test_shipped_registry_has_two_levels_after_the_reform() -> None:
     registry = AreaRegistry.default()
-    area = registry.get("22723", AFTER)
-    assert area is not None and area.name == "Phường Phan Thiết" and area.parent == "60"
-    assert [a.code for a in registry.ancestors("22723", AFTER)] == ["60"]
+    area = registry.get("22945", AFTER)
+    assert area is not None and area.name == "Phường Phan Thiết" and area.parent == "68"
+    assert [a.code for a in registry.ancestors("22945", AFTER)] == ["68"]
     assert registry.get("593", AFTER) is None and registry.level_of("593", AFTER) is None
-    assert not registry.is_within("22723", "593", AFTER)
+    assert registry.get("60", AFTER) is None  # Bình Thuận is part of Lâm Đồng from 2025-07-01
+    assert not registry.is_within("22945", "593", AFTER)
     assert {a.level for a in registry.areas(AFTER)} == {"province", "commune"}
-    assert all(a.parent == "60" for a in registry.children("60", AFTER))
+    assert len(registry.children("68", AFTER)) == 124
     # the boundary: valid_to is exclusive
     assert registry.get("593", date(2025, 7, 1)) is None
     assert registry.get("593", date(2025, 6, 30)) is not None
@@ -78,9 +76,9 @@ def test_shipped_targets_by_level_and_date() -> None:
 
 
 def test_shipped_names_are_nfc() -> None:
-    for path in (default_areas_path(), default_targets_path()):
-        text = path.read_text(encoding="utf-8")
-        assert unicodedata.is_normalized("NFC", text)
+    assert unicodedata.is_normalized("NFC", default_targets_path().read_text(encoding="utf-8"))
+    for area in AreaRegistry.default().versions():
+        assert unicodedata.is_normalized("NFC", area.name), area
 
 
 def test_decomposed_names_are_normalised(tmp_path: Path) -> None:
@@ -100,7 +98,7 @@ def test_unknown_code_and_same_code() -> None:
     registry = AreaRegistry.default()
     assert registry.get("99999", AFTER) is None and registry.ancestors("99999", AFTER) == []
     assert registry.is_within("99999", "99999", AFTER)
-    assert not registry.is_within("99999", "60", AFTER)
+    assert not registry.is_within("99999", "68", AFTER)
 
 
 def test_local_date_is_vietnam_time() -> None:
@@ -145,8 +143,8 @@ def test_missing_and_unknown_columns(tmp_path: Path) -> None:
     assert problems(tmp_path, "# header next\ncode,name,parent\n60,P,\n") == [
         f"{tmp_path / 'areas.csv'}:2: missing column 'level'"]
     assert problems(tmp_path, "code,name,level,parent,vaild_to\n") == [
-        f"{tmp_path / 'areas.csv'}:1: unknown column 'vaild_to' (expected code, name, level, parent, "
-        "valid_from, valid_to)"]
+        (f"{tmp_path / 'areas.csv'}:1: unknown column 'vaild_to' (expected code, name, level, parent, "
+         "valid_from, valid_to)")]
 
 
 def test_every_problem_is_reported(tmp_path: Path) -> None:
@@ -212,9 +210,11 @@ def test_a_long_cycle_is_reported_not_crashed_on(tmp_path: Path) -> None:
 def test_registry_from_settings(tmp_path: Path) -> None:
     assert registry_from_settings(AreasSettings()) is AreaRegistry.default()
     path = tmp_path / "areas.csv"
-    path.write_text(HEADER + "60,P,province,,,\n")
+    path.write_text(HEADER + "9000001,Khu thử nghiệm,commune,68,2026-01-01,\n")
     registry = registry_from_settings(AreasSettings(path=str(path)))
-    assert registry.get("60", AFTER) is not None and registry.get("22723", AFTER) is None
+    # the CSV adds to the national registry
+    assert registry.get("9000001", AFTER) is not None and registry.get("22945", AFTER) is not None
+    assert registry.get("9000001", date(2025, 12, 31)) is None
     assert registry.target("kpi.dossier.online_share", "province", AFTER) == 90  # the shipped targets
     with pytest.raises(ConfigError):
         registry_from_settings(AreasSettings(path=str(tmp_path / "missing.csv")))
