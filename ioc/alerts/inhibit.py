@@ -9,7 +9,8 @@ An alert never inhibits itself, and two alerts that could each inhibit the other
 (Alertmanager's rule for alerts matching both sides): two communes' outages never mute each other, but a
 province's outage does mute its communes' (a commune is within the province, not the other way round).
 
-An inhibited alert is muted exactly like a silenced one (`silenced: true`, plus `inhibited: true`).
+An inhibited alert is muted exactly like a silenced one (`silenced: true`, plus `inhibited: true`). The
+`Inhibitor` is the first `Muter` of the muting stages (`ioc.alerts.muting`).
 """
 
 from __future__ import annotations
@@ -131,7 +132,13 @@ class Inhibitor:
                 return source.fingerprint
         return None
 
-    def muted(self, alert: Alert) -> bool:
+    def muted_by(self, alert: Alert, now: float | None = None) -> tuple[str, ...]:
+        """`Muter`: the fingerprint of the alert that inhibits this one (inhibition does not follow
+        the clock: `now` is not needed)."""
+        found = self.inhibited_by(alert)
+        return () if found is None else (found,)
+
+    def mutes(self, alert: Alert, now: float | None = None) -> bool:
         return self.inhibited_by(alert) is not None
 
     def _within(self, code: str, ancestor: str) -> bool:

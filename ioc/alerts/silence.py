@@ -6,88 +6,43 @@ A silence never stops an alert from being recorded (CONTRACT §5): a silenced al
 `active` until `ends_at`, then `expired`. Deleting a silence expires it (`ends_at` = now), so it stays
 listed with the others for `[alerts] silence_retention` (5 days) and is then purged.
 
-`Muter` is the one question silences and inhibition answer for the notifiers: is this alert muted?
+One set of silences serves both APIs (`/api/v1/silences` and Alertmanager's `/api/v2/silences`), with
+the same ids (UUIDs, as Alertmanager's). Updating a silence follows Alertmanager (`silence.Set`): it is
+changed in place when its matchers are the same and its times may still change (an active silence keeps
+its start and ends in the future; a pending one starts in the future); otherwise the old one is expired
+and a new one, with a new id, takes its place.
+
+The silences own their storage: the `silences` table of the daemon's SQLite file (`SilenceStore`, on its
+own connection), written with the audit entry of the change in one transaction. `Silences` is the
+silencing `Muter` of the notification pipeline (`ioc.alerts.muting`).
 """
 
 from __future__ import annotations
 
 import builtins
-import math
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeAlias
+from pathlib import Path
+from typing import Any, Literal, TypeAlias
 
-from pydantic import (
-    AfterValidator,
-    AwareDatetime,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-)
+import orjson
 
+from ioc.alerts import audit as audit_log
 from ioc.alerts.alert import Alert, rfc3339
 from ioc.alerts.audit import AuditEntry
 from ioc.alerts.errors import InvalidSilence, SilenceNotFound
-from ioc.alerts.matchers import Matcher, MatcherSpec, matches_all
-from ioc.config import parse_duration_unbounded
+from ioc.alerts.matchers import Matcher, matches_all
+from ioc.alerts.silence_request import MAX_AHEAD, MAX_AHEAD_DAYS, SilenceRequest
+from ioc.store import connect, transaction
 
-if TYPE_CHECKING:
-    from ioc.alerts.store import AlertStore
+__all__ = ["STATUSES", "Silence", "SilenceRequest", "SilenceStatus", "SilenceStore", "Silences"]
 
 SilenceStatus: TypeAlias = Literal["pending", "active", "expired"]
 STATUSES: tuple[SilenceStatus, ...] = ("pending", "active", "expired")
 Clock = Callable[[], float]
-
-# A silence starts and ends within [1970-01-01, now + MAX_AHEAD]: every time then fits a datetime, the
-# store and the API's RFC 3339 (an `ends_at` of year 9999 at -23:59, or `"duration": "99999999999d"`,
-# used to fail only when the silence was written out: a 500). Ten years is longer than any maintenance.
-MAX_AHEAD_DAYS = 3650
-MAX_AHEAD = MAX_AHEAD_DAYS * 86400.0
-_LAST_SECOND = 253_402_300_799.0  # 9999-12-31T23:59:59Z: the last time RFC 3339 (and a datetime) can show
-
-
-def _silence_duration(value: object) -> float:
-    """A duration (`"2h"`, or seconds) that is finite, positive and at most MAX_AHEAD."""
-    try:
-        seconds = parse_duration_unbounded(value)  # type: ignore[arg-type]  # it refuses what is not a duration
-    except OverflowError:  # an integer past what a float holds
-        seconds = math.inf
-    if math.isnan(seconds):  # JSON's NaN, which pydantic's parser takes
-        raise ValueError("not a number")
-    if seconds > MAX_AHEAD:
-        raise ValueError(f"longer than {MAX_AHEAD_DAYS}d, the longest a silence may last")
-    if seconds <= 0:
-        raise ValueError("must be more than 0s")
-    return seconds
-
-
-def _showable(value: datetime) -> datetime:
-    """A time the store and the API can hold and show: from 1970 to the end of year 9999 in UTC (year
-    9999 at -23:59 is year 10000 in UTC). How far ahead of now is checked against the clock, later."""
-    try:
-        seconds = value.timestamp()
-    except (OverflowError, ValueError):  # year 1 at +14:00 is before year 1 in UTC
-        seconds = -1.0
-    if seconds < 0:
-        raise ValueError("before 1970-01-01T00:00:00Z")
-    if seconds > _LAST_SECOND:
-        raise ValueError("after 9999-12-31T23:59:59Z")
-    return value
-
-
-SilenceDuration = Annotated[float, BeforeValidator(_silence_duration)]
-SilenceTime = Annotated[AwareDatetime, AfterValidator(_showable)]
-
-
-class Muter(Protocol):
-    """Whether an alert's notifications are muted now (by a silence, by an inhibition rule)."""
-
-    def muted(self, alert: Alert) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,93 +81,107 @@ class Silence:
         }
 
 
-class SilenceRequest(BaseModel):
-    """`POST /api/v1/silences`: `matchers`, `starts_at` (default now), `ends_at` (or, an extension,
-    `duration` such as `"2h"`), `comment`, `author` (default: the operator who asks)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    matchers: Annotated[list[MatcherSpec], Field(min_length=1, max_length=64)]
-    starts_at: SilenceTime | None = None
-    ends_at: SilenceTime | None = None
-    duration: SilenceDuration | None = None
-    comment: Annotated[str, Field(max_length=4096, strict=True)] = ""
-    author: Annotated[str, Field(min_length=1, max_length=256, strict=True)] | None = None
-
-    @classmethod
-    def parse(cls, body: bytes | str | Mapping[str, Any]) -> SilenceRequest:
-        """The request from a JSON body (or a mapping), or InvalidSilence naming the field."""
-        try:
-            if isinstance(body, bytes | str):
-                return cls.model_validate_json(body)
-            return cls.model_validate(body)
-        except ValidationError as error:
-            raise InvalidSilence(describe(error)) from None
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS silences (
+    id TEXT PRIMARY KEY,
+    matchers TEXT NOT NULL,
+    starts_at REAL NOT NULL,
+    ends_at REAL NOT NULL,
+    comment TEXT NOT NULL,
+    author TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+_COLUMNS = "id, matchers, starts_at, ends_at, comment, author, created_at, updated_at"
 
 
-def describe(error: ValidationError) -> str:
-    """A pydantic error as `field.path: what was wrong` (the first few, joined by `; `)."""
-    problems = []
-    for item in error.errors(include_url=False)[:5]:
-        where = ".".join(str(part) for part in item["loc"])
-        message = str(item["msg"]).removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif item["type"] == "json_invalid":
-            message = f"not valid JSON ({item.get('ctx', {}).get('error', 'invalid')})"
-        problems.append(f"{where}: {message}" if where else message)
-    return "; ".join(problems)
+class SilenceStore:
+    """The `silences` table (and the audit entries of its changes) in the daemon's SQLite file, on its
+    own connection. Thread-safe: one lock around the connection."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = connect(path or ":memory:")
+        self._lock = threading.Lock()
+        self._db.executescript(_SCHEMA + audit_log.SCHEMA)
+
+    def save(self, silences: Sequence[Silence], audits: Sequence[AuditEntry] = ()) -> None:
+        """Insert or replace silences, with the audit entries of the change, in one transaction."""
+        rows = [(silence.id, orjson.dumps([matcher.as_json() for matcher in silence.matchers]).decode(),
+                 silence.starts_at, silence.ends_at, silence.comment, silence.author, silence.created_at,
+                 silence.updated_at) for silence in silences]
+        with self._lock, transaction(self._db):
+            self._db.executemany(f"INSERT OR REPLACE INTO silences ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                 rows)
+            for entry in audits:
+                audit_log.insert(self._db, entry)
+
+    def load(self) -> list[Silence]:
+        """Every stored silence, the oldest first."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM silences ORDER BY created_at").fetchall()
+        found = []
+        for sid, matchers, starts_at, ends_at, comment, author, created_at, updated_at in rows:
+            parsed = tuple(Matcher.create(item["name"], item["value"], item["op"])
+                           for item in orjson.loads(matchers))
+            found.append(Silence(sid, parsed, starts_at, ends_at, comment, author, created_at, updated_at))
+        return found
+
+    def delete(self, ids: builtins.list[str]) -> None:
+        with self._lock, transaction(self._db):
+            self._db.executemany("DELETE FROM silences WHERE id = ?", [(sid,) for sid in ids])
+
+    def audit_log(self, *, target: str | None = None, limit: int = 1000) -> builtins.list[AuditEntry]:
+        with self._lock:
+            return audit_log.read(self._db, target=target, limit=limit)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
 
-def _seconds(value: datetime) -> float:
-    return value.timestamp()
+def new_silence_id() -> str:
+    """A new silence's id: a UUID in its text form, as Alertmanager's (amtool takes any string)."""
+    return str(uuid.uuid4())
 
 
 class Silences:
-    """The silences, in memory and in the store. Not thread-safe on its own: the `AlertManager` calls it
-    under its lock. `muted(alert)` is the `Muter` answer (an active silence matches the alert)."""
+    """The silences, in memory and in their store; the silencing `Muter`. Not thread-safe on its own:
+    the `AlertManager` calls it under its lock."""
 
-    def __init__(self, store: AlertStore | None, *, clock: Clock = time.time,
+    def __init__(self, store: SilenceStore | None, *, clock: Clock = time.time,
                  retention: float = 5 * 86400.0) -> None:
         self._store = store
         self._clock = clock
         self.retention = retention
         self._silences: dict[str, Silence] = {}
         if store is not None:
-            self._silences = {silence.id: silence for silence in store.silences()}
+            self._silences = {silence.id: silence for silence in store.load()}
 
-    def create(self, request: SilenceRequest, *, actor: str) -> Silence:
+    def create(self, request: SilenceRequest, *, actor: str, silence_id: str | None = None) -> Silence:
         """A new silence from a validated request; InvalidSilence when its times or matchers make no
         sense (an end before the start, in the past or more than MAX_AHEAD ahead, matchers that would
-        mute every alert)."""
+        mute every alert). With `silence_id` (Alertmanager's POST of an existing silence), the silence
+        with that id is updated as Alertmanager does (see the module doc); SilenceNotFound."""
         now = self._clock()
-        starts_at = _seconds(request.starts_at) if request.starts_at is not None else now
-        if request.ends_at is not None and request.duration is not None:
-            raise InvalidSilence("ends_at: give ends_at or duration, not both")
-        if request.ends_at is not None:
-            ends_at = _seconds(request.ends_at)
-        elif request.duration is not None:
-            ends_at = starts_at + request.duration  # not after 9999 when it ends in the past or too soon
-        else:
-            raise InvalidSilence("ends_at: required (or a duration such as '2h')")
-        if ends_at <= now:
-            raise InvalidSilence(f"ends_at: {rfc3339(ends_at)} is in the past")
-        if ends_at <= starts_at:
-            raise InvalidSilence(f"ends_at: {rfc3339(ends_at)} is not after starts_at {rfc3339(starts_at)}")
-        too_far = f"more than {MAX_AHEAD_DAYS} days from now"
-        if starts_at > now + MAX_AHEAD:
-            raise InvalidSilence(f"starts_at: {too_far}")
-        if ends_at > now + MAX_AHEAD:
-            field = "ends_at" if request.ends_at is not None else "duration"
-            raise InvalidSilence(f"{field}: the silence would end {too_far}")
-        matchers = tuple(spec.build() for spec in request.matchers)
-        if all(matcher.matches({}) for matcher in matchers):
-            raise InvalidSilence("matchers: at least one matcher must not match an empty label, "
-                                 "or the silence would mute every alert")
-        silence = Silence(id=uuid.uuid4().hex, matchers=matchers, starts_at=starts_at, ends_at=ends_at,
-                          comment=request.comment, author=request.author or actor, created_at=now,
-                          updated_at=now)
-        self._save(silence, AuditEntry(now, actor, "silence.create", silence.id, _detail(silence)))
+        matchers, starts_at, ends_at = _checked(request, now)
+        author = request.author or actor
+        previous = self.get(silence_id) if silence_id is not None else None
+        if previous is not None and _can_update(previous, matchers, starts_at, ends_at, now):
+            updated = replace(previous, matchers=matchers, starts_at=starts_at, ends_at=ends_at,
+                              comment=request.comment, author=author, updated_at=now)
+            self._save([updated], [AuditEntry(now, actor, "silence.update", updated.id, _detail(updated))])
+            return updated
+        silence = Silence(id=new_silence_id(), matchers=matchers, starts_at=starts_at, ends_at=ends_at,
+                          comment=request.comment, author=author, created_at=now, updated_at=now)
+        changed = [silence]
+        audits = [AuditEntry(now, actor, "silence.create", silence.id, _detail(silence))]
+        if previous is not None and previous.status(now) != "expired":  # replaced: it ends now
+            expired = _expired(previous, now)
+            changed.insert(0, expired)
+            audits.insert(0, AuditEntry(now, actor, "silence.expire", previous.id,
+                                        {**_detail(expired), "replaced_by": silence.id}))
+        self._save(changed, audits)
         return silence
 
     def expire(self, silence_id: str, *, actor: str) -> tuple[Silence, bool]:
@@ -222,14 +191,16 @@ class Silences:
         now = self._clock()
         if silence.status(now) == "expired":
             return silence, False
-        expired = replace(silence, starts_at=min(silence.starts_at, now), ends_at=now, updated_at=now)
-        self._save(expired, AuditEntry(now, actor, "silence.expire", silence_id, _detail(expired)))
+        expired = _expired(silence, now)
+        self._save([expired], [AuditEntry(now, actor, "silence.expire", silence_id, _detail(expired))])
         return expired, True
 
-    def _save(self, silence: Silence, audit: AuditEntry) -> None:
+    def _save(self, silences: builtins.list[Silence], audits: builtins.list[AuditEntry]) -> None:
+        """Store the changed silences with the audit entries, in one transaction; then keep them."""
         if self._store is not None:
-            self._store.save_silence(silence, audit)
-        self._silences[silence.id] = silence
+            self._store.save(silences, audits)
+        for silence in silences:
+            self._silences[silence.id] = silence
 
     def get(self, silence_id: str) -> Silence:
         silence = self._silences.get(silence_id)
@@ -251,8 +222,12 @@ class Silences:
         return tuple(sorted(silence.id for silence in self._silences.values()
                             if silence.starts_at <= now < silence.ends_at and silence.matches(labels)))
 
-    def muted(self, alert: Alert) -> bool:
-        return bool(self.matching(alert.match_labels()))
+    def muted_by(self, alert: Alert, now: float | None = None) -> tuple[str, ...]:
+        """`Muter`: the ids of the active silences that match the alert's labels (`match_labels`)."""
+        return self.matching(alert.match_labels(), now)
+
+    def mutes(self, alert: Alert, now: float | None = None) -> bool:
+        return bool(self.muted_by(alert, now))
 
     def next_transition(self, now: float) -> float | None:
         """The next time a silence starts or ends after `now` (when muting must be looked at again)."""
@@ -267,7 +242,7 @@ class Silences:
         for sid in gone:
             del self._silences[sid]
         if gone and self._store is not None:
-            self._store.delete_silences(gone)
+            self._store.delete(gone)
         return gone
 
     def counts(self) -> dict[SilenceStatus, int]:
@@ -283,3 +258,49 @@ def _detail(silence: Silence) -> dict[str, Any]:
     return {"matchers": [str(matcher) for matcher in silence.matchers],
             "starts_at": rfc3339(silence.starts_at), "ends_at": rfc3339(silence.ends_at),
             "comment": silence.comment, "author": silence.author}
+
+
+def _checked(request: SilenceRequest, now: float) -> tuple[tuple[Matcher, ...], float, float]:
+    """The request's matchers, start and end, or InvalidSilence naming the field."""
+    starts_at = request.starts_at.timestamp() if request.starts_at is not None else now
+    if request.ends_at is not None and request.duration is not None:
+        raise InvalidSilence("ends_at: give ends_at or duration, not both")
+    if request.ends_at is not None:
+        ends_at = request.ends_at.timestamp()
+    elif request.duration is not None:
+        ends_at = starts_at + request.duration  # not after 9999 when it ends in the past or too soon
+    else:
+        raise InvalidSilence("ends_at: required (or a duration such as '2h')")
+    if ends_at <= now:
+        raise InvalidSilence(f"ends_at: {rfc3339(ends_at)} is in the past")
+    if ends_at <= starts_at:
+        raise InvalidSilence(f"ends_at: {rfc3339(ends_at)} is not after starts_at {rfc3339(starts_at)}")
+    too_far = f"more than {MAX_AHEAD_DAYS} days from now"
+    if starts_at > now + MAX_AHEAD:
+        raise InvalidSilence(f"starts_at: {too_far}")
+    if ends_at > now + MAX_AHEAD:
+        field = "ends_at" if request.ends_at is not None else "duration"
+        raise InvalidSilence(f"{field}: the silence would end {too_far}")
+    matchers = tuple(spec.build() for spec in request.matchers)
+    if all(matcher.matches({}) for matcher in matchers):
+        raise InvalidSilence("matchers: at least one matcher must not match an empty label, "
+                             "or the silence would mute every alert")
+    return matchers, starts_at, ends_at
+
+
+def _can_update(previous: Silence, matchers: tuple[Matcher, ...], starts_at: float, ends_at: float,
+                now: float) -> bool:
+    """Alertmanager's `canUpdate`: the same matchers, and times the silence's status still allows."""
+    if previous.matchers != matchers:
+        return False
+    status = previous.status(now)
+    if status == "active":
+        return starts_at == previous.starts_at and ends_at >= now
+    if status == "pending":
+        return starts_at >= now
+    return False
+
+
+def _expired(silence: Silence, now: float) -> Silence:
+    """The silence ended now (a pending one ends before it began: `starts_at` = `ends_at` = now)."""
+    return replace(silence, starts_at=min(silence.starts_at, now), ends_at=now, updated_at=now)

@@ -1,5 +1,5 @@
-"""SQLite persistence of alerts, silences, the operators' audit log and the notification outbox
-(CONTRACT §1 `[store]`).
+"""SQLite persistence of alerts, the operators' audit log and the notification outbox (CONTRACT §1
+`[store]`). Silences keep their own table in the same file (`ioc.alerts.silence.SilenceStore`).
 
 Active alerts are all loaded at start-up (the manager keeps them in memory); resolved ones are kept for
 `[alerts] resolved_retention` (and at most `resolved_max` rows) and read back from here on demand.
@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
 
+from ioc.alerts import audit as audit_log
 from ioc.alerts.alert import Acknowledgement, Alert
 from ioc.alerts.audit import AuditEntry
-from ioc.alerts.matchers import Matcher
-from ioc.alerts.silence import Silence
 from ioc.store import connect, transaction
 
 _SCHEMA = """
@@ -48,25 +47,6 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state, resolved_at);
 CREATE INDEX IF NOT EXISTS alerts_fingerprint ON alerts (fingerprint);
-CREATE TABLE IF NOT EXISTS silences (
-    id TEXT PRIMARY KEY,
-    matchers TEXT NOT NULL,
-    starts_at REAL NOT NULL,
-    ends_at REAL NOT NULL,
-    comment TEXT NOT NULL,
-    author TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS alert_audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS alert_audit_at ON alert_audit (at);
 CREATE TABLE IF NOT EXISTS alert_outbox (
     seq INTEGER PRIMARY KEY,
     notifier TEXT NOT NULL,
@@ -103,7 +83,13 @@ class AlertStore:
         self._db = connect(path) if not isinstance(path, sqlite3.Connection) else path
         self._lock = threading.RLock()
         self._closed = False
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(_SCHEMA + audit_log.SCHEMA)
+
+    @property
+    def path(self) -> str:
+        """The database file (`""` for an in-memory one): where the other stores of the alerts (the
+        silences') open their own connection."""
+        return str(self._db.execute("PRAGMA database_list").fetchone()[2])
 
     def close(self) -> None:
         with self._lock:
@@ -135,7 +121,7 @@ class AlertStore:
             if outbox:
                 self._db.executemany(_ADD_OUTBOX, outbox)
             if audit is not None:
-                self._insert_audit(audit)
+                audit_log.insert(self._db, audit)
 
     def active_alerts(self) -> list[Alert]:
         """Every pending or firing alert (what the manager loads at start-up)."""
@@ -201,65 +187,20 @@ class AlertStore:
         with self._lock:
             return dict(self._db.execute("SELECT notifier, count(*) FROM alert_outbox GROUP BY notifier"))
 
-    # --- silences ----------------------------------------------------------------------------------------
-
-    def save_silence(self, silence: Silence, audit: AuditEntry | None = None) -> None:
-        matchers = orjson.dumps([matcher.as_json() for matcher in silence.matchers]).decode()
-        with self._lock, transaction(self._db):
-            self._db.execute(
-                "INSERT OR REPLACE INTO silences (id, matchers, starts_at, ends_at, comment, author, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (silence.id, matchers, silence.starts_at, silence.ends_at, silence.comment, silence.author,
-                 silence.created_at, silence.updated_at))
-            if audit is not None:
-                self._insert_audit(audit)
-
-    def silences(self) -> list[Silence]:
-        with self._lock:
-            rows = self._db.execute("SELECT id, matchers, starts_at, ends_at, comment, author, created_at, "
-                                    "updated_at FROM silences ORDER BY created_at").fetchall()
-        found = []
-        for sid, matchers, starts_at, ends_at, comment, author, created_at, updated_at in rows:
-            parsed = tuple(Matcher.create(item["name"], item["value"], item["op"])
-                           for item in orjson.loads(matchers))
-            found.append(Silence(sid, parsed, starts_at, ends_at, comment, author, created_at, updated_at))
-        return found
-
-    def delete_silences(self, ids: list[str]) -> None:
-        with self._lock, transaction(self._db):
-            self._db.executemany("DELETE FROM silences WHERE id = ?", [(sid,) for sid in ids])
-
     # --- audit log ---------------------------------------------------------------------------------------
 
     def audit(self, entry: AuditEntry) -> None:
         with self._lock, transaction(self._db):
-            self._insert_audit(entry)
-
-    def _insert_audit(self, entry: AuditEntry) -> None:
-        detail = orjson.dumps(entry.detail).decode()
-        self._db.execute("INSERT INTO alert_audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-                         (entry.at, entry.actor, entry.action, entry.target, detail))
+            audit_log.insert(self._db, entry)
 
     def audit_log(self, *, target: str | None = None, limit: int = 1000) -> list[AuditEntry]:
         """The newest entries first (of one alert or silence when `target` is given)."""
-        query = "SELECT at, actor, action, target, detail FROM alert_audit"
-        args: list[object] = []
-        if target is not None:
-            query += " WHERE target = ?"
-            args.append(target)
-        query += " ORDER BY seq DESC LIMIT ?"
-        args.append(limit)
         with self._lock:
-            return list(_audit_rows(self._db.execute(query, args)))
+            return audit_log.read(self._db, target=target, limit=limit)
 
     def purge_audit(self, *, before: float) -> int:
         with self._lock, transaction(self._db):
-            return int(self._db.execute("DELETE FROM alert_audit WHERE at < ?", (before,)).rowcount)
-
-
-def _audit_rows(cursor: sqlite3.Cursor) -> Iterator[AuditEntry]:
-    for at, actor, action, target, detail in cursor:
-        yield AuditEntry(at, actor, action, target, orjson.loads(detail))
+            return audit_log.purge(self._db, before=before)
 
 
 def _alert_row(alert: Alert) -> tuple[Any, ...]:

@@ -18,8 +18,9 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from ioc.alerts.active import LIST_STATES, ListState
 from ioc.alerts.errors import AlertConflict, AlertNotFound, InvalidSilence, SilenceNotFound
-from ioc.alerts.manager import LIST_STATES, AlertManager, ListState
+from ioc.alerts.manager import AlertManager
 from ioc.alerts.silence import STATUSES, SilenceRequest, SilenceStatus
 from ioc.alerts.updates import Severity
 from ioc.api.events import ErrorBody
@@ -145,16 +146,9 @@ def alerts_router(manager: AlertManager) -> APIRouter:
                              "`op` is `=`, `!=`, `=~` or `!~` (regular expressions match the whole value). "
                              "`author` defaults to the operator.")
     async def create_silence(request: Request, operator: Operator) -> Response:
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_SILENCE_BODY:
-            raise HTTPException(413, f"body is {length} bytes, over the limit of {MAX_SILENCE_BODY}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_SILENCE_BODY:
-                raise HTTPException(413, f"body is over the limit of {MAX_SILENCE_BODY}")
+        body = await read_body(request, MAX_SILENCE_BODY)
         try:
-            parsed = SilenceRequest.parse(bytes(body))
+            parsed = SilenceRequest.parse(body)
             silence = await run_in_threadpool(manager.create_silence, parsed, actor=operator.name)
         except InvalidSilence as error:
             raise HTTPException(400, str(error)) from None
@@ -171,6 +165,19 @@ def alerts_router(manager: AlertManager) -> APIRouter:
         return Response(status_code=204)
 
     return router
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, or 413 as soon as it is known to be over `limit` bytes (never read whole)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise HTTPException(413, f"body is {length} bytes, over the limit of {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"body is over the limit of {limit}")
+    return bytes(body)
 
 
 def _operator_action(action: Any, alert_id: str, operator: Principal) -> Response:

@@ -77,7 +77,7 @@ def test_a_province_outage_mutes_its_communes_outages_and_cells() -> None:
 def test_two_communes_outages_do_not_mute_each_other() -> None:
     a, b = alert("coverage-outage", "22723"), alert("coverage-outage", "22724")
     found = inhibitor(a, b)
-    assert not found.muted(a) and not found.muted(b)
+    assert not found.mutes(a) and not found.mutes(b)
 
 
 def test_two_sided_alerts_of_one_area_do_not_mute_each_other() -> None:
@@ -87,13 +87,13 @@ def test_two_sided_alerts_of_one_area_do_not_mute_each_other() -> None:
     a = alert("coverage-outage", "22723", operator="viettel")
     b = alert("coverage-outage", "22723", operator="vnpt")
     found = inhibitor(a, b, rule=rule)
-    assert not found.muted(a) and not found.muted(b)
+    assert not found.mutes(a) and not found.mutes(b)
 
 
 def test_only_a_firing_source_inhibits() -> None:
     province = alert("coverage-outage", "60", state="pending")
     commune = alert("cell-down", "22723")
-    assert not inhibitor(province, commune).muted(commune)
+    assert not inhibitor(province, commune).mutes(commune)
 
 
 def test_equal_labels_must_have_the_same_values() -> None:
@@ -111,8 +111,8 @@ def test_equal_labels_must_have_the_same_values() -> None:
     found = Inhibitor([InhibitRule.from_settings(rule)])
     found.set_sources([silent, same_source, warning, other])
     assert found.inhibited_by(warning) == silent.fingerprint
-    assert not found.muted(other)
-    assert not found.muted(same_source)  # critical: not a target
+    assert not found.mutes(other)
+    assert not found.mutes(same_source)  # critical: not a target
 
 
 def test_within_area_needs_the_registry() -> None:

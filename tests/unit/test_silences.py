@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ioc.alerts.alert import Alert
+from ioc.alerts.alert import Alert, rfc3339
 from ioc.alerts.errors import InvalidSilence, SilenceNotFound
 from ioc.alerts.matchers import Matcher, parse_matcher
-from ioc.alerts.silence import SilenceRequest, Silences
+from ioc.alerts.silence import SilenceRequest, Silences, SilenceStore
 from ioc.alerts.store import AlertStore
 
 T0 = 1_772_409_600.0  # 2026-03-02T00:00:00Z = 07:00 in Asia/Ho_Chi_Minh
@@ -138,8 +138,8 @@ def test_silences_match_the_rule_and_severity_too() -> None:
     silences.create(SilenceRequest.parse({"matchers": [{"name": "rule", "value": "cell-down"},
                                                        {"name": "severity", "value": "warning"}],
                                           "duration": "1h"}), actor="op")
-    assert silences.muted(alert("cell-down", area="22723"))
-    assert not silences.muted(alert("coverage-outage", area="22723"))
+    assert silences.mutes(alert("cell-down", area="22723"))
+    assert not silences.mutes(alert("coverage-outage", area="22723"))
 
 
 # --- validation ----------------------------------------------------------------------------------------
@@ -192,11 +192,11 @@ def test_status_follows_the_clock_and_expired_ones_are_purged_after_five_days() 
     silence = silences.create(request(starts_at="2026-03-02T08:00:00+07:00", duration="2h"), actor="op")
     assert silence.starts_at == T0 + 3600 and silence.ends_at == T0 + 3 * 3600
     assert silence.author == "op"
-    assert silence.status(clock.now) == "pending" and not silences.muted(alert(area="22723"))
+    assert silence.status(clock.now) == "pending" and not silences.mutes(alert(area="22723"))
     assert silences.next_transition(clock.now) == T0 + 3600
     clock.now = T0 + 3600
     assert silences.list()[0].as_json(clock.now)["status"] == "active"
-    assert silences.muted(alert(area="22723")) and not silences.muted(alert(area="22724"))
+    assert silences.mutes(alert(area="22723")) and not silences.mutes(alert(area="22724"))
     clock.now = T0 + 3 * 3600
     assert silences.list("expired") == [silence] and silences.counts()["expired"] == 1
     clock.now = T0 + 3 * 3600 + 5 * 86400
@@ -213,7 +213,7 @@ def test_expire_ends_a_silence_now_and_keeps_it_listed() -> None:
     clock.now += 60
     expired, changed = silences.expire(silence.id, actor="op")
     assert changed and expired.ends_at == T0 + 60 and expired.status(clock.now) == "expired"
-    assert not silences.muted(alert(area="22723"))
+    assert not silences.mutes(alert(area="22723"))
     again, changed = silences.expire(silence.id, actor="op")
     assert not changed and again == expired
     with pytest.raises(SilenceNotFound):
@@ -227,12 +227,12 @@ def test_a_pending_silence_expired_never_starts() -> None:
     expired, _ = silences.expire(silence.id, actor="op")
     assert expired.starts_at == expired.ends_at == T0
     clock.now = T0 + 2 * 3600 + 1
-    assert not silences.muted(alert(area="22723"))
+    assert not silences.mutes(alert(area="22723"))
 
 
 def test_silences_and_their_audit_survive_a_restart(tmp_path: Path) -> None:
     clock = Clock()
-    store = AlertStore(tmp_path / "ioc.db")
+    store = SilenceStore(tmp_path / "ioc.db")
     silences = Silences(store, clock=clock)
     made = silences.create(SilenceRequest.parse({
         "matchers": [{"name": "rule", "value": "cell-down|coverage-outage", "op": "=~"},
@@ -241,7 +241,7 @@ def test_silences_and_their_audit_survive_a_restart(tmp_path: Path) -> None:
     silences.expire(made.id, actor="truc-ban-2")
     store.close()
 
-    store = AlertStore(tmp_path / "ioc.db")
+    store = SilenceStore(tmp_path / "ioc.db")
     loaded = Silences(store, clock=clock).get(made.id)
     assert loaded.matchers == made.matchers and loaded.comment == "bảo trì trạm"
     assert loaded.matches({"rule": "coverage-outage", "area": "22723"})
@@ -251,3 +251,54 @@ def test_silences_and_their_audit_survive_a_restart(tmp_path: Path) -> None:
     assert store.audit_log(target=made.id)[1].detail["matchers"] == ['rule=~"cell-down|coverage-outage"',
                                                                      'area="22723"']
     store.close()
+    alerts = AlertStore(tmp_path / "ioc.db")  # one audit log in the file: the operators' API reads it here
+    assert [entry.action for entry in alerts.audit_log(target=made.id)] == ["silence.expire", "silence.create"]
+    alerts.close()
+
+
+# --- Alertmanager's update (POST /api/v2/silences with an id) ---------------------------------------------
+
+def test_an_active_silence_is_updated_in_place_when_only_its_end_and_comment_change(tmp_path: Path) -> None:
+    clock = Clock()
+    store = SilenceStore(tmp_path / "ioc.db")
+    silences = Silences(store, clock=clock)
+    made = silences.create(request(duration="1h"), actor="op")
+    clock.now += 60
+    longer = SilenceRequest.parse({"matchers": [{"name": "area", "value": "22723"}], "comment": "longer",
+                                   "starts_at": rfc3339(made.starts_at), "ends_at": rfc3339(made.ends_at + 3600)})
+    updated = silences.create(longer, actor="op2", silence_id=made.id)
+    assert updated.id == made.id and updated.ends_at == made.ends_at + 3600 and updated.comment == "longer"
+    assert updated.created_at == made.created_at and updated.updated_at == clock.now
+    assert [s.id for s in silences.list()] == [made.id]
+    assert [entry.action for entry in store.audit_log(target=made.id)] == ["silence.update", "silence.create"]
+    assert Silences(store, clock=clock).get(made.id).comment == "longer"  # stored
+
+
+def test_changed_matchers_expire_the_old_silence_and_make_a_new_one(tmp_path: Path) -> None:
+    clock = Clock()
+    store = SilenceStore(tmp_path / "ioc.db")
+    silences = Silences(store, clock=clock)
+    made = silences.create(request(duration="1h"), actor="op")
+    clock.now += 60
+    other = request(matchers=[{"name": "area", "value": "22724"}], duration="1h")
+    replacement = silences.create(other, actor="op", silence_id=made.id)
+    assert replacement.id != made.id
+    assert silences.get(made.id).status(clock.now) == "expired"
+    assert silences.get(replacement.id).status(clock.now) == "active"
+    assert store.audit_log(target=made.id)[0].detail["replaced_by"] == replacement.id
+    reloaded = Silences(store, clock=clock)  # both rows were written
+    assert reloaded.get(made.id).status(clock.now) == "expired"
+    assert reloaded.get(replacement.id).matchers == replacement.matchers
+
+
+def test_a_moved_start_of_an_active_silence_makes_a_new_one_and_an_unknown_id_is_not_found() -> None:
+    clock = Clock()
+    silences = Silences(None, clock=clock)
+    made = silences.create(request(duration="1h"), actor="op")
+    clock.now += 60
+    moved = silences.create(request(duration="1h"), actor="op", silence_id=made.id)  # starts now: moved
+    assert moved.id != made.id and silences.get(made.id).status(clock.now) == "expired"
+    with pytest.raises(SilenceNotFound):
+        silences.create(request(duration="1h"), actor="op", silence_id="no-such-silence")
+    expired_again = silences.create(request(duration="1h"), actor="op", silence_id=made.id)
+    assert expired_again.id not in (made.id, moved.id)  # an expired one is never changed back

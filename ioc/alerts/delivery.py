@@ -1,0 +1,170 @@
+"""Delivery: alert changes are stored, with the outbox rows they owe, before anyone is told.
+
+The last stage of the notification pipeline (after `ioc.alerts.muting`). `record` queues a change;
+`flush` stores every queued alert and the outbox rows of the durable notifiers that want the changes in
+one SQLite transaction, then hits the failpoint `alerts.before_notify`, then tells the notifier chain,
+in order of the changes. So a crash at any moment loses no notification: what the outbox still holds at
+start-up is delivered again (`resume`) before any new change (`ioc.alerts.outbox`).
+
+Not thread-safe on its own: the `AlertManager` calls it under its lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import TypeAlias
+
+import structlog
+from prometheus_client.core import Metric
+
+from ioc import failpoints
+from ioc.alerts.alert import Alert, Change
+from ioc.alerts.audit import AuditEntry
+from ioc.alerts.notify import NotifierChain
+from ioc.alerts.outbox import Notification, Outbox, alert_from_record, alert_record, new_ids
+from ioc.alerts.store import AlertStore, OutboxRow
+from ioc.metrics import counter, gauge
+
+log = structlog.get_logger("ioc.alerts")
+
+# A change ready to be told: the alert, the change, its notification id, and the outbox row's sequence
+# number for each durable notifier (by key) that wants it (0: the row could not be written).
+_Prepared: TypeAlias = tuple[Alert, Change, str, dict[str, int]]
+
+
+class Delivery:
+    """Stores alert changes with their outbox rows, then tells `chain`. `resume()` starts the durable
+    deliveries: until then they wait (in the outbox, and here), after what a crash left owed."""
+
+    def __init__(self, store: AlertStore, chain: NotifierChain) -> None:
+        self.store = store
+        self.chain = chain
+        self.outbox = Outbox(store)
+        self.store_errors = 0
+        self._new_id = new_ids()
+        self._owed: list[OutboxRow] = store.outbox()  # what a crash left undelivered: sent first
+        self._next_seq = (self._owed[-1].seq if self._owed else 0) + 1
+        self._held: list[_Prepared] | None = []  # durable deliveries made before `resume()`
+        # Changes made and not yet stored and told (`flush`), in order.
+        self._unsaved: dict[str, Alert] = {}
+        self._untold: list[tuple[Alert, Change]] = []
+
+    @property
+    def owed(self) -> int:
+        """Notifications the outbox held at start-up and not yet sent again."""
+        return len(self._owed)
+
+    def resume(self) -> None:
+        """Start the durable deliveries: first what the outbox held at start-up (in order), then the
+        changes made since. Idempotent."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        owed, self._owed = self._owed, []
+        settle = self.outbox.settle
+        orphans = 0
+        for row in owed:
+            try:
+                note = Notification(alert_from_record(row.alert), row.change, row.id,  # type: ignore[arg-type]
+                                    row.seq)
+            except (ValueError, TypeError, KeyError):
+                note = None
+            if note is None or not self.chain.redeliver(row.notifier, note, settle):
+                orphans += 1
+                settle(row.seq)
+        if owed:
+            log.info("alerts.outbox_resent", notifications=len(owed) - orphans,
+                     dropped=orphans, reason="a notifier no longer configured, or a damaged row")
+        for alert, change, notification_id, seqs in held:
+            self.chain.dispatch(alert, change, notification_id, seqs, settle, plain=False)
+
+    def record(self, alert: Alert, change: Change, *, save: bool) -> None:
+        """A change to store (`save`: the alert's row; muting is never stored) and tell at the next
+        `flush`."""
+        if save:
+            self._unsaved[alert.id] = alert
+        self._untold.append((alert, change))
+
+    def flush(self) -> None:
+        """Store what changed since the last flush, with its outbox rows, in one transaction; then tell.
+        A store that cannot be written loses no alert: it is still told (without the outbox: a crash may
+        then lose those notifications), and counted."""
+        if not self._untold and not self._unsaved:
+            return
+        alerts = list(self._unsaved.values())
+        prepared, rows = self._prepare(self._untold)
+        self._unsaved, self._untold = {}, []
+        try:
+            self.store.commit(alerts, rows)
+        except sqlite3.Error as error:
+            self.store_errors += max(1, len(alerts))
+            log.error("alerts.store_failed", alerts=len(alerts), notifications=len(rows), error=str(error),
+                      effect="told without the outbox: lost if the process dies before delivering them")
+            prepared = [(alert, change, nid, dict.fromkeys(seqs, 0)) for alert, change, nid, seqs in prepared]
+        self._tell(prepared)
+
+    def commit(self, alert: Alert, change: Change, audit: AuditEntry) -> None:
+        """An operator's change: what is queued goes first; then this one is stored with its audit
+        entry (sqlite3.Error: refused, nothing told) and told."""
+        self.flush()
+        prepared, rows = self._prepare([(alert, change)])
+        self.store.commit([alert], rows, audit)
+        self._tell(prepared)
+
+    def _prepare(self, changes: Iterable[tuple[Alert, Change]]) -> tuple[list[_Prepared], list[OutboxRow]]:
+        """Give each change its notification id, and an outbox row for each durable notifier that wants it."""
+        prepared: list[_Prepared] = []
+        rows: list[OutboxRow] = []
+        wanting = self.chain.wanting
+        for alert, change in changes:
+            keys = wanting(alert, change)
+            notification_id = self._new_id()
+            seqs: dict[str, int] = {}
+            if keys:
+                record = alert_record(alert)
+                for key in keys:
+                    seq = seqs[key] = self._next_seq
+                    self._next_seq += 1
+                    rows.append(OutboxRow(seq, key, notification_id, change, record))
+            prepared.append((alert, change, notification_id, seqs))
+        return prepared, rows
+
+    def _tell(self, prepared: list[_Prepared]) -> None:
+        """Tell stored changes, in order: the plain notifiers now; the durable ones now, or once resumed."""
+        if not prepared:
+            return
+        if failpoints.ACTIVE:
+            try:
+                failpoints.hit("alerts.before_notify")
+            except OSError as error:  # `error`: nobody is told now; the outbox delivers at the next start
+                log.error("alerts.notify_skipped", changes=len(prepared), error=str(error))
+                return
+        settle = self.outbox.settle
+        held = self._held
+        for alert, change, notification_id, seqs in prepared:
+            if held is None:
+                self.chain.dispatch(alert, change, notification_id, seqs, settle)
+            else:
+                self.chain.dispatch(alert, change, notification_id, seqs, settle, durable=False)
+                if seqs:
+                    held.append((alert, change, notification_id, seqs))
+
+    def metrics(self) -> Iterable[Metric]:
+        """`ioc_alert_store_errors_total`, the notifiers' metrics, `ioc_alert_outbox{notifier}`."""
+        yield counter("ioc_alert_store_errors", "Alert changes (or removals of delivered notifications "
+                      "from the outbox) that could not be written to SQLite.", (),
+                      {(): self.store_errors + self.outbox.errors})
+        yield from self.chain.metrics()
+        owed = dict.fromkeys(self.chain.durable, 0)
+        try:
+            owed.update(self.store.outbox_counts())
+        except sqlite3.Error:  # closed, or busy past its timeout: the gauge says what it knows
+            pass
+        yield gauge("ioc_alert_outbox", "Notifications stored and not yet delivered (sent again after a "
+                    "restart), by notifier.", ("notifier",), {(key,): float(n) for key, n in owed.items()})
+
+    def close(self, timeout: float) -> None:
+        """Give deliveries up to `timeout` seconds; what is not delivered stays in the outbox."""
+        self.chain.close(timeout)
+        self.outbox.close(timeout)
