@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 GUIDES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 DOCS = [*GUIDES, *sorted((ROOT / "connectors").glob("*/README.md"))]
 # The JSON given to curl -d / mosquitto_pub -m in shell examples.
-SHELL_JSON = re.compile(r"(?:-d|-m|--data-binary|--data|--json)\s+'(\{.*?\}|\[.*?\])'", re.S)
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+SHELL_JSON = re.compile(r"(?:-d|-m|--data-binary|--data|--json)\s+'(\{.*?\}|\[.*?\])'", re.DOTALL)
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 # [text](target) outside code: inline links of markdown (images too).
 LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
 
@@ -89,7 +89,7 @@ def slug(heading: str) -> str:
 @cache
 def anchors(path: Path) -> frozenset[str]:
     text = FENCE.sub("", path.read_text(encoding="utf-8"))
-    return frozenset(slug(match) for match in re.findall(r"^#{1,6} (.+)$", text, re.M))
+    return frozenset(slug(match) for match in re.findall(r"^#{1,6} (.+)$", text, re.MULTILINE))
 
 
 def links() -> list[tuple[str, str]]:
@@ -135,5 +135,5 @@ def test_no_document_points_outside_the_repository() -> None:
 def test_every_failpoint_is_listed() -> None:
     text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
     table = text[text.index("### Failpoints"):]
-    listed = set(re.findall(r"^\| `([a-z_.]+)` \|", table, re.M))
+    listed = set(re.findall(r"^\| `([a-z_.]+)` \|", table, re.MULTILINE))
     assert listed == set(failpoints.NAMES)
