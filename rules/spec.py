@@ -24,6 +24,8 @@ from ioc.regex import compile_regex
 
 __all__ = [
     "BUILTIN_LABELS",
+    "CapCategory",
+    "CapInfo",
     "OPS",
     "Comparison",
     "EventType",
@@ -103,6 +105,24 @@ class Match(_Strict):
         return self.values(f"tags.{label}")
 
 
+# OASIS CAP 1.2 `category` values.
+CapCategory: TypeAlias = Literal["Geo", "Met", "Safety", "Security", "Rescue", "Fire", "Health", "Env",
+                                 "Transport", "Infra", "CBRNE", "Other"]
+
+
+class CapInfo(_Strict):
+    """How the alerts of a `public: true` rule read as CAP 1.2 messages (`ioc.cap`). `category` defaults
+    from what the rule watches (env.* metrics: Env; status: Infra; else Other), `event` to the rule id;
+    `summary_en` (a template like `summary`) adds an English info block to the Vietnamese one."""
+
+    category: CapCategory | None = None
+    event: str | None = None
+    event_en: str | None = None
+    summary_en: str = ""
+    instruction: str | None = None
+    instruction_en: str | None = None
+
+
 LevelMap: TypeAlias = Annotated[dict[AreaLevel, float], Field(min_length=1)]
 # A number, a number per area level, or `target`: the KPI's target for the area's level (registry data).
 Threshold: TypeAlias = float | LevelMap | Literal["target"]
@@ -127,6 +147,8 @@ class RuleBase(_Strict):
     keep_firing_for: Duration = 0.0
     labels: dict[str, str] = {}
     runbook: str | None = None
+    public: bool = False  # its firing and resolved alerts are published as CAP 1.2 (GET /api/v1/cap)
+    cap: CapInfo = CapInfo()
 
     @model_validator(mode="after")
     def _common(self) -> RuleBase:
@@ -144,15 +166,16 @@ class RuleBase(_Strict):
             names.add("threshold")
         if "area" in self.group_by:
             names.add("area_name")
-        try:
-            template = Template.parse(self.summary)
-        except ValueError as error:
-            raise ValueError(f"summary: {error}") from None
-        for name in template.names:
-            if name not in names:
-                hint = ("area_name needs area in group_by" if name == "area_name" else
-                        f"known: {', '.join(sorted(names))}")
-                raise ValueError(f"summary: unknown name {name!r} in {{{{ {name} }}}} ({hint})")
+        for field_name, text in (("summary", self.summary), ("cap.summary_en", self.cap.summary_en)):
+            try:
+                template = Template.parse(text)
+            except ValueError as error:
+                raise ValueError(f"{field_name}: {error}") from None
+            for name in template.names:
+                if name not in names:
+                    hint = ("area_name needs area in group_by" if name == "area_name" else
+                            f"known: {', '.join(sorted(names))}")
+                    raise ValueError(f"{field_name}: unknown name {name!r} in {{{{ {name} }}}} ({hint})")
         return self
 
     def kind_judges(self) -> frozenset[str]:
