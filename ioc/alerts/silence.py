@@ -294,8 +294,8 @@ def _can_update(previous: Silence, matchers: tuple[Matcher, ...], starts_at: flo
     if previous.matchers != matchers:
         return False
     status = previous.status(now)
-    if status == "active":
-        return starts_at == previous.starts_at and ends_at >= now
+    if status == "active":  # the same start: as the API showed it, in milliseconds
+        return abs(starts_at - previous.starts_at) < 0.001 and ends_at >= now
     if status == "pending":
         return starts_at >= now
     return False
