@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ioc import __version__
 from ioc.alerts.manager import AlertManager
+from ioc.api.alertmanager_v2 import alertmanager_v2_router
 from ioc.api.alerts import alerts_router, kpis_router
 from ioc.api.events import EventIntake, event_schemas, events_router
 from ioc.api.health import health_router
@@ -188,6 +189,7 @@ def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
     app.include_router(health_router(metrics=metrics, readiness=readiness))
     if alerts is not None:
         app.include_router(alerts_router(alerts))
+        app.include_router(alertmanager_v2_router(alerts, settings.alerts))  # CONTRACT §9: amtool, Grafana
     if kpis is not None:
         app.include_router(kpis_router(kpis))
     if stream is not None:
