@@ -26,17 +26,17 @@ from pathlib import Path
 import orjson
 import pytest
 import structlog
-from ioc.connectors.mqtt import MqttConnector
+from ioc.connectors.mqtt import MqttConnector, MqttPublisher, MqttSession
 
 from ioc.config import MqttSettings, Settings, VendorSettings, load_settings, token_sha256
 from ioc.envelope import AnyEvent
 from ioc.ingest.dedup import DedupIndex
-from ioc.ingest.pipeline import Pipeline
+from ioc.ingest.pipeline import DeadLetterTarget, Pipeline
 from ioc.mosquitto_acl import write_mosquitto_files
 from ioc.ratelimit import RateLimiter, TokenBucket
 from ioc.sinks.base import DurableCallback
 from tests.e2e.daemon import DaemonProcess, assert_counting_rule, make_daemon
-from tests.mqtt_tools import Collector, publish_all
+from tests.mqtt_tools import Collector, assemble_mqtt, publish_all
 from tests.servers import Server, influx_count, start_mosquitto
 
 MAX_DELIVERIES = 3  # the default of [intake] max_deliveries
@@ -59,9 +59,9 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) 
         time.sleep(0.02)
 
 
-def make_pipeline(*sinks: object) -> Pipeline:
+def make_pipeline(*sinks: object, dead_letters: list[DeadLetterTarget] | None = None) -> Pipeline:
     return Pipeline(sinks=list(sinks), dedup=DedupIndex(None, window=86400, max_keys=10**6),  # type: ignore[arg-type]
-                    max_bytes=8 << 20, max_future=300)
+                    max_bytes=8 << 20, max_future=300, dead_letters=dead_letters or [])
 
 
 def vendor(name: str, sources: list[str], rate: float, burst: float | None = None) -> VendorSettings:
@@ -276,10 +276,9 @@ def test_every_topic_a_vendor_may_publish_is_received(acl_broker: Server, acl_se
                                                       unique: str) -> None:
     """With the default subscription, each message the ACL lets vendor-a publish under ioc/v1/events/ is
     accepted or dead-lettered with a reason: none vanishes (3c5b46e never saw the deeper ones)."""
-    pipeline = make_pipeline()
     settings = MqttSettings(url=acl_broker.url, client_id=f"ioc-{unique}", username="ioc",
                             password=TOKENS["ioc"], session_expiry=60)  # type: ignore[arg-type]
-    connector = MqttConnector(settings, pipeline)
+    connector, pipeline = assemble_mqtt(settings, lambda letters: make_pipeline(dead_letters=letters))
     dead = Collector("127.0.0.1", acl_broker.port, "ioc/v1/deadletter/#", username="vendor-a",
                      password=TOKENS["vendor-a"])  # a vendor reads its own dead letters
     connector.start()
@@ -317,8 +316,8 @@ def test_an_old_session_with_the_former_filter_gives_no_duplicates(mosquitto: Se
     pipeline = make_pipeline()
 
     def connector(subscribe: list[str]) -> MqttConnector:
-        made = MqttConnector(MqttSettings(url=mosquitto.url, client_id=f"ioc-{unique}", session_expiry=60,  # type: ignore[arg-type]
-                                          subscribe=subscribe), pipeline)
+        made, _ = assemble_mqtt(MqttSettings(url=mosquitto.url, client_id=f"ioc-{unique}",  # type: ignore[arg-type]
+                                             session_expiry=60, subscribe=subscribe), pipeline)
         made.start()
         wait_until(lambda: made.subscribed, "the SUBACK")
         return made
@@ -379,9 +378,9 @@ def test_a_crashed_bursts_redeliveries_are_recognised_by_packet_id(
     settings = MqttSettings(url=mosquitto.url, client_id=f"ioc-{unique}", session_expiry=60,  # type: ignore[arg-type]
                             subscribe=[topic], protocol=protocol)  # type: ignore[arg-type]
     pipeline = make_pipeline(HoldingSink())
-    first = MqttConnector(settings, pipeline, state_path=store)
-    assert first._guard is not None
-    first._guard.journal.clear = lambda: None  # type: ignore[method-assign]  # as if killed mid-burst
+    first, _ = assemble_mqtt(settings, pipeline, state_path=store)
+    assert first.intake._guard is not None
+    first.intake._guard.journal.clear = lambda: None  # type: ignore[method-assign]  # as if killed mid-burst
     first.start()
     wait_until(lambda: first.subscribed, "the SUBACK")
     publish_all("127.0.0.1", mosquitto.port, [(topic, telemetry(i, source=source)) for i in range(5)])
@@ -391,15 +390,15 @@ def test_a_crashed_bursts_redeliveries_are_recognised_by_packet_id(
     assert 1 <= len(in_flight) <= 5  # the last burst (the five may have come in more than one)
     publish_all("127.0.0.1", mosquitto.port, [(topic, telemetry(i, source=source)) for i in range(5, 8)])
 
-    second = MqttConnector(settings, pipeline, state_path=store)
+    second, _ = assemble_mqtt(settings, pipeline, state_path=store)
     second.start()
     try:
         wait_until(lambda: pipeline.received[(source,)] == 13, "the five again and three new")
         metrics = {family.name: family for family in second.metrics()()}
         assert metrics["ioc_mqtt_poison_suspects"].samples[0].value == len(in_flight)
         assert metrics["ioc_mqtt_poison_quarantined"].samples[0].value == 0
-        assert second._guard is not None and not second._guard.suspects
-        assert len(second._guard.ledger) == 0  # each survived: cleared
+        assert second.intake._guard is not None and not second.intake._guard.suspects
+        assert len(second.intake._guard.ledger) == 0  # each survived: cleared
         assert pipeline.duplicates[(source,)] == 5 and pipeline.accepted[(source,)] == 8
     finally:
         second.close(2)
@@ -562,7 +561,9 @@ def test_a_flooding_vendor_does_not_delay_another(mosquitto: Server, unique: str
     flood_src, quiet_src = f"flood-{unique}", f"quiet-{unique}"
     settings = MqttSettings(url=mosquitto.url, client_id=f"ioc-{unique}", session_expiry=60,  # type: ignore[arg-type]
                             subscribe=[f"ioc/v1/events/{flood_src}", f"ioc/v1/events/{quiet_src}"])
-    pipeline = make_pipeline(SlowSink(0.0006))
+    session = MqttSession(settings)
+    publisher = MqttPublisher(session)  # the excess over a rate is dead-lettered: published, as in the daemon
+    pipeline = make_pipeline(SlowSink(0.0006), dead_letters=[publisher])
     delays: list[float] = []
 
     def on_event(event: AnyEvent) -> None:
@@ -570,8 +571,8 @@ def test_a_flooding_vendor_does_not_delay_another(mosquitto: Server, unique: str
             delays.append(time.time() - float(event.value))  # type: ignore[union-attr]
 
     pipeline.listeners.append(on_event)
-    connector = MqttConnector(settings, pipeline, vendors=[vendor("flood", [flood_src], 200),
-                                                           vendor("quiet", [quiet_src], 50)])
+    connector = MqttConnector(session, pipeline, publisher=publisher,
+                              vendors=[vendor("flood", [flood_src], 200), vendor("quiet", [quiet_src], 50)])
     connector.start()
     bodies = tmp_path / "flood.ndjson"
     bodies.write_bytes(b"\n".join(telemetry(i, source=flood_src) for i in range(5000)))
