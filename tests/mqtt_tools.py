@@ -1,12 +1,30 @@
-"""MQTT helpers for tests and benchmarks: a publisher that waits for every PUBACK, and a collector."""
+"""MQTT helpers for tests and benchmarks: a publisher that waits for every PUBACK, a collector, and the
+daemon's MQTT connector assembled as ioc/app.py does."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import paho.mqtt.client as mqtt
+from ioc.connectors.mqtt import MqttConnector, MqttPublisher, MqttSession
+
+from ioc.config import MqttSettings
+from ioc.ingest.pipeline import DeadLetterTarget, Pipeline
+
+
+def assemble_mqtt(settings: MqttSettings, pipeline: Pipeline | Callable[[list[DeadLetterTarget]], Pipeline], *,
+                  name: str = "mqtt", max_pending: int = 1000, **connector: Any) -> tuple[MqttConnector, Pipeline]:
+    """As ioc/app.py assembles it: the session, its publisher, the pipeline made with the publisher as its
+    dead-letter target (`pipeline` is then a factory taking the targets), the connector on the session.
+    With a ready `pipeline` (a second connector on the same one), its dead letters stay where they go."""
+    session = MqttSession(settings, name=name)
+    publisher = MqttPublisher(session, max_pending=max_pending)
+    if not isinstance(pipeline, Pipeline):
+        pipeline = pipeline([publisher])
+    return MqttConnector(session, pipeline, publisher=publisher, **connector), pipeline
 
 
 def publish_all(host: str, port: int, messages: Iterable[tuple[str, bytes]], *, qos: int = 1,

@@ -23,13 +23,17 @@ packet, measured at ~5 µs of the ~30 µs an acknowledged-and-refused message co
 paho's own thread (in a message callback) needs none, since that thread asks `want_write()` before its
 next `select()`; packets queued from another thread inside `batched()` share one wake-up.
 
-It relies on paho-mqtt 2.x private names (`_in_packet`, `_sock_recv`, `_packet_read`, `_handle_publish`),
-so pyproject.toml pins the minor version and tests/integration/test_mqtt_fastclient.py checks both paths
-against a real broker.
+The fence. It relies on paho-mqtt 2.x private names. Every use is tagged `# paho-private` and listed in
+`PAHO_PRIVATE` below; the rarely called ones go through the `_paho_*` functions, the per-packet ones stay
+inline (a call per message costs). tests/unit/test_fastclient_fence.py fails loudly when the installed paho
+is outside `PAHO_VERSIONS` or lacks one of them (names, parameters, packet-record keys), and when a private
+use here is not tagged and listed; tests/integration/test_mqtt_fastclient.py checks both paths against a
+real broker. Should a paho release break it, `[mqtt] client = "paho"` runs the daemon on stock paho.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,8 +47,38 @@ _PUBLISH = 0x30
 
 RawMessageCallback = Callable[[bytes, bytes, int, int], None]
 
+# --- the fence: what FastClient relies on in paho, checked by tests/unit/test_fastclient_fence.py ----------
 
-def _fresh_in_packet() -> Any:  # paho's private `_InPacket` TypedDict
+PAHO_VERSIONS = ("2.2", "2.3")  # >= the first, < the second (pyproject.toml pins the same)
+PAHO_PRIVATE: dict[str, tuple[str, ...] | None] = {
+    # methods of paho.mqtt.client.Client, overridden or called: their parameters
+    "_sock_recv": ("self", "bufsize"),
+    "_packet_read": ("self",),
+    "_packet_handle": ("self",),
+    "_packet_queue": ("self", "command", "packet", "mid", "qos", "info"),
+    "_handle_publish": ("self",),
+    "_loop_rc_handle": ("self", "rc"),
+    "_send_puback": ("self", "mid"),
+    "_easy_log": ("self", "level", "fmt", "args"),
+    # attributes of a Client (None: not a method)
+    "_in_packet": None,  # dict with IN_PACKET_KEYS
+    "_out_packet": None,  # deque of dicts with OUT_PACKET_KEYS
+    "_sock": None,
+    "_sockpairW": None,
+    "_thread": None,
+    "_protocol": None,
+    "_manual_ack": None,
+    "_in_callback_mutex": None,
+    "_msgtime_mutex": None,
+    "_last_bytes_received": None,
+}
+PAHO_MODULE_PRIVATE = ("time_func", "sockpair_data")  # undocumented names of paho.mqtt.client
+IN_PACKET_KEYS = ("command", "have_remaining", "remaining_count", "remaining_mult", "remaining_length",
+                  "packet", "to_process", "pos")
+OUT_PACKET_KEYS = ("command", "mid", "qos", "pos", "to_process", "packet", "info")
+
+
+def _fresh_in_packet() -> Any:  # paho-private: the `_InPacket` TypedDict
     """paho's empty incoming-packet state (the same keys its `reconnect` and `_packet_read` set)."""
     return {
         "command": 0,
@@ -57,6 +91,25 @@ def _fresh_in_packet() -> Any:  # paho's private `_InPacket` TypedDict
         "pos": 0,
     }
 
+
+
+def _paho_wake(client: mqtt.Client) -> None:
+    """Wake paho's network thread (a byte into its socket pair), as its own `_packet_queue` does."""
+    pair = client._sockpairW  # paho-private
+    if pair is not None:
+        with contextlib.suppress(BlockingIOError):  # the pair is full of wake-ups already: it will wake
+            pair.send(mqtt.sockpair_data)  # paho-private
+
+
+def _paho_packet_done(client: mqtt.Client) -> None:
+    """After a packet handled whole: paho's reader state reset, its keepalive clock told (as paho does)."""
+    client._in_packet = _fresh_in_packet()  # paho-private
+    with client._msgtime_mutex:  # paho-private
+        client._last_bytes_received = mqtt.time_func()  # paho-private
+
+
+def _paho_log(client: mqtt.Client, level: mqtt.LogLevel, message: str, *args: Any) -> None:
+    client._easy_log(level, message, *args)  # paho-private
 
 class FastClient(mqtt.Client):
     """A paho `Client` with buffered reads and `on_raw_message` (see the module docstring)."""
@@ -71,10 +124,11 @@ class FastClient(mqtt.Client):
 
     # --- reading -------------------------------------------------------------------------------------
 
-    def _sock_recv(self, bufsize: int) -> bytes:
+    def _sock_recv(self, bufsize: int) -> bytes:  # paho-private: overrides
         buf, pos = self._rbuf, self._rpos
         if pos >= len(buf):
-            buf = super()._sock_recv(READ_SIZE)  # paho maps SSL and socket errors; may raise BlockingIOError
+            # paho-private: paho maps SSL and socket errors; may raise BlockingIOError
+            buf = super()._sock_recv(READ_SIZE)  # paho-private
             if not buf:
                 return buf  # the broker closed the connection
             pos = 0
@@ -95,10 +149,10 @@ class FastClient(mqtt.Client):
         # that are complete in the buffer are handled here, since select() cannot see them. What is left
         # is an incomplete tail, whose remainder the socket has yet to deliver: select() wakes for it.
         rc = super().loop_read(max_packets)
-        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._next_packet():
-            rc = self._packet_read()
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._next_packet():  # paho-private
+            rc = self._packet_read()  # paho-private
             if rc > 0:
-                return self._loop_rc_handle(rc)
+                return self._loop_rc_handle(rc)  # paho-private
         return MQTTErrorCode.MQTT_ERR_SUCCESS if rc <= 0 else rc
 
     def _next_packet(self) -> tuple[int, int] | None:
@@ -121,11 +175,12 @@ class FastClient(mqtt.Client):
         end = index + length
         return (index, end) if end <= size else None
 
-    def _packet_read(self) -> MQTTErrorCode:
-        in_packet = self._in_packet
+    def _packet_read(self) -> MQTTErrorCode:  # paho-private: overrides
+        in_packet = self._in_packet  # paho-private
         bounds = self._next_packet() if in_packet["command"] == 0 else None
         if bounds is None:
-            return super()._packet_read()  # partial packets: paho's incremental reader, via _sock_recv
+            # Partial packets: paho's incremental reader, via _sock_recv.
+            return super()._packet_read()  # paho-private
         index, end = bounds
         buf = self._rbuf
         in_packet["command"] = buf[self._rpos]
@@ -134,26 +189,24 @@ class FastClient(mqtt.Client):
         in_packet["packet"] = buf[index:end]  # type: ignore[typeddict-item]  # its decoders take bytes too
         self._rpos = end
         try:
-            rc = self._packet_handle()
+            rc = self._packet_handle()  # paho-private
         except mqtt.MalformedPacket as error:
-            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", error)
+            _paho_log(self, mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", error)
             rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
-        self._in_packet = _fresh_in_packet()
-        with self._msgtime_mutex:
-            self._last_bytes_received = mqtt.time_func()
+        _paho_packet_done(self)
         return rc
 
     # --- writing: fewer wake-ups ----------------------------------------------------------------------
 
-    def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
-                      info: mqtt.MQTTMessageInfo | None = None) -> MQTTErrorCode:
-        thread = self._thread
+    def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int,  # paho-private: overrides
+                      qos: int, info: mqtt.MQTTMessageInfo | None = None) -> MQTTErrorCode:
+        thread = self._thread  # paho-private
         batch = self._batch
         own = threading.current_thread() is thread
         if thread is None or not (own or getattr(batch, "active", False)):
-            return super()._packet_queue(command, packet, mid, qos, info)
-        # paho's own packet record (see Client._packet_queue), without its wake-up byte.
-        self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,
+            return super()._packet_queue(command, packet, mid, qos, info)  # paho-private
+        # paho's own packet record (OUT_PACKET_KEYS; see Client._packet_queue), without its wake-up byte.
+        self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,  # paho-private
                                  "to_process": len(packet), "packet": packet, "info": info})
         if not own:
             batch.owed = True
@@ -172,47 +225,45 @@ class FastClient(mqtt.Client):
             yield
         finally:
             batch.active = False
-            if batch.owed and self._sockpairW is not None:
-                try:
-                    self._sockpairW.send(mqtt.sockpair_data)
-                except BlockingIOError:
-                    pass  # the pair is full of wake-ups already: the thread will wake
+            if batch.owed:
+                _paho_wake(self)
 
     # --- the lean PUBLISH --------------------------------------------------------------------------
 
-    def _handle_publish(self) -> MQTTErrorCode:
+    def _handle_publish(self) -> MQTTErrorCode:  # paho-private: overrides
         callback = self.on_raw_message
-        header = self._in_packet["command"]
+        in_packet = self._in_packet  # paho-private
+        header = in_packet["command"]
         qos = (header & 0x06) >> 1
         if callback is None or qos == 2:
-            return super()._handle_publish()
-        packet = self._in_packet["packet"]
+            return super()._handle_publish()  # paho-private
+        packet = in_packet["packet"]
         if len(packet) < 2:
-            return super()._handle_publish()  # paho raises MalformedPacket for us
+            return super()._handle_publish()  # paho-private: it raises MalformedPacket for us
         topic_end = 2 + ((packet[0] << 8) | packet[1])
         cursor = topic_end
         mid = 0
         if qos:
             if len(packet) < cursor + 2:
-                return super()._handle_publish()
+                return super()._handle_publish()  # paho-private
             mid = (packet[cursor] << 8) | packet[cursor + 1]
             cursor += 2
-        if self._protocol == mqtt.MQTTv5:
+        if self._protocol == mqtt.MQTTv5:  # paho-private
             if len(packet) <= cursor or packet[cursor] != 0:
-                return super()._handle_publish()  # properties present: paho decodes them
+                return super()._handle_publish()  # paho-private: properties present, paho decodes them
             cursor += 1
         elif topic_end == 2:
-            return super()._handle_publish()  # an empty topic is a protocol error before MQTT 5
+            return super()._handle_publish()  # paho-private: an empty topic is an error before MQTT 5
         topic = bytes(packet[2:topic_end])
         payload = bytes(packet[cursor:])
         self.raw_messages += 1
-        with self._in_callback_mutex:
+        with self._in_callback_mutex:  # paho-private
             try:
                 callback(topic, payload, mid, qos)
             except Exception as error:
-                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_raw_message: %s", error)
+                _paho_log(self, mqtt.MQTT_LOG_ERR, "Caught exception in on_raw_message: %s", error)
                 if not self.suppress_exceptions:
                     raise
-        if qos == 1 and not self._manual_ack:
-            return self._send_puback(mid)
+        if qos == 1 and not self._manual_ack:  # paho-private
+            return self._send_puback(mid)  # paho-private
         return MQTTErrorCode.MQTT_ERR_SUCCESS

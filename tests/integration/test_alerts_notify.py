@@ -26,6 +26,7 @@ from ioc.alerts.updates import AlertUpdate, fingerprint
 from ioc.config import MqttSettings
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
+from tests.mqtt_tools import assemble_mqtt
 from tests.servers import Server, free_port
 
 T0 = 1_772_409_600.0
@@ -89,7 +90,7 @@ def connector(mosquitto: Server, unique: str) -> Iterator[MqttConnector]:
                         max_future=300)
     settings = MqttSettings.model_validate({"url": mosquitto.url, "client_id": f"ioc-alerts-{unique}",
                                             "subscribe": [f"ioc/v1/events/{unique}"]})
-    connector = MqttConnector(settings, pipeline)
+    connector, _ = assemble_mqtt(settings, pipeline)
     connector.start()
     wait_until(lambda: connector.connected, "the broker connection")
     yield connector
@@ -98,7 +99,8 @@ def connector(mosquitto: Server, unique: str) -> Iterator[MqttConnector]:
 
 @pytest.fixture
 def manager(tmp_path: Path, connector: MqttConnector) -> Iterator[AlertManager]:
-    manager = AlertManager(AlertStore(tmp_path / "ioc.db"), notifiers=[MqttNotifier(connector)])
+    assert connector.publisher is not None
+    manager = AlertManager(AlertStore(tmp_path / "ioc.db"), notifiers=[MqttNotifier(connector.publisher)])
     yield manager
     manager.close()
 
@@ -161,10 +163,11 @@ def test_an_mqtt_delivery_leaves_the_outbox_once_the_broker_acknowledged_it(
                         max_future=300)
     settings = MqttSettings.model_validate({"url": private_mosquitto.url, "client_id": f"ioc-out-{unique}",
                                             "subscribe": [f"ioc/v1/events/{unique}"]})
-    connector = MqttConnector(settings, pipeline)
+    connector, _ = assemble_mqtt(settings, pipeline)
     connector.start()
     wait_until(lambda: connector.connected, "the broker connection")
-    manager = AlertManager(AlertStore(tmp_path / "ioc.db"), notifiers=[MqttNotifier(connector)])
+    assert connector.publisher is not None
+    manager = AlertManager(AlertStore(tmp_path / "ioc.db"), notifiers=[MqttNotifier(connector.publisher)])
     rule = f"outbox-{unique}"
     live = Subscriber(private_mosquitto, f"ioc/v1/alerts/{rule}")
     try:

@@ -13,7 +13,6 @@ from pathlib import Path
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from ioc.connectors.mqtt import MqttConnector
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from structlog.testing import capture_logs
@@ -22,6 +21,7 @@ from ioc.config import MqttSettings, Settings, load_settings, token_sha256
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
 from ioc.mosquitto_acl import mosquitto_password_hash, write_mosquitto_files
+from tests.mqtt_tools import assemble_mqtt
 from tests.servers import Server, find_binary, start_mosquitto
 
 TOKENS = {"vendor-a": "token-a", "vendor-b": "token-b", "ioc": "daemon-password"}
@@ -220,11 +220,11 @@ def test_vendor_reads_only_its_own_dead_letters(clients: dict[str, Client]) -> N
 def test_connector_as_daemon_user_end_to_end(broker: Server, clients: dict[str, Client], unique: str) -> None:
     """The daemon logs in with its generated password; a vendor's good event is accepted and its bad one
     comes back to the vendor as a dead letter it is allowed to read."""
-    pipeline = Pipeline(sinks=[], dedup=DedupIndex(None, window=86400, max_keys=1000), max_bytes=1 << 20,
-                        max_future=300)
     settings = MqttSettings.model_validate({"url": broker.url, "client_id": f"ioc-{unique}", "username": "ioc",
                                             "password": TOKENS["ioc"], "session_expiry": "10s"})
-    connector = MqttConnector(settings, pipeline)
+    connector, pipeline = assemble_mqtt(settings, lambda letters: Pipeline(
+        sinks=[], dedup=DedupIndex(None, window=86400, max_keys=1000), max_bytes=1 << 20, max_future=300,
+        dead_letters=letters))
     vendor = clients["vendor-a"]
     vendor.subscribe("ioc/v1/deadletter/a-src")
     connector.start()
@@ -252,7 +252,7 @@ def test_connector_with_a_wrong_password_is_refused_and_says_so(broker: Server, 
     with capture_logs() as logs:
         settings = MqttSettings.model_validate({"url": broker.url, "client_id": f"r-{unique}", "username": "ioc",
                                                 "password": "wrong", "reconnect_min": "100ms"})
-        refused = MqttConnector(settings, pipeline, name="refused")
+        refused, _ = assemble_mqtt(settings, pipeline, name="refused")
         refused.start()
         try:
             deadline = time.monotonic() + 5

@@ -15,21 +15,23 @@ from pathlib import Path
 
 import orjson
 import pytest
-from ioc.connectors.mqtt import MqttConnector
-from ioc.connectors.mqtt.connector import backoff_delay, dead_letter_body, topic_source
+from ioc.connectors.mqtt import MqttConnector, MqttSession
+from ioc.connectors.mqtt.topics import topic_source
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from ioc.config import MqttSettings, load_settings
 from ioc.errors import ConfigError
+from ioc.ingest.deadletter import dead_letter_body
 from ioc.ingest.dedup import DedupIndex
-from ioc.ingest.pipeline import Pipeline
+from ioc.ingest.pipeline import DeadLetterTarget, Pipeline
 from ioc.metrics import Metrics, MetricSource
 from ioc.sinks.base import DurableCallback, Sink
-from tests.mqtt_tools import Collector, publish_all
+from tests.mqtt_tools import Collector, assemble_mqtt, publish_all
 from tests.servers import Server, find_binary, free_port, start_mosquitto
 
 TIME = "2026-03-02T08:00:00+07:00"
+CLIENTS = ["fast", "paho"]  # [mqtt] client: FastClient, and stock paho (the way back should paho break it)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -94,9 +96,16 @@ class HoldingSink:
         pass
 
 
-def make_pipeline(*sinks: Sink) -> Pipeline:
+def make_pipeline(*sinks: Sink, dead_letters: list[DeadLetterTarget] | None = None) -> Pipeline:
     return Pipeline(sinks=list(sinks), dedup=DedupIndex(None, window=86400, max_keys=10**6), max_bytes=8 << 20,
-                    max_future=300)
+                    max_future=300, dead_letters=dead_letters or [])
+
+
+def assemble(settings: MqttSettings, *sinks: Sink, pipeline: Pipeline | None = None,
+             max_pending: int = 1000) -> tuple[MqttConnector, Pipeline]:
+    """The connector and its pipeline over `sinks` (or on a given `pipeline`), as ioc/app.py assembles them."""
+    return assemble_mqtt(settings, pipeline or (lambda letters: make_pipeline(*sinks, dead_letters=letters)),
+                         max_pending=max_pending)
 
 
 def sample(connector: MqttConnector, name: str, **labels: str) -> float:
@@ -111,30 +120,34 @@ def sample(connector: MqttConnector, name: str, **labels: str) -> float:
 
 def drop_connection(connector: MqttConnector) -> None:
     """Break the TCP connection under paho, as a network failure would (no DISCONNECT, no acks)."""
-    client = connector._client
+    client = connector.session.client
     assert client is not None
     sock = client.socket()
     assert isinstance(sock, socket.socket)
     sock.shutdown(socket.SHUT_RDWR)
 
 
+Make = Callable[..., tuple[MqttConnector, Pipeline]]
+
+
 @pytest.fixture
-def connectors() -> Iterator[Callable[..., MqttConnector]]:
-    """Makes started connectors with fast reconnects and closes them after the test."""
+def connectors() -> Iterator[Make]:
+    """Makes started connectors with fast reconnects (and their pipelines, over `sinks`, dead letters to
+    the broker; or on a given `pipeline`) and closes them after the test."""
     made: list[MqttConnector] = []
 
-    def make(server: Server, pipeline: Pipeline, *, start: bool = True, wait: bool = True,
-             **settings: object) -> MqttConnector:
+    def make(server: Server, *sinks: Sink, pipeline: Pipeline | None = None, start: bool = True,
+             wait: bool = True, **settings: object) -> tuple[MqttConnector, Pipeline]:
         values: dict[str, object] = {"url": server.url, "reconnect_min": "50ms", "reconnect_max": "300ms",
                                      "session_expiry": "60s"}
         values.update(settings)
-        connector = MqttConnector(MqttSettings.model_validate(values), pipeline)
+        connector, pipeline = assemble(MqttSettings.model_validate(values), *sinks, pipeline=pipeline)
         made.append(connector)
         if start:
             connector.start()
             if wait:
                 wait_until(lambda: connector.subscribed, "the SUBACK")
-        return connector
+        return connector, pipeline
 
     yield make
     for connector in made:
@@ -154,25 +167,15 @@ def test_topic_source_and_dead_letter_body() -> None:
         "reason": "bad", "payload": base64.b64encode(b"\xff\x00").decode(), "encoding": "base64"}
 
 
-def test_backoff_grows_with_jitter_between_the_bounds() -> None:
-    assert backoff_delay(0, 1, 60, rand=lambda a, b: a) == 1.0
-    assert backoff_delay(0, 1, 60, rand=lambda a, b: b) == 2.0
-    assert backoff_delay(3, 1, 60, rand=lambda a, b: b) == 16.0
-    assert backoff_delay(30, 1, 60, rand=lambda a, b: a) == 30.0
-    assert backoff_delay(30, 1, 60, rand=lambda a, b: b) == 60.0
-    assert backoff_delay(5, 0, 0) >= 0.05  # never a busy loop
-    delays = {backoff_delay(3, 1, 60) for _ in range(20)}
-    assert len(delays) > 1 and all(8 <= d <= 16 for d in delays)
-
-
 # --- intake ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_good_event_is_accepted_and_acknowledged(mosquitto: Server, unique: str,
-                                                 connectors: Callable[..., MqttConnector]) -> None:
+                                                 connectors: Make, client: str) -> None:
     source = f"s-{unique}"
-    pipeline = make_pipeline()
-    connector = connectors(mosquitto, pipeline, client_id=f"ioc-{unique}", subscribe=[f"ioc/v1/events/{source}"])
+    connector, pipeline = connectors(mosquitto, client_id=f"ioc-{unique}", subscribe=[f"ioc/v1/events/{source}"],
+                                     client=client)
     assert connector.problems() == []
     publish_all("127.0.0.1", mosquitto.port, [(f"ioc/v1/events/{source}", event(source, 1))])
     publish_all("127.0.0.1", mosquitto.port, [(f"ioc/v1/events/{source}", event(source, 2))], qos=0)
@@ -185,12 +188,12 @@ def test_good_event_is_accepted_and_acknowledged(mosquitto: Server, unique: str,
     assert sample(connector, "ioc_mqtt_acks_skipped_total") == 0
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_bad_events_become_dead_letters_and_good_ones_all_pass(
-        mosquitto: Server, unique: str, connectors: Callable[..., MqttConnector]) -> None:
+        mosquitto: Server, unique: str, connectors: Make, client: str) -> None:
     source = f"s-{unique}"
     topic = f"ioc/v1/events/{source}"
-    pipeline = make_pipeline()
-    connectors(mosquitto, pipeline, client_id=f"ioc-{unique}", subscribe=[topic])
+    _, pipeline = connectors(mosquitto, client_id=f"ioc-{unique}", subscribe=[topic], client=client)
     dead = Collector("127.0.0.1", mosquitto.port, f"ioc/v1/deadletter/{source}")
     bad = [
         b'{"id": "x", "source": ',  # invalid JSON
@@ -225,13 +228,13 @@ def test_bad_events_become_dead_letters_and_good_ones_all_pass(
 # --- durable acknowledgement -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_ack_waits_for_durability_and_survives_a_broken_connection(
-        mosquitto: Server, unique: str, connectors: Callable[..., MqttConnector]) -> None:
+        mosquitto: Server, unique: str, connectors: Make, client: str) -> None:
     source = f"s-{unique}"
     topic = f"ioc/v1/events/{source}"
     sink = HoldingSink()
-    pipeline = make_pipeline(sink)
-    connector = connectors(mosquitto, pipeline, client_id=f"ioc-{unique}", subscribe=[topic])
+    connector, pipeline = connectors(mosquitto, sink, client_id=f"ioc-{unique}", subscribe=[topic], client=client)
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, i)) for i in range(5)])
     wait_until(lambda: pipeline.accepted[(source,)] == 5, "five held events")
     assert sample(connector, "ioc_mqtt_acks_sent_total") == 0  # not durable: not acknowledged
@@ -249,7 +252,8 @@ def test_ack_waits_for_durability_and_survives_a_broken_connection(
     assert sample(connector, "ioc_mqtt_acks_skipped_total") == 5
 
     # Acknowledged for good: after another break nothing comes back, while a new event does.
-    wait_until(lambda: connector._client is not None and not connector._client.want_write(), "the PUBACKs out")
+    client_ = connector.session.client
+    wait_until(lambda: client_ is not None and not client_.want_write(), "the PUBACKs out")
     drop_connection(connector)
     wait_until(lambda: sample(connector, "ioc_mqtt_connects_total") == 3 and connector.connected, "a reconnect")
     wait_until(lambda: connector.subscribed, "the SUBACK")
@@ -260,13 +264,12 @@ def test_ack_waits_for_durability_and_survives_a_broken_connection(
 
 
 def test_receive_maximum_bounds_what_the_broker_sends_before_acks(
-        mosquitto: Server, unique: str, connectors: Callable[..., MqttConnector]) -> None:
+        mosquitto: Server, unique: str, connectors: Make) -> None:
     """MQTT 5 Receive Maximum reaches the broker: with 3, it sends 3 and waits for their PUBACKs."""
     source = f"s-{unique}"
     topic = f"ioc/v1/events/{source}"
     sink = HoldingSink()
-    pipeline = make_pipeline(sink)
-    connectors(mosquitto, pipeline, client_id=f"ioc-{unique}", subscribe=[topic], receive_maximum=3)
+    _, pipeline = connectors(mosquitto, sink, client_id=f"ioc-{unique}", subscribe=[topic], receive_maximum=3)
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, i)) for i in range(10)])
     wait_until(lambda: pipeline.accepted[(source,)] == 3, "three deliveries")
     time.sleep(0.2)  # a negative: the broker must not send a fourth before an ack
@@ -274,14 +277,14 @@ def test_receive_maximum_bounds_what_the_broker_sends_before_acks(
     wait_until(lambda: sink.release() >= 0 and pipeline.accepted[(source,)] == 10, "the rest, as acks go out")
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_closing_with_unacknowledged_messages_gets_them_again(
-        mosquitto: Server, unique: str, connectors: Callable[..., MqttConnector]) -> None:
+        mosquitto: Server, unique: str, connectors: Make, client: str) -> None:
     """A stop before the points are durable (the sink's flush failed) leaves them with the broker."""
     source = f"s-{unique}"
     topic = f"ioc/v1/events/{source}"
     sink = HoldingSink()
-    pipeline = make_pipeline(sink)
-    connector = connectors(mosquitto, pipeline, client_id=f"ioc-{unique}", subscribe=[topic])
+    connector, pipeline = connectors(mosquitto, sink, client_id=f"ioc-{unique}", subscribe=[topic], client=client)
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, i)) for i in range(3)])
     wait_until(lambda: pipeline.accepted[(source,)] == 3, "three held events")
     connector.close(1)
@@ -296,11 +299,10 @@ def test_closing_with_unacknowledged_messages_gets_them_again(
 
 
 def test_paused_intake_neither_processes_nor_acknowledges(
-        mosquitto: Server, unique: str, connectors: Callable[..., MqttConnector]) -> None:
+        mosquitto: Server, unique: str, connectors: Make) -> None:
     source = f"s-{unique}"
     topic = f"ioc/v1/events/{source}"
-    pipeline = make_pipeline()
-    connector = connectors(mosquitto, pipeline, client_id=f"ioc-{unique}", subscribe=[topic])
+    connector, pipeline = connectors(mosquitto, client_id=f"ioc-{unique}", subscribe=[topic])
     connector.pause_intake()
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, i)) for i in range(3)])
     time.sleep(0.3)  # a negative: give the broker time to deliver what would be processed
@@ -314,30 +316,31 @@ def test_paused_intake_neither_processes_nor_acknowledges(
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+@pytest.mark.parametrize("client", CLIENTS)
 def test_events_published_while_down_arrive_on_return(
-        mosquitto: Server, unique: str, connectors: Callable[..., MqttConnector], protocol: str) -> None:
+        mosquitto: Server, unique: str, connectors: Make, protocol: str, client: str) -> None:
     source = f"s-{unique}"
     topic = f"ioc/v1/events/{source}"
-    pipeline = make_pipeline()
-    first = connectors(mosquitto, pipeline, client_id=f"ioc-{unique}", subscribe=[topic], protocol=protocol)
+    first, pipeline = connectors(mosquitto, client_id=f"ioc-{unique}", subscribe=[topic], protocol=protocol,
+                                 client=client)
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, 0))])
     wait_until(lambda: pipeline.accepted[(source,)] == 1, "the first event")
     first.close(2)
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, i)) for i in range(1, 21)])
     # A new connector (a restarted daemon) with the same client id resumes the session.
-    connectors(mosquitto, pipeline, client_id=f"ioc-{unique}", subscribe=[topic], protocol=protocol)
+    connectors(mosquitto, pipeline=pipeline, client_id=f"ioc-{unique}", subscribe=[topic], protocol=protocol,
+               client=client)
     wait_until(lambda: pipeline.accepted[(source,)] == 21, "the 20 events published while down")
     assert pipeline.duplicates[(source,)] == 0
 
 
 def test_broker_down_at_start_then_restarted(private_mosquitto: Server, unique: str,
-                                             connectors: Callable[..., MqttConnector]) -> None:
+                                             connectors: Make) -> None:
     source = f"s-{unique}"
     topic = f"ioc/v1/events/{source}"
-    pipeline = make_pipeline()
     private_mosquitto.stop()
     with capture_logs() as logs:
-        connector = connectors(private_mosquitto, pipeline, client_id=f"ioc-{unique}", wait=False)
+        connector, pipeline = connectors(private_mosquitto, client_id=f"ioc-{unique}", wait=False)
         wait_until(lambda: any(e["event"] == "mqtt.reconnecting" for e in logs), "a reconnect attempt")
     assert not connector.connected
     assert connector.problems()[0].startswith(f"mqtt: not connected to mqtt://127.0.0.1:{private_mosquitto.port} (")
@@ -366,54 +369,56 @@ def test_dead_letters_wait_while_disconnected_within_a_bound(tmp_path: Path) -> 
     """With no broker, dead letters queue up to `max_pending`; the rest are counted as dropped. When the
     broker comes, the queued ones are delivered."""
     port = free_port()
-    pipeline = make_pipeline()
     settings = MqttSettings.model_validate({"url": f"mqtt://127.0.0.1:{port}", "client_id": "dl",
                                             "reconnect_min": "50ms", "reconnect_max": "200ms"})
-    connector = MqttConnector(settings, pipeline, max_pending=3)
-    connector.publish_dead_letter("src", "before start", b"x")  # not started: dropped
+    connector, pipeline = assemble(settings, max_pending=3)
+    publisher = connector.publisher
+    assert publisher is not None
+    pipeline.publish_dead_letter("src", "before start", b"x")  # not started: dropped
     connector.start()
     try:
         for index in range(5):
-            connector.publish_dead_letter("src", "no broker", f"payload {index}".encode())
-        assert connector.pending() == 3
+            pipeline.publish_dead_letter("src", "no broker", f"payload {index}".encode())
+        assert publisher.pending() == 3
         assert sample(connector, "ioc_mqtt_dead_letters_published_total") == 3
         assert sample(connector, "ioc_mqtt_dead_letters_dropped_total") == 3
         server = start_mosquitto(tmp_path / "late", port=port)
         try:
             wait_until(lambda: connector.connected, "the connection")
-            wait_until(lambda: connector.pending() == 0, "the queued dead letters to be acknowledged")
-            assert connector.publish("ioc/v1/alerts/x", b"{}")
+            wait_until(lambda: publisher.pending() == 0, "the queued dead letters to be acknowledged")
+            assert publisher.publish("ioc/v1/alerts/x", b"{}")
         finally:
             connector.close(2)
             server.stop()
     finally:
         connector.close(1)
-    assert not connector.publish("ioc/v1/alerts/x", b"{}")
+    assert not publisher.publish("ioc/v1/alerts/x", b"{}")
     assert sample(connector, "ioc_mqtt_publishes_dropped_total") == 1
 
 
 def test_the_sample_config_builds_a_connector() -> None:
     settings = load_settings(Path(__file__).resolve().parents[2] / "connectors" / "mqtt" / "sample.conf")
-    connector = MqttConnector(settings.mqtt, make_pipeline())
+    connector, _ = assemble(settings.mqtt)
     assert connector.problems() == ["mqtt: not connected to mqtt://127.0.0.1:1883 (not started)"]
     assert settings.mqtt.protocol == "5" and settings.mqtt.subscribe == ["ioc/v1/events/#"]
 
 
 def test_config_mistakes_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="tls_ca: set, but url"):
-        MqttConnector(MqttSettings(url="mqtt://broker:1883", tls_ca="/etc/ca.pem"), make_pipeline())
+        MqttSession(MqttSettings(url="mqtt://broker:1883", tls_ca="/etc/ca.pem"))
     with pytest.raises(ConfigError, match="embedded"):
-        MqttConnector(MqttSettings(url="embedded"), make_pipeline())
+        MqttSession(MqttSettings(url="embedded"))
+    with pytest.raises(ConfigError, match="tls_key: set without tls_cert"):
+        MqttSession(MqttSettings(url="mqtts://broker", tls_key="/etc/key.pem"))
 
 
 # --- variants --------------------------------------------------------------------------------------------
 
 
-def test_shared_subscription(mosquitto: Server, unique: str, connectors: Callable[..., MqttConnector]) -> None:
+def test_shared_subscription(mosquitto: Server, unique: str, connectors: Make) -> None:
     source = f"s-{unique}"
     topic = f"ioc/v1/events/{source}"
-    pipeline = make_pipeline()
-    connectors(mosquitto, pipeline, client_id=f"ioc-{unique}", subscribe=[topic], share_group=f"g{unique}")
+    _, pipeline = connectors(mosquitto, client_id=f"ioc-{unique}", subscribe=[topic], share_group=f"g{unique}")
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, i)) for i in range(10)])
     wait_until(lambda: pipeline.accepted[(source,)] == 10, "ten events through the shared subscription")
 
@@ -437,15 +442,15 @@ def _openssl_certificates(directory: Path) -> tuple[Path, Path, Path]:
     return ca, cert, key
 
 
-def test_tls_with_a_ca_and_insecure(tmp_path: Path, unique: str, connectors: Callable[..., MqttConnector]) -> None:
+def test_tls_with_a_ca_and_insecure(tmp_path: Path, unique: str, connectors: Make) -> None:
     ca, cert, key = _openssl_certificates(tmp_path)
     server = start_mosquitto(tmp_path / "broker", extra_conf=f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n")
     try:
         url = f"mqtts://127.0.0.1:{server.port}"
-        verified = connectors(server, make_pipeline(), url=url, client_id=f"a-{unique}", tls_ca=str(ca))
-        insecure = connectors(server, make_pipeline(), url=url, client_id=f"b-{unique}", tls_insecure=True)
+        verified, _ = connectors(server, url=url, client_id=f"a-{unique}", tls_ca=str(ca))
+        insecure, _ = connectors(server, url=url, client_id=f"b-{unique}", tls_insecure=True, client="paho")
         assert verified.connected and insecure.connected
-        untrusted = connectors(server, make_pipeline(), url=url, client_id=f"c-{unique}", wait=False)
+        untrusted, _ = connectors(server, url=url, client_id=f"c-{unique}", wait=False)
         time.sleep(0.3)  # a negative: the system CAs do not know our test CA
         assert not untrusted.connected
     finally:
@@ -453,7 +458,7 @@ def test_tls_with_a_ca_and_insecure(tmp_path: Path, unique: str, connectors: Cal
 
 
 def test_denied_subscription_is_logged_with_its_topic(tmp_path: Path, unique: str,
-                                                      connectors: Callable[..., MqttConnector]) -> None:
+                                                      connectors: Make) -> None:
     """Mosquitto's dynamic-security plugin checks subscriptions (acl_file does not): a user with no role
     gets a SUBACK failure, which the connector logs as an error naming the topic."""
     plugin = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
@@ -472,8 +477,7 @@ def test_denied_subscription_is_logged_with_its_topic(tmp_path: Path, unique: st
     server = start_mosquitto(tmp_path / "broker", extra_conf=f"plugin {plugin}\nplugin_opt_config_file {dynsec}\n")
     try:
         with capture_logs() as logs:
-            connector = connectors(server, make_pipeline(), client_id=f"ioc-{unique}", username="ioc",
-                                   password="pw")
+            connector, _ = connectors(server, client_id=f"ioc-{unique}", username="ioc", password="pw")
         failed = [e for e in logs if e["event"] == "mqtt.subscribe_failed"]
         assert len(failed) == 1 and failed[0]["topic"] == "ioc/v1/events/#"
         assert failed[0]["log_level"] == "error" and failed[0]["reason_code"] >= 0x80
@@ -487,7 +491,7 @@ def test_denied_subscription_is_logged_with_its_topic(tmp_path: Path, unique: st
 
 
 def test_failpoints_before_ack_and_at_hand_over(mosquitto: Server, unique: str,
-                                                connectors: Callable[..., MqttConnector]) -> None:
+                                                connectors: Make) -> None:
     """`mqtt.before_ack=error` fails the acknowledgements as a broken socket would: the connection drops
     and the broker redelivers (a duplicate, then acknowledged). `mqtt.handle=error` fails a hand-over: the
     messages stay unacknowledged, nothing is counted, and they come back after a reconnect."""
@@ -495,8 +499,7 @@ def test_failpoints_before_ack_and_at_hand_over(mosquitto: Server, unique: str,
 
     source = f"s-{unique}"
     topic = f"ioc/v1/events/{source}"
-    pipeline = make_pipeline()
-    connector = connectors(mosquitto, pipeline, client_id=f"ioc-{unique}", subscribe=[topic])
+    connector, pipeline = connectors(mosquitto, client_id=f"ioc-{unique}", subscribe=[topic])
     try:
         failpoints.configure("mqtt.before_ack=1*error")
         with capture_logs() as logs:
