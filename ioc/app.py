@@ -40,7 +40,7 @@ from ioc.areas import REFORM_NS, registry_from_settings
 from ioc.clock import EventClock
 from ioc.config import Settings
 from ioc.connectors.http_poll import HttpPoller
-from ioc.connectors.mqtt import MqttConnector
+from ioc.connectors.mqtt import MqttConnector, MqttPublisher, MqttSession
 from ioc.errors import ConfigError, SinkFull
 from ioc.evaluation import Evaluator
 from ioc.ingest.dedup import DedupIndex
@@ -84,12 +84,17 @@ class Daemon:
                                          on_refused=self._point_refused))
         else:  # CONTRACT §1: with no InfluxDB, metrics are kept in the embedded store
             self.sinks.append(LocalSink(settings.store.path, max_points=settings.store.local_max_points))
+        # MQTT: the session first, then its publisher (the pipeline's dead letters, the alerts), then the
+        # intake on the session, which feeds the pipeline.
+        mqtt_session = MqttSession(settings.mqtt) if settings.mqtt.enabled else None
+        self.mqtt_publisher = MqttPublisher(mqtt_session) if mqtt_session is not None else None
         self.pipeline = Pipeline(sinks=self.sinks, dedup=self.dedup, max_bytes=settings.http.max_body,
                                  max_items=settings.intake.max_items,
-                                 max_future=settings.intake.max_future)
-        self.mqtt = MqttConnector(settings.mqtt, self.pipeline, vendors=settings.vendors,
-                                  state_path=settings.store.path,
-                                  max_deliveries=settings.intake.max_deliveries) if settings.mqtt.enabled else None
+                                 max_future=settings.intake.max_future,
+                                 dead_letters=[self.mqtt_publisher] if self.mqtt_publisher is not None else [])
+        self.mqtt = MqttConnector(mqtt_session, self.pipeline, publisher=self.mqtt_publisher,
+                                  vendors=settings.vendors, state_path=settings.store.path,
+                                  max_deliveries=settings.intake.max_deliveries) if mqtt_session is not None else None
         self.poller = HttpPoller(settings.poll, self.pipeline) if settings.poll else None
         self._build_evaluation(settings)
         self.metrics.add(self.pipeline.metrics)
@@ -128,7 +133,7 @@ class Daemon:
         self.pushers = alertmanager_pushers(settings.alerts, http_port=settings.http.port)  # CONTRACT §9
         self.alerts = AlertManager.open(
             settings.store.path, settings=settings.alerts, areas=self.areas, resume=False,
-            notifiers=[*build_notifiers(settings.alerts, mqtt=self.mqtt, sink=self.sinks[0], stream=self.stream),
+            notifiers=[*build_notifiers(settings.alerts, mqtt=self.mqtt_publisher, sink=self.sinks[0], stream=self.stream),
                        *self.pushers])
         self.clock = EventClock()
         self.engine = RuleEngine(load_rules(settings.rules.resolved_paths()), areas=self.areas,
