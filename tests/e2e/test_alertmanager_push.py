@@ -1,0 +1,198 @@
+"""`ioc run` pushing its alerts to a real Alertmanager (Debian `prometheus-alertmanager`, CONTRACT §9):
+a firing alert is listed in Alertmanager's own `/api/v2/alerts` with its labels and routed to a receiver;
+it ends there when the alert resolves; an Alertmanager that was away gets the alert once it is back; a
+restarted daemon keeps Alertmanager hearing of what still fires."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.alertmanager_server import am_alerts, start_alertmanager
+from tests.e2e.daemon import VENDOR_TOKEN, DaemonProcess, make_daemon
+from tests.servers import Server
+
+RULES = """\
+rules:
+  - id: aqi-bad
+    kind: threshold
+    severity: critical
+    match: {type: telemetry, metric: env.aqi}
+    group_by: [area]
+    op: ">="
+    threshold: 151
+    clear: 120
+    summary: "VN_AQI {{ value }} tại {{ area_name }}"
+"""
+
+
+def wait_for(what: str, probe: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Receiver:
+    """Alertmanager's webhook receiver: records every notification it sends."""
+
+    def __init__(self) -> None:
+        self.notifications: list[dict[str, Any]] = []
+        received = self.notifications
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def statuses(self) -> list[str]:
+        return [n["status"] for n in list(self.notifications)]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    found = Receiver()
+    yield found
+    found.close()
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path, receiver: Receiver) -> Iterator[Server]:
+    server = start_alertmanager(tmp_path / "alertmanager", webhook_url=receiver.url)
+    yield server
+    server.stop()
+
+
+def daemon_for(tmp_path: Path, alertmanager: Server, mosquitto: Server, influxdb: Server, database: str,
+               unique: str, *, resend: str = "2s") -> DaemonProcess:
+    rules = tmp_path / "rules" / "aqi.yaml"
+    rules.parent.mkdir(exist_ok=True)
+    rules.write_text(RULES, encoding="utf-8")
+    extra = f"""
+[rules]
+paths = ["{rules}"]
+
+[alerts]
+external_url = "http://ioc.test:8080"
+
+[[alerts.alertmanagers]]
+url = "{alertmanager.url}"
+resend_interval = "{resend}"
+backoff_min = "100ms"
+backoff_max = "1s"
+labels = {{province = "60"}}
+"""
+    return make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
+                       client_id=f"ioc-{unique}", extra=extra)
+
+
+NO_MQTT = {"IOC_MQTT__ENABLED": "false"}  # events come over HTTP; the push needs no broker
+
+
+def post_aqi(daemon: DaemonProcess, event_id: str, value: float) -> None:
+    event = {"id": event_id, "source": "qtmt-aqi", "type": "telemetry", "time": datetime.now(UTC).isoformat(),
+             "metric": "env.aqi", "value": value, "area": "22723"}
+    response = httpx.post(f"{daemon.api}/api/v1/events", content=orjson.dumps(event), timeout=10,
+                          headers={"Authorization": f"Bearer {VENDOR_TOKEN}", "Content-Type": "application/json"})
+    assert response.status_code == 202 and response.json()["accepted"] == 1, response.text
+
+
+def daemon_alert(daemon: DaemonProcess, state: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{daemon.api}/api/v1/alerts", params={"state": state}, timeout=5)
+    return [a for a in response.json() if a["rule"] == "aqi-bad"]
+
+
+def ours(alertmanager: Server) -> list[dict[str, Any]]:
+    return [a for a in am_alerts(alertmanager) if a["labels"].get("alertname") == "aqi-bad"]
+
+
+def test_alerts_reach_a_real_alertmanager_and_end_there(tmp_path: Path, alertmanager: Server, receiver: Receiver,
+                                                         mosquitto: Server, influxdb: Server, database: str,
+                                                         unique: str) -> None:
+    daemon = daemon_for(tmp_path, alertmanager, mosquitto, influxdb, database, unique)
+    daemon.start(env=NO_MQTT)
+    try:
+        post_aqi(daemon, f"{unique}-1", 180)
+        [alert] = wait_for("the alert firing", lambda: daemon_alert(daemon, "firing"))
+        [listed] = wait_for("the alert in Alertmanager", lambda: ours(alertmanager))
+        assert listed["labels"] == {"alertname": "aqi-bad", "severity": "critical", "area": "22723",
+                                    "province": "60"}
+        assert listed["annotations"]["summary"] == alert["summary"]
+        assert listed["annotations"]["ioc_alert_id"] == alert["id"]
+        assert listed["annotations"]["value"] == "180"
+        assert listed["generatorURL"] == f"http://ioc.test:8080/api/v1/alerts/{alert['id']}"
+        assert listed["status"]["state"] == "active"
+        ends = datetime.fromisoformat(listed["endsAt"])
+        assert ends > datetime.now(UTC)  # firing: valid for a few resend intervals ahead
+        assert wait_for("the firing notification", lambda: "firing" in receiver.statuses())
+
+        # Re-sent while firing: Alertmanager's endsAt moves ahead.
+        wait_for("a re-send", lambda: [a for a in ours(alertmanager)
+                                       if datetime.fromisoformat(a["endsAt"]) > ends])
+
+        post_aqi(daemon, f"{unique}-2", 100)
+        wait_for("the alert resolved", lambda: daemon_alert(daemon, "resolved"))
+        wait_for("the alert gone from Alertmanager's active alerts", lambda: not ours(alertmanager))
+        resolved = wait_for("the resolved notification", lambda: [
+            n for n in list(receiver.notifications) if n["status"] == "resolved"])
+        assert resolved[0]["alerts"][0]["labels"]["area"] == "22723"
+
+        assert daemon.metric_sum("ioc_alertmanager_posts_total", outcome="ok") >= 3
+        assert daemon.metric_sum("ioc_alertmanager_posts_total", outcome="error") == 0
+        assert daemon.metric_sum("ioc_alertmanager_alerts_sent_total") >= 3
+        assert daemon.metric_sum("ioc_alertmanager_last_success_timestamp_seconds") > 0
+        assert daemon.metric_sum("ioc_alert_notifications_total", notifier=f"alertmanager:127.0.0.1:"
+                                 f"{alertmanager.port}", outcome="sent") >= 2
+    finally:
+        daemon.stop()
+
+
+def test_an_alertmanager_away_gets_the_alert_when_back_and_a_restart_keeps_it_active(
+        tmp_path: Path, alertmanager: Server, mosquitto: Server, influxdb: Server, database: str,
+        unique: str) -> None:
+    daemon = daemon_for(tmp_path, alertmanager, mosquitto, influxdb, database, unique, resend="1s")
+    daemon.start(env=NO_MQTT)
+    try:
+        alertmanager.stop()
+        post_aqi(daemon, f"{unique}-1", 200)
+        wait_for("the alert firing", lambda: daemon_alert(daemon, "firing"))
+        wait_for("failed posts", lambda: daemon.metric_sum("ioc_alertmanager_posts_total", outcome="error") >= 2)
+        assert daemon.metric_sum("ioc_alertmanager_queue_length") == 1
+        alertmanager.start()
+        wait_for("the alert in Alertmanager once it is back", lambda: ours(alertmanager))
+        assert daemon.metric_sum("ioc_alertmanager_queue_length") == 0
+
+        # A stopped daemon sends nothing: Alertmanager lets the alert end at its endsAt (4 x 1s ahead).
+        assert daemon.terminate() == 0
+        wait_for("the alert expired in Alertmanager", lambda: not ours(alertmanager))
+        # Restarted, nothing is re-notified, yet Alertmanager hears at once of what still fires.
+        daemon.start(env=NO_MQTT)
+        [listed] = wait_for("the alert active again", lambda: ours(alertmanager))
+        assert listed["annotations"]["ioc_alert_id"] == daemon_alert(daemon, "firing")[0]["id"]
+    finally:
+        daemon.stop()
