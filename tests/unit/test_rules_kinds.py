@@ -33,10 +33,10 @@ rules:
 
 def test_threshold_with_no_for_fires_at_once_and_resolves_when_the_value_drops() -> None:
     r = Recorder(threshold_rule())
-    r.feed(tel(0, 160, area="22723"), tel(60, 150, area="22723"))
+    r.feed(tel(0, 160, area="22945"), tel(60, 150, area="22945"))
     assert r.changes() == [("t", "firing", 0), ("t", "resolved", 60)]
     assert [u.summary for u in r.updates] == ["160 / 151", "150 / 151"]
-    assert r.updates[0].labels == {"area": "22723"} and r.updates[0].value == 160.0
+    assert r.updates[0].labels == {"area": "22945"} and r.updates[0].value == 160.0
 
 
 def test_for_goes_pending_then_firing_at_the_moment_it_was_due() -> None:
@@ -102,10 +102,10 @@ def test_each_operator(op: str, holds_for: list[int]) -> None:
 
 def test_per_level_thresholds_follow_the_registry_on_the_events_date() -> None:
     r = Recorder(threshold_rule(threshold="{province: 50, district: 20, commune: 10}"), areas=AREAS)
-    r.feed(tel(0, 12, area="22723"),    # a commune: 12 >= 10
-           tel(0, 12, area="60"),       # the province: 12 < 50
+    r.feed(tel(0, 12, area="22945"),    # a commune: 12 >= 10
+           tel(0, 12, area="68"),       # the province: 12 < 50
            tel(0, 999, area="99999"))   # not in the registry: not judged
-    assert r.states() == {("t", (("area", "22723"),)): "firing"}
+    assert r.states() == {("t", (("area", "22945"),)): "firing"}
     assert r.updates[0].summary == "12 / 10"
     # in 2024 area 593 was a district (threshold 20); it no longer exists in 2026
     old = Recorder(threshold_rule(threshold="{province: 50, district: 20}"), areas=AREAS)
@@ -117,7 +117,7 @@ def test_per_level_thresholds_follow_the_registry_on_the_events_date() -> None:
 
 def test_a_level_missing_from_the_map_is_not_judged() -> None:
     r = Recorder(threshold_rule(threshold="{province: 50}"), areas=AREAS)
-    r.feed(tel(0, 1000, area="22723"))
+    r.feed(tel(0, 1000, area="22945"))
     assert r.states() == {}
 
 
@@ -125,9 +125,9 @@ def test_threshold_target_uses_the_registrys_target_for_the_level() -> None:
     rule = threshold_rule(op="<", threshold="target").replace("match: {metric: m}",
                                                                "match: {metric: kpi.dossier.online_share}")
     r = Recorder(rule, areas=AREAS)
-    r.feed(tel(0, 70, metric="kpi.dossier.online_share", area="22723"),  # commune target 60
-           tel(0, 70, metric="kpi.dossier.online_share", area="60"))     # province target 90
-    assert r.states() == {("t", (("area", "60"),)): "firing"}
+    r.feed(tel(0, 70, metric="kpi.dossier.online_share", area="22945"),  # commune target 60
+           tel(0, 70, metric="kpi.dossier.online_share", area="68"))     # province target 90
+    assert r.states() == {("t", (("area", "68"),)): "firing"}
     assert r.updates[0].summary == "70 / 90"
 
 
@@ -147,10 +147,10 @@ def test_static_labels_and_area_name_in_the_summary() -> None:
     text = threshold_rule("    labels: {team: moi-truong}").replace(
         '"{{ value }} / {{ threshold }}"', '"Không khí xấu tại {{ area_name }}: {{ value }} ({{ team }})"')
     r = Recorder(text, areas=AREAS)
-    r.feed(tel(0, 170.256, area="22723"), tel(0, 170, area="88888"))
+    r.feed(tel(0, 170.256, area="22945"), tel(0, 170, area="88888"))
     assert [u.summary for u in r.updates] == ["Không khí xấu tại Phường Phan Thiết: 170.26 (moi-truong)",
                                               "Không khí xấu tại 88888: 170 (moi-truong)"]
-    assert r.updates[0].labels == {"area": "22723", "team": "moi-truong"}
+    assert r.updates[0].labels == {"area": "22945", "team": "moi-truong"}
 
 
 @pytest.mark.parametrize(("value", "text"), [(160.0, "160"), (12.345, "12.35"), (0.5, "0.5"), (-3.0, "-3"),
