@@ -384,24 +384,7 @@ class AlertmanagerPush:
             return len(self._tracked)
 
     def metrics(self) -> Iterable[Metric]:
-        with self._cond:
-            posts = {(self.name, outcome): float(n) for outcome, n in self.posts.items()}
-            sent, dropped, last = self.alerts_sent, self.alerts_dropped, self.last_success
-        label = ("alertmanager",)
-        yield counter("ioc_alertmanager_posts", "POSTs to an Alertmanager's /api/v2/alerts, by outcome (ok: 2xx; "
-                      "error: 5xx, 429, timeout or no connection, retried; refused: another 4xx).",
-                      ("alertmanager", "outcome"), posts)
-        yield counter("ioc_alertmanager_alerts_sent", "Alerts in POSTs an Alertmanager accepted (re-sends "
-                      "included).", label, {(self.name,): float(sent)})
-        yield counter("ioc_alertmanager_alerts_dropped", "Alert states never accepted: refused (4xx), or "
-                      "pushed out by a full queue or the end of the resolved retention.", label,
-                      {(self.name,): float(dropped)})
-        yield gauge("ioc_alertmanager_queue_length", "Alerts whose latest state is not posted yet.", label,
-                    {(self.name,): float(self.pending())})
-        yield gauge("ioc_alertmanager_alerts", "Alerts kept up to date there: firing, and resolved ones "
-                    "re-sent for 15 minutes.", label, {(self.name,): float(self.tracked())})
-        yield gauge("ioc_alertmanager_last_success_timestamp_seconds", "When a POST was last accepted (Unix "
-                    "time; 0: never).", label, {(self.name,): last})
+        return push_metrics(self)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no alert's latest state is owed a post; False on timeout (for tests)."""
@@ -423,6 +406,28 @@ class AlertmanagerPush:
                     self._cond.notify_all()
                 thread.join(max(1.0, self.settings.timeout + 1.0))
         self._client.close()
+
+
+def push_metrics(push: AlertmanagerPush) -> Iterable[Metric]:
+    """The `ioc_alertmanager_*` families of one pusher."""
+    # Plain reads of ints the posting thread bumps: a scrape may see one post's counts half applied.
+    posts = {(push.name, outcome): float(n) for outcome, n in dict(push.posts).items()}
+    sent, dropped, last = push.alerts_sent, push.alerts_dropped, push.last_success
+    label = ("alertmanager",)
+    yield counter("ioc_alertmanager_posts", "POSTs to an Alertmanager's /api/v2/alerts, by outcome (ok: 2xx; "
+                  "error: 5xx, 429, timeout or no connection, retried; refused: another 4xx).",
+                  ("alertmanager", "outcome"), posts)
+    yield counter("ioc_alertmanager_alerts_sent", "Alerts in POSTs an Alertmanager accepted (re-sends "
+                  "included).", label, {(push.name,): float(sent)})
+    yield counter("ioc_alertmanager_alerts_dropped", "Alert states never accepted: refused (4xx), or "
+                  "pushed out by a full queue or the end of the resolved retention.", label,
+                  {(push.name,): float(dropped)})
+    yield gauge("ioc_alertmanager_queue_length", "Alerts whose latest state is not posted yet.", label,
+                {(push.name,): float(push.pending())})
+    yield gauge("ioc_alertmanager_alerts", "Alerts kept up to date there: firing, and resolved ones "
+                "re-sent for 15 minutes.", label, {(push.name,): float(push.tracked())})
+    yield gauge("ioc_alertmanager_last_success_timestamp_seconds", "When a POST was last accepted (Unix "
+                "time; 0: never).", label, {(push.name,): last})
 
 
 def alertmanager_pushers(settings: AlertsSettings, *, http_port: int = 0,
