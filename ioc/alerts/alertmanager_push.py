@@ -94,7 +94,7 @@ def am_alert(alert: Alert, *, now: float, valid_for: float, extra_labels: Mappin
         ends = now + valid_for
     annotations = {"summary": alert.summary, "ioc_alert_id": alert.id, "ioc_fingerprint": alert.fingerprint}
     if alert.value is not None:
-        annotations["value"] = f"{alert.value:g}"
+        annotations["value"] = f"{alert.value:.15g}"  # 180.0 -> "180", 0.1 -> "0.1"
     if alert.runbook:
         annotations["runbook_url"] = alert.runbook
     if alert.acknowledged is not None:

@@ -116,6 +116,11 @@ def test_a_resolved_alert_ends_when_it_resolved_and_times_never_cross() -> None:
     assert ahead["startsAt"] == ahead["endsAt"] == am_time(NOW)
 
 
+def test_values_keep_their_digits() -> None:
+    assert am_alert(alert(value=1234567.5), now=NOW, valid_for=1)["annotations"]["value"] == "1234567.5"
+    assert "value" not in am_alert(alert(value=None), now=NOW, valid_for=1)["annotations"]
+
+
 def test_label_names_alertmanager_refuses_are_rewritten() -> None:
     assert label_name("area") == "area"
     assert label_name("cell-id") == "cell_id"
