@@ -1,16 +1,16 @@
-"""Scenario files (CONTRACT §6): a province, its subsystems, timed incidents and the alerts expected.
+"""Scenario files (simulators/README.md): a province, its subsystems, timed incidents and the alerts expected.
 
 ```yaml
 description: One commune's air goes bad for 20 minutes.
-province: {code: "60", areas: default}       # `areas`: a registry CSV (relative to this file) or default
+province: {code: "68", areas: default}       # `areas`: a registry CSV (relative to this file) or default
 duration: 40m                                 # one cycle; incidents repeat every cycle
 seed: 1
 subsystems:
-  environment: {rate: 0.5, stations: ["22723", "22744"]}
+  environment: {rate: 0.5, stations: ["22945", "22954"]}
 incidents:
-  - {kind: aqi-spike, area: "22723", at: 5m, for: 20m, peak: 185}
+  - {kind: aqi-spike, area: "22945", at: 5m, for: 20m, peak: 185}
 expect:                                       # exactly these alerts fire, by these offsets
-  - {rule: aqi-bad, labels: {area: "22723"}, by: 20m, resolved_by: 30m}
+  - {rule: aqi-bad, labels: {area: "22945"}, by: 20m, resolved_by: 30m}
 allow:                                        # these may fire too (noise a realistic day makes)
   - {rule: aqi-hour-avg}
 ```
@@ -57,7 +57,7 @@ class _Strict(BaseModel):
 
 
 class Province(_Strict):
-    code: str = "60"
+    code: str = "68"
     areas: str = "default"  # a registry CSV (relative to the scenario file), or the shipped sample
 
 
@@ -169,7 +169,7 @@ def _describe(error: ErrorDetails) -> str:
         loc = loc[1:]
     if error["type"] == "string_type":
         where = ".".join(str(part) for part in loc)
-        return f"{where}: expected a string (quote codes, e.g. \"22723\")"
+        return f"{where}: expected a string (quote codes, e.g. \"22945\")"
     return describe_error({**error, "loc": tuple(loc)})
 
 

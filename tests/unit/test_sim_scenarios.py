@@ -55,11 +55,11 @@ GOOD = """\
 description: test
 duration: 30m
 subsystems:
-  environment: {rate: 0.2, stations: ["22723"]}
+  environment: {rate: 0.2, stations: ["22945"]}
 incidents:
-  - {kind: aqi-spike, area: "22723", at: 5m, for: 10m}
+  - {kind: aqi-spike, area: "22945", at: 5m, for: 10m}
 expect:
-  - {rule: aqi-bad, labels: {area: "22723"}, by: 20m}
+  - {rule: aqi-bad, labels: {area: "22945"}, by: 20m}
 """
 
 BAD = [
@@ -68,24 +68,24 @@ BAD = [
     ("bad duration", GOOD.replace("duration: 30m", "duration: 30 minutes"), 2,
      "duration: '30 minutes' is not a duration"),
     ("bad incident duration", GOOD.replace("for: 10m", "for: ten"), 6, "incidents[0].for: 'ten' is not a duration"),
-    ("incident outside the registry", GOOD.replace('area: "22723", at', 'area: "99999", at'), 6,
+    ("incident outside the registry", GOOD.replace('area: "22945", at', 'area: "99999", at'), 6,
      "incidents[0].area: '99999' is not in the area registry"),
-    ("unquoted area code", GOOD.replace('area: "22723", at', "area: 22723, at"), 6,
-     'incidents[0].area: expected a string (quote codes, e.g. "22723")'),
+    ("unquoted area code", GOOD.replace('area: "22945", at', "area: 22945, at"), 6,
+     'incidents[0].area: expected a string (quote codes, e.g. "22945")'),
     ("unknown incident kind", GOOD.replace("kind: aqi-spike", "kind: flood"), 6,
      "incidents[0].kind: unknown kind 'flood'"),
     ("unknown rule", GOOD.replace("rule: aqi-bad", "rule: aqi-awful"), 8,
      "expect[0].rule: unknown rule 'aqi-awful' (not in the rule packs)"),
-    ("label the rule has not", GOOD.replace('labels: {area: "22723"}', 'labels: {entity: "x"}'), 8,
+    ("label the rule has not", GOOD.replace('labels: {area: "22945"}', 'labels: {entity: "x"}'), 8,
      "expect[0].labels.entity: rule 'aqi-bad' has no label 'entity'"),
     ("unknown key", GOOD.replace("duration: 30m", "duration: 30m\nspeed: 2"), 3, "speed: unknown key"),
     ("unknown subsystem key", GOOD.replace("rate: 0.2,", "rate: 0.2, colour: red,"), 4,
      "subsystems.environment.colour: unknown key"),
     ("incident of a subsystem not played",
-     GOOD.replace("expect:", "  - {kind: outage, area: '22723', at: 1m, for: 5m}\nexpect:"), 7,
+     GOOD.replace("expect:", "  - {kind: outage, area: '22945', at: 1m, for: 5m}\nexpect:"), 7,
      "incidents[1].kind: outage incidents need the cells subsystem"),
-    ("area without a station", GOOD.replace('area: "22723", at', 'area: "22744", at'), 6,
-     "incidents[0].area: '22744' has no station"),
+    ("area without a station", GOOD.replace('area: "22945", at', 'area: "22954", at'), 6,
+     "incidents[0].area: '22954' has no station"),
     ("YAML syntax", GOOD.replace("duration: 30m", "duration: [30m"), 3, "YAML syntax error"),
     ("expected after the duration", GOOD.replace("by: 20m", "by: 2h"), 8, "expect[0].by: is after the scenario"),
 ]
@@ -109,7 +109,7 @@ def test_a_bad_scenario_names_file_and_line_and_exits_2(tmp_path: Path, case: st
 def test_the_good_scenario_of_those_cases_loads(tmp_path: Path) -> None:
     path = tmp_path / "good.yaml"
     path.write_text(GOOD, encoding="utf-8")
-    assert load_scenario(path).incidents[0].area == "22723"
+    assert load_scenario(path).incidents[0].area == "22945"
 
 
 def test_an_unknown_scenario_name_and_bad_flags_exit_2() -> None:
@@ -151,7 +151,7 @@ def test_dossiers_keep_office_hours_and_the_channel_mix(province_day: list[dict[
     hours = WorkHours()
     dossiers = [e for e in province_day if e["type"] == "dossier"]
     # The backlog surge (at 6h, due 30m later) keeps no office hours: leave it out.
-    surge = {e["dossier_id"] for e in dossiers if e["area"] == "22723" and e["due_at"] == "2026-03-02T06:30:00.000+07:00"}
+    surge = {e["dossier_id"] for e in dossiers if e["area"] == "22945" and e["due_at"] == "2026-03-02T06:30:00.000+07:00"}
     assert len(surge) == 30
     normal = [e for e in dossiers if e["dossier_id"] not in surge]
 
@@ -207,21 +207,21 @@ def test_incidents_happen_where_and_when_the_scenario_says(province_day: list[di
     def offset(event: dict[str, object]) -> float:
         return datetime.fromisoformat(str(event["time"])).timestamp() - start
 
-    down = [e for e in province_day if e["source"] == "viettel-ran" and e["area"] == "22744"
+    down = [e for e in province_day if e["source"] == "viettel-ran" and e["area"] == "22954"
             and e["state"] == "down" and 3 * 3600 <= offset(e) < 3 * 3600 + 45 * 60]
-    assert {e["entity"] for e in down} == {"VTL-22744-01", "VTL-22744-02", "VTL-22744-03"}
-    assert not [e for e in province_day if e["source"] == "vnpt-ran" and e["area"] == "22744"
+    assert {e["entity"] for e in down} == {"VTL-22954-01", "VTL-22954-02", "VTL-22954-03"}
+    assert not [e for e in province_day if e["source"] == "vnpt-ran" and e["area"] == "22954"
                 and e["state"] == "down" and 3 * 3600 + 120 <= offset(e) < 3 * 3600 + 2700]
     silent = [e for e in province_day if e["source"] == "qtmt-aqi" and 12 * 3600 <= offset(e) < 12.5 * 3600]
     assert silent == []
-    bad_air = [e for e in province_day if e.get("metric") == "env.aqi" and e["area"] == "22723"
+    bad_air = [e for e in province_day if e.get("metric") == "env.aqi" and e["area"] == "22945"
                and float(e["value"]) >= 151]  # type: ignore[arg-type]
     assert bad_air and all(15 * 3600 <= offset(e) < 15 * 3600 + 2400 for e in bad_air)
     assert max(float(e["value"]) for e in bad_air) == pytest.approx(175, abs=15)  # type: ignore[arg-type]
     probes = [e for e in province_day if e["source"] == "ioc-probe" and e["entity"] == "mot-cua"
               and e["state"] == "down"]
     assert probes and all(18 * 3600 <= offset(e) < 18 * 3600 + 600 for e in probes)
-    surge = [e for e in province_day if e["type"] == "dossier" and e["area"] == "22723"
+    surge = [e for e in province_day if e["type"] == "dossier" and e["area"] == "22945"
              and e["status"] == "received" and 6 * 3600 <= offset(e) < 6 * 3600 + 1080
              and e["channel"] == "counter" and e["procedure"] == "2.000908"]
     assert len(surge) >= 30
