@@ -34,6 +34,9 @@ real broker. Should a paho release break it, `[mqtt] client = "paho"` runs the d
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.metadata
+import inspect
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,6 +44,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.client import MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion
 
 READ_SIZE = 65536
 _PUBLISH = 0x30
@@ -77,6 +81,48 @@ IN_PACKET_KEYS = ("command", "have_remaining", "remaining_count", "remaining_mul
                   "packet", "to_process", "pos")
 OUT_PACKET_KEYS = ("command", "mid", "qos", "pos", "to_process", "packet", "info")
 
+
+def paho_problems(client_class: type[mqtt.Client] = mqtt.Client, version: str | None = None) -> list[str]:
+    """What of FastClient's assumptions the installed paho breaks (empty: none): its version, the private
+    names and parameters in PAHO_PRIVATE, the packet records' keys. The session checks it before using
+    FastClient (and falls back to stock paho); tests/unit/test_fastclient_fence.py requires it empty."""
+    problems = []
+    version = version or importlib.metadata.version("paho-mqtt")
+    numbers = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    low, high = (tuple(int(part) for part in bound.split(".")) for bound in PAHO_VERSIONS)
+    if not low <= numbers < high:
+        problems.append(f"paho-mqtt {version} is outside {PAHO_VERSIONS[0]} <= version < {PAHO_VERSIONS[1]}")
+    client = client_class(CallbackAPIVersion.VERSION2)
+    for name, parameters in PAHO_PRIVATE.items():
+        if parameters is None:
+            if not hasattr(client, name):
+                problems.append(f"paho's Client has no attribute {name}")
+            continue
+        method = getattr(client_class, name, None)
+        if not callable(method):
+            problems.append(f"paho's Client has no method {name}")
+        elif tuple(inspect.signature(method).parameters) != parameters:
+            problems.append(f"paho's Client.{name} takes {tuple(inspect.signature(method).parameters)}, "
+                            f"not {parameters}")
+    problems += [f"paho.mqtt.client has no {name}" for name in PAHO_MODULE_PRIVATE if not hasattr(mqtt, name)]
+    in_packet = getattr(client, "_in_packet", None)  # paho-private
+    if not isinstance(in_packet, dict) or tuple(in_packet) != IN_PACKET_KEYS:
+        problems.append(f"paho's incoming packet record is {in_packet!r}, not keyed {IN_PACKET_KEYS}")
+    out_packets = getattr(client, "_out_packet", None)  # paho-private
+    if callable(getattr(client, "_packet_queue", None)) and hasattr(out_packets, "append"):
+        try:
+            client._packet_queue(_PUBLISH, b"", 0, 0)  # paho-private: no socket yet, so it stays queued
+            record = out_packets[-1] if out_packets else None  # type: ignore[index]
+        except Exception as error:  # noqa: BLE001  # whatever a changed paho raises is a finding
+            record = error
+        if not isinstance(record, dict) or tuple(record) != OUT_PACKET_KEYS:
+            problems.append(f"paho's outgoing packet record is {record!r}, not keyed {OUT_PACKET_KEYS}")
+    return problems
+
+@functools.cache
+def installed_paho_problems() -> tuple[str, ...]:
+    """`paho_problems()` of the installed paho, looked at once per process."""
+    return tuple(paho_problems())
 
 def _fresh_in_packet() -> Any:  # paho-private: the `_InPacket` TypedDict
     """paho's empty incoming-packet state (the same keys its `reconnect` and `_packet_read` set)."""

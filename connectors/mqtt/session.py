@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 import structlog
-from ioc.connectors.mqtt.fastclient import FastClient
+from ioc.connectors.mqtt.fastclient import FastClient, installed_paho_problems
 from ioc.connectors.mqtt.topics import EVENTS_FILTER, LEGACY_FILTER
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -154,7 +154,12 @@ class MqttSession:
 
     def _new_client(self, receiver: Receiver) -> mqtt.Client:
         settings = self.settings
-        kind = FastClient if settings.client == "fast" else mqtt.Client
+        kind: type[mqtt.Client] = FastClient if settings.client == "fast" else mqtt.Client
+        if kind is FastClient and (problems := installed_paho_problems()):
+            # A paho release FastClient was not made for: stock paho is slower, never wrong.
+            log.error("mqtt.fastclient_unfit", connector=self.name, problems=list(problems),
+                      effect='stock paho, as with [mqtt] client = "paho"')
+            kind = mqtt.Client
         client = kind(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
