@@ -1,4 +1,5 @@
-"""Hostile-input benchmark (issue 9, CONTRACT §7): what the worst payloads, clients and regexes cost `ioc run`.
+"""Hostile-input benchmark (issue 9, docs/operations.md): what the worst payloads, clients and regexes cost
+`ioc run`.
 
     python bench/hostile.py                       # everything, with the issue's sizes
     python bench/hostile.py --only flood --slowloris 200

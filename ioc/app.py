@@ -82,7 +82,7 @@ class Daemon:
         if settings.influx.url:
             self.sinks.append(InfluxSink(settings.influx, spool_path=settings.store.path,
                                          on_refused=self._point_refused))
-        else:  # CONTRACT §1: with no InfluxDB, metrics are kept in the embedded store
+        else:  # docs/configuration.md: with no InfluxDB, metrics are kept in the embedded store
             self.sinks.append(LocalSink(settings.store.path, max_points=settings.store.local_max_points))
         # MQTT: the session first, then its publisher (the pipeline's dead letters, the alerts), then the
         # intake on the session, which feeds the pipeline.
@@ -179,7 +179,7 @@ class Daemon:
 
     def reload_rules(self) -> bool:
         """SIGHUP: read the rule files again; a bad file is refused with its reasons and the old rules
-        stay (CONTRACT §5). True when the new rules were installed."""
+        stay (docs/rules.md). True when the new rules were installed."""
         try:
             rules = load_rules(self.settings.rules.resolved_paths())
         except ConfigError as error:
@@ -193,7 +193,7 @@ class Daemon:
         return True
 
     def problems(self) -> list[str]:
-        """Failing readiness checks, by name (CONTRACT §3 `/readyz`)."""
+        """Failing readiness checks, by name (docs/http-api.md `/readyz`)."""
         found: list[str] = []
         if self.mqtt is not None:
             found += self.mqtt.problems()

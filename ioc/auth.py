@@ -1,5 +1,5 @@
-"""Who is calling: bearer tokens -> vendors, operators and viewers (CONTRACT §1 `[[vendors]]`,
-`[[operators]]`, §7 `[[viewers]]`).
+"""Who is calling: bearer tokens -> vendors, operators and viewers (docs/configuration.md `[[vendors]]`,
+`[[operators]]`, docs/operations.md `[[viewers]]`).
 
 The config holds only the hex SHA-256 of each token, so a leaked config file leaks no credential. A request's
 token is hashed and the digest looked up in a dict.

@@ -1,4 +1,4 @@
-"""The `ioc` command (CONTRACT §1)."""
+"""The `ioc` command (docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The TOML con
 
 
 def _say(problem: str) -> None:
-    """A problem on stderr; any URL in it without its password (CONTRACT §7), whoever wrote the message."""
+    """A problem on stderr; any URL in it without its password (docs/operations.md), whoever wrote the
+    message."""
     typer.echo(redact_text(problem), err=True)
 
 

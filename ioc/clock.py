@@ -1,4 +1,4 @@
-"""The daemon's clock for timers judged on event time (CONTRACT §5: `for`, windows, absence, due dates).
+"""The daemon's clock for timers judged on event time (docs/rules.md: `for`, windows, absence, due dates).
 
 Rules and dossier timers run on event time, yet must also fire when no event arrives at all. The
 `EventClock` reconciles both: it is the latest event time seen, carried forward by the wall time that

@@ -1,4 +1,4 @@
-"""The daemon's configuration, declared once (CONTRACT §1).
+"""The daemon's configuration, declared once (docs/configuration.md).
 
 One TOML file, every key overridable by `IOC_<SECTION>__<KEY>`, secrets by `*_file`. Loading is strict:
 an unknown section or key is an error that names `file:line`, so a typo never passes as a default.
@@ -102,7 +102,7 @@ class HttpSettings(_Section):
     listen: str = "127.0.0.1:8080"
     max_body: Size = parse_size("8MiB")
     durable_wait: Duration = parse_duration("5s")  # how long a POST waits for its points to be durable before 202
-    # CONTRACT §7: what one client may hold. Past max_connections new connections are refused at once;
+    # docs/operations.md: what one client may hold. Past max_connections new connections are refused at once;
     # a client is closed when its headers, its whole body, or its idle keep-alive take longer than these.
     max_connections: int = Field(default=1024, ge=1, le=1_000_000)
     header_timeout: Duration = parse_duration("10s")
@@ -142,7 +142,7 @@ class MqttSettings(_Section):
     keepalive: int = Field(default=30, ge=5, le=65535)
     session_expiry: Duration = parse_duration("7d")
     receive_maximum: int = Field(default=65535, ge=1, le=65535)
-    subscribe: list[str] = ["ioc/v1/events/#"]  # every topic a vendor may publish under (CONTRACT §7)
+    subscribe: list[str] = ["ioc/v1/events/#"]  # every topic a vendor may publish under (docs/operations.md)
     share_group: str = ""  # MQTT 5 shared subscription group, to split intake across daemons
     reconnect_min: Duration = parse_duration("1s")
     reconnect_max: Duration = parse_duration("60s")
@@ -232,7 +232,7 @@ class IntakeSettings(_Section):
     dedup_window: Duration = parse_duration("24h")
     dedup_max_keys: int = Field(default=2_000_000, ge=0)
     max_future: Duration = parse_duration("5m")
-    # CONTRACT §7: items in one MQTT message or HTTP body; more is refused whole.
+    # docs/operations.md: items in one MQTT message or HTTP body; more is refused whole.
     max_items: int = Field(default=10_000, ge=1, le=1_000_000)
     # A message whose handling killed the process is handled at most this many times, counted across
     # restarts; then it is acknowledged and dead-lettered as `poison`.

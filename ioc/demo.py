@@ -1,4 +1,5 @@
-"""`ioc demo`: the whole system on one machine with nothing but the install (CONTRACT §1, §6).
+"""`ioc demo`: the whole system on one machine with nothing but the install (docs/operations.md,
+simulators/README.md).
 
 An embedded MQTT broker (`ioc.embedded_broker`: Mosquitto when installed, else amqtt in-process), the
 daemon with its SQLite store in a fresh folder, points kept in that store unless `IOC_INFLUX__URL` names

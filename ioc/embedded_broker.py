@@ -1,4 +1,5 @@
-"""The MQTT broker `ioc demo` brings along, so the demo needs no server installed (CONTRACT §1 "embedded").
+"""The MQTT broker `ioc demo` brings along, so the demo needs no server installed (docs/operations.md
+"embedded").
 
 Mosquitto when it is installed (fast, MQTT 5, persistent sessions), with a password file and an ACL
 generated from the demo's own config by `ioc.mosquitto_acl`, exactly as in production. Otherwise amqtt

@@ -1,4 +1,4 @@
-"""The event envelope of CONTRACT §2: the single source of truth for what a valid event is.
+"""The event envelope of docs/events.md: the single source of truth for what a valid event is.
 
 Every transport decodes into these models; nothing downstream re-checks what they guarantee.
 Validation is strict (no coercion, no unknown keys) so a vendor's mistake is named, not guessed at.
@@ -15,7 +15,7 @@ SOURCE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 METRIC_PATTERN = r"^[a-z][a-z0-9_.]*$"
 MAX_TAGS = 32
 
-# Tag keys the schema itself uses (CONTRACT §4); an event tag of the same name would overwrite them.
+# Tag keys the schema itself uses (docs/influxdb.md); an event tag of the same name would overwrite them.
 # `area_former`: the code an event carried before the intake converted it (CONTRACT §10, ioc.areas).
 RESERVED_TAG_KEYS = frozenset({"source", "area", "area_former", "entity", "time", "kpi", "level", "rule",
                                "severity"})

@@ -1,4 +1,4 @@
-"""Failpoints: faults triggered on purpose at named points of the event path (CONTRACT §7).
+"""Failpoints: faults triggered on purpose at named points of the event path (docs/operations.md).
 
 As etcd's gofail and TiKV's fail-rs do, a failpoint is a named place in the code where a test can make the
 daemon crash, stall or fail, by environment, without a special build:

@@ -1,7 +1,7 @@
-"""A derived indicator (CONTRACT §5 KPIs): the value the aggregators compute for one area.
+"""A derived indicator (docs/rules.md KPIs): the value the aggregators compute for one area.
 
 The aggregators (`ioc.aggregators`) produce `Kpi` values; the daemon writes each to InfluxDB as the
-`kpi` measurement (CONTRACT §4), serves the latest of each at `/api/v1/kpis`, sends it on the SSE stream
+`kpi` measurement (docs/influxdb.md), serves the latest of each at `/api/v1/kpis`, sends it on the SSE stream
 and feeds it back into the rule engine as telemetry of `source = "ioc"` (`Kpi.as_event`).
 """
 
@@ -55,7 +55,8 @@ class Kpi:
         )
 
     def as_json(self) -> dict[str, object]:
-        """The API/SSE shape (CONTRACT §3 kpi): `kpi`, `area`, `level`, `value`, `target`, `updated_at`."""
+        """The API/SSE shape (docs/http-api.md kpi): `kpi`, `area`, `level`, `value`, `target`,
+        `updated_at`."""
         return {
             "kpi": self.kpi,
             "area": self.area,

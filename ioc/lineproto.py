@@ -1,4 +1,4 @@
-"""InfluxDB line protocol for the schema of CONTRACT §4.
+"""InfluxDB line protocol for the schema of docs/influxdb.md.
 
 Rendering is on the hot path, so events are turned into lines by hand (influxdb-client's `Point` costs
 ~5 µs a point). Escaping follows what InfluxDB 1.x and the v2 API parse back exactly: in tag keys and
@@ -66,7 +66,7 @@ def _seconds(ns: int) -> float:
 
 
 def render_event(event: AnyEvent, time_ns: int | None = None) -> str:
-    """The point an event is stored as (CONTRACT §4); `time_ns` when the caller has it already."""
+    """The point an event is stored as (docs/influxdb.md); `time_ns` when the caller has it already."""
     if time_ns is None:
         time_ns = event_time_ns(event.time)
     if isinstance(event, TelemetryEvent):
@@ -146,7 +146,7 @@ def _unescape(text: str) -> str:
 
 
 def render_kpi(kpi: str, area: str, level: str, value: float, target: float | None, time_ns: int) -> str:
-    """The `kpi` measurement (CONTRACT §4): tags `kpi`, `area`, `level`; fields `value`, `target`."""
+    """The `kpi` measurement (docs/influxdb.md): tags `kpi`, `area`, `level`; fields `value`, `target`."""
     fields: dict[str, float | str | bool] = {"value": value}
     if target is not None:
         fields["target"] = target
@@ -155,7 +155,7 @@ def render_kpi(kpi: str, area: str, level: str, value: float, target: float | No
 
 def render_alert(rule: str, severity: str, area: str | None, state: str, fingerprint: str,
                  value: float | None, time_ns: int, *, entity: str | None = None) -> str:
-    """The `alert` measurement (CONTRACT §4): tags `rule`, `severity`, `area`; fields `state`,
+    """The `alert` measurement (docs/influxdb.md): tags `rule`, `severity`, `area`; fields `state`,
     `fingerprint`, `value` (left out when the alert has none, e.g. an absence).
 
     Extension: an `entity` tag for alerts grouped by entity, so two cell sites of one commune changing

@@ -1,7 +1,7 @@
 """structlog setup: JSON lines in production, a readable console on a TTY. Events have names
 (`sink.write_failed`), not prose; context goes in keys.
 
-The log never fills up (CONTRACT §7): a warning or error that repeats is written at most once per
+The log never fills up (docs/operations.md): a warning or error that repeats is written at most once per
 `REPEAT_WINDOW` seconds per logger and event; the next line of it that gets through carries
 `repeated=N`, the number held back since the last one. `RepeatLimiter` is that rule; the structlog
 processor `limit_repeats` applies it to the daemon's own events and `RepeatFilter` (a `logging.Filter`
@@ -26,7 +26,7 @@ import structlog
 from ioc.redact import redact_secrets
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-REPEAT_WINDOW = 10.0  # seconds: CONTRACT §7, "at most once per 10 s, with a count"
+REPEAT_WINDOW = 10.0  # seconds: docs/operations.md, "at most once per 10 s, with a count"
 # structlog method names at warning and above (the level names of `make_filtering_bound_logger`).
 _LIMITED_METHODS = frozenset({"warning", "warn", "error", "err", "exception", "critical", "fatal"})
 

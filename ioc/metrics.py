@@ -1,4 +1,4 @@
-"""Prometheus exposition of the daemon's own counters (CONTRACT §3 `/metrics`).
+"""Prometheus exposition of the daemon's own counters (docs/metrics.md `/metrics`).
 
 Hot paths count into plain dicts (a labelled prometheus_client counter costs ~1 µs an increment); a
 collector turns them into metric families at scrape time. Components register a `collect()` callable.

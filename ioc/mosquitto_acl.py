@@ -1,4 +1,4 @@
-"""Mosquitto's `password_file` and `acl_file`, generated from the config's `[[vendors]]` (CONTRACT §3).
+"""Mosquitto's `password_file` and `acl_file`, generated from the config's `[[vendors]]` (docs/transports.md).
 
 One source of truth: who may publish which source is already in the config (a vendor's `sources`), so the
 broker's ACL is derived from it rather than kept by hand. A vendor's MQTT username is its `name` and its

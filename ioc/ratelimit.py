@@ -1,4 +1,5 @@
-"""Per-vendor rate limits (CONTRACT §1 `rate`, §3 `429`, §7 "Vendor fairness"): token buckets, pure logic.
+"""Per-vendor rate limits (docs/configuration.md `rate`, docs/transports.md `429`, docs/operations.md "Vendor
+fairness"): token buckets, pure logic.
 
 HTTP asks for a whole request (`take`: all or nothing, answered with `Retry-After`); MQTT asks for a
 burst of messages and refuses the excess one by one (`take_up_to`). Each transport has its own buckets.

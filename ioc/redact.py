@@ -1,5 +1,5 @@
-"""Secrets kept out of what the daemon shows (CONTRACT §7): no token, password or password in a URL in a log
-line, an error message, an API answer or `/readyz`.
+"""Secrets kept out of what the daemon shows (docs/operations.md): no token, password or password in a URL in
+a log line, an error message, an API answer or `/readyz`.
 
 The configuration keeps passwords and tokens as `SecretStr` (shown as `**********`) and bearer tokens only
 as their SHA-256, so the one secret that travels in plain text is a URL with credentials in it, such as

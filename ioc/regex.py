@@ -3,8 +3,8 @@
 Operators' patterns meet values that come from vendors' events, so they are RE2 (`google-re2`), as in
 Alertmanager and Prometheus (Go's regexp is RE2 too): matching takes time linear in the value whatever the
 pattern, where Python's backtracking `re` took 22 s on `(a+)+$` against 30 characters, with the GIL held,
-so the whole daemon froze (CONTRACT §7). RE2 has no backreferences and no lookarounds; such a pattern is
-refused with a reason that says so.
+so the whole daemon froze (docs/operations.md). RE2 has no backreferences and no lookarounds; such a pattern
+is refused with a reason that says so.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The embedded SQLite store (CONTRACT §1 `[store]`): one file for spooled points, dedup keys and,
+"""The embedded SQLite store (docs/configuration.md `[store]`): one file for spooled points, dedup keys and,
 later, alerts, silences and open dossiers. Each component opens its own connection (SQLite connections
 belong to one thread); WAL lets the readers and the one writer at a time proceed together."""
 

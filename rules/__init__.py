@@ -1,4 +1,4 @@
-"""The rule engine (CONTRACT §5): rule files in, alert state changes out.
+"""The rule engine (docs/rules.md): rule files in, alert state changes out.
 
 - `ioc.rules.loader.load_rules(paths)` reads rule YAML into a `RuleSet` (or a ConfigError naming file:line).
 - `ioc.rules.engine.RuleEngine` judges events and the passing of event time, reporting `AlertUpdate`s.

@@ -1,6 +1,6 @@
 """The rule engine: events and the passing of time in, alert state changes (`AlertUpdate`) out.
 
-Time is event time (CONTRACT §5): the engine's clock is the latest of the event times it has seen and
+Time is event time (docs/rules.md): the engine's clock is the latest of the event times it has seen and
 the times given to `advance` (the daemon calls it with the wall clock, so absences and timers fire when
 no event comes); it never moves backwards. Before an event is judged the clock is advanced to its time,
 so every timer due before it (a `for` that ran out, a window sample that expired, an absence deadline)
@@ -374,7 +374,7 @@ class RuleEngine:
                now: float, at: float | None = None) -> list[Change]:
         """Apply a judgement made on an event of time `at` (default `now`). An event older than the
         engine's clock (a late source, a replay, a vendor clock behind another's) is judged at its own
-        time — `for` counts from when its condition began (CONTRACT §5: event time) — and the timers
+        time — `for` counts from when its condition began (docs/rules.md: event time) — and the timers
         then catch up to `now`."""
         rule = runtime.rule
         if judgement is None:

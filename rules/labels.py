@@ -1,4 +1,4 @@
-"""The labels of an event (CONTRACT §5): `type`, `source`, `area`, `entity` (status), `metric`
+"""The labels of an event (docs/rules.md): `type`, `source`, `area`, `entity` (status), `metric`
 (telemetry) and each tag. A built-in label shadows a tag of the same name.
 
 `group_by` picks labels; an event that lacks one is grouped with that label absent, so its group key

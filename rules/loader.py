@@ -1,4 +1,4 @@
-"""Reading rule files (CONTRACT §5): `load_rules(paths)` -> RuleSet, or ConfigError with every problem.
+"""Reading rule files (docs/rules.md): `load_rules(paths)` -> RuleSet, or ConfigError with every problem.
 
 A path is a YAML file or a folder of `*.yaml` files (not recursive, in name order). Each file is a
 mapping `rules: [rule, ...]`. Every problem of every file is collected and reported as `file:line:

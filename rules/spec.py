@@ -1,4 +1,4 @@
-"""What a rule says (CONTRACT §5): the fields every kind shares, `match`, comparisons and the RuleSet.
+"""What a rule says (docs/rules.md): the fields every kind shares, `match`, comparisons and the RuleSet.
 
 Rules are strict pydantic models (`extra="forbid"`: a misspelt key is an error, never a default). Each
 kind (`ioc.rules.kinds`) subclasses `RuleBase` with its own `kind` literal and fields; the union of them,
@@ -43,7 +43,7 @@ OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
     "!=": operator.ne,
 }
-# Labels every event may have besides its tags (CONTRACT §5). A tag of the same name is shadowed.
+# Labels every event may have besides its tags (docs/rules.md). A tag of the same name is shadowed.
 BUILTIN_LABELS = ("type", "source", "area", "entity", "metric")
 # Names a summary may use besides the group's labels.
 TEMPLATE_VALUES = ("value", "threshold", "area_name")
@@ -64,7 +64,7 @@ class Pattern(_Strict):
     @field_validator("re")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        compile_regex(value)  # ValueError naming what RE2 refuses (CONTRACT §7: linear-time matching)
+        compile_regex(value)  # ValueError naming what RE2 refuses (docs/operations.md: linear-time matching)
         return value
 
     def compiled(self) -> Any:

@@ -1,4 +1,4 @@
-"""Rule unit tests (CONTRACT §5, `ioc rules test FILE...`), in the manner of `promtool test rules`.
+"""Rule unit tests (docs/rules.md, `ioc rules test FILE...`), in the manner of `promtool test rules`.
 
 A test file names rule files (relative to itself), optionally an area registry, a `start` time and
 tests: timed input events and, at given offsets, exactly the alerts expected in each state. Each test

@@ -1,7 +1,7 @@
 """The life of one alert (a rule and one group of labels): inactive -> pending -> firing -> resolved.
 
 Kinds only say whether their condition holds and on what value; this module owns the timing every kind
-shares (CONTRACT §5): `for` (pending until the condition has held that long) and `keep_firing_for`
+shares (docs/rules.md): `for` (pending until the condition has held that long) and `keep_firing_for`
 (after the condition stops, a firing alert stays firing that long; a pending one resolves at once).
 All times are event time in Unix seconds.
 """

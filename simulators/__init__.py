@@ -1,4 +1,4 @@
-"""Simulators of a province's subsystems (CONTRACT §6): scenarios played as contract events.
+"""Simulators of a province's subsystems (simulators/README.md): scenarios played as contract events.
 
 A scenario (`simulators/scenarios/*.yaml`, see `ioc.simulators.scenario`) names a province from an area
 registry, the subsystems that report from it (`ioc.simulators.subsystems`), timed incidents and the alerts

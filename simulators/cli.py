@@ -1,4 +1,5 @@
-"""`ioc sim` (CONTRACT §6): `run`, `list` and `verify` scenarios. Also `python -m ioc.simulators.cli`.
+"""`ioc sim` (simulators/README.md): `run`, `list` and `verify` scenarios. Also `python -m
+ioc.simulators.cli`.
 
 Exit codes: 0 done; 1 the play failed (nothing reachable, events refused) or `verify` found
 differences; 2 a bad scenario or flag (`file:line: message`), before anything is sent.

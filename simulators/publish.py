@@ -1,4 +1,4 @@
-"""Publishers: how a vendor sends events to the IOC daemon (CONTRACT §3), written as a worked example.
+"""Publishers: how a vendor sends events to the IOC daemon (docs/transports.md), written as a worked example.
 
 `open_publisher(url, ...)` picks one by the URL:
 

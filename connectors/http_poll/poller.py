@@ -157,7 +157,7 @@ async def probe(client: httpx.AsyncClient, target: PollTarget) -> Probe:
 
 
 def status_event(target: PollTarget, probe: Probe) -> dict[str, Any]:
-    """The CONTRACT §2 `status` event of a probe: id `{entity}-{probe time in ms}`."""
+    """The docs/events.md `status` event of a probe: id `{entity}-{probe time in ms}`."""
     millis = str(int(probe.at * 1000))
     event: dict[str, Any] = {
         "id": f"{target.entity[:MAX_ID - len(millis) - 1]}-{millis}",

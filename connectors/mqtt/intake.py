@@ -6,7 +6,7 @@ sink's spool), so a crash or an outage never loses an acknowledged event: the br
 unacknowledged, and the pipeline's dedup recognises the repeats.
 
 Messages are gathered while more wait in the socket and handed over as one burst (see
-Pipeline.ingest_batch for why). Hostile vendors (CONTRACT §7): a vendor's `rate` holds here too (the
+Pipeline.ingest_batch for why). Hostile vendors (docs/operations.md): a vendor's `rate` holds here too (the
 excess is refused before it is decoded: acknowledged, dead-lettered `rate_limited`, counted), and a message
 whose handling kills the process is quarantined after `max_deliveries` crashes (see poison.py).
 """

@@ -1,4 +1,4 @@
-"""Poison messages (CONTRACT §7): a message whose handling kills the process is handled at most
+"""Poison messages (docs/operations.md): a message whose handling kills the process is handled at most
 `[intake] max_deliveries` times, counted across restarts; then it is acknowledged and dead-lettered as
 `poison`, unprocessed. Without this, a QoS 1 message that crashes the daemon is redelivered by the broker
 on every restart: a crash loop, a permanent outage.

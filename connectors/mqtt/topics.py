@@ -1,10 +1,10 @@
-"""The topics of CONTRACT §3 and §7 as the MQTT connector uses them."""
+"""The topics of docs/transports.md and docs/operations.md as the MQTT connector uses them."""
 
 from __future__ import annotations
 
 EVENTS_PREFIX = "ioc/v1/events/"
 EVENTS_FILTER = "ioc/v1/events/#"
-# The default subscription before CONTRACT §7 "Topics"; a session resumed with both it and
+# The default subscription before docs/operations.md "Topics"; a session resumed with both it and
 # `ioc/v1/events/#` would get every event twice, so it is unsubscribed (see MqttSession).
 LEGACY_FILTER = "ioc/v1/events/+"
 DEAD_LETTER_PREFIX = "ioc/v1/deadletter/"

@@ -1,4 +1,4 @@
-"""Aggregators: dossier and status events -> the derived indicators (KPIs) of CONTRACT §5.
+"""Aggregators: dossier and status events -> the derived indicators (KPIs) of docs/rules.md.
 
 An aggregator sees every accepted event (`observe`), is told when the clock moves (`advance`), keeps its
 state in the SQLite store so a restart loses nothing (`close` writes what is buffered) and hands each KPI

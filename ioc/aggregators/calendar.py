@@ -1,4 +1,4 @@
-"""Working days and KPI periods in Asia/Ho_Chi_Minh (CONTRACT §5: near-due and the rates' period).
+"""Working days and KPI periods in Asia/Ho_Chi_Minh (docs/rules.md: near-due and the rates' period).
 
 A working day is Monday to Friday, less the dates of `[kpis] holidays_file` (by default the shipped
 `ioc/data/holidays-vn.txt`). A dossier is near-due from 00:00 of the first day D after which at most

@@ -1,4 +1,4 @@
-"""The dossier tracker: one-stop-shop dossiers (hồ sơ TTHC) -> the `kpi.dossier.*` indicators (CONTRACT §5).
+"""The dossier tracker: one-stop-shop dossiers (hồ sơ TTHC) -> the `kpi.dossier.*` indicators (docs/rules.md).
 
 Every dossier (key: source + dossier_id) is in SQLite (table `agg_dossiers`), the durable copy that a
 restart reloads. Open ones are also held in memory in a compact form: a dict key -> slot and parallel

@@ -1,4 +1,4 @@
-"""The status tracker: the latest state of every entity -> `kpi.coverage.*` (CONTRACT §5).
+"""The status tracker: the latest state of every entity -> `kpi.coverage.*` (docs/rules.md).
 
 An entity (key: source + entity, e.g. a cell site of `viettel-ran`) counts in the area of its latest
 status event and in that area's ancestors. `kpi.coverage.down` is the number of the area's known entities

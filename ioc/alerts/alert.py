@@ -1,4 +1,5 @@
-"""An alert: one episode of a rule group's condition, as operators see it (CONTRACT §3 "alert", §5).
+"""An alert: one episode of a rule group's condition, as operators see it (docs/http-api.md "alert",
+docs/rules.md).
 
 An `Alert` is an immutable snapshot; the alert manager replaces it on every change, so a snapshot handed
 to a notifier (maybe delivered later from a queue) never changes under it.
@@ -78,7 +79,7 @@ class Alert:
         return {"rule": self.rule, "alertname": self.rule, "severity": self.severity, **self.labels}
 
     def as_json(self) -> dict[str, object]:
-        """The contract's alert shape (CONTRACT §3), plus `runbook`, `inhibited`, `silenced_by`."""
+        """The contract's alert shape (docs/http-api.md), plus `runbook`, `inhibited`, `silenced_by`."""
         acknowledged = self.acknowledged
         return {
             "id": self.id,

@@ -4,7 +4,7 @@
 [alerts]
 resolved_retention = "30d"     # resolved alerts are kept (and listed by ?state=resolved) this long
 resolved_max = 10000           # ... and at most this many (the oldest go first)
-silence_retention = "5d"       # expired silences stay listed this long (CONTRACT §3), then are purged
+silence_retention = "5d"       # expired silences stay listed this long (docs/http-api.md), then are purged
 audit_retention = "365d"       # operators' actions (acks, silences) are kept this long
 
 [[alerts.webhooks]]

@@ -2,7 +2,7 @@
 
 `apply(update)` takes every `AlertUpdate` of the rule engine. A fingerprint (rule + group labels) has at
 most one active alert, an *episode*: it starts pending (or firing, for a rule without `for`), fires, and
-resolves; the next episode is a new alert with a new `id` and the same fingerprint (CONTRACT §5). Only a
+resolves; the next episode is a new alert with a new `id` and the same fingerprint (docs/rules.md). Only a
 firing alert can be acknowledged; the acknowledgement ends with the episode.
 
 A change goes down the notification pipeline: the muting stages (`ioc.alerts.muting`: inhibition, then

@@ -4,7 +4,7 @@ As in Alertmanager's `notify` pipeline, inhibition and silences are two stages b
 `Muter` (Alertmanager's `types.Muter`): is this alert muted now, and by whom? Inhibition runs first, then
 silences; each stage writes who mutes the alert onto it (`Alert.inhibited_by`, `Alert.silenced_by`), so
 every notifier after them reads one flag, `Alert.silenced`, and decides what a muted alert gets (the
-record-keepers take every change; the pagers skip muted alerts: CONTRACT §5).
+record-keepers take every change; the pagers skip muted alerts: docs/rules.md).
 
 Muting is derived, never stored. `Muting.refresh` works it out again for the active alerts when what the
 stages look at changes: a silence made, updated or expired, or passing its start or end (`due`), or an

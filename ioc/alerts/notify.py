@@ -1,4 +1,5 @@
-"""Notification: a chain of notifiers, each told of every change of every alert (CONTRACT §3, §5).
+"""Notification: a chain of notifiers, each told of every change of every alert (docs/http-api.md,
+docs/rules.md).
 
 Every notifier has one small method, `notify(alert, change)`, and decides for itself what a muted alert
 gets: the record-keepers (SSE stream, retained MQTT state, InfluxDB) take every change, silenced or not;
@@ -202,7 +203,7 @@ class MqttNotifier:
 
 
 class InfluxNotifier:
-    """Each state change as a point of the `alert` measurement (CONTRACT §4), at the change's event time.
+    """Each state change as a point of the `alert` measurement (docs/influxdb.md), at the change's event time.
 
     Acknowledgements and muting are not state changes and write nothing. Never waits: a full sink is a
     NotifyError (counted), not a stalled alert manager. Durable: settled when the sink has the point

@@ -1,6 +1,6 @@
 """Silences, as in Alertmanager: label matchers and a time span during which matching alerts are muted.
 
-A silence never stops an alert from being recorded (CONTRACT §5): a silenced alert is stored, listed
+A silence never stops an alert from being recorded (docs/rules.md): a silenced alert is stored, listed
 (`silenced: true`), sent on the SSE stream and kept in its retained MQTT state; only webhooks and
 `ioc/v1/alerts/{rule}` skip it. Its `status` follows the wall clock: `pending` before `starts_at`,
 `active` until `ends_at`, then `expired`. Deleting a silence expires it (`ends_at` = now), so it stays

@@ -1,4 +1,4 @@
-"""What an operator asks for when making a silence: `SilenceRequest`, validated strictly (CONTRACT §3).
+"""What an operator asks for when making a silence: `SilenceRequest`, validated strictly (docs/http-api.md).
 
 Both APIs build one: `POST /api/v1/silences` parses its body into it directly; Alertmanager's
 `POST /api/v2/silences` (`ioc.api.alertmanager_v2`) translates its `PostableSilence` into it. What

@@ -1,4 +1,4 @@
-"""SQLite persistence of alerts, the operators' audit log and the notification outbox (CONTRACT §1
+"""SQLite persistence of alerts, the operators' audit log and the notification outbox (docs/configuration.md
 `[store]`). Silences keep their own table in the same file (`ioc.alerts.silence.SilenceStore`).
 
 Active alerts are all loaded at start-up (the manager keeps them in memory); resolved ones are kept for

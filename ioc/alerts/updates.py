@@ -18,7 +18,7 @@ SEVERITY_RANK: dict[str, int] = {"critical": 3, "warning": 2, "info": 1}
 
 
 def fingerprint(rule: str, labels: Mapping[str, str]) -> str:
-    """An alert's identity: the rule id plus its group labels (CONTRACT §5), as 16 hex digits.
+    """An alert's identity: the rule id plus its group labels (docs/rules.md), as 16 hex digits.
 
     Stable across restarts and processes (sha256 of a canonical form, never Python's `hash`)."""
     canonical = rule + "\x00" + "\x00".join(f"{key}\x01{labels[key]}" for key in sorted(labels))

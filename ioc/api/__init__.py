@@ -1,4 +1,4 @@
-"""The daemon's HTTP API (CONTRACT §3): event intake for vendors, health, readiness and metrics."""
+"""The daemon's HTTP API (docs/http-api.md): event intake for vendors, health, readiness and metrics."""
 
 from ioc.api.app import create_app
 from ioc.api.server import HttpServer, serve

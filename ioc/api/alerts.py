@@ -1,4 +1,4 @@
-"""The operators' API (CONTRACT §3): alerts, acknowledgements, silences and KPIs.
+"""The operators' API (docs/http-api.md): alerts, acknowledgements, silences and KPIs.
 
 Reading needs no token (the wall display reads these); every change needs an operator token
 (`ioc.auth.require("operator")`: 401 without or with a bad token, 403 with a vendor's) and is written to

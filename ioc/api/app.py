@@ -1,4 +1,4 @@
-"""The HTTP API assembled (CONTRACT §3): routers, error shape, request counters, OpenAPI.
+"""The HTTP API assembled (docs/http-api.md): routers, error shape, request counters, OpenAPI.
 
 Every error is `{"error": "..."}` with a 4xx status for anything the caller sent (unknown route, wrong
 method, bad parameters, bad body); a 5xx means a bug or an overloaded daemon, never bad input.
@@ -93,10 +93,10 @@ class RequestCounter:
 
 
 class ReadAccess:
-    """Pure ASGI middleware for `[http] public_read = false` (CONTRACT §7): every request needs the bearer
-    token of a vendor, an operator or a viewer, else 401, except `/healthz` and `/readyz` (orchestrators
-    probe them without credentials) and the wall display's shell, `GET /` and `/static/...`: static HTML,
-    JavaScript and CSS with no data in them, which must load before the page can ask for a token.
+    """Pure ASGI middleware for `[http] public_read = false` (docs/operations.md): every request needs the
+    bearer token of a vendor, an operator or a viewer, else 401, except `/healthz` and `/readyz`
+    (orchestrators probe them without credentials) and the wall display's shell, `GET /` and `/static/...`:
+    static HTML, JavaScript and CSS with no data in them, which must load before the page can ask for a token.
 
     Only *whether* a caller is known is checked here, before routing; what each kind may do stays the
     route's own check (`ioc.auth.require`: a viewer's token cannot acknowledge). Installed only when

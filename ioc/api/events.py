@@ -1,4 +1,4 @@
-"""`POST /api/v1/events`: the HTTP push intake for vendors (CONTRACT §3), read top to bottom:
+"""`POST /api/v1/events`: the HTTP push intake for vendors (docs/http-api.md), read top to bottom:
 
 auth (401/403) -> content type (415) -> body with a byte limit (413) -> decode -> every event's source is
 the vendor's (403, nothing admitted) -> room in the sinks (503) -> rate (429) -> admit in a worker thread

@@ -1,4 +1,4 @@
-"""`/healthz`, `/readyz` and `/metrics` (CONTRACT §3): what orchestrators and Prometheus scrape.
+"""`/healthz`, `/readyz` and `/metrics` (docs/metrics.md): what orchestrators and Prometheus scrape.
 
 `/healthz` says only that the process answers; `/readyz` runs the daemon's readiness checks (broker
 connected, every sink can take points) and names the failing ones; `/metrics` renders the registry.

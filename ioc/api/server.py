@@ -5,7 +5,7 @@ server stops (`HttpServer.shutdown()` or `stop()`), and a port that cannot be bo
 the reason instead of uvicorn's `SystemExit`. The socket is bound here, before uvicorn starts, so the
 error is the operating system's own (`Address already in use`) and port 0 works (tests read `.port`).
 
-Hostile clients (CONTRACT §7). uvicorn has a keep-alive timeout but no header or body timeout, and its
+Hostile clients (docs/operations.md). uvicorn has a keep-alive timeout but no header or body timeout, and its
 `limit_concurrency` answers 503 only once a request's headers are in, which a slowloris client never
 sends. So the server runs its own HTTP protocol class, `GuardedH11Protocol`, a subclass of uvicorn's h11
 protocol given to `uvicorn.Config(http=...)`:

@@ -1,4 +1,4 @@
-"""`GET /api/v1/stream`: Server-Sent Events of alert and KPI changes (CONTRACT §3), for the wall display.
+"""`GET /api/v1/stream`: Server-Sent Events of alert and KPI changes (docs/http-api.md), for the wall display.
 
 `Broadcaster.publish(event, data)` may be called from any thread (the rule engine's, an aggregator's, a
 request's): the frame is serialised once and handed to each client's asyncio queue with

@@ -1,4 +1,4 @@
-"""The wall display's routes (CONTRACT §3 `GET /`): the page, its static assets, and the small read-only
+"""The wall display's routes (docs/http-api.md `GET /`): the page, its static assets, and the small read-only
 APIs it needs besides alerts, silences, KPIs and the stream.
 
 - `GET /` the page (Vietnamese; `?lang=en` English), with the province's name filled in on the server so

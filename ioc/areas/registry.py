@@ -2,7 +2,7 @@
 
 Vietnam's administrative map changes by decree (since 2025-07-01 there is no district level), so every
 row has an effective period `[valid_from, valid_to)` and every question takes a date. Level targets of
-the KPIs (CONTRACT §5) are versioned the same way, in a second file.
+the KPIs (docs/rules.md) are versioned the same way, in a second file.
 
 After load nothing reads a file: the rule engine asks `is_within` and `level_of` for every event, so
 answers come from dicts, and the chain of ancestors is built once per (code, period in which no row of

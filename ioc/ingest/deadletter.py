@@ -1,4 +1,5 @@
-"""The dead-letter body of CONTRACT §3 and §7: `{"reason", "payload"}`, at most 64 KiB of the payload.
+"""The dead-letter body of docs/transports.md and docs/operations.md: `{"reason", "payload"}`, at most 64 KiB
+of the payload.
 
 The payload is the rejected item's text, or base64 of its bytes with `"encoding": "base64"` when they are
 not UTF-8. A payload longer than `DEAD_LETTER_MAX_BYTES` is cut there, at a UTF-8 character boundary when

@@ -1,4 +1,4 @@
-"""Bytes from a transport -> validated events or specific rejections (CONTRACT §2, §7).
+"""Bytes from a transport -> validated events or specific rejections (docs/events.md, docs/operations.md).
 
 One payload may hold one event, a JSON array of events, or (HTTP) NDJSON. Each item is judged alone:
 a bad item becomes a `Rejection` naming the field and what was wrong, and never takes its neighbours down.

@@ -1,4 +1,4 @@
-"""The items of a payload, counted and split without a Python object per nested value (CONTRACT §7).
+"""The items of a payload, counted and split without a Python object per nested value (docs/operations.md).
 
 A payload holds at most `[intake] max_items` items; more is refused whole, so the count comes before any
 parsing, must be exact (a legit array of 5,000 events holds ~60,000 commas) and must cost memory in

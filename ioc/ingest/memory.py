@@ -1,4 +1,4 @@
-"""Giving memory back to the system after a big payload (CONTRACT §7: RSS returns near its baseline).
+"""Giving memory back to the system after a big payload (docs/operations.md: RSS returns near its baseline).
 
 Python frees a payload's objects at once, but glibc keeps much of what it freed:
 - its thresholds follow the largest block ever freed: after one 8 MiB payload, blocks of up to 8 MiB come

@@ -2,7 +2,7 @@
 
 Transports call `ingest` (or `decode` then `admit`, when they must look at the events first, as the HTTP
 API does to answer 403). The pipeline is a serial section guarded by one lock; it counts everything by
-CONTRACT §3's rule: received = accepted + rejected + duplicate, per source.
+docs/metrics.md's rule: received = accepted + rejected + duplicate, per source.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class Pipeline:
         # Called once per admitted batch with its accepted events: the seam of the evaluation thread
         # (aggregators, rules), which must cost the intake no more than a hand-over.
         self.batch_listeners: list[BatchListener] = []
-        # The counters of CONTRACT §3 (received = accepted + rejected + duplicate, per source) change
+        # The counters of docs/metrics.md (received = accepted + rejected + duplicate, per source) change
         # together once per batch, after the hand-over to the sinks (which may wait for room), under a
         # lock of their own that a scrape takes too: no scrape sees a batch half counted.
         self._counts_lock = threading.Lock()

@@ -25,7 +25,7 @@ class Outcome(Protocol):
 
 
 class Intake(Protocol):
-    """The intake as a transport sees it. Every call validates, deduplicates, counts (CONTRACT §3) and
+    """The intake as a transport sees it. Every call validates, deduplicates, counts (docs/transports.md) and
     dead-letters what it rejects; `on_durable` runs once the accepted points are durable everywhere, and
     `timeout` bounds the wait for room in the sinks (None: wait)."""
 

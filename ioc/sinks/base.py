@@ -5,7 +5,7 @@ sink calls the callbacks in the order it received them, once the points handed w
 them) are durable: written to the database, or to the sink's spool. The MQTT connector acknowledges a
 QoS 1 message from that callback, which is why order matters (MQTT wants PUBACKs in arrival order).
 
-Counting rule (CONTRACT §3): every point handed to a sink is, at any quiet moment, exactly one of
+Counting rule (docs/metrics.md): every point handed to a sink is, at any quiet moment, exactly one of
 written, dead_lettered, dropped (with a reason), still queued, or spooled.
 """
 

@@ -1,5 +1,5 @@
 // The operations-center wall: KPI tiles against their targets, the live alert feed, the areas by their
-// worst alert and the health of each subsystem, kept live over Server-Sent Events (CONTRACT §3).
+// worst alert and the health of each subsystem, kept live over Server-Sent Events (docs/http-api.md).
 //
 // Data: GET /api/v1/areas, /alerts (+ ?state=resolved), /kpis, /silences, /sources, /telemetry at load
 // and after every reconnect; then `alert` and `kpi` events from /api/v1/stream. When the stream drops,

@@ -1,7 +1,7 @@
 """The checker: what must hold whatever the nemesis did.
 
 During the run, `Monitor` (a thread):
-- scrapes `/metrics` every `scrape_every` seconds and checks the counting rule of CONTRACT §3 on every
+- scrapes `/metrics` every `scrape_every` seconds and checks the counting rule of docs/metrics.md on every
   scrape: per source received = accepted + rejected + duplicate; per sink handed = written +
   dead_lettered + dropped + queue + spool;
 - reads the daemon's VmRSS (`/proc/PID/status`) every `rss_every` seconds; past `rss_kill_mib` it kills
@@ -54,7 +54,7 @@ def read_rss_mib(pid: int) -> float | None:
 
 
 def counting_rule_problems(text: str) -> list[str]:
-    """The breaches of CONTRACT §3's counting rules in one scrape (empty when it holds)."""
+    """The breaches of docs/metrics.md's counting rules in one scrape (empty when it holds)."""
     values: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -1,7 +1,7 @@
 """The generator: known events over MQTT QoS 1 and HTTP, and a record of every acknowledgement.
 
 Event `i` of a stream is `{"id": "<stream>-<i>", "source": <stream's source>, "metric": <stream's metric>,
-"value": i, "time": BASE + i µs}`. InfluxDB stores no event id (CONTRACT §4: the point is the metric's
+"value": i, "time": BASE + i µs}`. InfluxDB stores no event id (docs/influxdb.md: the point is the metric's
 series at the event's time), so the time identifies the event: one microsecond apart, each event is its
 own point, and a point's value must be its index. A rewrite of the same event is the same point (by
 design: a replay after a crash is idempotent), so "exactly once" means one point per acknowledged event

@@ -1,4 +1,4 @@
-"""The chaos suite's short profile (CONTRACT §7, issue 9): every fault kind of the nemesis once, in an
+"""The chaos suite's short profile (docs/operations.md, issue 9): every fault kind of the nemesis once, in an
 order drawn from a seed, against `ioc run` with a real Mosquitto and InfluxDB, under MQTT QoS 1 and HTTP
 load; then every check of `tests/chaos/checker.py` must hold. About three minutes on a 2-core machine.
 

@@ -166,7 +166,7 @@ def make_daemon(tmp_path: Path, *, mqtt_url: str, influx_url: str, database: str
 
 
 def assert_counting_rule(daemon: DaemonProcess) -> None:
-    """CONTRACT §3: received = accepted + rejected + duplicate per source; every point handed to a sink
+    """docs/metrics.md: received = accepted + rejected + duplicate per source; every point handed to a sink
     is written, dead-lettered, dropped, queued or spooled."""
     samples = daemon.metrics()
     sources = {dict(labels)["source"] for (name, labels) in samples if name == "ioc_events_received_total"}

@@ -1,4 +1,4 @@
-"""Fuzzing of every HTTP route and of MQTT payloads with hypothesis (CONTRACT §7: bad input never gets
+"""Fuzzing of every HTTP route and of MQTT payloads with hypothesis (docs/operations.md: bad input never gets
 a 5xx; every message is accepted or dead-lettered).
 
 Two settings profiles: `fuzz-short` (the pytest run: derandomized, so CI sees the same cases every time)

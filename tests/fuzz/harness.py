@@ -1,7 +1,8 @@
 """The fuzzing harness: a real `ioc run` (tests/e2e/daemon.py) against real Mosquitto and InfluxDB, a
 sender per transport, the oracle, and a tally per target.
 
-The oracle (CONTRACT §7, "bad input never gets a 5xx"; §3 "nothing is dropped silently"):
+The oracle (docs/operations.md, "bad input never gets a 5xx"; docs/transports.md "nothing is dropped
+silently"):
 - HTTP: no status >= 500 (`/readyz` may say 503: that is its job, not an answer to input), no
   connection dropped by the server, the process alive, `/healthz` answering after each batch.
 - MQTT: every message is accepted, a duplicate, or dead-lettered. One message may hold several items
@@ -700,7 +701,7 @@ def load_case(path: Path) -> HttpCase | bytes:
 
 
 def settle_counts(daemon: DaemonProcess, timeout: float = 30.0) -> tuple[list[str], dict[str, float]]:
-    """Once intake is idle: what breaks CONTRACT §3's counting rule (empty when it holds) and the sinks'
+    """Once intake is idle: what breaks docs/metrics.md's counting rule (empty when it holds) and the sinks'
     outcomes ({"written": n, "dead_lettered": n, ...}). A point a sink refused after its event was
     accepted (a time no store holds, say) is a vendor told "stored" wrongly: `dead_lettered` must stay 0."""
     deadline = time.monotonic() + timeout

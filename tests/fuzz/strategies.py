@@ -1,7 +1,7 @@
-"""Structure-aware hypothesis strategies for hostile input (CONTRACT §2, §7).
+"""Structure-aware hypothesis strategies for hostile input (docs/events.md, docs/operations.md).
 
 The generators start from what the daemon expects, so most cases get past the first check and reach
-deep code: valid events built from the models of `ioc.envelope` (CONTRACT §2), then mutated one way or
+deep code: valid events built from the models of `ioc.envelope` (docs/events.md), then mutated one way or
 several (a field dropped, a wrong type, numbers no double holds, times no store holds, odd Unicode,
 long strings, unknown or repeated keys, deep nesting, arrays of mixed junk), then serialised by our own
 writer, which can say what a Python object cannot (`1e400`, bare `NaN`, an escaped lone surrogate, a
@@ -241,7 +241,7 @@ def junk() -> st.SearchStrategy[Any]:
     return st.integers(0, 9).flatmap(lambda n: deep_nesting() if n == 9 else nested)
 
 
-# --- valid events (CONTRACT §2), then mutated --------------------------------------------------------------
+# --- valid events (docs/events.md), then mutated ------------------------------------------------------------
 
 METRICS = ("env.aqi", "env.pm25", "net.latency_ms", "svc.up", "kpi.dossier.open", "a", "z9._")
 _metric = st.one_of(st.sampled_from(METRICS), st.from_regex(r"[a-z][a-z0-9_.]{0,20}", fullmatch=True))
@@ -428,8 +428,8 @@ def outcomes_allowed(payload: bytes, *, max_items: int = 10_000) -> range | tupl
     A JSON array of n items (1 <= n <= max_items), by the JSON grammar (RFC 8259: UTF-8, no BOM; `1e400`,
     10**30 and an escaped lone surrogate are grammatical), yields n, one per item, or 1 when the daemon
     refuses the message whole (say, nested deeper than its parser goes); anything else exactly 1 (one
-    event, or one dead letter for bad JSON, bad UTF-8, an empty or an oversized batch: CONTRACT §7 "none
-    vanishes"). An array too deep for Python's parser to count: anywhere from 1 to its commas + 1."""
+    event, or one dead letter for bad JSON, bad UTF-8, an empty or an oversized batch: docs/operations.md
+    "none vanishes"). An array too deep for Python's parser to count: anywhere from 1 to its commas + 1."""
     if payload.lstrip(b" \t\r\n")[:1] != b"[":
         return (1,)
     try:

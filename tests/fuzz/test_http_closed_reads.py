@@ -1,4 +1,4 @@
-"""Every route fuzzed again with `[http] public_read = false` (CONTRACT §7 "Reads can be closed"): the
+"""Every route fuzzed again with `[http] public_read = false` (docs/operations.md "Reads can be closed"): the
 token checks run on every route then, so junk tokens (bytes that are not UTF-8, a token twice, a
 viewer's on a write) reach more code. No 5xx, no crash, the daemon alive."""
 

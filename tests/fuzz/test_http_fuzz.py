@@ -1,4 +1,4 @@
-"""Every route of the daemon's OpenAPI document, fuzzed over a real `ioc run` (CONTRACT §7: bad input
+"""Every route of the daemon's OpenAPI document, fuzzed over a real `ioc run` (docs/operations.md: bad input
 never gets a 5xx, on any route: out-of-range durations and times, wrong types, huge numbers, unknown
 keys, bad UTF-8).
 
@@ -113,7 +113,7 @@ def test_raw_requests_a_client_library_would_not_send(http: HttpFuzzer, known: K
 
 def test_after_the_fuzzing_the_counts_add_up_and_no_accepted_point_is_refused_later(
         http: HttpFuzzer, fuzz_daemon: DaemonProcess) -> None:
-    """Runs last: every item posted was counted (CONTRACT §3), and no event answered as accepted was
+    """Runs last: every item posted was counted (docs/transports.md), and no event answered as accepted was
     dead-lettered by InfluxDB afterwards (a time no store holds, say)."""
     problems, outcomes = settle_counts(fuzz_daemon)
     assert not problems, (problems, outcomes)

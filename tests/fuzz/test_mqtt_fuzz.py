@@ -1,4 +1,4 @@
-"""MQTT payloads fuzzed over a real `ioc run` and Mosquitto (CONTRACT §7: every message a vendor can
+"""MQTT payloads fuzzed over a real `ioc run` and Mosquitto (docs/operations.md: every message a vendor can
 publish under `ioc/v1/events/` is received and either accepted or dead-lettered with a reason; none
 vanishes; no payload takes the daemon down).
 

@@ -1,4 +1,5 @@
-"""Alert changes across a crash of `ioc run` (CONTRACT §3 "alerts out", §5 alert life cycle, §7; issue 9).
+"""Alert changes across a crash of `ioc run` (docs/transports.md "alerts out", docs/rules.md alert life cycle,
+docs/operations.md; issue 9).
 
 Measured on 3c5b46e (and on f10270f, by the chaos suite: 8-14 changes lost per short run, 106 in 30 minutes):
 a threshold rule with no `for` and a webhook; a value over the threshold, the webhook gets `firing`; SIGKILL

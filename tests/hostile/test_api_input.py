@@ -1,5 +1,5 @@
-"""Hostile input on the operators' API through a real `ioc run` (CONTRACT §7 "Regular expressions", "Bad
-input never gets a 5xx"): an evil silence regex meeting long labels never freezes the daemon, and every
+"""Hostile input on the operators' API through a real `ioc run` (docs/operations.md "Regular expressions",
+"Bad input never gets a 5xx"): an evil silence regex meeting long labels never freezes the daemon, and every
 bad parameter, time, duration or body of every operator route is answered 4xx with the field named.
 
 Measured on 3c5b46e: the matcher `(a+)+$` (`=~`) and an event with a 30-character tag froze the process

@@ -1,4 +1,4 @@
-"""Hostile HTTP clients against `ioc run` (CONTRACT §7 "HTTP clients"), measured on commit 3c5b46e:
+"""Hostile HTTP clients against `ioc run` (docs/operations.md "HTTP clients"), measured on commit 3c5b46e:
 500 slowloris connections were held 30 s and none closed; idle connections up to the file descriptor
 limit made `/healthz` and `POST /api/v1/events` time out while asyncio logged a traceback per failed
 accept (634,879 of them in ~20 s); 300 SSE clients all got in over a cap of 256.

@@ -1,5 +1,5 @@
-"""The log never fills up (CONTRACT §7): a repeated warning or error is written at most once per 10 s per
-logger and event, and the next one through says how many were held back. On 3c5b46e asyncio logged
+"""The log never fills up (docs/operations.md): a repeated warning or error is written at most once per 10 s
+per logger and event, and the next one through says how many were held back. On 3c5b46e asyncio logged
 `socket.accept() out of system resource` with a traceback 634,879 times (251 MB) in ~20 s."""
 
 from __future__ import annotations

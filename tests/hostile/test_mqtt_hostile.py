@@ -1,4 +1,5 @@
-"""The MQTT connector under hostile vendors (CONTRACT §7 "Poison messages", "Vendor fairness", "Topics").
+"""The MQTT connector under hostile vendors (docs/operations.md "Poison messages", "Vendor fairness",
+"Topics").
 
 Measured on 3c5b46e:
 - a message whose handling killed the process (an 8 MiB `[{},...]`) crash-looped the daemon on every restart,
@@ -556,7 +557,7 @@ publish_all("127.0.0.1", port, ((topic, body[i % len(body)]) for i in range(coun
 def test_a_flooding_vendor_does_not_delay_another(mosquitto: Server, unique: str, tmp_path: Path) -> None:
     """Vendor `flood` (rate 200) sends 5,000 QoS 1 events a second, three times what the intake can take
     (each point costs it 0.6 ms here), while vendor `quiet` sends 10 a second: the excess is refused before
-    it costs anything, so every quiet event is accepted within 1 s of being published (CONTRACT §7).
+    it costs anything, so every quiet event is accepted within 1 s of being published (docs/operations.md).
     Without the limit the intake falls behind by two seconds every second."""
     flood_src, quiet_src = f"flood-{unique}", f"quiet-{unique}"
     settings = MqttSettings(url=mosquitto.url, client_id=f"ioc-{unique}", session_expiry=60,  # type: ignore[arg-type]

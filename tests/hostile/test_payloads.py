@@ -1,5 +1,5 @@
-"""Hostile payloads against a real `ioc run` with Mosquitto and InfluxDB (issue 9; CONTRACT §7 "Payload size
-and shape", "Bad input never gets a 5xx"). Each test is a failure measured on 3c5b46e:
+"""Hostile payloads against a real `ioc run` with Mosquitto and InfluxDB (issue 9; docs/operations.md "Payload
+size and shape", "Bad input never gets a 5xx"). Each test is a failure measured on 3c5b46e:
 
 - a 1 MiB body of ~349k empty objects: 202 after 8.6 s and 1.5 GB of RSS that stayed; over MQTT, 8 MiB
   went past 13.5 GB. Now: refused whole (`too many items`), memory in proportion to the payload;

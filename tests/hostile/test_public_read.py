@@ -1,4 +1,4 @@
-"""Reads can be closed (CONTRACT §7): with `[http] public_read = false` every route except `/healthz`,
+"""Reads can be closed (docs/operations.md): with `[http] public_read = false` every route except `/healthz`,
 `/readyz` and the wall's shell (its HTML, JavaScript and CSS, which hold no data and must load before the
 page can ask for a token) needs the bearer token of a vendor, an operator or a viewer; `/metrics` takes it
 as Prometheus sends it; the SSE stream takes it in the `Authorization` header (never in the URL). Through a

@@ -1,5 +1,5 @@
 """Rule files' `{re: PATTERN}` meet vendors' values on every event: RE2, so no pattern can freeze the
-daemon (CONTRACT §7), and what RE2 cannot do is refused at load with the reason."""
+daemon (docs/operations.md), and what RE2 cannot do is refused at load with the reason."""
 
 from __future__ import annotations
 

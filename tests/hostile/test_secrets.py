@@ -1,4 +1,4 @@
-"""Secrets never shown (CONTRACT §7): no password, token or password in a URL in a log line, an error
+"""Secrets never shown (docs/operations.md): no password, token or password in a URL in a log line, an error
 message, an API answer, `/readyz`, `/metrics` or `ioc check`; a URL with credentials is shown as
 `scheme://user:***@host:port`.
 

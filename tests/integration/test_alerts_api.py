@@ -1,4 +1,4 @@
-"""The operators' API (CONTRACT §3 alerts, silences, KPIs, SSE stream) through a real uvicorn server on a
+"""The operators' API (docs/http-api.md alerts, silences, KPIs, SSE stream) through a real uvicorn server on a
 loopback port with an httpx client; the alert manager's store is a SQLite file of the test's own."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The HTTP API (CONTRACT §3) through a real uvicorn server on a loopback port, with an httpx client.
+"""The HTTP API (docs/http-api.md) through a real uvicorn server on a loopback port, with an httpx client.
 
 The pipeline has no sinks (its `on_durable` runs at once) unless a test gives it a test-double sink to
 exercise back-pressure (503) and the wait for durability.

@@ -66,7 +66,8 @@ def metric(sink: InfluxSink, name: str, **labels: str) -> float:
 
 
 def assert_counting_rule(sink: InfluxSink) -> None:
-    """CONTRACT §3: every point handed to the sink is written, dead-lettered, dropped, queued or spooled."""
+    """docs/metrics.md: every point handed to the sink is written, dead-lettered, dropped, queued or
+    spooled."""
     values = metric_values(sink)
 
     def of(name: str) -> float:

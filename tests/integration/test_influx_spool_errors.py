@@ -1,4 +1,4 @@
-"""The InfluxDB sink when its spool's disk fails (CONTRACT §7): the batch is held in memory, never
+"""The InfluxDB sink when its spool's disk fails (docs/operations.md): the batch is held in memory, never
 acknowledged before it is durable somewhere, never dropped, and the sink goes on once the disk or the
 database takes it. Also the failpoints of the sink: `spool.write`, `spool.after_write`, `sink.before_write`.
 """

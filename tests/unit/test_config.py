@@ -1,4 +1,4 @@
-"""Config loading (CONTRACT §1): strict, file:line errors, env overrides, secrets from files."""
+"""Config loading (docs/configuration.md): strict, file:line errors, env overrides, secrets from files."""
 
 from __future__ import annotations
 

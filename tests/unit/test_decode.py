@@ -1,4 +1,4 @@
-"""Validation of the envelope (CONTRACT §2): every bad input gets a specific reason naming the field."""
+"""Validation of the envelope (docs/events.md): every bad input gets a specific reason naming the field."""
 
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def test_dossier_event() -> None:
     assert message.startswith("status: must be one of 'received', 'processing'") and message.endswith("got 'lost'")
 
 
-# --- times no store can hold (CONTRACT §7) ----------------------------------------------------------------
+# --- times no store can hold (docs/operations.md) -----------------------------------------------------------
 
 @pytest.mark.parametrize(
     ("field", "value"),
@@ -174,7 +174,7 @@ def test_the_ends_of_the_time_range_are_valid() -> None:
         assert isinstance(decode_one(event), Accepted), value
 
 
-# --- size and shape (CONTRACT §7) -------------------------------------------------------------------------
+# --- size and shape (docs/operations.md) --------------------------------------------------------------------
 
 def test_more_items_than_allowed_is_one_rejection_of_the_whole_payload() -> None:
     for payload in (orjson.dumps([{}] * 11), orjson.dumps([GOOD] * 11), b"[" + b"1," * 10 + b"1]"):

@@ -1,4 +1,5 @@
-"""Line protocol rendering (CONTRACT §4). Round trips through real servers are in the integration tests."""
+"""Line protocol rendering (docs/influxdb.md). Round trips through real servers are in the integration
+tests."""
 
 from __future__ import annotations
 

@@ -212,7 +212,7 @@ def test_a_failing_listener_does_not_stop_intake() -> None:
     assert seen == ["a", "b"]
 
 
-# --- hostile payloads (CONTRACT §7) ----------------------------------------------------------------------
+# --- hostile payloads (docs/operations.md) ------------------------------------------------------------------
 
 def test_too_many_items_is_one_rejection_and_one_dead_letter_of_the_whole_payload() -> None:
     pipeline, letters = make()

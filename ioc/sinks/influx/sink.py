@@ -22,7 +22,7 @@ Failures:
   takes nothing more from the queue (back-pressure, as for a full spool); each probe retries the held
   batch into InfluxDB, then into the spool, until one takes it. `problems()` names the failure meanwhile.
 
-Counting rule (CONTRACT §3), true at every instant a scrape sees under the lock: handed = written +
+Counting rule (docs/metrics.md), true at every instant a scrape sees under the lock: handed = written +
 dead_lettered + dropped + queue + spool, where the queue gauge includes the batch being written.
 """
 

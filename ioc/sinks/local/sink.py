@@ -1,9 +1,9 @@
-"""Points kept in the embedded store (CONTRACT §1 `[influx] url = ""`: "metrics kept only in the
+"""Points kept in the embedded store (docs/configuration.md `[influx] url = ""`: "metrics kept only in the
 embedded store"), so `ioc demo` and small installs keep their history with no database to run.
 
 Each `submit` is one SQLite transaction, so the points are durable when it returns and `on_durable`
 runs at once, in order. The table is a ring: past `max_points` the oldest go (counted as evicted; they
-had been written, so the counting rule of CONTRACT §3 still holds: handed = written). `recent()` reads
+had been written, so the counting rule of docs/metrics.md still holds: handed = written). `recent()` reads
 them back as line protocol for tools and tests.
 """
 
