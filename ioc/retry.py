@@ -9,7 +9,9 @@ not stall a queue).
 
 Built on tenacity (its wait strategies, stop conditions and retry loop):
 - `RetryPolicy.retrying(...)` is a `tenacity.Retrying` for code that retries a call in a loop of its own
-  (notifiers): attempts, which errors are worth another try, an abort event that ends the waiting.
+  (notifiers): attempts, which errors are worth another try, an abort event that ends the waiting;
+  `retrying_async(...)` the same in asyncio, for a call that answers "later" with its result (the HTTP
+  poll connector's hand-over to a full intake).
 - `Backoff` is for clients whose loop belongs to someone else (paho's reconnect thread, the sink's probe
   clock): `failed()` gives the next delay, `reset()` after a success.
 Errors carry the server's hint as a `retry_after` attribute in seconds (SinkError, NotifyError): the wait
@@ -25,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import tenacity
 from tenacity.wait import wait_base
@@ -113,8 +116,7 @@ class RetryPolicy:
         Retries the errors `retry_on` accepts; the last error is raised as itself when the attempts are
         used up or it is not retryable. With `abort`: no attempt starts once it is set, and a wait it cuts
         short raises `Aborted`."""
-        stop: tenacity.stop.stop_base = (tenacity.stop_after_attempt(self.max_attempts) if self.max_attempts > 0
-                                         else tenacity.stop_never)
+        stop = self._stop()
         sleep: Callable[[float], None] = time.sleep
         if abort is not None:
             stop = stop | tenacity.stop_when_event_set(abort)
@@ -126,6 +128,32 @@ class RetryPolicy:
         return tenacity.Retrying(
             sleep=sleep, stop=stop, wait=wait_equal_jitter(self.backoff_min, self.backoff_max, rand),
             retry=tenacity.retry_if_exception(retry_on), before_sleep=before_sleep, reraise=True)
+
+    def retrying_async(self, *, retry_result: Callable[[Any], bool],
+                       retry_on: Callable[[BaseException], bool] = lambda error: False,
+                       within: float | None = None,
+                       before_sleep: Callable[[tenacity.RetryCallState], None] | None = None,
+                       rand: Rand = random.uniform) -> tenacity.AsyncRetrying:
+        """The same for asyncio (its waits are `asyncio.sleep`, so a cancelled task stops waiting), for a
+        call that answers "later" with a result (`retry_result`) rather than an error. `within`: seconds
+        after which no attempt starts. When the attempts are used up, the last result is returned (or the
+        last error raised)."""
+        stop = self._stop()
+        if within is not None:
+            stop = stop | tenacity.stop_after_delay(within)
+        return tenacity.AsyncRetrying(
+            stop=stop, wait=wait_equal_jitter(self.backoff_min, self.backoff_max, rand),
+            retry=tenacity.retry_if_result(retry_result) | tenacity.retry_if_exception(retry_on),
+            before_sleep=before_sleep, retry_error_callback=_last_outcome)
+
+    def _stop(self) -> tenacity.stop.stop_base:
+        return tenacity.stop_after_attempt(self.max_attempts) if self.max_attempts > 0 else tenacity.stop_never
+
+
+def _last_outcome(state: tenacity.RetryCallState) -> Any:
+    """What the last attempt returned, or its error raised: no tenacity.RetryError for the caller."""
+    assert state.outcome is not None
+    return state.outcome.result()
 
 
 class Backoff:

@@ -146,3 +146,41 @@ def test_an_abort_ends_the_wait_at_once() -> None:
             with attempt:
                 call()
     assert calls == 2
+
+
+async def test_async_retrying_retries_a_later_answer_until_it_is_taken() -> None:
+    answers = ["later", "later", "taken"]
+    slept: list[float] = []
+
+    async def call() -> str:
+        return answers.pop(0)
+
+    retrying = RetryPolicy(0, 0.01, 0.02).retrying_async(
+        retry_result=lambda answer: answer == "later", rand=LOW,
+        before_sleep=lambda state: slept.append(state.upcoming_sleep))
+    assert await retrying(call) == "taken"
+    assert slept == [MIN_DELAY, MIN_DELAY] and answers == []
+
+
+async def test_async_retrying_gives_the_last_answer_when_time_is_up() -> None:
+    calls = 0
+
+    async def call() -> str:
+        nonlocal calls
+        calls += 1
+        return "later"
+
+    started = time.monotonic()
+    retrying = RetryPolicy(0, 0.05, 0.1).retrying_async(retry_result=lambda answer: answer == "later",
+                                                        within=0.3)
+    assert await retrying(call) == "later"  # no tenacity.RetryError: the caller sees the answer
+    assert 2 <= calls and time.monotonic() - started < 10
+    assert await RetryPolicy(2, 0.05, 0.1).retrying_async(retry_result=lambda answer: True)(call) == "later"
+
+
+async def test_async_retrying_raises_an_error_it_does_not_retry() -> None:
+    async def call() -> str:
+        raise Refused(retryable=False)
+
+    with pytest.raises(Refused):
+        await RetryPolicy(5, 0.01, 0.02).retrying_async(retry_result=lambda answer: False)(call)
