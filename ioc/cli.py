@@ -178,6 +178,16 @@ rules_app = typer.Typer(help="Rule files: unit tests (`ioc rules test`).", no_ar
 app.add_typer(rules_app, name="rules")
 
 
+def _add_areas() -> None:
+    """`ioc areas ...`: the area registry's own typer app (ioc/areas/cli.py)."""
+    from ioc.areas.cli import areas_app
+
+    app.add_typer(areas_app, name="areas")
+
+
+_add_areas()
+
+
 @rules_app.command("test")
 def rules_test(
     files: Annotated[list[Path], typer.Argument(help="Rule test files (YAML, CONTRACT §5).")],
