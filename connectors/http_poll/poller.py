@@ -3,7 +3,9 @@
 Each `[[poll]]` target is probed every `interval` with a GET; the answer becomes `up` (an expected status
 within `degraded_after`), `degraded` (an expected status, but slower) or `down` (another status, a
 connection error or no answer within `timeout`), with `detail` saying why. The event goes through
-`pipeline.ingest` as JSON, so it is validated, deduplicated and counted like a vendor's.
+`intake.ingest` as JSON, so it is validated, deduplicated and counted like a vendor's. A hand-over the
+intake refuses for now (its sinks full or failing) is tried again with the daemon's one backoff
+(ioc/retry.py) until the next probe is due; a probe itself is never retried (a failed one is data: `down`).
 
 Targets are probed concurrently, each on its own schedule; one target failing (or the code probing it
 failing) never delays or stops the others.
@@ -22,19 +24,23 @@ from typing import Any
 import httpx
 import orjson
 import structlog
+import tenacity
 from prometheus_client.core import Metric
 
 from ioc import __version__
 from ioc.config import PollTarget
 from ioc.envelope import StatusState
-from ioc.ingest.pipeline import Pipeline
+from ioc.ingest.port import Intake, Outcome, retry_later
 from ioc.metrics import MetricSource, counter, gauge
+from ioc.retry import RetryPolicy
 
 log = structlog.get_logger("ioc.connectors.http_poll")
 
 MIN_INTERVAL = 0.05  # a zero interval would spin
 MAX_DETAIL = 1024  # the envelope's limit on `detail`
 MAX_ID = 128  # the envelope's limit on `id`
+# Hand-overs refused for now: tried again from 0.1 s, doubling up to 5 s, until the next probe is due.
+HANDOVER_RETRY = RetryPolicy(max_attempts=0, backoff_min=0.1, backoff_max=5.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +58,13 @@ def _seconds(value: float) -> str:
 
 
 class HttpPoller:
-    """Probes `targets` forever (`run()`), emitting one `status` event per probe into `pipeline`."""
+    """Probes `targets` forever (`run()`), emitting one `status` event per probe into `intake`."""
 
-    def __init__(self, targets: list[PollTarget], pipeline: Pipeline, *,
-                 client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, targets: list[PollTarget], intake: Intake, *,
+                 client: httpx.AsyncClient | None = None, retry: RetryPolicy = HANDOVER_RETRY) -> None:
         self.targets = list(targets)
-        self.pipeline = pipeline
+        self.intake = intake
+        self.retry = retry
         self._client = client
         self.probes: defaultdict[tuple[str, ...], int] = defaultdict(int)
         self.last_seconds: dict[tuple[str, ...], float] = {}
@@ -105,14 +112,21 @@ class HttpPoller:
             await asyncio.sleep(next_at - now)
 
     async def probe_and_emit(self, client: httpx.AsyncClient, target: PollTarget) -> Probe:
-        """Probe `target` once and hand its `status` event to the pipeline."""
+        """Probe `target` once and hand its `status` event to the intake."""
         outcome = await probe(client, target)
         self.probes[(target.entity, outcome.state)] += 1
         self.last_seconds[(target.entity,)] = outcome.seconds
         payload = orjson.dumps(status_event(target, outcome))
+        interval = max(MIN_INTERVAL, target.interval)
+
+        def refused(state: tenacity.RetryCallState) -> None:
+            log.info("poll.handover_retry", entity=target.entity, attempt=state.attempt_number,
+                     retry_in=round(state.upcoming_sleep, 3))
+
         # `ingest` may block briefly on sink back-pressure: keep it off the event loop, and bounded.
-        result = await asyncio.to_thread(self.pipeline.ingest, payload, topic_source=None,
-                                         timeout=max(MIN_INTERVAL, target.interval))
+        handover = self.retry.retrying_async(retry_result=retry_later, within=interval, before_sleep=refused)
+        result: Outcome = await handover(asyncio.to_thread, self.intake.ingest, payload, topic_source=None,
+                                         timeout=interval)
         if result.rejected:
             log.warning("poll.event_rejected", entity=target.entity, error=result.rejected[0][1])
         return outcome

@@ -24,6 +24,16 @@ class Outcome(Protocol):
     rejected: list[tuple[int, str]]  # (index of the item, why), e.g. "overloaded: ..., retry later"
 
 
+RETRY_LATER = ("overloaded:", "sink_error:")
+"""How a rejection of the whole hand-over begins (the sinks were full or failed; the items were fine): the
+same payload may be taken later. Any other rejection is about the items themselves."""
+
+
+def retry_later(outcome: Outcome) -> bool:
+    """Whether nothing was taken only because of the sinks, so the same hand-over may succeed later."""
+    return bool(outcome.rejected) and all(reason.startswith(RETRY_LATER) for _, reason in outcome.rejected)
+
+
 class Intake(Protocol):
     """The intake as a transport sees it. Every call validates, deduplicates, counts (docs/transports.md) and
     dead-letters what it rejects; `on_durable` runs once the accepted points are durable everywhere, and
