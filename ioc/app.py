@@ -155,8 +155,11 @@ class Daemon:
         self.kpis.listeners += [self._kpi_to_rules, self.stream.publish_kpi, self._kpi_to_sinks]
         self.watch = SourceWatch()  # what the wall shows of each subsystem: last seen, rate
         self.evaluator = Evaluator([*self.aggregators, self.engine, self.watch], self.clock,
-                                   on_tick=[self.alerts.tick], around_batch=self.alerts.batch)
-        self.pipeline.batch_listeners.append(self.evaluator.offer)
+                                   on_tick=[self.alerts.tick], around_batch=self.alerts.batch,
+                                   persist=[aggregator.persist for aggregator in self.aggregators])
+        # The pipeline is built before the evaluation (the MQTT connector, which alerts publish through,
+        # needs the pipeline), so the seam is set here rather than passed to Pipeline().
+        self.pipeline.evaluation = self.evaluator
         self._kpi_points_dropped = 0
         self._reload_failures = 0
         self._last_reload_ok = True

@@ -9,7 +9,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Annotated, Literal, TypeAlias
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 SOURCE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 METRIC_PATTERN = r"^[a-z][a-z0-9_.]*$"
@@ -66,7 +75,23 @@ TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
 TIME_MAX = datetime(2200, 1, 1, tzinfo=UTC)  # excluded
 TIME_RANGE_TEXT = "1970-01-01 .. 2199-12-31"
 TIME_FIELDS = frozenset({"time", "received_at", "due_at", "finished_at"})
-EventTime = Annotated[AwareDatetime, Field(ge=TIME_MIN, lt=TIME_MAX, description=(
+
+
+def _rfc3339_text(value: object) -> object:
+    """Only text in RFC 3339 (or a datetime, from code). pydantic reads a string of digits ("1700000000")
+    as Unix seconds even in strict mode: a vendor's mistake it would guess at. An RFC 3339 time starts with
+    a four-digit year and a dash. (The field is then parsed in lax mode, as strict mode does not take the
+    string this validator hands on; numbers never get that far.)"""
+    if type(value) is str:
+        if len(value) < 10 or value[4] != "-":
+            raise PydanticCustomError("datetime_parsing", "not an RFC 3339 time")
+        return value
+    if isinstance(value, datetime):
+        return value
+    raise PydanticCustomError("datetime_type", "must be an RFC 3339 time string")
+
+
+EventTime = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), Field(strict=False, ge=TIME_MIN, lt=TIME_MAX, description=(
     f"RFC 3339 with an offset, from {TIME_MIN:%Y-%m-%d} to {TIME_MAX.year - 1}-12-31 (UTC)"))]
 
 

@@ -9,6 +9,13 @@ in this same thread, so the engine sees one ordered stream.
 The queue is bounded (`max_events`): when it is full the intake waits (counted in
 `ioc_evaluation_waits_total`), so KPIs and alerts never silently miss an event; the waits show that the
 rules need a faster machine or fewer rules.
+
+Acknowledged means evaluated: a batch handed over with an `on_done` callback (someone waits for
+durability: MQTT QoS 1, HTTP) is called back only once the batch's alert changes are committed
+(`around_batch`) and the trackers' rows are written (`persist`). A crash between the sinks' durability and
+the evaluation then leaves the event unacknowledged, so the broker or the vendor sends it again, instead
+of an event stored but never seen by the rules. (The rule engine's own timers and windows are saved every
+RULE_STATE_EVERY seconds by the daemon, not per batch: see the README.)
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Protocol
 import structlog
 from prometheus_client.core import Metric
 
+from ioc import failpoints
 from ioc.clock import EventClock
 from ioc.envelope import AnyEvent, event_time_ns
 from ioc.metrics import MetricSource, counter, gauge
@@ -44,16 +52,20 @@ class Stage(Protocol):
 class Evaluator:
     def __init__(self, stages: Sequence[Stage], clock: EventClock, *, on_tick: Sequence[Callable[[], None]] = (),
                  around_batch: Callable[[], AbstractContextManager[None]] = nullcontext,
+                 persist: Sequence[Callable[[], None]] = (),
                  max_events: int = DEFAULT_MAX_EVENTS, tick_interval: float = TICK_INTERVAL) -> None:
         self.stages = list(stages)
         # Entered around each batch of events and each tick (the alert manager stores a batch's
         # changes in one transaction).
         self.around_batch = around_batch
         self.on_tick = list(on_tick)  # wall-clock housekeeping run in this thread (the alert manager's)
+        # Write the stages' buffered state (the trackers' rows) before a waiting batch is called back.
+        self.persist = list(persist)
         self.clock = clock
         self._max_events = max_events
         self._tick_interval = tick_interval
         self._queue: deque[AnyEvent] = deque()
+        self._waiting: list[Callable[[], None]] = []  # on_done of the queued batches
         self._cond = threading.Condition()
         self._closing = False
         self._busy = False
@@ -65,13 +77,16 @@ class Evaluator:
 
     # --- the intake's side ---------------------------------------------------------------------------
 
-    def offer(self, events: Sequence[AnyEvent]) -> None:
-        """Queue accepted events (a Pipeline batch listener); waits while the queue is full."""
+    def offer(self, events: Sequence[AnyEvent], on_done: Callable[[], None] | None = None) -> None:
+        """Queue accepted events (the pipeline's `Evaluation`); waits while the queue is full. `on_done`
+        runs in this thread once the events are evaluated and their effects stored."""
         with self._cond:
             if len(self._queue) + len(events) > self._max_events and not self._closing:
                 self._waits += 1
                 self._cond.wait_for(lambda: len(self._queue) < self._max_events or self._closing)
             self._queue.extend(events)
+            if on_done is not None:
+                self._waiting.append(on_done)
             self._cond.notify_all()
 
     # --- life cycle ----------------------------------------------------------------------------------
@@ -108,16 +123,35 @@ class Evaluator:
                     break
                 batch = list(self._queue)
                 self._queue.clear()
+                waiting, self._waiting = self._waiting, []
                 self._busy = bool(batch)
                 self._cond.notify_all()  # room again for a waiting intake
+            if failpoints.ACTIVE and batch:
+                failpoints.hit("evaluation.before_batch")
             with self._guarded_batch():
                 for event in batch:
                     self.evaluate(event)
                 if time.monotonic() >= next_tick:
                     self.tick()
                     next_tick = time.monotonic() + self._tick_interval
+            if waiting:
+                self._release(waiting)
         with self._guarded_batch():
             self.tick()
+
+    def _release(self, waiting: list[Callable[[], None]]) -> None:
+        """The batch's alert changes are committed (`around_batch` has exited): write the trackers' rows,
+        then call back whoever waits (acknowledgements, 202s)."""
+        for persist in self.persist:
+            try:
+                persist()
+            except Exception:  # a failed write is the tracker's to report; the events were evaluated
+                self._failed(persist, "persist")
+        for on_done in waiting:
+            try:
+                on_done()
+            except Exception:
+                self._failed(on_done, "on_done")
 
     def _guarded_batch(self) -> AbstractContextManager[None]:
         try:

@@ -45,6 +45,8 @@ NAMES: dict[str, str] = {
     "mqtt.poison": "an MQTT burst holding a message with the bytes IOC-FAILPOINT-POISON is being handled "
                    "(a poison message: quarantined after [intake] max_deliveries crashes)",
     "alerts.before_notify": "an alert change is stored, before the notifiers are called",
+    "evaluation.before_batch": "the evaluation thread took a batch of accepted events, before the aggregators "
+                               "and rules see it (its points may already be durable; it is not acknowledged)",
 }
 
 _ACTION = re.compile(r"^(?:(\d+)\*)?(abort|error|off|sleep\((\d+)\))$")

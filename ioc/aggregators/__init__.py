@@ -30,6 +30,9 @@ class Aggregator(Protocol):
     def advance(self, now: float) -> None:
         """The clock passed `now` (Unix s): timers fire, buffered state is persisted."""
 
+    def persist(self) -> None:
+        """Write buffered state now (before the events it holds are acknowledged)."""
+
     def close(self) -> None:
         """Persist and release."""
 

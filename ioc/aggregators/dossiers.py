@@ -247,6 +247,11 @@ class DossierTracker:
             self._nodes.log_unknown_areas()
         self._changes.send(kpis)
 
+    def persist(self) -> None:
+        """Write the buffered rows now (the evaluation does before acknowledging a batch)."""
+        with self._lock:
+            self._flush_rows()
+
     def close(self) -> None:
         """Write what is buffered and close the store."""
         with self._lock:

@@ -101,6 +101,11 @@ class StatusTracker:
             self._nodes.log_unknown_areas()
         self._changes.send(kpis)
 
+    def persist(self) -> None:
+        """Write the buffered rows now (the evaluation does before acknowledging a batch)."""
+        with self._lock:
+            self._flush()
+
     def close(self) -> None:
         with self._lock:
             self._flush()

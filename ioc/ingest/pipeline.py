@@ -39,8 +39,14 @@ from ioc.sinks.base import DurableCallback, Sink
 
 log = structlog.get_logger("ioc.ingest")
 
-EventListener = Callable[[AnyEvent], None]
-BatchListener = Callable[[Sequence[AnyEvent]], None]
+
+
+class Evaluation(Protocol):
+    """The evaluation thread as the intake sees it (`ioc.evaluation.Evaluator`): accepted events are
+    handed over, and `on_done` runs once their alert changes and tracker rows are stored. Durability
+    waits for it as for a sink, so an event acknowledged is an event evaluated (CONTRACT §7)."""
+
+    def offer(self, events: Sequence[AnyEvent], on_done: DurableCallback | None) -> None: ...
 UNKNOWN_SOURCE = "unknown"
 _validate_json = EVENT_ADAPTER.validate_json
 # A payload may hold 10,000 bad items: the debug log names the first few, then counts the rest.
@@ -129,7 +135,7 @@ class _BatchCounts:
 
 
 class _AllDurable:
-    """Calls `then` once every one of `count` sinks reported durability."""
+    """Calls `then` once every one of `count` participants (the sinks, the evaluation) reported done."""
 
     __slots__ = ("_lock", "_remaining", "_then")
 
@@ -155,6 +161,8 @@ class Pipeline:
         max_bytes: int,
         max_future: float,
         max_items: int = DEFAULT_MAX_ITEMS,
+        dead_letters: Sequence[DeadLetterTarget] = (),
+        evaluation: Evaluation | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.sinks = list(sinks)
@@ -166,11 +174,10 @@ class Pipeline:
         self._max_future_ns = int(max_future * 1e9)
         self._clock = clock
         self._lock = threading.Lock()
-        self.dead_letter_targets: list[DeadLetterTarget] = []
-        self.listeners: list[EventListener] = []  # called per accepted event, in the intake's thread
-        # Called once per admitted batch with its accepted events: the seam of the evaluation thread
-        # (aggregators, rules), which must cost the intake no more than a hand-over.
-        self.batch_listeners: list[BatchListener] = []
+        self.dead_letter_targets: list[DeadLetterTarget] = list(dead_letters)  # given by the assembly (app.py)
+        # Gets each admitted batch's accepted events: the seam of the evaluation thread (aggregators,
+        # rules), which must cost the intake no more than a hand-over.
+        self.evaluation = evaluation
         # The counters of docs/metrics.md (received = accepted + rejected + duplicate, per source) change
         # together once per batch, after the hand-over to the sinks (which may wait for room), under a
         # lock of their own that a scrape takes too: no scrape sees a batch half counted.
@@ -326,7 +333,7 @@ class Pipeline:
             if letters:
                 self._send_dead_letters(letters, messages)
             try:
-                self._hand_to_sinks(points, keys, on_durable, timeout)
+                evaluated = self._hand_to_sinks(points, keys, on_durable, timeout, evaluate=bool(kept))
             except Exception as error:  # noqa: BLE001  # SinkFull, or a sink that failed (a full disk)
                 # Not taken: the keys are forgotten, so a retry (or the broker's redelivery of an
                 # unacknowledged message) is a new event, not a duplicate of one that was never stored.
@@ -349,28 +356,18 @@ class Pipeline:
             self._count(counts)
         if len(result.rejected) > _LOGGED_REJECTIONS:
             log.debug("ingest.rejected_more", count=len(result.rejected) - _LOGGED_REJECTIONS)
-        if self.listeners:
-            self._notify(kept)
-        if self.batch_listeners and kept:
-            events = [event for _, event in kept]
-            for batch_listener in self.batch_listeners:
-                try:
-                    batch_listener(events)
-                except Exception:  # as for listeners: the intake goes on
-                    if (suppressed := self._listener_failures.due()) is not None:
-                        log.exception("ingest.listener_failed", listener=getattr(batch_listener, "__name__", "?"),
-                                      suppressed=suppressed)
+        if self.evaluation is not None and kept:
+            self._evaluate(self.evaluation, [event for _, event in kept], evaluated)
         return result
 
-    def _notify(self, kept: list[tuple[int, AnyEvent]]) -> None:
-        for _, event in kept:
-            for listener in self.listeners:
-                try:
-                    listener(event)
-                except Exception:  # a listener's bug must never cost us the intake (nor fill the log)
-                    if (suppressed := self._listener_failures.due()) is not None:
-                        log.exception("ingest.listener_failed", listener=getattr(listener, "__name__", "?"),
-                                      suppressed=suppressed)
+    def _evaluate(self, evaluation: Evaluation, events: list[AnyEvent], on_done: DurableCallback | None) -> None:
+        try:
+            evaluation.offer(events, on_done)
+        except Exception:  # the intake goes on; what waited for the evaluation is released
+            if (suppressed := self._listener_failures.due()) is not None:
+                log.exception("ingest.evaluation_failed", events=len(events), suppressed=suppressed)
+            if on_done is not None:
+                on_done()
 
     def _count(self, counts: _BatchCounts) -> None:
         """Add one batch's counts to the totals, all at once (see `_counts_lock`)."""
@@ -430,26 +427,31 @@ class Pipeline:
                     log.exception("ingest.dead_letter_failed", source=source, suppressed=suppressed)
 
     def _hand_to_sinks(self, points: list[str], keys: list[str], on_durable: DurableCallback | None,
-                       timeout: float | None) -> None:
+                       timeout: float | None, *, evaluate: bool) -> DurableCallback | None:
+        """Submit the points to every sink. Returns what the evaluation must call once it has stored the
+        batch's effects, when someone waits for durability and the batch goes to an evaluation."""
         dedup = self.dedup
+        evaluation = self.evaluation is not None and evaluate
         if on_durable is None:
             # Nobody waits (MQTT QoS 0: no redelivery, so nothing to protect by waiting): the keys count
             # as seen at once, and the sinks are spared a callback per message.
             dedup.mark_durable(keys)
             for sink in self.sinks:
                 sink.submit(points, None, timeout=timeout)
-            return
+            return None
 
         def durable() -> None:
             dedup.mark_durable(keys)
             on_durable()
 
-        if not self.sinks:
+        count = len(self.sinks) + evaluation
+        if count == 0:
             durable()
-            return
-        callback: DurableCallback = durable if len(self.sinks) == 1 else _AllDurable(len(self.sinks), durable)
+            return None
+        callback: DurableCallback = durable if count == 1 else _AllDurable(count, durable)
         for sink in self.sinks:
             sink.submit(points, callback, timeout=timeout)
+        return callback if evaluation else None
 
     # --- housekeeping --------------------------------------------------------------------------------
 

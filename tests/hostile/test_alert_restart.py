@@ -34,8 +34,8 @@ import orjson
 import pytest
 
 from tests.e2e.daemon import VENDOR_TOKEN, DaemonProcess, make_daemon
-from tests.mqtt_tools import Collector
-from tests.servers import Server
+from tests.mqtt_tools import Collector, publish_all
+from tests.servers import Server, influx_count
 
 THRESHOLD = 100.0
 
@@ -309,3 +309,29 @@ def test_a_delivery_cut_before_its_answer_is_sent_again_with_the_same_key(rig: R
     assert rig.hooks.changes(rig.rule) == [("firing", 150), ("firing", 150), ("resolved", 50)]
     # MQTT may repeat the firing too (the kill may fall between its PUBACK and the outbox's removal).
     assert rig.page_changes(deduplicated=True) == [("firing", 150), ("resolved", 50)]
+
+
+def test_an_acknowledged_event_is_an_evaluated_event(rig: Rig, influxdb: Server, database: str) -> None:
+    """Acknowledged means evaluated (issue 9): the daemon dies after an event's points are durable but
+    before the rules saw it. Before, the event was already acknowledged (the sinks' durability was all the
+    acknowledgement waited for), so the broker dropped it and the alert it should raise never came. Now the
+    acknowledgement waits for the evaluation too: the broker sends it again after the restart, the alert
+    fires, and the point is stored once."""
+    rig.daemon.terminate()
+    # The evaluation stalls; meanwhile the point becomes durable in InfluxDB; then the crash.
+    rig.daemon.start(env={"IOC_FAILPOINTS": "evaluation.before_batch=sleep(20000)"})
+    event = {"id": f"{rig.rule}-mqtt", "source": "qtmt-aqi", "type": "telemetry",
+             "time": datetime.now(UTC).isoformat(), "metric": "test.alarm", "value": 170.0}
+    publish_all("127.0.0.1", rig.mosquitto.port, [("ioc/v1/events/qtmt-aqi", orjson.dumps(event))], qos=1)
+    wait_until("the point in InfluxDB", lambda: influx_count(influxdb.url, database, "test.alarm") == 1)
+    time.sleep(1.0)  # time for an acknowledgement to reach the broker, were one sent
+    assert rig.active() == []  # not evaluated yet
+    rig.crash()
+    rig.daemon.start()
+    rig.wait_for_change("firing", 170.0, timeout=30)
+    [alert] = rig.active()
+    assert alert["value"] == 170.0
+    rig.settled()
+    wait_until("the point in InfluxDB", lambda: influx_count(influxdb.url, database, "test.alarm") >= 1)
+    assert influx_count(influxdb.url, database, "test.alarm") == 1
+    rig.assert_each_change_once([("firing", 170.0)])

@@ -37,6 +37,7 @@ from ioc.mosquitto_acl import write_mosquitto_files
 from ioc.ratelimit import RateLimiter, TokenBucket
 from ioc.sinks.base import DurableCallback
 from tests.e2e.daemon import DaemonProcess, assert_counting_rule, make_daemon
+from tests.evaluation_tap import EventTap
 from tests.mqtt_tools import Collector, assemble_mqtt, publish_all
 from tests.servers import Server, influx_count, start_mosquitto
 
@@ -571,7 +572,7 @@ def test_a_flooding_vendor_does_not_delay_another(mosquitto: Server, unique: str
         if event.source == quiet_src:
             delays.append(time.time() - float(event.value))  # type: ignore[union-attr]
 
-    pipeline.listeners.append(on_event)
+    pipeline.evaluation = EventTap(on_event)
     connector = MqttConnector(session, pipeline, publisher=publisher,
                               vendors=[vendor("flood", [flood_src], 200), vendor("quiet", [quiet_src], 50)])
     connector.start()

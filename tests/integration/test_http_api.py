@@ -29,6 +29,7 @@ from ioc.errors import IocError
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
 from ioc.metrics import Metrics, MetricSource
+from tests.evaluation_tap import EventTap
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +132,7 @@ async def running_api(*, sinks: list[SlowSink] | None = None, **http: Any) -> As
     metrics.add(pipeline.metrics)
     problems: list[str] = []
     api = Api(f"http://127.0.0.1:{port}", pipeline, metrics, problems)
-    pipeline.listeners.append(api.events.append)
+    pipeline.evaluation = EventTap(api.events.append)
     app = create_app(settings=settings, pipeline=pipeline, metrics=metrics, readiness=lambda: list(problems))
     started = asyncio.Event()
     task = asyncio.create_task(serve(app, settings.http, started=started))

@@ -56,6 +56,7 @@ def test_good_telemetry_keeps_microseconds_and_offset() -> None:
         ({"value": True}, "invalid_field", "value: expected a number"),
         ({"time": "2026-03-02T08:00:00"}, "invalid_field", "time: must be an RFC 3339 time with an offset"),
         ({"time": 1772413200}, "invalid_field", "time: must be an RFC 3339 time string"),
+        ({"time": "1772413200"}, "invalid_field", "time: not an RFC 3339 time"),  # not Unix seconds in a string
         ({"source": "Bad Source"}, "invalid_field", "source: does not match"),
         ({"metric": "Env AQI"}, "invalid_field", "metric: does not match"),
         ({"id": ""}, "invalid_field", "id: must not be empty"),

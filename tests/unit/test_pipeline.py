@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -20,6 +21,7 @@ from ioc.ingest.decode import MAX_ITEM_BYTES, Rejection
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
 from ioc.metrics import MetricSource
+from tests.evaluation_tap import EventTap
 
 NOW = 1_772_413_200.0  # 2026-03-02T08:00:00+07:00
 
@@ -200,16 +202,44 @@ def test_dedup_max_keys_evicts_oldest_and_counts() -> None:
     assert not dedup.seen_before("a")
 
 
-def test_a_failing_listener_does_not_stop_intake() -> None:
+def test_a_failing_evaluation_does_not_stop_intake_nor_hold_the_acknowledgement() -> None:
     pipeline, _ = make()
     seen: list[str] = []
 
-    def broken(_: object) -> None:
-        raise RuntimeError("bug")
+    class Broken:
+        def offer(self, events: object, on_done: object) -> None:
+            raise RuntimeError("bug")
 
-    pipeline.listeners += [broken, lambda e: seen.append(e.id)]  # type: ignore[attr-defined]
-    assert pipeline.ingest(orjson.dumps([event("a"), event("b")])).accepted == 2
-    assert seen == ["a", "b"]
+    pipeline.evaluation = Broken()
+    acked: list[bool] = []
+    assert pipeline.ingest(orjson.dumps([event("a"), event("b")]), on_durable=lambda: acked.append(True)).accepted == 2
+    assert acked == [True]
+    pipeline.evaluation = EventTap(lambda e: seen.append(e.id))
+    assert pipeline.ingest(orjson.dumps([event("c"), event("d")])).accepted == 2
+    assert seen == ["c", "d"]
+
+
+def test_the_acknowledgement_waits_for_the_evaluation_as_for_a_sink() -> None:
+    """Acknowledged means evaluated: with the sinks durable but the batch not yet evaluated (its alert
+    changes not stored), `on_durable` has not run; it runs once the evaluation calls back."""
+    sink = RecordingSink()
+    pipeline, _ = make(sinks=[sink])
+    held: list[Callable[[], None] | None] = []
+
+    class Held:
+        def offer(self, events: object, on_done: Callable[[], None] | None) -> None:
+            held.append(on_done)
+
+    pipeline.evaluation = Held()
+    acked: list[bool] = []
+    assert pipeline.ingest(orjson.dumps([event("a")]), on_durable=lambda: acked.append(True)).accepted == 1
+    sink.callbacks[0]()  # type: ignore[operator]  # the sink: durable
+    assert acked == [] and len(held) == 1 and held[0] is not None
+    held[0]()
+    assert acked == [True]
+    # Nobody waits (QoS 0): the batch is still evaluated, with no callback to make.
+    assert pipeline.ingest(orjson.dumps([event("b")])).accepted == 1
+    assert held[1] is None
 
 
 # --- hostile payloads (docs/operations.md) ------------------------------------------------------------------
@@ -289,8 +319,12 @@ def test_failures_per_item_are_logged_a_bounded_number_of_times() -> None:
         raise RuntimeError("bug")
 
     pipeline.dead_letter_targets.append(Broken())
-    pipeline.listeners.append(broken)
-    pipeline.batch_listeners.append(broken)
+
+    class BrokenEvaluation:
+        def offer(self, events: object, on_done: object) -> None:
+            broken(events)
+
+    pipeline.evaluation = BrokenEvaluation()
     saved = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     try:
@@ -302,7 +336,7 @@ def test_failures_per_item_are_logged_a_bounded_number_of_times() -> None:
     assert result.accepted == 500 and len(result.rejected) == 500
     events = [line["event"] for line in logs]
     assert events.count("ingest.rejected") == 5 and events.count("ingest.rejected_more") == 1
-    assert events.count("ingest.dead_letter_failed") == 1 and events.count("ingest.listener_failed") == 1
+    assert events.count("ingest.dead_letter_failed") == 1 and events.count("ingest.evaluation_failed") == 1
     assert pipeline.dead_letters[("unknown",)] == 500  # each one still counted
 
 
