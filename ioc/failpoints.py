@@ -15,7 +15,7 @@ without `IOC_FAILPOINTS` pays one dict truthiness check per point:
     if failpoints.ACTIVE:
         failpoints.hit("spool.after_write")
 
-The names are listed in `NAMES` (and the README); an unknown name in `IOC_FAILPOINTS` is a start error.
+The names are listed in `NAMES` (and docs/operations.md); an unknown name in `IOC_FAILPOINTS` is a start error.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ioc.errors import ConfigError
 
 ENV = "IOC_FAILPOINTS"
 
-# Every failpoint of the daemon, with where it sits (the README lists the same).
+# Every failpoint of the daemon, with where it sits (docs/operations.md lists the same; a test checks it).
 NAMES: dict[str, str] = {
     "intake.after_decode": "a payload is decoded, before its items are checked, deduplicated and admitted",
     "sink.before_write": "a batch is about to be sent to InfluxDB",
