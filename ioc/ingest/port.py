@@ -2,7 +2,7 @@
 
 Connectors (ioc.connectors.*) depend on this, never on the concrete `ioc.ingest.pipeline.Pipeline`, so a
 connector can be read, tested and replaced without the pipeline's internals, and the pipeline can change
-without touching them. `Pipeline` satisfies `Intake` structurally; `tests/unit/test_mqtt_units.py` checks it.
+without touching them. `Pipeline` satisfies `Intake` structurally; tests/unit/test_mqtt_parts.py checks it.
 """
 
 from __future__ import annotations
