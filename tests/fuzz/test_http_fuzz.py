@@ -44,7 +44,7 @@ def test_the_openapi_document_names_the_routes_to_fuzz(routes: list[Route]) -> N
 
 def test_every_route_with_junk_queries_ids_tokens_and_bodies(http: HttpFuzzer, routes: list[Route],
                                                              known: Known) -> None:
-    @short(examples=600)
+    @short(examples=max(600, 25 * len(routes)))  # each route gets its share as routes are added
     @given(data=st.data())
     def run(data: st.DataObject) -> None:
         route = data.draw(st.sampled_from(routes), label="route")
