@@ -41,12 +41,24 @@ from ioc.alerts.manager import AlertManager
 from ioc.alerts.matchers import Matcher, matches_all, parse_matcher
 from ioc.alerts.silence import Silence, SilenceRequest
 from ioc.alerts.silence_request import SilenceTime, describe
-from ioc.api.alerts import MAX_SILENCE_BODY, Operator, read_body
+from ioc.api.alerts import MAX_SILENCE_BODY, Operator, inline_refs, read_body
+from ioc.api.events import ErrorBody
 from ioc.regex import compile_regex, fullmatches
 
 RECEIVER = "ioc"  # the one receiver: the daemon's own notifiers (webhooks, MQTT, ...) behind one route
 VALID_FOR = 300.0  # seconds a listed firing alert's `endsAt` lies ahead (Alertmanager's resolve_timeout)
 _STATE_ORDER = {"active": 0, "pending": 1, "expired": 2}
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "A bad silence, the field named."},
+    401: {"model": ErrorBody, "description": "No or an unknown bearer token."},
+    403: {"model": ErrorBody, "description": "Not an operator's token."},
+    404: {"model": ErrorBody, "description": "No silence with the `id` given."},
+    413: {"model": ErrorBody, "description": "Body over 64 KiB."}}
+_SILENCE_EXAMPLE = {"matchers": [{"name": "alertname", "value": "cell-down", "isRegex": False, "isEqual": True},
+                                 {"name": "area", "value": "227.*", "isRegex": True, "isEqual": True}],
+                    "startsAt": "2026-03-02T01:00:00.000Z", "endsAt": "2026-03-02T05:00:00.000Z",
+                    "createdBy": "truc-ban-1", "comment": "Bảo trì trạm BTN0123 (maintenance)"}
 
 Flag = Annotated[bool, Query()]
 Filter = Annotated[list[str] | None, Query(description='Matchers such as `alertname="aqi-bad"`.')]
@@ -214,8 +226,17 @@ def alertmanager_v2_router(manager: AlertManager, settings: AlertsSettings, *,
         found.sort(key=lambda s: _silence_order(s, now))
         return _json([silence_json(silence, now) for silence in found])
 
+    body_schema = inline_refs(PostableSilence.model_json_schema())
+    request_body = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": body_schema, "example": _SILENCE_EXAMPLE}}}}
+
     @router.post("/api/v2/silences", summary="Create or update a silence (Alertmanager's shape)",
-                 responses={200: {"content": {"application/json": {"example": {"silenceID": "3c9f..."}}}}})
+                 openapi_extra=request_body,
+                 responses={200: {"content": {"application/json": {"example": {"silenceID": "3c9f..."}}}},
+                            **_ERRORS},
+                 description="Without `id`: a new silence. With the `id` of an existing silence: updated in "
+                             "place when the matchers are the same and the times may still change, else it "
+                             "is expired and a new silence (a new id) takes its place, as in Alertmanager.")
     async def post_silence(request: Request, operator: Operator) -> Response:
         body = await read_body(request, MAX_SILENCE_BODY)
         try:

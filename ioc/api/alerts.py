@@ -62,7 +62,7 @@ def _one_of(name: str, value: str | None, allowed: tuple[str, ...]) -> str | Non
     return value
 
 
-def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     """A model's JSON schema with its `$defs` put in place (for an `openapi_extra` request body)."""
     definitions = schema.pop("$defs", {})
 
@@ -133,7 +133,7 @@ def alerts_router(manager: AlertManager) -> APIRouter:
         except SilenceNotFound as error:
             raise HTTPException(404, str(error)) from None
 
-    silence_body = _inline_refs(SilenceRequest.model_json_schema())
+    silence_body = inline_refs(SilenceRequest.model_json_schema())
     request_body = {"requestBody": {"required": True, "content": {"application/json": {
         "schema": silence_body, "example": _SILENCE_EXAMPLE}}}}
 
