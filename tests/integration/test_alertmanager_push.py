@@ -5,6 +5,8 @@ a resolve ends the alert there, and a change owed when the process stopped is de
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from ioc.alerts.manager import AlertManager
 from ioc.alerts.store import AlertStore
 from ioc.alerts.updates import AlertUpdate
 from tests.alertmanager_server import am_alerts, start_alertmanager
-from tests.servers import Server
+from tests.servers import Server, find_binary
 
 
 def wait_for(what: str, probe: Any, timeout: float = 20.0) -> Any:
@@ -67,6 +69,12 @@ def test_changes_reach_alertmanager_and_a_resolve_ends_the_alert(tmp_path: Path,
         assert found["labels"] == {"alertname": "aqi-bad", "severity": "critical", "area": "22723"}
         assert found["annotations"]["ioc_alert_id"] == alert.id and found["annotations"]["value"] == "180"
         assert found["status"]["state"] == "active"
+
+        # What an operator of that Alertmanager sees with its own amtool.
+        queried = subprocess.run([find_binary("amtool", "prometheus-alertmanager"), "alert", "query", "-o", "json",
+                                  f"--alertmanager.url={alertmanager.url}", "alertname=aqi-bad", "area=22723"],
+                                 capture_output=True, text=True, timeout=30, check=True)
+        assert [a["annotations"]["summary"] for a in json.loads(queried.stdout)] == ["VN_AQI 180"]
 
         manager.ack(alert.id, "truc-ban-1")
         wait_for("the ack in its annotations", lambda: [
