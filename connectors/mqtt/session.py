@@ -74,6 +74,35 @@ def check_settings(settings: MqttSettings) -> None:
         raise ConfigError(problems)
 
 
+def new_client(settings: MqttSettings, name: str) -> mqtt.Client:
+    """paho's client as `settings` say (`client`: FastClient unless it does not fit the installed paho, or
+    stock paho), with manual acknowledgements, the account and TLS; callbacks are the caller's."""
+    kind: type[mqtt.Client] = FastClient if settings.client == "fast" else mqtt.Client
+    if kind is FastClient and (problems := installed_paho_problems()):
+        # A paho release FastClient was not made for: stock paho is slower, never wrong.
+        log.error("mqtt.fastclient_unfit", connector=name, problems=list(problems),
+                  effect='stock paho, as with [mqtt] client = "paho"')
+        kind = mqtt.Client
+    v5 = settings.protocol == "5"
+    client = kind(CallbackAPIVersion.VERSION2, client_id=settings.client_id,
+                  protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, clean_session=None if v5 else False,
+                  manual_ack=True, reconnect_on_failure=True)
+    if settings.username:
+        client.username_pw_set(settings.username, settings.password.get_secret_value() or None)
+    if settings.tls:
+        client.tls_set(ca_certs=settings.tls_ca or None, certfile=settings.tls_cert or None,
+                       keyfile=settings.tls_key or None,
+                       cert_reqs=ssl.CERT_NONE if settings.tls_insecure else ssl.CERT_REQUIRED)
+        if settings.tls_insecure:
+            client.tls_insecure_set(True)
+    # The publisher's own bound (`max_pending`) replaces paho's queue limit. The in-flight window stays
+    # small: a broker disconnects a client that exceeds its Receive Maximum (Mosquitto's default is 20),
+    # paho cannot change the window once connected, and publishes are few (dead letters, alerts).
+    client.max_queued_messages_set(0)
+    client.max_inflight_messages_set(PUBLISH_WINDOW)
+    return client
+
+
 _POLLERS: dict[int, select.poll] = {}  # by socket fd: a poll object per connection, reused per message
 
 
@@ -153,38 +182,8 @@ class MqttSession:
                  protocol=settings.protocol, client=settings.client)
 
     def _new_client(self, receiver: Receiver) -> mqtt.Client:
-        settings = self.settings
-        kind: type[mqtt.Client] = FastClient if settings.client == "fast" else mqtt.Client
-        if kind is FastClient and (problems := installed_paho_problems()):
-            # A paho release FastClient was not made for: stock paho is slower, never wrong.
-            log.error("mqtt.fastclient_unfit", connector=self.name, problems=list(problems),
-                      effect='stock paho, as with [mqtt] client = "paho"')
-            kind = mqtt.Client
-        client = kind(
-            CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id,
-            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
-            clean_session=None if self._v5 else False,
-            manual_ack=True,
-            reconnect_on_failure=True,
-        )
+        client = new_client(self.settings, self.name)
         self._fast = isinstance(client, FastClient)
-        if settings.username:
-            client.username_pw_set(settings.username, settings.password.get_secret_value() or None)
-        if settings.tls:
-            client.tls_set(
-                ca_certs=settings.tls_ca or None,
-                certfile=settings.tls_cert or None,
-                keyfile=settings.tls_key or None,
-                cert_reqs=ssl.CERT_NONE if settings.tls_insecure else ssl.CERT_REQUIRED,
-            )
-            if settings.tls_insecure:
-                client.tls_insecure_set(True)
-        # The publisher's own bound (`max_pending`) replaces paho's queue limit. The in-flight window
-        # stays small: a broker disconnects a client that exceeds its Receive Maximum (Mosquitto's default
-        # is 20), paho cannot change the window once connected, and publishes are few (dead letters).
-        client.max_queued_messages_set(0)
-        client.max_inflight_messages_set(PUBLISH_WINDOW)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
