@@ -37,6 +37,9 @@ from ioc.api.server import HttpServer
 from ioc.api.stream import Broadcaster
 from ioc.api.web import default_province, web_router
 from ioc.areas import REFORM_NS, registry_from_settings
+from ioc.cap.api import cap_router
+from ioc.cap.publisher import CapPublisher
+from ioc.cap.store import CapStore
 from ioc.clock import EventClock
 from ioc.config import Settings
 from ioc.connectors.http_poll import HttpPoller
@@ -113,7 +116,7 @@ class Daemon:
         wall = web_router(self.areas, default_province(self.areas), pipeline=self.pipeline, watch=self.watch)
         self.app = create_app(settings=settings, pipeline=self.pipeline, metrics=self.metrics,
                               readiness=self.problems, alerts=self.alerts, kpis=self.kpis, stream=self.stream,
-                              web=wall)
+                              web=wall, cap=cap_router(self.cap.store, settings.cap))
         self.http = HttpServer(self.app, settings.http)
         self.metrics.add(self.http.metrics)
 
@@ -131,12 +134,17 @@ class Daemon:
         # There is always a sink (InfluxDB, else the local one): alert points go to the first. Deliveries
         # wait (in the outbox) until `run` has started the connector and the sinks.
         self.pushers = alertmanager_pushers(settings.alerts, http_port=settings.http.port)  # CONTRACT §9
+        # CONTRACT §9: the alerts of `public: true` rules as CAP 1.2 messages (the rule looked up when told).
+        self.cap = CapPublisher(CapStore(settings.store.path, keep=settings.cap.keep),
+                                rules=lambda rule_id: self.rules.get(rule_id), settings=settings.cap,
+                                areas=self.areas, default_area=default_province(self.areas))
         self.alerts = AlertManager.open(
             settings.store.path, settings=settings.alerts, areas=self.areas, resume=False,
             notifiers=[*build_notifiers(settings.alerts, mqtt=self.mqtt_publisher, sink=self.sinks[0], stream=self.stream),
-                       *self.pushers])
+                       *self.pushers, self.cap])
         self.clock = EventClock()
-        self.engine = RuleEngine(load_rules(settings.rules.resolved_paths()), areas=self.areas,
+        self.rules = load_rules(settings.rules.resolved_paths())
+        self.engine = RuleEngine(self.rules, areas=self.areas,
                                  on_change=self._alert_changed, started_at=self.started_at)
         saved = load_state(self._store, RULE_STATE)
         if saved is not None:
@@ -190,7 +198,8 @@ class Daemon:
             self._last_reload_ok = False
             log.error("rules.reload_failed", problems=error.problems, kept="the rules loaded before")
             return False
-        self.engine.replace_rules(rules)
+        self.engine.replace_rules(rules)  # the alerts of removed rules resolve while their rules are known
+        self.rules = rules
         self._last_reload_ok = True
         log.info("rules.reloaded", paths=[str(path) for path in self.settings.rules.resolved_paths()])
         return True
@@ -280,6 +289,7 @@ class Daemon:
         for pusher in self.pushers:
             pusher.close(5.0)
         self.alerts.close()
+        self.cap.store.close()
         self._store.close()
 
     async def _housekeeping(self) -> None:

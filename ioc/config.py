@@ -324,6 +324,7 @@ class ViewerSettings(_Principal):
 # Declared beside the alert manager it configures; imported here (after _Section and Duration, which it
 # uses) so that the whole configuration is still one model.
 from ioc.alerts.config import AlertsSettings  # noqa: E402
+from ioc.cap.config import CapSettings  # noqa: E402
 
 
 class Settings(BaseSettings):
@@ -344,6 +345,7 @@ class Settings(BaseSettings):
     rules: RulesSettings = RulesSettings()
     kpis: KpisSettings = KpisSettings()
     alerts: AlertsSettings = AlertsSettings()
+    cap: CapSettings = CapSettings()
     poll: list[PollTarget] = []
     vendors: list[VendorSettings] = []
     operators: list[OperatorSettings] = []

@@ -3,8 +3,7 @@
 Every error is `{"error": "..."}` with a 4xx status for anything the caller sent (unknown route, wrong
 method, bad parameters, bad body); a 5xx means a bug or an overloaded daemon, never bad input.
 
-`/docs` is FastAPI's Swagger UI, which loads its JavaScript and CSS from a CDN (jsDelivr): it works where
-browsers can reach the internet; an offline deployment needs those assets bundled and served locally.
+`/docs` is Swagger UI served from installed packages with a Content-Security-Policy (`ioc.api.docs`): no CDN.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from ioc import __version__
 from ioc.alerts.manager import AlertManager
 from ioc.api.alertmanager_v2 import alertmanager_v2_router
 from ioc.api.alerts import alerts_router, kpis_router
+from ioc.api.docs import docs_router
 from ioc.api.events import EventIntake, event_schemas, events_router
 from ioc.api.health import health_router
 from ioc.api.stream import Broadcaster, stream_router
@@ -160,7 +160,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
                readiness: Callable[[], list[str]], alerts: AlertManager | None = None,
                kpis: KpiBoard | None = None, stream: Broadcaster | None = None,
-               web: APIRouter | None = None) -> FastAPI:
+               web: APIRouter | None = None, cap: APIRouter | None = None) -> FastAPI:
     """The FastAPI application of the daemon. Registers its own metric source into `metrics`
     (`ioc_http_requests_total{route,status}`, `ioc_http_rate_limited_total{vendor}`).
 
@@ -171,8 +171,8 @@ def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
         title="IOC daemon API",
         description=DESCRIPTION,
         version=__version__,
-        docs_url="/docs",
-        redoc_url="/redoc",
+        docs_url=None,  # FastAPI's pages load Swagger UI / ReDoc from a CDN: ours is `ioc.api.docs`
+        redoc_url=None,
         openapi_url="/openapi.json",
         exception_handlers={
             HTTPException: _http_error,
@@ -187,6 +187,7 @@ def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
     intake = EventIntake(pipeline=pipeline, http=settings.http, limiter=RateLimiter(settings.vendors))
     app.include_router(events_router(intake))
     app.include_router(health_router(metrics=metrics, readiness=readiness))
+    app.include_router(docs_router(title=app.title, openapi_url="/openapi.json"))
     if alerts is not None:
         app.include_router(alerts_router(alerts))
         app.include_router(alertmanager_v2_router(alerts, settings.alerts))  # CONTRACT §9: amtool, Grafana
@@ -196,6 +197,8 @@ def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
         app.include_router(stream_router(stream))
     if web is not None:  # the wall display (`ioc.api.web.web_router`): `/`, its assets, areas, sources
         app.include_router(web)
+    if cap is not None:  # the CAP 1.2 feed (`ioc.cap.api.cap_router`): /api/v1/cap
+        app.include_router(cap)
 
     if not settings.http.public_read:
         app.add_middleware(ReadAccess, authenticator=app.state.authenticator)
