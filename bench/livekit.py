@@ -69,10 +69,11 @@ def use_commit(commit: str | None, workdir: Path) -> str:
                                       capture_output=True, text=True, check=True).stdout.strip()
 
 
-def make_payloads(source: str, count: int, run: str, base_s: int, offset: int = 0) -> list[bytes]:
+def make_payloads(source: str, count: int, run: str, base_s: int, offset: int = 0,
+                  step_us: int = 1) -> list[bytes]:
     """`count` telemetry events of `source`, ~240 bytes each in the contract's envelope.
 
-    Each event's time is unique within the run (`base_s` + index µs), so no two points share a series
+    Each event's time is unique within the run (`base_s` + index * `step_us` µs), so no two points share a series
     and a timestamp (InfluxDB would keep one of them). 300 stations a source, each with its own area,
     device and site tags: 1,200 series, not one per event (which would make InfluxDB's series index,
     not the consumer, what is measured). Values stay in calm ranges (VN_AQI 20-90): the
@@ -81,7 +82,7 @@ def make_payloads(source: str, count: int, run: str, base_s: int, offset: int = 
     out = []
     for local in range(count):
         index = offset + local
-        seconds, micros = divmod(index, 1_000_000)
+        seconds, micros = divmod(index * step_us, 1_000_000)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(base_s + seconds)) + f".{micros:06d}+00:00"
         station = index % STATIONS  # a station's area, device and site are fixed: a real series count
         body = {
