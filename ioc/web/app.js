@@ -2,9 +2,11 @@
 // worst alert and the health of each subsystem, kept live over Server-Sent Events (docs/http-api.md).
 //
 // Data: GET /api/v1/areas, /alerts (+ ?state=resolved), /kpis, /silences, /sources, /telemetry at load
-// and after every reconnect; then `alert` and `kpi` events from /api/v1/stream. When the stream drops,
-// the body gets data-state="stale" and the [data-stale] banner shows; the page reconnects with a jittered
-// exponential backoff and reloads the alert list once the stream is back.
+// and whenever the stream says `reset`; then `alert` and `kpi` events from /api/v1/stream. When the stream
+// drops, the body gets data-state="stale" and the [data-stale] banner shows; the page reconnects with a
+// jittered exponential backoff, sending the id of the last event it had as `Last-Event-ID`: the daemon
+// first sends what was missed meanwhile (body data-stream-resumes counts these), or a `reset` event when
+// that is gone (a restart, too long away), and then the page reloads everything (data-stream-resets).
 //
 // The stream is read with fetch() (see StreamSource), not EventSource: EventSource cannot send an
 // Authorization header, and a token in the URL would end up in proxies' logs and the browser's history.
@@ -64,6 +66,9 @@ const state = {
   backoff: 0,
   reconnectTimer: 0,
   pingTimer: 0,
+  lastEventId: null, // the stream's position: sent as Last-Event-ID when it reconnects
+  resumes: 0,
+  resets: 0,
   loading: false,
   buffered: [],
   loads: 0,
@@ -564,14 +569,17 @@ function refreshAll() {
 }
 
 /** Server-Sent Events over fetch(), so that the request can carry `Authorization` (EventSource cannot).
- *  The same events as an EventSource: `open`, one MessageEvent per named event (`alert`, `kpi`, `ping`),
- *  `error` once when the stream cannot start or ends (`status` is the HTTP status, 0 without one).
+ *  The same events as an EventSource: `open`, one MessageEvent per named event (`alert`, `kpi`, `ping`,
+ *  `reset`), `error` once when the stream cannot start or ends (`status` is the HTTP status, 0 without
+ *  one). As EventSource does, it follows every `id:` field (also of a frame without data, which
+ *  dispatches nothing) in `lastEventId`, and sends the one it started from as `Last-Event-ID`.
  *  No retry of its own: connect() owns reconnecting, with backoff. */
 class StreamSource extends EventTarget {
-  constructor(url, token) {
+  constructor(url, token, lastEventId = null) {
     super();
     this.status = 0;
     this.closed = false;
+    this.lastEventId = lastEventId;
     this.controller = new AbortController();
     this.run(url, token);
   }
@@ -579,6 +587,7 @@ class StreamSource extends EventTarget {
   async run(url, token) {
     const headers = { Accept: "text/event-stream" };
     if (token) headers.Authorization = `Bearer ${token}`;
+    if (this.lastEventId) headers["Last-Event-ID"] = this.lastEventId;
     try {
       const response = await fetch(url, { headers, cache: "no-store", signal: this.controller.signal });
       this.status = response.status;
@@ -615,8 +624,13 @@ class StreamSource extends EventTarget {
       const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
       if (field === "event") event = value;
       else if (field === "data") data.push(value);
+      else if (field === "id" && !value.includes("\0")) this.lastEventId = value;
     }
-    if (data.length && !this.closed) this.dispatchEvent(new MessageEvent(event, { data: data.join("\n") }));
+    if (this.closed) return;
+    this.dispatchEvent(new CustomEvent("position", { detail: this.lastEventId }));
+    if (data.length) {
+      this.dispatchEvent(new MessageEvent(event, { data: data.join("\n"), lastEventId: this.lastEventId || "" }));
+    }
   }
 
   close() {
@@ -628,13 +642,30 @@ class StreamSource extends EventTarget {
 function connect() {
   clearTimeout(state.reconnectTimer);
   if (state.stream) state.stream.close();
-  const stream = new StreamSource(`${API}/stream`, readToken());
+  const resuming = Boolean(state.lastEventId);
+  const stream = new StreamSource(`${API}/stream`, readToken(), state.lastEventId);
   state.stream = stream;
   stream.addEventListener("open", () => {
     state.backoff = 0;
     setConnection("live");
     quietly(loadAreas());
-    refreshAll(); // what changed while we were away
+    if (!resuming) {
+      refreshAll();
+      return;
+    }
+    // Alerts and KPIs missed meanwhile come first on the stream itself (or a `reset`); the rest polls.
+    state.resumes += 1;
+    document.body.dataset.streamResumes = String(state.resumes);
+    Promise.all([loadSilences(), loadSources(), loadTelemetry()].map(quietly));
+  });
+  stream.addEventListener("position", (event) => {
+    if (state.stream === stream) state.lastEventId = event.detail;
+  });
+  // What was missed is gone (the daemon restarted, or we were away too long): load everything again.
+  stream.addEventListener("reset", () => {
+    state.resets += 1;
+    document.body.dataset.streamResets = String(state.resets);
+    refreshAll();
   });
   stream.addEventListener("alert", (event) => onAlertEvent(JSON.parse(event.data)));
   stream.addEventListener("kpi", (event) => onKpiEvent(JSON.parse(event.data)));
