@@ -22,8 +22,8 @@ from pathlib import Path
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `tests.servers` is imported from the checkout, as ingest_bench does
-    sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:  # for `tests.servers`; appended, so a snapshot's `ioc` on PYTHONPATH wins
+    sys.path.append(str(ROOT))
 
 from tests.servers import free_port, wait_for_http
 
