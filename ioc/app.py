@@ -116,7 +116,7 @@ class Daemon:
         wall = web_router(self.areas, default_province(self.areas), pipeline=self.pipeline, watch=self.watch)
         self.app = create_app(settings=settings, pipeline=self.pipeline, metrics=self.metrics,
                               readiness=self.problems, alerts=self.alerts, kpis=self.kpis, stream=self.stream,
-                              web=wall, cap=cap_router(self.cap.store, settings.cap))
+                              web=wall, cap=cap_router(self.cap.store, settings.cap), areas=self.areas)
         self.http = HttpServer(self.app, settings.http)
         self.metrics.add(self.http.metrics)
 

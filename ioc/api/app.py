@@ -24,10 +24,12 @@ from ioc import __version__
 from ioc.alerts.manager import AlertManager
 from ioc.api.alertmanager_v2 import alertmanager_v2_router
 from ioc.api.alerts import alerts_router, kpis_router
+from ioc.api.areas_api import areas_router
 from ioc.api.docs import docs_router
 from ioc.api.events import EventIntake, event_schemas, events_router
 from ioc.api.health import health_router
 from ioc.api.stream import Broadcaster, stream_router
+from ioc.areas import AreaRegistry
 from ioc.auth import Authenticator, bearer_token
 from ioc.config import Settings
 from ioc.ingest.pipeline import Pipeline
@@ -160,7 +162,8 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
                readiness: Callable[[], list[str]], alerts: AlertManager | None = None,
                kpis: KpiBoard | None = None, stream: Broadcaster | None = None,
-               web: APIRouter | None = None, cap: APIRouter | None = None) -> FastAPI:
+               web: APIRouter | None = None, cap: APIRouter | None = None,
+               areas: AreaRegistry | None = None) -> FastAPI:
     """The FastAPI application of the daemon. Registers its own metric source into `metrics`
     (`ioc_http_requests_total{route,status}`, `ioc_http_rate_limited_total{vendor}`).
 
@@ -199,6 +202,8 @@ def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
         app.include_router(web)
     if cap is not None:  # the CAP 1.2 feed (`ioc.cap.api.cap_router`): /api/v1/cap
         app.include_router(cap)
+    if areas is not None:  # a province's units for vendors (`ioc.api.areas_api`): /api/v1/provinces/...
+        app.include_router(areas_router(areas))
 
     if not settings.http.public_read:
         app.add_middleware(ReadAccess, authenticator=app.state.authenticator)
