@@ -64,6 +64,9 @@ class AreaRegistry:
                                           for day in (area.valid_from, area.valid_to) if day})
         self._entries: list[dict[str, _Entry | None]] = [{} for _ in range(len(self._breaks) + 1)]
         self._children: list[dict[str, list[Area]] | None] = [None] * (len(self._breaks) + 1)
+        # A day inside each period (any will do: validity only changes at a break).
+        self._days = [date.fromordinal(self._breaks[0] - 1) if self._breaks else date.today()] + [
+            date.fromordinal(day) for day in self._breaks]
 
     # --- loading -------------------------------------------------------------------------------------
 
@@ -160,9 +163,7 @@ class AreaRegistry:
         versions = self._versions.get(code)
         if not versions:
             return None
-        # Any day of the period will do: validity only changes at a break.
-        day = date.fromordinal(self._breaks[period - 1]) if period else (
-            date.fromordinal(self._breaks[0] - 1) if self._breaks else date.today())
+        day = self._days[period]
         for area in versions:
             if area.valid_at(day):
                 return area
