@@ -116,35 +116,6 @@ def _render_dossier(event: DossierEvent, time_ns: int) -> str:
     return render_point("dossier", tags, fields, time_ns)
 
 
-def parse_tag(point: str, key: str) -> str | None:
-    """The unescaped value of tag `key` in a rendered point, or None (for dead-lettering refused points)."""
-    tags, index, length = [], 0, len(point)
-    start = 0
-    while index < length:
-        char = point[index]
-        if char == "\\":
-            index += 2
-            continue
-        if char in ", ":
-            tags.append(point[start:index])
-            start = index + 1
-            if char == " ":
-                break
-        index += 1
-    for pair in tags[1:]:  # the first is the measurement
-        name, _, value = pair.partition("=")
-        while name.endswith("\\") and "=" in value:  # an escaped '=' inside the key
-            extra, _, value = value.partition("=")
-            name = f"{name}={extra}"
-        if _unescape(name) == key:
-            return _unescape(value)
-    return None
-
-
-def _unescape(text: str) -> str:
-    return text.replace("\\,", ",").replace("\\=", "=").replace("\\ ", " ")
-
-
 def render_kpi(kpi: str, area: str, level: str, value: float, target: float | None, time_ns: int) -> str:
     """The `kpi` measurement (docs/influxdb.md): tags `kpi`, `area`, `level`; fields `value`, `target`."""
     fields: dict[str, float | str | bool] = {"value": value}

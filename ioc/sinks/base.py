@@ -5,18 +5,57 @@ sink calls the callbacks in the order it received them, once the points handed w
 them) are durable: written to the database, or to the sink's spool. The MQTT connector acknowledges a
 QoS 1 message from that callback, which is why order matters (MQTT wants PUBACKs in arrival order).
 
+A point may carry its origin (`Points`: a list of lines with, aligned, the `Origin` of each), so a point
+the database refuses for good is traced to its event and source without reading the line back. Any
+plain list of lines is accepted too (its points have no origin: the daemon's own KPI and alert points).
+
 Counting rule (docs/metrics.md): every point handed to a sink is, at any quiet moment, exactly one of
 written, dead_lettered, dropped (with a reason), still queued, or spooled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from ioc.metrics import MetricSource
 
 DurableCallback = Callable[[], None]
+
+
+class Origin(NamedTuple):
+    """Where a point came from: the accepted event's source and id."""
+
+    source: str
+    event_id: str
+
+
+class Points(list[str]):
+    """Lines of line protocol and, in `origins`, the origin of each line (same length, same order).
+
+    A list subclass so every sink and every caller that knows only lists keeps working; the pipeline
+    fills both with `append` in its loop (no per-point object beyond the origin tuple)."""
+
+    __slots__ = ("origins",)
+
+    def __init__(self, lines: Iterable[str] = (), origins: Iterable[Origin | None] = ()) -> None:
+        super().__init__(lines)
+        self.origins: list[Origin | None] = list(origins)
+
+
+def origins_of(points: Sequence[str]) -> list[Origin | None] | None:
+    """The origins submitted with `points`, or None when they carry none."""
+    origins: list[Origin | None] | None = getattr(points, "origins", None)
+    if not origins:
+        return None
+    if len(origins) != len(points):  # a bug of the caller: refuse rather than misfile a dead letter
+        raise ValueError(f"{len(points)} points with {len(origins)} origins")
+    return origins
+
+
+RefusedCallback = Callable[[str, str, "Origin | None"], None]
+"""`on_refused(reason, point, origin)`: a point the database refused for good (the daemon dead-letters
+it to its origin's source)."""
 
 
 @runtime_checkable
@@ -28,8 +67,9 @@ class Sink(Protocol):
 
     def submit(self, points: list[str], on_durable: DurableCallback | None = None, *,
                timeout: float | None = None) -> None:
-        """Queue points (possibly none, to order a callback behind earlier points). Blocks while the
-        queue is full, up to `timeout` seconds (None: as long as it takes); raises `SinkFull` then."""
+        """Queue points (possibly none, to order a callback behind earlier points; a `Points` to give
+        their origins). Blocks while the queue is full, up to `timeout` seconds (None: as long as it
+        takes); raises `SinkFull` then."""
 
     def has_room(self, points: int) -> bool:
         """Whether `points` more would be taken now without waiting."""

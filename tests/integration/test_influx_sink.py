@@ -93,7 +93,7 @@ def quiet(sink: InfluxSink) -> bool:
     """Nothing queued or spooled and no outage: every point handed has an outcome, the sink writes
     directly again."""
     return (metric(sink, "ioc_sink_queue_points") == 0 and metric(sink, "ioc_sink_spool_points") == 0
-            and not sink.outage)
+            and metric(sink, "ioc_sink_outage") == 0)
 
 
 class Callbacks:
@@ -262,7 +262,7 @@ def test_a_refused_point_is_dead_lettered_and_the_rest_written(
     refused: list[tuple[str, str]] = []
     sink = started(InfluxSink(settings(influxdb.url, database=database, batch_size=100),
                               spool_path=tmp_path / "store.db",
-                              on_refused=lambda reason, point: refused.append((reason, point))))
+                              on_refused=lambda reason, point, origin: refused.append((reason, point))))
     sinks.append(sink)
     first = Callbacks()
     sink.submit(['conflict,s=x f="text" 1'], first.make(0))  # the field is a string from now on
@@ -383,7 +383,7 @@ def test_503_with_retry_after_is_waited_for_and_nothing_is_lost(
     assert "sink.outage_started" in events and events.count("sink.write_failed") == 2
     [ended] = [entry for entry in logs if entry["event"] == "sink.outage_ended"]
     assert ended["points_replayed"] > 0 and ended["duration"] >= 1.9
-    assert not sink.outage
+    assert metric(sink, "ioc_sink_outage") == 0
     assert_counting_rule(sink)
 
 
@@ -445,7 +445,7 @@ def test_a_refused_point_in_the_spool_is_dead_lettered_on_replay(
     tiny.refuse = b"bad"
     refused: list[tuple[str, str]] = []
     sink = started(InfluxSink(settings(tiny.url), spool_path=tmp_path / "store.db",
-                              on_refused=lambda reason, point: refused.append((reason, point))))
+                              on_refused=lambda reason, point, origin: refused.append((reason, point))))
     sinks.append(sink)
     good = [f"m value={i}.0 {i}" for i in range(9)]
     callbacks = Callbacks()
@@ -499,7 +499,7 @@ def test_outage_under_a_steady_stream_loses_and_duplicates_nothing(
             wait_until(lambda: metric(sink, "ioc_sink_spool_points") > 0, 10, "nothing was spooled")
             time.sleep(2)
             spooled_during_outage = metric(sink, "ioc_sink_spool_points")
-            assert sink.outage and sink.problems() == []  # the spool takes points: still ready
+            assert metric(sink, "ioc_sink_outage") == 1 and sink.problems() == []  # the spool takes points: still ready
             private_influxdb.restart()
             time.sleep(0.5)
         finally:

@@ -14,7 +14,8 @@ from structlog.testing import capture_logs
 
 from ioc import failpoints
 from ioc.sinks.influx import InfluxSink
-from ioc.sinks.influx.spool import Spool
+from ioc.sinks.buffer import Batch
+from ioc.sinks.spool import Spool
 from tests.integration.test_influx_sink import (
     Callbacks,
     TinyInflux,
@@ -53,11 +54,11 @@ def failing_disk(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[int]:
     attempts = [0]
     append = Spool.append
 
-    def flaky(self: Spool, points: list[str]) -> None:
+    def flaky(self: Spool, batch: Batch) -> None:
         attempts[0] += 1
         if attempts[0] <= failures:
             raise OSError(errno.ENOSPC, "No space left on device")
-        append(self, points)
+        append(self, batch)
 
     monkeypatch.setattr(Spool, "append", flaky)
     return attempts
@@ -84,7 +85,7 @@ def test_a_failing_spool_disk_holds_the_batch_unacknowledged_and_loses_nothing(
         assert_counting_rule(sink)
         # The disk comes back (the 4th append works): the held batch and the rest are spooled, acknowledged.
         wait_until(lambda: callbacks.ran == [0, 1, 2, 3], 10, f"not spooled after the disk came back: "
-                   f"{callbacks.ran}, {sink.status()}")
+                   f"{callbacks.ran}, {sink.problems()}")
         assert sink.problems() == []
         assert metric(sink, "ioc_sink_points_total", outcome="dropped") == 0
         tiny.fallback = (204, {})
@@ -111,7 +112,7 @@ def test_a_held_batch_goes_to_the_database_when_it_returns_before_the_disk(
     assert callbacks.ran == []
     assert not sink.has_room(1000)  # back-pressure to intake while a batch is held
     tiny.fallback = (204, {})
-    wait_until(lambda: quiet(sink) and callbacks.ran == [1, 2], 10, f"not written: {sink.status()}")
+    wait_until(lambda: quiet(sink) and callbacks.ran == [1, 2], 10, f"not written: {sink.problems()}")
     assert tiny.accepted_lines() == sent
     assert sink.problems() == []
     assert_counting_rule(sink)

@@ -1,9 +1,6 @@
-"""The two ways to POST a batch of line protocol: InfluxDB 1.x `/write` and the v2 write API.
-
-A writer does one thing: send the points, joined by newlines, as one request, and turn every failure into
-a `WriteError` (a `SinkError`) saying whether the same points may succeed later (`retryable`), what the
-server asked for (`retry_after`), its HTTP status, and a `kind` for the error counter. Retry, splitting and
-spooling are the sink's business, not the writer's (the caller owns the policy, as in Alertmanager).
+"""The two InfluxDB `Writer`s: 1.x `/write` and the v2 write API (`ioc.sinks.writer` says what a writer
+does: one request per batch, every failure a `WriteError`; retry, splitting and spooling are the batching
+loop's business, as in Telegraf's outputs).
 """
 
 from __future__ import annotations
@@ -13,43 +10,17 @@ import email.utils
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import orjson
 import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
 
 from ioc.config import InfluxSettings
-from ioc.errors import SinkError
 from ioc.redact import redact_text
+from ioc.sinks.writer import WriteError, Writer
 
-# Refusals of the points themselves: the sink splits the batch to find the bad ones. 422 is what
-# InfluxDB 2.x answers for points it cannot store (e.g. outside the bucket's retention).
-SPLIT_STATUSES = frozenset({400, 413, 422})
 AUTH_STATUSES = frozenset({401, 403})
-
-
-class WriteError(SinkError):
-    """A failed write. `kind` is the label of `ioc_sink_write_errors`: timeout, connection, http_5xx,
-    http_429, http_4xx or auth."""
-
-    def __init__(self, message: str, *, kind: str, retryable: bool, retry_after: float | None = None,
-                 status: int | None = None, splittable: bool | None = None) -> None:
-        super().__init__(message, retryable=retryable, retry_after=retry_after, status=status)
-        self.kind = kind
-        self.splittable = status in SPLIT_STATUSES if splittable is None else splittable
-        """Whether the server refused (some of) the points themselves, so smaller batches may get through:
-        the sink splits the batch and dead-letters a single point still refused."""
-
-
-class Writer(Protocol):
-    """What the sink needs from a writer."""
-
-    def write(self, points: list[str]) -> None:
-        """POST the points as one request; raise `WriteError` when they were not all stored."""
-
-    def close(self) -> None:
-        """Release connections."""
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
