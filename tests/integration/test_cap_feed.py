@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -195,3 +196,69 @@ async def test_the_feed_is_in_the_openapi_document(tmp_path: Path, areas: AreaRe
 def test_the_settings_default_the_feed(tmp_path: Path) -> None:
     assert CapSettings().url is None
     assert CapSettings(url="https://ioc.example.vn").url == "https://ioc.example.vn/"
+
+
+DAEMON_RULES = """\
+rules:
+  - id: aqi-bad
+    kind: threshold
+    severity: critical
+    match: {type: telemetry, metric: env.aqi}
+    group_by: [area]
+    op: ">="
+    threshold: 151
+    clear: 120
+    summary: "Chất lượng không khí xấu tại {{ area_name }}: VN_AQI {{ value }}"
+    public: true
+"""
+
+
+def test_the_daemon_publishes_its_public_rules_on_the_feed(
+        tmp_path: Path, mosquitto: Any, influxdb: Any, database: str, unique: str,
+        schema: xmlschema.XMLSchema) -> None:
+    """`ioc run` wires it: events over HTTP fire and resolve a public rule; its feed holds the Alert and
+    the Cancel, valid CAP, and keeps them across a restart of the daemon."""
+    from tests.e2e.daemon import VENDOR_TOKEN, make_daemon
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(DAEMON_RULES, encoding="utf-8")
+    daemon = make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
+                         client_id=f"ioc-cap-{unique}",
+                         extra=f'\n[rules]\npaths = ["{rules}"]\n[cap]\nsender = "ioc.test"\n')
+    daemon.start()
+    try:
+        commune = next(a for a in httpx.get(f"{daemon.api}/api/v1/areas", timeout=10).json()
+                       if a["level"] == "commune")
+
+        def post(n: int, value: float) -> None:
+            event = {"id": f"{unique}-{n}", "source": "qtmt-aqi", "type": "telemetry", "metric": "env.aqi",
+                     "value": value, "area": commune["code"],
+                     "time": (datetime.now(VN) + timedelta(seconds=n)).isoformat()}
+            answer = httpx.post(f"{daemon.api}/api/v1/events", json=event, timeout=10,
+                                headers={"Authorization": f"Bearer {VENDOR_TOKEN}"})
+            assert answer.status_code == 202 and answer.json()["accepted"] == 1, answer.text
+
+        def feed_entries(count: int) -> list[ET.Element]:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                found = entries(httpx.get(f"{daemon.api}/api/v1/cap", timeout=10).content)
+                if len(found) >= count:
+                    return found
+                time.sleep(0.1)
+            raise AssertionError(f"the feed has not {count} entries")
+
+        post(1, 180.0)
+        assert field(cap_of(feed_entries(1)[0]), "cap:msgType") == "Alert"
+        post(2, 100.0)
+        cancel, alert = (cap_of(each) for each in feed_entries(2))
+        assert [field(alert, "cap:msgType"), field(cancel, "cap:msgType")] == ["Alert", "Cancel"]
+        for message in (alert, cancel):
+            schema.validate(ET.tostring(message, encoding="unicode"))
+            assert field(message, "cap:sender") == "ioc.test"
+            assert field(message, "cap:info/cap:area/cap:geocode/cap:value") == commune["code"]
+            assert field(message, "cap:info/cap:area/cap:areaDesc").startswith(commune["name"])
+        assert daemon.terminate() == 0
+        daemon.start()
+        assert len(entries(httpx.get(f"{daemon.api}/api/v1/cap", timeout=10).content)) == 2
+    finally:
+        daemon.stop()
