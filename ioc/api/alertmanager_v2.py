@@ -15,8 +15,9 @@ karma work against it unchanged. Alertmanager's OpenAPI spec (`api/v2/openapi.ya
 - `GET /api/v2/status`, `GET /api/v2/receivers`.
 
 Reads are open as `/api/v1`'s are (`[http] public_read`); a change needs an operator's bearer token (401
-without, 403 with another kind), as `/api/v1`'s operator actions. Errors keep the daemon's shape,
-`{"error": "..."}`: amtool shows the status and exits non-zero.
+without, 403 with another kind), as `/api/v1`'s operator actions. A bad request (400) or an unknown id
+(404) is answered in Alertmanager's shape, the reason as a JSON string, so amtool shows it; the daemon's
+own refusals (401, 403, 413, 422) keep its `{"error": "..."}`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Annotated, Any, Literal
 import orjson
 import yaml
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -50,10 +52,12 @@ VALID_FOR = 300.0  # seconds a listed firing alert's `endsAt` lies ahead (Alertm
 _STATE_ORDER = {"active": 0, "pending": 1, "expired": 2}
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "A bad silence, the field named."},
+    400: {"content": {"application/json": {"schema": {"type": "string"}}},
+          "description": "A bad silence, the field named (a JSON string, as Alertmanager answers)."},
     401: {"model": ErrorBody, "description": "No or an unknown bearer token."},
     403: {"model": ErrorBody, "description": "Not an operator's token."},
-    404: {"model": ErrorBody, "description": "No silence with the `id` given."},
+    404: {"content": {"application/json": {"schema": {"type": "string"}}},
+          "description": "No silence with the `id` given (a JSON string)."},
     413: {"model": ErrorBody, "description": "Body over 64 KiB."}}
 _SILENCE_EXAMPLE = {"matchers": [{"name": "alertname", "value": "cell-down", "isRegex": False, "isEqual": True},
                                  {"name": "area", "value": "227.*", "isRegex": True, "isEqual": True}],
@@ -165,6 +169,24 @@ def _receiver_matches(receiver: str | None) -> bool:
         raise HTTPException(400, f"receiver: {error}") from None
 
 
+class AlertmanagerRoute(APIRoute):
+    """A route that answers its own 400 and 404 as Alertmanager does: the reason as a JSON string (the
+    body amtool's client reads and shows)."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)  # type: ignore[no-any-return]
+            except HTTPException as error:
+                if error.status_code not in (400, 404):
+                    raise
+                return _json(str(error.detail), error.status_code)
+
+        return handle
+
+
 AlertFilter = Callable[[Alert], bool]
 
 
@@ -188,7 +210,7 @@ def _alert_filter(filters: list[str] | None, *, active: bool, silenced: bool, in
 def alertmanager_v2_router(manager: AlertManager, settings: AlertsSettings, *,
                            clock: Callable[[], float] = time.time) -> APIRouter:
     """The `/api/v2/...` routes over `manager`; `uptime` counts from when the router is made."""
-    router = APIRouter(tags=["alertmanager-v2"])
+    router = APIRouter(tags=["alertmanager-v2"], route_class=AlertmanagerRoute)
     started = clock()
     original = config_yaml(settings)
 

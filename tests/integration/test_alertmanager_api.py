@@ -133,7 +133,7 @@ async def test_filters_and_the_state_flags_select_as_alertmanager_does(api: Api)
         assert await names(receiver="io.*") == ["aqi-bad", "cell-down"]
         assert await names(receiver="email") == []
         bad = await client.get("/api/v2/alerts", params={"filter": "alertname=~(a+"})
-        assert bad.status_code == 400 and "filter" in bad.json()["error"]
+        assert bad.status_code == 400 and "filter" in bad.json()  # Alertmanager's shape: a JSON string
 
 
 async def test_silenced_and_inhibited_alerts_are_suppressed_with_who_mutes_them(api: Api) -> None:
@@ -192,7 +192,8 @@ async def test_a_silence_made_through_either_api_is_the_same_silence(api: Api) -
 
         one = await client.get(f"/api/v2/silence/{v1_id}")
         assert one.status_code == 200 and one.json() == made_in_v1
-        assert (await client.get("/api/v2/silence/no-such-id")).status_code == 404
+        missing = await client.get("/api/v2/silence/no-such-id")
+        assert missing.status_code == 404 and "no-such-id" in missing.json()
         filtered = await client.get("/api/v2/silences", params={"filter": 'area=~"227.*"'})
         assert [s["id"] for s in filtered.json()] == [v1_id]
 
@@ -230,7 +231,8 @@ async def test_a_post_with_an_existing_id_updates_the_silence(api: Api) -> None:
 async def test_changes_need_an_operator_token_and_bad_silences_are_named(api: Api) -> None:
     body = v2_silence({"name": "area", "value": "22723", "isRegex": False})
     async with api.client() as client:
-        assert (await client.post("/api/v2/silences", json=body)).status_code == 401
+        unauthorized = await client.post("/api/v2/silences", json=body)
+        assert unauthorized.status_code == 401 and "token" in unauthorized.json()["error"]  # the daemon's shape
         assert (await client.post("/api/v2/silences", headers=auth("wrong"), json=body)).status_code == 401
         assert (await client.post("/api/v2/silences", headers=auth(VENDOR), json=body)).status_code == 403
         made = (await client.post("/api/v2/silences", headers=auth(OPERATOR), json=body)).json()["silenceID"]
@@ -246,7 +248,7 @@ async def test_changes_need_an_operator_token_and_bad_silences_are_named(api: Ap
         ]:
             answer = await client.post("/api/v2/silences", headers=auth(OPERATOR), json=bad)
             assert answer.status_code == 400, (bad, answer.text)
-            assert named in answer.json()["error"], answer.text
+            assert named in answer.json(), answer.text  # a JSON string, as Alertmanager answers
         audit = [(entry.actor, entry.action) for entry in api.manager.audit_log(target=made)]
         assert audit == [("truc-ban-1", "silence.create")]
 
