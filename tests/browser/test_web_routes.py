@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 
 from ioc.api.app import _http_error, _validation_error
 from ioc.api.web import default_province, load_assets, web_router
-from ioc.areas import AreaRegistry
+from ioc.areas import registry_from_settings
 from ioc.auth import Authenticator
-from ioc.config import Settings, token_sha256
+from ioc.config import AreasSettings, Settings, token_sha256
 from ioc.envelope import EVENT_ADAPTER
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
@@ -25,7 +25,7 @@ OPERATOR, VENDOR = "token-operator", "token-vendor"
 
 
 def event(
-    source: str, value: float, *, area: str = "22723", metric: str = "env.aqi", when: str | None = None
+    source: str, value: float, *, area: str = "22945", metric: str = "env.aqi", when: str | None = None
 ) -> object:
     return EVENT_ADAPTER.validate_json(
         orjson.dumps(
@@ -56,7 +56,7 @@ def make_client(
     )
     app = FastAPI(exception_handlers={HTTPException: _http_error, RequestValidationError: _validation_error})
     app.state.authenticator = Authenticator(settings)
-    areas = AreaRegistry.default()
+    areas = registry_from_settings(AreasSettings(provinces=["68"]))  # the demo's province, Lâm Đồng
     app.include_router(web_router(areas, province or default_province(areas), pipeline=pipeline, watch=watch))
     return TestClient(app)
 
@@ -66,7 +66,7 @@ def test_the_page_is_vietnamese_by_default_and_english_on_request() -> None:
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<html lang="vi"' in page.text
-    assert "Tỉnh Bình Thuận" in page.text and "Trung tâm Điều hành thông minh" in page.text
+    assert "Tỉnh Lâm Đồng" in page.text and "Trung tâm Điều hành thông minh" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
     english = client.get("/", params={"lang": "en"})
     assert '<html lang="en"' in english.text and "Intelligent Operations Center" in english.text
@@ -111,16 +111,16 @@ def test_areas_lists_the_registry_of_the_day() -> None:
     client = make_client()
     areas = client.get("/api/v1/areas").json()
     by_code = {area["code"]: area for area in areas}
-    assert by_code["60"] == {"code": "60", "name": "Tỉnh Bình Thuận", "level": "province", "parent": None}
-    assert by_code["22723"] == {
-        "code": "22723",
+    assert by_code["68"] == {"code": "68", "name": "Tỉnh Lâm Đồng", "level": "province", "parent": None}
+    assert by_code["22945"] == {
+        "code": "22945",
         "name": "Phường Phan Thiết",
         "level": "commune",
-        "parent": "60",
+        "parent": "68",
     }
     assert not [a for a in areas if a["level"] == "district"]  # two levels since 2025-07-01
     before = {a["code"]: a for a in client.get("/api/v1/areas", params={"at": "2025-06-30"}).json()}
-    assert before["22723"]["name"] == "Phường Lạc Đạo" and before["22723"]["parent"] == "593"
+    assert before["22945"]["name"] == "Phường Lạc Đạo" and before["22945"]["parent"] == "593"
     bad = client.get("/api/v1/areas", params={"at": "2025-13-45"})
     assert bad.status_code == 400 and "at:" in bad.json()["error"]
     assert client.get("/api/v1/areas", params={"at": "yesterday"}).status_code == 422
@@ -185,11 +185,11 @@ def test_telemetry_keeps_the_latest_watched_reading_per_area() -> None:
     watch = SourceWatch()
     watch.observe(event("qtmt-aqi", 90.0, when="2026-03-02T08:00:00+07:00"))  # type: ignore[arg-type]
     watch.observe(event("qtmt-aqi", 162.0, when="2026-03-02T08:05:00+07:00"))  # type: ignore[arg-type]
-    watch.observe(event("qtmt-aqi", 40.0, area="22693"))  # type: ignore[arg-type]
+    watch.observe(event("qtmt-aqi", 40.0, area="22918"))  # type: ignore[arg-type]
     watch.observe(event("qtmt-aqi", 1.0, metric="env.pm25"))  # type: ignore[arg-type]  # not watched
     client = make_client(watch=watch)
     readings = client.get("/api/v1/telemetry", params={"metric": "env.aqi"}).json()
-    assert [(r["area"], r["value"]) for r in readings] == [("22693", 40.0), ("22723", 162.0)]
+    assert [(r["area"], r["value"]) for r in readings] == [("22918", 40.0), ("22945", 162.0)]
     assert readings[1]["time"] == "2026-03-02T01:05:00+00:00"
     assert make_client().get("/api/v1/telemetry").json() == []
 
