@@ -111,6 +111,7 @@ class Daemon:
                        self.evaluator.metrics(), *(aggregator.metrics() for aggregator in self.aggregators)):
             self.metrics.add(source)
         self.metrics.add(self._own_metrics)
+        self.metrics.add(self.cap.metrics)
         for pusher in self.pushers:
             self.metrics.add(pusher.metrics)
         wall = web_router(self.areas, default_province(self.areas), pipeline=self.pipeline, watch=self.watch)

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
+from prometheus_client.core import Metric
 
 from ioc.alerts.alert import Alert, Change
 from ioc.areas import AreaRegistry, local_date
 from ioc.cap.config import CapSettings
 from ioc.cap.message import CapArea, CapMessage, CapText, MsgType, Reference, render
 from ioc.cap.store import CapStore, StoredMessage
+from ioc.metrics import counter
 from ioc.rules.template import Template
 
 log = structlog.get_logger("ioc.cap")
@@ -93,6 +95,10 @@ class CapPublisher:
                                      message.texts[0].headline, digest, render(message)))
         self.published[msg_type] += 1
         log.info("cap.published", identifier=message.identifier, msg_type=msg_type, rule=alert.rule)
+
+    def metrics(self) -> Iterable[Metric]:
+        yield counter("ioc_cap_messages", "CAP 1.2 messages published for public rules, by msgType.",
+                      ("msg_type",), {(kind,): float(count) for kind, count in self.published.items()})
 
     def message(self, alert: Alert, rule: Any, msg_type: MsgType, history: list[StoredMessage]) -> CapMessage:
         """The CAP message for `alert` (pure, given the earlier messages of the same alert)."""

@@ -208,3 +208,11 @@ def test_the_store_keeps_the_newest(tmp_path: Path, areas: AreaRegistry, commune
     assert [m.alert_id[-1] for m in publisher.store.latest()] == ["4", "3", "2"]
     # Kept in the file: a new store on it (a restart) has them.
     assert len(CapStore(tmp_path / "ioc.db", keep=3).latest()) == 3
+
+
+def test_messages_are_counted(publisher: CapPublisher, commune: str) -> None:
+    publisher.notify(firing(commune), "firing")
+    publisher.notify(replace(firing(commune), state="resolved"), "resolved")
+    samples = {s.labels["msg_type"]: s.value for m in publisher.metrics() for s in m.samples
+               if s.name == "ioc_cap_messages_total"}
+    assert samples == {"Alert": 1.0, "Update": 0.0, "Cancel": 1.0}
