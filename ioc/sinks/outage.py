@@ -8,8 +8,8 @@
 
 - WRITING: batches go straight to the database.
 - SPOOLING: the database fails; new batches go to the spool behind the older ones (order kept), and a
-  probe replays the oldest spooled batch after a backoff (jittered, doubling from retry_min to
-  retry_max, or the server's Retry-After). With `spool_on_full = "drop"` a batch the spool cannot take
+  probe replays the oldest spooled batch after the daemon's one backoff (`ioc.retry.Backoff`: jittered,
+  doubling from retry_min to retry_max; the server's Retry-After honoured up to retry_max). With `spool_on_full = "drop"` a batch the spool cannot take
   is dropped (counted) and the state stays SPOOLING, with `spool_full` set.
 - HOLDING: a batch could be neither written nor spooled. It waits at the front of the memory queue,
   unacknowledged (its events are durable nowhere yet), nothing more is taken (back-pressure up to
@@ -21,7 +21,6 @@ Only the sink's batching loop changes the state; other threads read it (readines
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Iterable
 from enum import Enum
@@ -30,11 +29,10 @@ import structlog
 from prometheus_client.core import Metric
 
 from ioc.metrics import counter, gauge
+from ioc.retry import Backoff
 from ioc.sinks.writer import WriteError
 
 log = structlog.get_logger("ioc.sinks")
-
-_MIN_BACKOFF = 0.01  # seconds; a zero retry_min must not become a busy loop
 
 
 class State(Enum):
@@ -46,8 +44,7 @@ class State(Enum):
 class Outage:
     def __init__(self, sink: str, *, retry_min: float, retry_max: float, spooled: int) -> None:
         self.sink = sink
-        self._retry_min = max(retry_min, _MIN_BACKOFF)
-        self._retry_max = max(retry_max, self._retry_min)
+        self._backoff = Backoff(retry_min, retry_max)
         self.state = State.SPOOLING if spooled else State.WRITING  # replay what an earlier run left
         self.next_probe = 0.0
         self.spool_full = False  # the spool could not take the last batch that did not fit
@@ -55,7 +52,6 @@ class Outage:
         self.problem: str | None = None  # a failure a person must fix (401, a wrong URL...)
         self.outages = 0
         self._since = time.monotonic()
-        self._attempt = 0
         self._replayed = 0
         self._full_logged = False
 
@@ -75,15 +71,15 @@ class Outage:
             self.state = State.SPOOLING
             self.outages += 1
             self._since = time.monotonic()
-            self._replayed = self._attempt = 0
+            self._replayed = 0
+            self._backoff.reset()
             log.warning("sink.outage_started", sink=self.sink, kind=error.kind, status=error.status,
                         error=str(error))
-        delay = self._backoff(error)
+        delay = self._backoff.failed(error.retry_after)
         if error.needs_a_person:
             self.problem = str(error)
         log.warning("sink.write_failed", sink=self.sink, kind=error.kind, status=error.status, error=str(error),
-                    attempt=self._attempt + 1, retry_in=round(delay, 3), spooled=spooled)
-        self._attempt += 1
+                    attempt=self._backoff.failures, retry_in=round(delay, 3), spooled=spooled)
         self.next_probe = time.monotonic() + delay
 
     def spool_refused(self, disk_error: str | None, *, points: int, spooled: int, max_points: int) -> None:
@@ -114,7 +110,7 @@ class Outage:
     def probe_succeeded(self, points: int, *, spool_empty: bool, spool_has_room: bool) -> None:
         """A probe wrote `points`: keep going at once; once the spool is empty the outage is over."""
         self._replayed += points
-        self._attempt = 0
+        self._backoff.reset()
         self.next_probe = 0.0
         self.problem = None
         if self.spool_full and spool_has_room:
@@ -131,7 +127,7 @@ class Outage:
                      duration=round(time.monotonic() - self._since, 3))
         self.problem = self.spool_error = None
         self.spool_full = self._full_logged = False
-        self._attempt = 0
+        self._backoff.reset()
         self.state = State.WRITING
 
     # --- helpers -----------------------------------------------------------------------------------
@@ -142,14 +138,6 @@ class Outage:
             self._full_logged = True
             log.warning("sink.spool_full", sink=self.sink, policy=policy, spooled=spooled, max_points=max_points,
                         points=points)
-
-    def _backoff(self, error: WriteError) -> float:
-        """Seconds before the next probe: the server's Retry-After, else exponential from retry_min to
-        retry_max with equal jitter (so daemons restarted together do not knock at the same instant)."""
-        if error.retry_after is not None:
-            return error.retry_after
-        cap = min(self._retry_max, self._retry_min * 2.0 ** min(self._attempt, 62))
-        return max(self._retry_min, random.uniform(cap / 2.0, cap))
 
     def problems(self, *, spooled: int, held: int, spool_max: int) -> list[str]:
         found = []

@@ -357,7 +357,8 @@ def test_503_with_retry_after_is_waited_for_and_nothing_is_lost(
     tiny: TinyInflux, tmp_path: Path, sinks: list[InfluxSink]
 ) -> None:
     tiny.script.extend([(503, {"Retry-After": "1"}), (503, {"Retry-After": "1"})])
-    sink = started(InfluxSink(settings(tiny.url, retry_min="10ms"), spool_path=tmp_path / "store.db"))
+    # A Retry-After is honoured up to retry_max (ioc.retry: a bogus "come back tomorrow" must not stall).
+    sink = started(InfluxSink(settings(tiny.url, retry_min="10ms", retry_max="5s"), spool_path=tmp_path / "store.db"))
     sinks.append(sink)
     callbacks = Callbacks()
     sent: list[str] = []
@@ -392,7 +393,7 @@ def test_429_honours_an_http_date_retry_after(tiny: TinyInflux, tmp_path: Path, 
     from email.utils import formatdate
 
     tiny.script.append((429, {"Retry-After": formatdate(time.time() + 2, usegmt=True)}))
-    sink = started(InfluxSink(settings(tiny.url, retry_min="10ms"), spool_path=tmp_path / "store.db"))
+    sink = started(InfluxSink(settings(tiny.url, retry_min="10ms", retry_max="5s"), spool_path=tmp_path / "store.db"))
     sinks.append(sink)
     sink.submit(["m value=1.0 1"])
     wait_until(lambda: len(tiny.requests) >= 2, 10, "no retry after the 429")

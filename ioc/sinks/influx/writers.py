@@ -6,8 +6,6 @@ loop's business, as in Telegraf's outputs).
 from __future__ import annotations
 
 import base64
-import email.utils
-import time
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any, cast
@@ -18,27 +16,10 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionErro
 
 from ioc.config import InfluxSettings
 from ioc.redact import redact_text
+from ioc.retry import parse_retry_after
 from ioc.sinks.writer import WriteError, Writer
 
 AUTH_STATUSES = frozenset({401, 403})
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from an HTTP `Retry-After` header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def error_text(body: bytes | str | None, fallback: str) -> str:
