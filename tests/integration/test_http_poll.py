@@ -21,6 +21,7 @@ from ioc.envelope import AnyEvent, StatusEvent
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
 from ioc.metrics import Metrics
+from ioc.retry import RetryPolicy
 from tests.evaluation_tap import EventTap
 from tests.servers import free_port
 
@@ -191,3 +192,51 @@ async def test_no_targets_returns_at_once() -> None:
 def test_the_sample_config_parses() -> None:
     settings = load_settings(ROOT / "connectors" / "http_poll" / "sample.conf")
     assert settings.poll and settings.poll[0].entity
+
+
+class _FullThenRoomy:
+    """A sink with no room for its first `full` hand-overs (SinkFull, as InfluxDB's spool at its bound),
+    then room: the intake answers "overloaded ..., retry later", then takes the event."""
+
+    name = "full-then-roomy"
+
+    def __init__(self, full: int) -> None:
+        self.full = full
+        self.submits = 0
+        self.points: list[str] = []
+
+    def submit(self, points: list[str], on_durable: Any = None, *, timeout: float | None = None) -> None:
+        from ioc.errors import SinkFull
+
+        self.submits += 1
+        if self.submits <= self.full:
+            raise SinkFull("no room")
+        self.points += points
+        if on_durable is not None:
+            on_durable()
+
+    def has_room(self, points: int) -> bool:
+        return self.submits >= self.full
+
+
+async def test_a_hand_over_refused_for_now_is_tried_again_until_taken(web: str) -> None:
+    sink = _FullThenRoomy(full=2)
+    intake = Pipeline(sinks=[sink], dedup=DedupIndex(None, window=86400, max_keys=10**6),  # type: ignore[list-item]
+                      max_bytes=1 << 20, max_future=300)
+    poller = HttpPoller([], intake, retry=RetryPolicy(0, 0.01, 0.05))
+    async with httpx.AsyncClient() as client:
+        outcome = await poller.probe_and_emit(client, target(f"{web}/ok", "svc-retried", interval="5s"))
+    assert outcome.state == "up"
+    assert sink.submits == 3 and len(sink.points) == 1
+    assert intake.accepted[("ioc-probe",)] == 1
+    assert intake.rejected[("ioc-probe", "overloaded")] == 2  # each refusal counted, as CONTRACT §3 says
+
+
+async def test_a_hand_over_still_refused_when_the_next_probe_is_due_is_given_up(web: str) -> None:
+    sink = _FullThenRoomy(full=10**6)
+    intake = Pipeline(sinks=[sink], dedup=DedupIndex(None, window=86400, max_keys=10**6),  # type: ignore[list-item]
+                      max_bytes=1 << 20, max_future=300)
+    poller = HttpPoller([], intake, retry=RetryPolicy(0, 0.05, 0.1))
+    async with httpx.AsyncClient() as client:
+        await poller.probe_and_emit(client, target(f"{web}/ok", "svc-refused", interval="500ms"))
+    assert 2 <= sink.submits < 100 and not sink.points  # tried a few times within the interval, then left
