@@ -1,13 +1,13 @@
 """The batching loop every sink shares (Telegraf's RunningOutput): batch -> write -> accept / split / reject.
 
-    submit ──> MemoryBuffer ──batch──> Writer.write ──ok──────────> written, callbacks run
+    submit ──> MemoryBuffer ──batch──> SplittingWriter ──ok──────────> written, callbacks run
                                            │ refused (400, 413, 422, partial write): split in halves,
                                            │   a single point still refused is dead-lettered
                                            └ failed (down, 5xx, 429, 401...) ──> Spool (Outage: SPOOLING)
-                                                          probes replay it ──> Writer.write
+                                                          probes replay it ──> SplittingWriter
 
 One thread cuts batches of `batch_size` points, or whatever is queued `flush_interval` after the first
-of them, and hands each to the backend's `Writer`. Once a batch's points all have an outcome (written,
+of them, and hands each to the backend's `Writer` (through `SplittingWriter`, `split.py`). Once a batch's points all have an outcome (written,
 spooled, dead-lettered, dropped) the callbacks submitted with and before them run, in submission order,
 in this thread. Where a batch goes when the database fails is the `Outage` state machine's call; the
 counts are the `Ledger`'s; the spool and the memory queue are `Buffer`s. A rewrite of a point is
@@ -33,7 +33,8 @@ from ioc.sinks.base import DurableCallback, RefusedCallback, origins_of
 from ioc.sinks.buffer import Batch, Buffer, MemoryBuffer
 from ioc.sinks.ledger import Held, Ledger
 from ioc.sinks.outage import Outage
-from ioc.sinks.writer import WriteError, Writer
+from ioc.sinks.split import SplittingWriter
+from ioc.sinks.writer import Writer
 
 log = structlog.get_logger("ioc.sinks")
 
@@ -74,11 +75,10 @@ class BatchingOutput:
     def __init__(self, name: str, writer: Writer, spool: SpoolBuffer, policy: Policy, *,
                  on_refused: RefusedCallback | None = None) -> None:
         self.name = name
-        self._writer = writer
         self._spool = spool
         self._policy = policy
-        self._on_refused = on_refused
         self._ledger = Ledger(spooled=spool.points)
+        self._writing = SplittingWriter(name, writer, self._ledger, on_refused)
         self._memory = MemoryBuffer(self._ledger, max_points=policy.queue_max_points,
                                     batch_size=policy.batch_size, name=name)
         self._outage = Outage(name, retry_min=policy.retry_min, retry_max=policy.retry_max, spooled=spool.points)
@@ -163,7 +163,7 @@ class BatchingOutput:
         finally:
             self._fire_due()
             self._spool.close()
-            self._writer.close()
+            self._writing.close()
             self._finished.set()
 
     def _step(self) -> bool:
@@ -212,7 +212,7 @@ class BatchingOutput:
         """A new batch from the memory queue: written, or spooled in an outage."""
         handled = 0
         if not self._outage.active:
-            handled, error = self._write(batch, Held.MEMORY)
+            handled, error = self._writing.write(batch, Held.MEMORY)
             if error is None:
                 self._memory.end(batch, handled)
                 return
@@ -257,7 +257,7 @@ class BatchingOutput:
         if batch is None:  # nothing left to replay
             outage.ended()
             return
-        handled, error = self._write(batch, held)
+        handled, error = self._writing.write(batch, held)
         if error is not None:
             outage.write_failed(error, spooled=self._ledger.spooled)
             if held is Held.MEMORY:
@@ -268,62 +268,6 @@ class BatchingOutput:
         source.end(batch, handled)
         outage.probe_succeeded(len(batch), spool_empty=not spool.points,
                                spool_has_room=spool.has_room(self._policy.batch_size))
-
-    # --- writing ---------------------------------------------------------------------------------------
-
-    def _write(self, batch: Batch, held: Held) -> tuple[int, WriteError | None]:
-        """Write the batch, splitting on refusals and dead-lettering single refused points. Returns how
-        many points from the front have an outcome, and the error that stopped it (None: all)."""
-        lines = batch.lines
-        pending = [(0, len(lines))]  # a stack of [start, end) segments; the next to write is on top
-        while pending:
-            start, end = pending.pop()
-            try:
-                self._write_once(lines if end - start == len(lines) else lines[start:end])
-            except WriteError as error:
-                if not error.splittable:
-                    return start, error
-                if end - start == 1:
-                    self._refuse(batch, start, str(error), held)
-                else:
-                    middle = (start + end) // 2
-                    pending += [(middle, end), (start, middle)]
-                continue
-            self._ledger.settle(held, "written", end - start)
-        return len(lines), None
-
-    def _write_once(self, points: list[str]) -> None:
-        """One request, timed and counted; an unexpected exception becomes a retryable WriteError."""
-        started = time.monotonic()
-        try:
-            if failpoints.ACTIVE:
-                failpoints.hit("sink.before_write")
-            self._writer.write(points)
-        except WriteError as error:
-            failure = error
-        except failpoints.FailpointError as error:  # as a socket error would: no traceback for it
-            failure = WriteError(str(error), kind="connection", retryable=True)
-        except Exception as error:  # a bug in a library must not lose the batch: retry it later
-            log.exception("sink.writer_unexpected", sink=self.name)
-            failure = WriteError(f"unexpected: {type(error).__name__}: {error}", kind="connection",
-                                 retryable=True)
-        else:
-            self._ledger.request(time.monotonic() - started, None)
-            return
-        self._ledger.request(time.monotonic() - started, failure.kind)
-        raise failure
-
-    def _refuse(self, batch: Batch, index: int, reason: str, held: Held) -> None:
-        """A single point the database refuses for good: dead-letter it to its origin."""
-        self._ledger.settle(held, "dead_lettered", 1)
-        point, origin = batch.lines[index], batch.origins[index]
-        log.warning("sink.point_refused", sink=self.name, reason=reason, point=point[:500],
-                    source=origin.source if origin else None, event_id=origin.event_id if origin else None)
-        if self._on_refused is not None:
-            try:
-                self._on_refused(reason, point, origin)
-            except Exception:
-                log.exception("sink.on_refused_failed", sink=self.name)
 
     def _fire_due(self) -> None:
         """Run the callbacks whose points all have an outcome, in submission order."""
