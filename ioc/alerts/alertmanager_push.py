@@ -433,8 +433,9 @@ def push_metrics(push: AlertmanagerPush) -> Iterable[Metric]:
 def alertmanager_pushers(settings: AlertsSettings, *, http_port: int = 0,
                          leader: Callable[[], bool] | None = None) -> list[AlertmanagerPush]:
     """One pusher per `[[alerts.alertmanagers]]`. Links point at `[alerts] external_url`, by default
-    `http://<this host's name>:<http port>` (Prometheus' default external URL is made the same way)."""
+    `http://<this host's name>:<http port>` (Prometheus' default is made the same way; the host name, not
+    a DNS lookup, which could hang the start on a closed network)."""
     if not settings.alertmanagers:
         return []
-    external = settings.external_url or (f"http://{socket.getfqdn()}:{http_port}" if http_port else "")
+    external = settings.external_url or (f"http://{socket.gethostname()}:{http_port}" if http_port else "")
     return [AlertmanagerPush(am, external_url=external, leader=leader) for am in settings.alertmanagers]
