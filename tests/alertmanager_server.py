@@ -4,6 +4,7 @@ route goes to a webhook receiver (a URL the test serves) or to a receiver with n
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,10 @@ ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
 
 
 def alertmanager_binary() -> str:
-    import shutil
-
+    """Debian names it `prometheus-alertmanager`; upstream's tarball `alertmanager`."""
     for name in ALERTMANAGER_BINARIES:
-        if shutil.which(name):
-            return name if "/" in name else str(shutil.which(name))
+        if path := shutil.which(name):
+            return path
     return find_binary(ALERTMANAGER_BINARIES[0], "prometheus-alertmanager")  # skips, naming the package
 
 
