@@ -12,7 +12,8 @@ karma work against it unchanged. Alertmanager's OpenAPI spec (`api/v2/openapi.ya
 - `GET|POST /api/v2/silences`, `GET|DELETE /api/v2/silence/{id}`: the daemon's one set of silences (the
   ones of `/api/v1/silences`, same ids). A POST with the `id` of an existing silence updates it as
   Alertmanager does (in place, or expired and replaced by a new one: `ioc.alerts.silence`).
-- `GET /api/v2/status`, `GET /api/v2/receivers`.
+- `GET /api/v2/status` (clustering `disabled`; `versionInfo.version` the Alertmanager API followed, 0.25.0;
+  `config.original` the routing and inhibition rules as Alertmanager YAML), `GET /api/v2/receivers`.
 
 Reads are open as `/api/v1`'s are (`[http] public_read`); a change needs an operator's bearer token (401
 without, 403 with another kind), as `/api/v1`'s operator actions. A bad request (400) or an unknown id
@@ -47,6 +48,10 @@ from ioc.api.alerts import MAX_SILENCE_BODY, Operator, inline_refs, read_body
 from ioc.api.events import ErrorBody
 from ioc.regex import compile_regex, fullmatches
 
+# `versionInfo.version`: the Alertmanager release whose API this one follows (and whose amtool the tests
+# run). Clients pick their API by it: karma has no mapper for a version below 0.17 (the daemon's own 0.1.0),
+# and amtool warns when it differs from its own. The daemon's version is in `revision`.
+API_VERSION = "0.25.0"
 RECEIVER = "ioc"  # the one receiver: the daemon's own notifiers (webhooks, MQTT, ...) behind one route
 VALID_FOR = 300.0  # seconds a listed firing alert's `endsAt` lies ahead (Alertmanager's resolve_timeout)
 _STATE_ORDER = {"active": 0, "pending": 1, "expired": 2}
@@ -291,8 +296,8 @@ def alertmanager_v2_router(manager: AlertManager, settings: AlertsSettings, *,
     @router.get("/api/v2/status", summary="Status (Alertmanager's shape; clustering disabled)")
     def get_status() -> Response:
         return _json({"cluster": {"status": "disabled", "peers": []},
-                      "versionInfo": {"version": __version__, "revision": "", "branch": "", "buildUser": "",
-                                      "buildDate": "", "goVersion": ""},
+                      "versionInfo": {"version": API_VERSION, "revision": f"ioc {__version__}",
+                                      "branch": "ioc", "buildUser": "", "buildDate": "", "goVersion": ""},
                       "config": {"original": original}, "uptime": am_time(started)})
 
     @router.get("/api/v2/receivers", summary="Receivers (the daemon's one)")
