@@ -17,6 +17,7 @@ import pytest
 from ioc.alerts.alertmanager_push import AlertmanagerPush
 from ioc.alerts.config import AlertmanagerSettings
 from ioc.alerts.manager import AlertManager
+from ioc.alerts.silence_request import SilenceRequest
 from ioc.alerts.store import AlertStore
 from ioc.alerts.updates import AlertUpdate
 from tests.alertmanager_server import am_alerts, start_alertmanager
@@ -79,6 +80,13 @@ def test_changes_reach_alertmanager_and_a_resolve_ends_the_alert(tmp_path: Path,
         manager.ack(alert.id, "truc-ban-1")
         wait_for("the ack in its annotations", lambda: [
             a for a in listed(alertmanager) if a["annotations"].get("acknowledged_by") == "truc-ban-1"])
+
+        # Silenced on the daemon: still pushed (Alertmanager routes and silences for itself; an alert that
+        # stopped coming would end there and page "resolved"), with the silence named.
+        silence = manager.create_silence(SilenceRequest.parse({"matchers": [{"name": "area", "value": "22723"}],
+                                                               "duration": "30m"}), actor="truc-ban-1")
+        wait_for("the silence in its annotations", lambda: [
+            a for a in listed(alertmanager) if a["annotations"].get("silenced_by") == silence.id])
 
         manager.apply(update("resolved", 100))
         wait_for("the alert ended in Alertmanager", lambda: not listed(alertmanager))
