@@ -77,7 +77,7 @@ def banner(*, port: int, broker: EmbeddedBroker, vendor_token: str, operator_tok
     auth = f" -u {VENDOR} -P {vendor_token}" if broker.authenticated else ""
     vendor_url = f"mqtt://{VENDOR}:{vendor_token}@127.0.0.1:{broker.port}" if broker.authenticated else broker.url
     example = ('{"id":"my-1","source":"qtmt-aqi","type":"telemetry","time":"\'$(date -Iseconds)\'",'
-               '"metric":"env.aqi","value":180,"area":"22723"}')
+               '"metric":"env.aqi","value":180,"area":"22945"}')
     return "\n".join([
         "IOC demo — Trung tâm Điều hành thông minh (simulated province: Bình Thuận)",
         f"  wall display:   http://127.0.0.1:{port}/",

@@ -47,7 +47,7 @@ def now_iso(offset: float = 0.0) -> str:
 def aqi(event_id: str, value: float) -> tuple[str, bytes]:
     return ("ioc/v1/events/qtmt-aqi", orjson.dumps({
         "id": event_id, "source": "qtmt-aqi", "type": "telemetry", "time": now_iso(), "metric": "env.aqi",
-        "value": value, "area": "22723"}))
+        "value": value, "area": "22945"}))
 
 
 def wait_for(what: str, probe: Any, timeout: float = 15.0) -> Any:
@@ -85,7 +85,7 @@ def test_alert_lifecycle_through_the_daemon(daemon: DaemonProcess, mosquitto: Se
     try:
         publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-1", 180)], qos=1)
         [alert] = wait_for("the alert firing", lambda: alerts(daemon, state="firing"))
-        assert alert["rule"] == "aqi-bad" and alert["labels"] == {"area": "22723"}
+        assert alert["rule"] == "aqi-bad" and alert["labels"] == {"area": "22945"}
         assert alert["severity"] == "critical" and alert["value"] == 180
         assert alert["summary"] == "Chất lượng không khí xấu tại Phường Phan Thiết: VN_AQI 180"
         assert alert["acknowledged"] is None and alert["silenced"] is False
@@ -111,7 +111,7 @@ def test_alert_lifecycle_through_the_daemon(daemon: DaemonProcess, mosquitto: Se
 
         # A dossier makes KPIs for its commune and the province, served and fed back into the rules.
         dossier = {"id": f"{unique}-d1", "source": "qtmt-aqi", "type": "dossier", "time": now_iso(),
-                   "area": "22723", "dossier_id": f"HS-{unique}", "procedure": "1.001612",
+                   "area": "22945", "dossier_id": f"HS-{unique}", "procedure": "1.001612",
                    "status": "received", "received_at": now_iso(), "due_at": now_iso(3 * 86400),
                    "channel": "online", "level": "commune"}
         posted = httpx.post(f"{daemon.api}/api/v1/events", content=orjson.dumps(dossier),
@@ -123,11 +123,11 @@ def test_alert_lifecycle_through_the_daemon(daemon: DaemonProcess, mosquitto: Se
             kpis = httpx.get(f"{daemon.api}/api/v1/kpis", params={"area": area}, timeout=5).json()
             return next((k["value"] for k in kpis if k["kpi"] == "kpi.dossier.open"), None)
 
-        assert wait_for("kpi.dossier.open of the commune", lambda: open_kpi("22723")) == 1
-        assert open_kpi("60") == 1  # rolled up to the province
+        assert wait_for("kpi.dossier.open of the commune", lambda: open_kpi("22945")) == 1
+        assert open_kpi("68") == 1  # rolled up to the province
         backlog = wait_for("the KPI rule firing", lambda: [a for a in alerts(daemon, state="firing")
                                                             if a["rule"] == "backlog-open"])
-        assert {a["labels"]["area"] for a in backlog} == {"22723", "60"}
+        assert {a["labels"]["area"] for a in backlog} == {"22945", "68"}
 
         # InfluxDB holds the alert's state change and the KPI points.
         def rows(query: str) -> list[Any]:
@@ -137,7 +137,7 @@ def test_alert_lifecycle_through_the_daemon(daemon: DaemonProcess, mosquitto: Se
         assert wait_for("the alert point", lambda: rows(
             "SELECT state, fingerprint FROM alert WHERE rule = 'aqi-bad'"))[0][1:] == ["firing", alert["fingerprint"]]
         assert wait_for("the KPI points", lambda: rows(
-            "SELECT value FROM kpi WHERE kpi = 'kpi.dossier.open' AND area = '60'"))[-1][1] == 1.0
+            "SELECT value FROM kpi WHERE kpi = 'kpi.dossier.open' AND area = '68'"))[-1][1] == 1.0
 
         # SIGHUP with a broken rule file: refused, counted, old rules kept.
         rule_file = tmp_path / "rules" / "e2e.yaml"
@@ -155,7 +155,7 @@ def test_alert_lifecycle_through_the_daemon(daemon: DaemonProcess, mosquitto: Se
         daemon.start()
         [kept] = [a for a in alerts(daemon, state="firing") if a["rule"] == "aqi-bad"]
         assert kept["id"] == alert["id"] and kept["acknowledged"]["by"] == "truc-ban-1"
-        assert open_kpi("22723") == 1 and open_kpi("60") == 1  # the KPIs are served at once after it
+        assert open_kpi("22945") == 1 and open_kpi("68") == 1  # the KPIs are served at once after it
         time.sleep(1.5)
         assert len(pages.messages) == pages_before
 

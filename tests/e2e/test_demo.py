@@ -76,7 +76,7 @@ def demo(request: pytest.FixtureRequest) -> Iterator[Demo]:
 def aqi_event(event_id: str, minutes_ago: float) -> bytes:
     at = datetime.now(UTC) - timedelta(minutes=minutes_ago)
     return orjson.dumps({"id": event_id, "source": "qtmt-aqi", "type": "telemetry", "time": at.isoformat(),
-                         "metric": "env.aqi", "value": 190, "area": "60", "tags": {"station": "test"}})
+                         "metric": "env.aqi", "value": 190, "area": "68", "tags": {"station": "test"}})
 
 
 def publish(port: int, username: str | None, password: str | None, payloads: list[bytes]) -> None:
@@ -99,7 +99,7 @@ def publish(port: int, username: str | None, password: str | None, payloads: lis
 def firing_aqi(api: str) -> list[dict[str, Any]]:
     alerts = httpx.get(f"{api}/api/v1/alerts", params={"state": "firing"}, timeout=5).json()
     # Area 60 (the province itself): no station of the demo scenario reports there, only ours.
-    return [a for a in alerts if a["rule"] == "aqi-bad" and a["labels"].get("area") == "60"]
+    return [a for a in alerts if a["rule"] == "aqi-bad" and a["labels"].get("area") == "68"]
 
 
 @pytest.mark.slow
@@ -119,7 +119,7 @@ def test_the_demo_runs_takes_an_event_fires_and_stops_on_ctrl_c(demo: Demo) -> N
             [aqi_event("mine-1", 11), aqi_event("mine-2", 0)])
     deadline = time.monotonic() + 20
     while not (found := firing_aqi(demo.api)):
-        assert time.monotonic() < deadline, "aqi-bad did not fire for area 60"
+        assert time.monotonic() < deadline, "aqi-bad did not fire for area 68"
         time.sleep(0.2)
     alert = found[0]
     acked = httpx.post(f"{demo.api}/api/v1/alerts/{alert['id']}/ack",

@@ -44,13 +44,13 @@ def test_verify_smoke_against_a_daemon(daemons: Callable[[], DaemonProcess], mos
     result = CliRunner().invoke(sim_app, ["verify", "smoke", "--to", mosquitto.url, "--api", daemon.api,
                                           "--speed", "200", "--wait", "30s"])
     assert result.exit_code == 0, (result.stdout, result.stderr, daemon.log()[-3000:])
-    assert "ok: aqi-bad {area=22723} fired at 16m" in result.stdout
+    assert "ok: aqi-bad {area=22945} fired at 16m" in result.stdout
     assert "verify smoke: ok (2 alerts as expected)" in result.stdout
 
     # The same play, expecting an alert that cannot fire and not allowing one that will.
     wrong = tmp_path / "wrong.yaml"
     text = (SCENARIO_DIR / "smoke.yaml").read_text(encoding="utf-8")
-    text = text.replace("  - {rule: aqi-hour-avg, labels: {area: \"22723\"}, by: 15m}\n",
+    text = text.replace("  - {rule: aqi-hour-avg, labels: {area: \"22945\"}, by: 15m}\n",
                         "  - {rule: service-down, labels: {entity: mot-cua}, by: 30m}\n")
     text = text.replace("by: 18m, resolved_by: 27m", "by: 12m, resolved_by: 27m")
     wrong.write_text(text, encoding="utf-8")
@@ -61,6 +61,6 @@ def test_verify_smoke_against_a_daemon(daemons: Callable[[], DaemonProcess], mos
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     assert "missing: service-down {entity=mot-cua} by 30m00s" in lines
-    assert any(line.startswith("late: aqi-bad {area=22723} fired at 16m") for line in lines)
-    assert any(line.startswith("unexpected: aqi-hour-avg {area=22723} fired at") for line in lines)
+    assert any(line.startswith("late: aqi-bad {area=22945} fired at 16m") for line in lines)
+    assert any(line.startswith("unexpected: aqi-hour-avg {area=22945} fired at") for line in lines)
     assert lines[-1] == "verify wrong: FAILED (3 differences)"
