@@ -1,1 +1,1 @@
-"""Data shipped with the daemon: the sample area registry, KPI targets, public holidays."""
+"""Data shipped with the daemon: the national area registry, KPI targets, public holidays."""
