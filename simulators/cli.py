@@ -7,24 +7,25 @@ differences; 2 a bad scenario or flag (`file:line: message`), before anything is
 
 from __future__ import annotations
 
+import logging
 import signal
+import sys
 import threading
-from datetime import datetime
+from datetime import date, datetime
+from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
 import httpx
 import structlog
 import typer
+from ioc.simulators.areas import AreaList, AreasError, local_date, today
+from ioc.simulators.durations import parse_duration
 from ioc.simulators.play import Plan, Player, plan
 from ioc.simulators.progress import Progress
 from ioc.simulators.publish import Publisher, PublishError, PublishStats, open_publisher
-from ioc.simulators.scenario import Scenario, load_scenario, resolve, shipped
+from ioc.simulators.scenario import Scenario, ScenarioError, load_scenario, resolve, shipped
 from ioc.simulators.verify import fetch_alerts, wait_for_verdict
-
-from ioc.areas import local_date
-from ioc.config import parse_duration
-from ioc.errors import ConfigError
 
 __all__ = ["sim_app"]
 
@@ -47,6 +48,11 @@ StartOption = Annotated[str | None, typer.Option("--start", help="RFC 3339 time 
                                                                  "the play ends now).")]
 QosOption = Annotated[int, typer.Option("--qos", min=0, max=1, help="MQTT QoS (0 or 1).")]
 BatchOption = Annotated[int, typer.Option("--batch", min=1, max=100_000, help="Events per HTTP request.")]
+HistoryOption = Annotated[str | None, typer.Option("--history", help="With --speed 1 and no --duration: first "
+                                                                     "play the last D (e.g. 2h) at once, then "
+                                                                     "go on in real time.")]
+ApiOption = Annotated[str | None, typer.Option("--api", help="The daemon's API, http://HOST:PORT (for a "
+                                                             "scenario whose areas are `api`).")]
 
 
 def _fail(problems: list[str], code: int = 2) -> typer.Exit:
@@ -56,21 +62,26 @@ def _fail(problems: list[str], code: int = 2) -> typer.Exit:
 
 
 def _quiet_logs() -> None:
-    """Log lines go to standard error (standard output may be the data), unless already set up."""
+    """Warnings and errors as log lines on standard error (standard output may be the data), unless the
+    caller set structlog up already."""
     if not structlog.is_configured():
-        from ioc.logs import configure_logging
-
-        configure_logging("warning", "auto")
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                            logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 
 def _prepare(scenario: str, *, duration: str | None, start: str | None, seed: int | None, speed: float,
-             rate: float | None, open_ended: bool) -> tuple[Scenario, Plan]:
+             rate: float | None, open_ended: bool, history: str | None = None,
+             api: str | None = None) -> tuple[Scenario, Plan]:
     """The scenario and the plan, or exit 2 naming what is wrong."""
     try:
-        loaded = load_scenario(resolve(scenario))
-    except ConfigError as error:
+        loaded = load_scenario(resolve(scenario), api=api)
+    except ScenarioError as error:
         raise _fail(error.problems) from None
     try:
+        try:
+            primed = parse_duration(history) if history is not None else 0.0
+        except ValueError as error:
+            raise ValueError(f"--history: {error}") from None
         length = parse_duration(duration) if duration is not None else None
         begin = None
         if start is not None:
@@ -81,13 +92,13 @@ def _prepare(scenario: str, *, duration: str | None, start: str | None, seed: in
             if begin.tzinfo is None:
                 raise ValueError(f"--start: {start!r} has no UTC offset (e.g. +07:00)")
         how = plan(loaded, start=begin, duration=length, seed=seed, speed=speed, rate=rate,
-                   open_ended=open_ended)
+                   open_ended=open_ended, history=primed)
     except ValueError as error:
         message = str(error)
         raise _fail([message if message.startswith("--") else f"--duration: {message}"]) from None
     try:
         loaded.check_on(local_date(how.start))
-    except ConfigError as error:
+    except ScenarioError as error:
         raise _fail(error.problems) from None
     return loaded, how
 
@@ -137,11 +148,13 @@ def _play(loaded: Scenario, how: Plan, publisher: Publisher) -> PublishStats:
 @sim_app.command("run")
 def run(scenario: ScenarioArg, to: ToOption, token: TokenOption = None, rate: RateOption = None,
         duration: DurationOption = None, seed: SeedOption = None, speed: SpeedOption = 1.0,
-        start: StartOption = None, qos: QosOption = 1, batch: BatchOption = 1000) -> None:
-    """Play SCENARIO to --to. With --speed 1 and no --duration it runs from now until stopped."""
+        start: StartOption = None, qos: QosOption = 1, batch: BatchOption = 1000,
+        history: HistoryOption = None, api: ApiOption = None) -> None:
+    """Play SCENARIO to --to. With --speed 1 and no --duration it runs from now until stopped (after the
+    last --history at once, when given)."""
     _quiet_logs()
     loaded, how = _prepare(scenario, duration=duration, start=start, seed=seed, speed=speed, rate=rate,
-                           open_ended=True)
+                           open_ended=True, history=history, api=api)
     stats = _play(loaded, how, _publisher(to, token, qos, batch))
     if stats.rejected or stats.acknowledged < stats.sent:
         raise typer.Exit(1)
@@ -169,7 +182,7 @@ def verify(scenario: ScenarioArg, to: ToOption,
     except ValueError as error:
         raise _fail([f"--wait: {error}"]) from None
     loaded, how = _prepare(scenario, duration=duration, start=start, seed=seed, speed=speed, rate=rate,
-                           open_ended=False)
+                           open_ended=False, api=api)
     try:
         with httpx.Client(timeout=10.0) as client:
             before = set(fetch_alerts(api, client))
@@ -189,6 +202,30 @@ def verify(scenario: ScenarioArg, to: ToOption,
         typer.echo(f"verify {loaded.name}: FAILED ({len(verdict.problems)} differences)")
         raise typer.Exit(1)
     typer.echo(f"verify {loaded.name}: ok ({len(verdict.matched)} alerts as expected)")
+
+
+@sim_app.command("areas")
+def areas(api: Annotated[str, typer.Option("--api", help="The daemon's API: http://HOST:PORT.")],
+          province: Annotated[str, typer.Option("--province", help="The province's code, e.g. 68.")],
+          at: Annotated[str | None, typer.Option("--at", help="The date (YYYY-MM-DD; default today).")] = None,
+          out: Annotated[Path | None, typer.Option("--out", help="The file to write (default: stdout).")] = None,
+          ) -> None:
+    """Write a province's units, from the daemon's GET /api/v1/provinces/{code}/areas, as a scenario's
+    areas file (`province: {areas: FILE}`)."""
+    try:
+        day = date.fromisoformat(at) if at is not None else today()
+    except ValueError:
+        raise _fail([f"--at: {at!r} is not a date (YYYY-MM-DD)"]) from None
+    try:
+        units = AreaList.from_api(api, province, day)
+    except AreasError as error:
+        raise _fail(error.problems, 1) from None
+    text = units.to_csv(f"Province {province}'s units on {day}, from GET /api/v1/provinces/{province}/areas:\n"
+                        f"ioc sim areas --api URL --province {province} --at {day}")
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
 
 
 def main() -> None:

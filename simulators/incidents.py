@@ -11,10 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Literal, TypeAlias
 
+from ioc.simulators.durations import Duration
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
-
-from ioc.config import Duration
-from ioc.envelope import SOURCE_PATTERN
 
 __all__ = [
     "INCIDENT_ADAPTER",
@@ -26,6 +24,9 @@ __all__ = [
     "Silent",
     "occurrences",
 ]
+
+# An event source as docs/events.md spells it (lower case, digits, `.`, `_`, `-`).
+SOURCE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
 
 class _Incident(BaseModel):

@@ -35,6 +35,7 @@ class Plan:
     seed: int
     speed: float
     rate_factor: float = 1.0
+    history: float = 0.0  # a live play's first offsets, sent at once: `start` is that long before now
 
     @property
     def live(self) -> bool:
@@ -43,19 +44,25 @@ class Plan:
 
 def plan(scenario: Scenario, *, start: datetime | None = None, duration: float | None = None,
          seed: int | None = None, speed: float = 1.0, rate: float | None = None,
-         open_ended: bool = True, now: Callable[[], float] = time.time) -> Plan:
+         open_ended: bool = True, history: float = 0.0, now: Callable[[], float] = time.time) -> Plan:
     """The plan for the command line's flags. With `speed` 1, no `duration` and `open_ended`, the play
-    runs from now (or `start`) until stopped; otherwise for `duration` (default the scenario's) from
-    `start` (default now - duration, so it ends now)."""
+    runs from now (or `start`) until stopped, after sending the last `history` seconds at once (a wall
+    that is full from its first second); otherwise for `duration` (default the scenario's) from `start`
+    (default now - duration, so it ends now)."""
     if speed < 0:
         raise ValueError("--speed: must be 0 (as fast as possible) or more")
     if rate is not None and rate <= 0:
         raise ValueError("--rate: must be above 0")
     factor = rate / scenario.rate() if rate is not None else 1.0
     chosen_seed = scenario.seed if seed is None else seed
-    if speed == 1 and duration is None and open_ended:
-        begin = start.timestamp() if start is not None else now()
-        return Plan(round(begin, 3), None, chosen_seed, speed, factor)
+    live = speed == 1 and duration is None and open_ended
+    if history and not live:
+        raise ValueError("--history: only for a play from now on (--speed 1, no --duration)")
+    if history and start is not None:
+        raise ValueError("--history: the play then starts that long before now (no --start)")
+    if live:
+        begin = start.timestamp() if start is not None else now() - history
+        return Plan(round(begin, 3), None, chosen_seed, speed, factor, history)
     length = scenario.duration if duration is None else duration
     if length <= 0:
         raise ValueError("--duration: must be above 0")
@@ -76,7 +83,7 @@ def events(scenario: Scenario, how: Plan) -> Iterator[Emitted]:
         entry = SUBSYSTEMS[name]
         context = Context(start=how.start, end=how.duration, cycle=scenario.duration,
                           rate_factor=how.rate_factor, rng=derive_rng(how.seed, name), tag=tag,
-                          areas=scenario.areas, province=scenario.province,
+                          areas=scenario.areas, province=scenario.province, former=scenario.former,
                           incidents=[i for i in scenario.incidents if i.kind in entry.incident_kinds])
         streams.append(entry.stream(config, context))
     merged: Iterator[Emitted] = heapq.merge(*streams, key=lambda item: item[0])
@@ -155,7 +162,8 @@ class Player:
 
     def run(self, *, stop: Callable[[], bool] = lambda: False) -> PlayStats:
         """Play until the end (or `stop()` answers true); returns the stats."""
-        self._began = self._clock()
+        # With a history, the play began that long ago: its first offsets are due at once.
+        self._began = self._clock() - (self.plan.history / self.plan.speed if self.plan.speed else 0.0)
         self.stats = PlayStats()
         self._start_health()
         try:
@@ -204,6 +212,7 @@ class Player:
         context = Context(start=self.plan.start, end=self.plan.duration, cycle=self.scenario.duration,
                           rate_factor=1.0, rng=derive_rng(self.plan.seed, "probes"), tag="",
                           areas=self.scenario.areas, province=self.scenario.province,
+                          former=self.scenario.former,
                           incidents=self.scenario.incidents)
         schedule = ProbeSchedule(config, context)
         port = int(config.serve.rpartition(":")[2])

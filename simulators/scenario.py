@@ -2,7 +2,7 @@
 
 ```yaml
 description: One commune's air goes bad for 20 minutes.
-province: {code: "68", areas: default}       # `areas`: a registry CSV (relative to this file) or default
+province: {code: "68", areas: lam-dong.csv}   # `areas`: a file written by `ioc sim areas`, or `api`
 duration: 40m                                 # one cycle; incidents repeat every cycle
 seed: 1
 subsystems:
@@ -16,10 +16,12 @@ allow:                                        # these may fire too (noise a real
 ```
 
 Loading is strict and checks everything before anything is sent: YAML syntax, unknown keys, unknown
-subsystems, durations (`ioc.config.parse_duration`), incidents outside the registry or the province,
-incidents of a subsystem the scenario does not play, expected alerts naming a rule that the rule packs
-(`ioc.rules.loader.load_rules`) do not define or a label its group does not have. Every problem is
-`file:line: message`, gathered in one `ScenarioError`.
+subsystems, durations, incidents outside the province's areas, incidents of a subsystem the scenario does
+not play. Every problem is `file:line: message`, gathered in one `ScenarioError`.
+
+The simulators are a vendor's worked example (issue 10): they know the daemon only by its public contract.
+The areas come from the scenario's areas file or the daemon's `GET /api/v1/provinces/{code}/areas`; the
+rules an expectation names are not read here: `ioc sim verify` judges the alerts the daemon's API lists.
 """
 
 from __future__ import annotations
@@ -29,27 +31,28 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
-from ioc.rules.loader import describe_error, load_rules
-from ioc.rules.spec import RuleSet
-from ioc.rules.yamlsrc import LineDict, LineList, line_of, read_yaml_file
+from ioc.simulators.areas import AreaList, AreasError, today
+from ioc.simulators.durations import Duration
 from ioc.simulators.incidents import INCIDENT_ADAPTER, KINDS, AqiSpike, Backlog, Outage, ServiceDown, Silent
 from ioc.simulators.subsystems import SUBSYSTEMS
 from ioc.simulators.subsystems.base import Config
+from ioc.simulators.yamlsrc import LineDict, LineList, line_of, read_yaml_file
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
-
-from ioc.areas import AreaRegistry
-from ioc.config import SHIPPED_RULE_PACKS, Duration, RulesSettings
-from ioc.errors import ConfigError
 
 __all__ = ["SCENARIO_DIR", "Allowed", "Expected", "Scenario", "ScenarioError", "load_scenario", "resolve",
            "shipped"]
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+AREAS_FROM_API = "api"
 
 
-class ScenarioError(ConfigError):
+class ScenarioError(Exception):
     """A scenario cannot be played; `problems` are `file:line: message` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 class _Strict(BaseModel):
@@ -58,7 +61,10 @@ class _Strict(BaseModel):
 
 class Province(_Strict):
     code: str = "68"
-    areas: str = "default"  # a registry CSV (relative to the scenario file), or the shipped sample
+    # The areas file (`ioc sim areas` writes one): relative to the scenario, else one shipped beside the
+    # shipped scenarios; or `api`: the daemon's GET /api/v1/provinces/{code}/areas (needs --api).
+    areas: str = "lam-dong.csv"
+    former: str | None = None  # play only the communes formed from this former province (e.g. "60")
 
 
 class Allowed(_Strict):
@@ -89,7 +95,6 @@ class _Model(_Strict):
     province: Province = Province()
     duration: Annotated[Duration, Field(gt=0)]
     seed: int = 1
-    rules: list[str] = [SHIPPED_RULE_PACKS]  # rule files or folders (relative to the scenario file)
     subsystems: dict[str, Any]
     incidents: list[Any] = []
     expect: list[Expected] = []
@@ -106,8 +111,8 @@ class Scenario:
     duration: float
     seed: int
     province: str
-    areas: AreaRegistry
-    rules: RuleSet
+    areas: AreaList
+    former: str | None
     subsystems: dict[str, Config]  # in file order
     incidents: list[Any]
     expect: list[Expected]
@@ -141,7 +146,7 @@ def shipped() -> list[tuple[str, str]]:
     for path in sorted(SCENARIO_DIR.glob("*.yaml")):
         try:
             description = load_scenario(path).description
-        except ConfigError as error:
+        except ScenarioError as error:
             description = f"(does not load: {error.problems[0]})"
         found.append((path.stem, description.strip().splitlines()[0] if description.strip() else ""))
     return found
@@ -160,17 +165,21 @@ def resolve(name_or_path: str) -> Path:
 
 
 def _describe(error: ErrorDetails) -> str:
-    loc = list(error["loc"])
+    """A pydantic error as `field.path: message`, in the words of the scenario file."""
+    loc = [part for part in error["loc"] if not (isinstance(part, str) and part in KINDS)]
+    where = ".".join(str(part) for part in loc).replace("for_", "for")
     if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         tag = error.get("ctx", {}).get("tag")
         found = f"unknown kind {tag!r}" if tag else "missing"
         return f"kind: {found} (expected one of {', '.join(KINDS)})"
-    if loc and loc[0] in KINDS:
-        loc = loc[1:]
     if error["type"] == "string_type":
-        where = ".".join(str(part) for part in loc)
         return f"{where}: expected a string (quote codes, e.g. \"22945\")"
-    return describe_error({**error, "loc": tuple(loc)})
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    if error["type"] == "missing":
+        return f"{where}: missing"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
 
 
 def _where(loc: list[str | int]) -> str:
@@ -186,16 +195,14 @@ def _errors(label: str, data: Any, error: ValidationError, prefix: list[str | in
     return problems
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and check a scenario file; raise ScenarioError with every problem as `file:line: message`."""
+def load_scenario(path: str | Path, *, api: str | None = None) -> Scenario:
+    """Read and check a scenario file; raise ScenarioError with every problem as `file:line: message`.
+    `api` (http://HOST:PORT): the daemon to read the areas from when the scenario says `areas: api`."""
     path = Path(path)
     label = str(path)
-    try:
-        data = read_yaml_file(path)
-    except ScenarioError:
-        raise
-    except ConfigError as error:
-        raise ScenarioError(error.problems) from None
+    data, problems = read_yaml_file(path)
+    if problems:
+        raise ScenarioError(problems)
     if not isinstance(data, LineDict):
         raise ScenarioError([f"{label}:1: expected a mapping (description, duration, subsystems, ...)"])
     try:
@@ -206,14 +213,14 @@ def load_scenario(path: str | Path) -> Scenario:
             line = line_of(data, detail["loc"], 1)
             problems.append(f"{label}:{line}: {_describe(detail)}")
         raise ScenarioError(problems) from None
-    return _Checker(path, data, model).scenario()
+    return _Checker(path, data, model, api).scenario()
 
 
 class _Checker:
     """The checks across fields and files, collecting every problem."""
 
-    def __init__(self, path: Path, data: LineDict, model: _Model) -> None:
-        self.path, self.data, self.model = path, data, model
+    def __init__(self, path: Path, data: LineDict, model: _Model, api: str | None) -> None:
+        self.path, self.data, self.model, self.api = path, data, model, api
         self.label = str(path)
         self.problems: list[str] = []
 
@@ -226,44 +233,39 @@ class _Checker:
     def scenario(self) -> Scenario:
         model = self.model
         areas = self._areas()
-        rules = self._rules()
         subsystems = self._subsystems()
         incidents = self._incidents(areas, subsystems)
-        if rules is not None:
-            self._expectations(rules)
         for index, expected in enumerate(model.expect):
             if expected.resolved_by is not None and expected.resolved_by < expected.by:
                 self.problem(["expect", index, "resolved_by"], "must not be before `by`")
             if expected.by > model.duration:
                 self.problem(["expect", index, "by"], "is after the scenario's duration")
-        if self.problems or areas is None or rules is None:
+        if self.problems or areas is None:
             raise ScenarioError(self.problems)
         lines = {("incidents", index): self.at(["incidents", index]) for index in range(len(incidents))}
         return Scenario(self.path, model.name or self.path.stem, model.description, model.duration, model.seed,
-                        model.province.code, areas, rules, subsystems, incidents, list(model.expect),
-                        list(model.allow), lines)
+                        model.province.code, areas, model.province.former, subsystems, incidents,
+                        list(model.expect), list(model.allow), lines)
 
-    def _areas(self) -> AreaRegistry | None:
+    def _areas(self) -> AreaList | None:
         province = self.model.province
         try:
-            areas = AreaRegistry.default() if province.areas == "default" else \
-                AreaRegistry.load(self.path.parent / province.areas)
-        except ConfigError as error:
+            if province.areas == AREAS_FROM_API:
+                if self.api is None:
+                    self.problem(["province", "areas"], "`api` reads the areas from the daemon: give --api")
+                    return None
+                areas = AreaList.from_api(self.api, province.code, today())
+            else:
+                beside = self.path.parent / province.areas
+                areas = AreaList.from_csv(beside if beside.is_file() or "/" in province.areas
+                                          else SCENARIO_DIR / province.areas)
+        except AreasError as error:
             self.problems += error.problems
             return None
-        if not any(area.code == province.code for area in _all_versions(areas)):
-            self.problem(["province", "code"], f"{province.code!r} is not in the area registry")
+        if not areas.versions(province.code):
+            self.problem(["province", "code"], f"{province.code!r} is not in the areas ({areas.origin})")
             return None
         return areas
-
-    def _rules(self) -> RuleSet | None:
-        paths = RulesSettings(paths=[p if p == SHIPPED_RULE_PACKS else str(self.path.parent / p)
-                                     for p in self.model.rules]).resolved_paths()
-        try:
-            return load_rules(paths)
-        except ConfigError as error:
-            self.problems += error.problems
-            return None
 
     def _subsystems(self) -> dict[str, Config]:
         configs: dict[str, Config] = {}
@@ -289,7 +291,7 @@ class _Checker:
                 owners[source] = name
         return configs
 
-    def _incidents(self, areas: AreaRegistry | None, subsystems: dict[str, Config]) -> list[Any]:
+    def _incidents(self, areas: AreaList | None, subsystems: dict[str, Config]) -> list[Any]:
         incidents: list[Any] = []
         raw = self.data.get("incidents", LineList())
         for index, item in enumerate(self.model.incidents):
@@ -303,7 +305,7 @@ class _Checker:
             self._incident(index, incident, areas, subsystems)
         return incidents
 
-    def _incident(self, index: int, incident: Any, areas: AreaRegistry | None,
+    def _incident(self, index: int, incident: Any, areas: AreaList | None,
                   subsystems: dict[str, Config]) -> None:
         loc: list[str | int] = ["incidents", index]
         if incident.end > self.model.duration:
@@ -340,34 +342,13 @@ class _Checker:
                 incident.area not in config.stations:
             self.problem([*loc, "area"], f"{incident.area!r} has no station (environment.stations)")
 
-    def _incident_area(self, loc: list[str | int], incident: Any, areas: AreaRegistry) -> None:
-        versions = [area for area in _all_versions(areas) if area.code == incident.area]
+    def _incident_area(self, loc: list[str | int], incident: Any, areas: AreaList) -> None:
+        versions = areas.versions(incident.area)
         province = self.model.province.code
         if not versions:
-            self.problem([*loc, "area"], f"{incident.area!r} is not in the area registry")
-        elif not any(_within_on(areas, incident.area, province, area.valid_from) for area in versions):
+            self.problem([*loc, "area"], f"{incident.area!r} is not in the areas ({areas.origin})")
+        elif not any(areas.is_within(incident.area, province, area.valid_from or date(1900, 1, 1))
+                     for area in versions):
             self.problem([*loc, "area"], f"{incident.area!r} is not an area of province {province!r}")
         elif isinstance(incident, Outage) and not any(area.level == "commune" for area in versions):
             self.problem([*loc, "area"], f"{incident.area!r} is not a commune (cell sites are per commune)")
-
-    def _expectations(self, rules: RuleSet) -> None:
-        for key in ("expect", "allow"):
-            for index, expected in enumerate(getattr(self.model, key)):
-                rule = rules.get(expected.rule)
-                if rule is None:
-                    self.problem([key, index, "rule"], f"unknown rule {expected.rule!r} (not in the rule packs)")
-                    continue
-                known = set(rule.group_by) | set(rule.labels)
-                for name in expected.labels:
-                    if name not in known:
-                        self.problem([key, index, "labels", name],
-                                     f"rule {rule.id!r} has no label {name!r} (its labels: "
-                                     f"{', '.join(sorted(known)) or 'none'})")
-
-
-def _all_versions(areas: AreaRegistry) -> list[Any]:
-    return areas.versions()
-
-
-def _within_on(areas: AreaRegistry, code: str, province: str, day: date | None) -> bool:
-    return areas.is_within(code, province, day or date(1900, 1, 1))

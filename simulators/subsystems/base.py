@@ -18,12 +18,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cache
+from pathlib import Path
 from typing import Any, TypeAlias
 
+from ioc.simulators.areas import Area, AreaList, local_date
 from pydantic import BaseModel, ConfigDict
-
-from ioc.aggregators.calendar import WorkCalendar, default_holidays_path, load_holidays, local_midnight
-from ioc.areas import Area, AreaRegistry, local_date
 
 __all__ = ["Config", "Context", "Emitted", "Stream", "TimeText", "Windows", "WorkHours", "derive_rng", "poisson"]
 
@@ -82,9 +81,21 @@ class TimeText:
         return f"{self._prefix}.{ms:03d}+07:00"
 
 
+# Vietnam's public holidays on working days (a copy of the daemon's `ioc/data/holidays-vn.txt`, which a
+# test keeps equal: the simulators read no file of the daemon's package).
+HOLIDAYS_PATH = Path(__file__).resolve().parent.parent / "scenarios" / "holidays-vn.txt"
+
+
 @cache
-def _default_calendar() -> WorkCalendar:
-    return WorkCalendar(load_holidays(default_holidays_path()), near_due_days=1)
+def default_holidays() -> frozenset[date]:
+    """The dates of `HOLIDAYS_PATH` (YYYY-MM-DD a line, `#` comments)."""
+    lines = HOLIDAYS_PATH.read_text(encoding="utf-8").splitlines()
+    return frozenset(date.fromisoformat(text) for line in lines if (text := line.split("#", 1)[0].strip()))
+
+
+def local_midnight(day: date) -> float:
+    """The Unix time of 00:00 of `day` in Asia/Ho_Chi_Minh."""
+    return float((day.toordinal() - _EPOCH_ORDINAL) * 86400 - LOCAL_OFFSET)
 
 
 class WorkHours:
@@ -93,14 +104,15 @@ class WorkHours:
     SHIFTS: tuple[tuple[int, int], ...] = ((7 * 3600 + 1800, 11 * 3600 + 1800), (13 * 3600 + 1800, 17 * 3600))
     DAY = sum(end - begin for begin, end in SHIFTS)  # working seconds in a working day (7.5 h)
 
-    def __init__(self, calendar: WorkCalendar | None = None) -> None:
-        self.calendar = calendar or _default_calendar()
+    def __init__(self, holidays: frozenset[date] | None = None) -> None:
+        self.holidays = default_holidays() if holidays is None else holidays
         self._working: dict[int, bool] = {}
 
     def working_day(self, ordinal: int) -> bool:
         known = self._working.get(ordinal)
         if known is None:
-            known = self.calendar.is_working(date.fromordinal(ordinal))
+            day = date.fromordinal(ordinal)
+            known = day.weekday() < 5 and day not in self.holidays
             self._working[ordinal] = known
         return known
 
@@ -144,8 +156,9 @@ class Context:
     rate_factor: float  # `--rate` over the scenario's total rate (1.0 without it)
     rng: random.Random
     tag: str  # this play's mark in event ids (from seed and start), so two plays never share an id
-    areas: AreaRegistry
+    areas: AreaList
     province: str
+    former: str | None = None  # play only the communes formed from this former province (the focus)
     incidents: Sequence[Any] = ()  # the scenario's incidents this subsystem acts on
     day: date = field(init=False)
 
@@ -153,9 +166,14 @@ class Context:
         self.day = local_date(self.start)
 
     def communes(self) -> list[Area]:
-        """The communes of the province on the start's date, in registry order."""
-        return [area for area in self.areas.areas(self.day)
-                if area.level == "commune" and self.areas.is_within(area.code, self.province, self.day)]
+        """The communes played on the start's date (the focus, when the scenario names one), in order."""
+        return self.areas.communes(self.province, self.day, self.former)
+
+    def units(self) -> list[Area]:
+        """The province, its districts (before 2025-07-01) and the communes played: the agencies."""
+        above = [area for area in self.areas.areas(self.day)
+                 if area.level != "commune" and self.areas.is_within(area.code, self.province, self.day)]
+        return above + self.communes()
 
     def rate(self, config: Config) -> float:
         return config.rate * self.rate_factor

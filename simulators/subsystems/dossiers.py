@@ -28,11 +28,10 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
+from ioc.simulators.areas import Level
 from ioc.simulators.incidents import Backlog, occurrences
 from ioc.simulators.subsystems.base import LOCAL_OFFSET, Config, Context, Stream, TimeText, WorkHours
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from ioc.envelope import AreaLevel
 
 NAME = "dossiers"
 Share = Annotated[float, Field(ge=0, le=1)]
@@ -49,7 +48,7 @@ class Procedure(_Strict):
     name: str = ""
     days: Annotated[float, Field(gt=0, le=365)]  # office days allowed (0.5 = same day)
     weight: Annotated[float, Field(gt=0)] = 1.0  # its share of arrivals, relative to the others
-    levels: list[AreaLevel] = Field(default=["commune", "district"], min_length=1)  # agencies handling it
+    levels: list[Level] = Field(default=["commune", "district"], min_length=1)  # agencies handling it
 
 
 # Codes and times in the manner of the national procedure database; ILLUSTRATIVE, not checked against it.
@@ -128,8 +127,7 @@ class _Agencies:
     def __init__(self, config: DossiersConfig, context: Context) -> None:
         codes = config.agencies
         if codes is None:
-            codes = [area.code for area in context.areas.areas(context.day)
-                     if context.areas.is_within(area.code, context.province, context.day)]
+            codes = [area.code for area in context.units()]
         self.level = {code: area.level for code in codes if (area := context.areas.get(code, context.day))}
         self.procedures: list[Procedure] = []
         self.handlers: list[list[str]] = []
