@@ -28,7 +28,8 @@ The fence. It relies on paho-mqtt 2.x private names. Every use is tagged `# paho
 inline (a call per message costs). tests/unit/test_fastclient_fence.py fails loudly when the installed paho
 is outside `PAHO_VERSIONS` or lacks one of them (names, parameters, packet-record keys), and when a private
 use here is not tagged and listed; tests/integration/test_mqtt_fastclient.py checks both paths against a
-real broker. Should a paho release break it, `[mqtt] client = "paho"` runs the daemon on stock paho.
+real broker. Should a paho release break it, the session notices at start (`paho_problems()`), logs
+`mqtt.fastclient_unfit` and uses stock paho; `[mqtt] client = "paho"` chooses stock paho outright.
 """
 
 from __future__ import annotations
