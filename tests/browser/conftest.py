@@ -61,7 +61,8 @@ def wall(
         database=database,
         client_id=f"ioc-wall-{unique}",
         # A quick heartbeat, so a stream that hangs without closing shows stale within seconds.
-        extra=f'\n[rules]\npaths = ["{rules}"]\n[alerts]\nstream_heartbeat = "1s"\n',
+        extra=f'\n[rules]\npaths = ["{rules}"]\n[alerts]\nstream_heartbeat = "1s"\n'
+        '[areas]\nprovinces = ["68"]\n',  # the wall of one real province: Lâm Đồng, 124 communes
     )
     process.start()
     yield process

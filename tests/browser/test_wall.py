@@ -43,7 +43,7 @@ def post_events(wall: DaemonProcess, events: list[dict[str, Any]]) -> None:
     assert answer.status_code == 202 and answer.json()["accepted"] == len(events), answer.text
 
 
-def reading(event_id: str, value: float, area: str = "22723", metric: str = "env.aqi") -> dict[str, Any]:
+def reading(event_id: str, value: float, area: str = "22945", metric: str = "env.aqi") -> dict[str, Any]:
     return {
         "id": event_id,
         "source": "qtmt-aqi",
@@ -155,7 +155,7 @@ def test_alert_ack_silence_language_and_a_lost_stream(
     driver = browser
     open_wall(driver, wall)
     assert attribute(driver, "html", "lang") == "vi"
-    assert text(driver, "[data-province-name]") == "Tỉnh Bình Thuận"
+    assert text(driver, "[data-province-name]") == "Tỉnh Lâm Đồng"
     assert text(driver, "[data-conn-text]") == "Trực tuyến"
     assert text(driver, "[data-action=lang]") == "English"
     assert text(driver, "[data-action=login]") == "Đăng nhập trực ban"
@@ -165,8 +165,8 @@ def test_alert_ack_silence_language_and_a_lost_stream(
     assert clock[:2] == f"{local.hour:02d}" or clock[:2] == f"{(local - timedelta(minutes=1)).hour:02d}", (
         clock
     )
-    assert wait(driver, "the commune grid", lambda: attribute(driver, "[data-areas]", "data-count")) == "25"
-    assert attribute(driver, "[data-area='22723']", "data-severity") == "none"
+    assert wait(driver, "the commune grid", lambda: attribute(driver, "[data-areas]", "data-count")) == "124"
+    assert attribute(driver, "[data-area='22945']", "data-severity") == "none"
     shoot(driver, tmp_path, "1-live")
 
     # Events fire an alert; it appears within 2 s of the daemon taking them, with its area coloured.
@@ -191,15 +191,15 @@ def test_alert_ack_silence_language_and_a_lost_stream(
     wait(
         driver,
         "the commune cell turning critical",
-        lambda: attribute(driver, "[data-area='22723']", "data-severity") == "critical",
+        lambda: attribute(driver, "[data-area='22945']", "data-severity") == "critical",
     )
-    assert "Nghiêm trọng" in text(driver, "[data-area='22723'] .area-status")
+    assert "Nghiêm trọng" in text(driver, "[data-area='22945'] .area-status")
     # The AQI tile (polled) and the dossier KPIs (streamed) against their targets.
     wait(driver, "the AQI tile", lambda: text(driver, "[data-tile=aqi] .number") == "180")
     assert attribute(driver, "[data-tile=aqi]", "data-status") == "bad"
     assert "Xấu" in text(driver, "[data-tile=aqi] .tile-note")
     post_events(
-        wall, [dossier(f"{unique}-d1", "22723", "online"), dossier(f"{unique}-d2", "22693", "counter")]
+        wall, [dossier(f"{unique}-d1", "22945", "online"), dossier(f"{unique}-d2", "22918", "counter")]
     )
     wait(
         driver,
@@ -250,7 +250,7 @@ def test_alert_ack_silence_language_and_a_lost_stream(
 
     Select(css(driver, "[data-field=duration]")).select_by_value("1h")
     css(driver, "[data-field=comment]").send_keys("Bảo trì trạm quan trắc")
-    assert 'area = "22723"' in text(driver, "[data-silence-matchers]")
+    assert 'area = "22945"' in text(driver, "[data-silence-matchers]")
     shoot(driver, tmp_path, "4-silence-dialog")
     click(driver, "[data-action=silence-submit]")
     silences = wait(
@@ -266,7 +266,7 @@ def test_alert_ack_silence_language_and_a_lost_stream(
     assert silence["status"] == "active" and silence["author"] == "truc-ban-1"
     assert {(m["name"], m["op"], m["value"]) for m in silence["matchers"]} == {
         ("rule", "=", "aqi-bad"),
-        ("area", "=", "22723"),
+        ("area", "=", "22945"),
     }
     length = datetime.fromisoformat(silence["ends_at"]) - datetime.fromisoformat(silence["starts_at"])
     assert length == timedelta(hours=1)
@@ -317,11 +317,11 @@ def test_alert_ack_silence_language_and_a_lost_stream(
     )
     assert attribute(driver, selector, "data-state") == "silenced"
     # Live again: a new alert in another commune arrives over the new stream.
-    post_events(wall, [reading(f"{unique}-2", 200, area="22693")])
+    post_events(wall, [reading(f"{unique}-2", 200, area="22918")])
     wait(
         driver,
         "the second alert",
-        lambda: attribute(driver, "[data-area='22693']", "data-severity") == "critical",
+        lambda: attribute(driver, "[data-area='22918']", "data-severity") == "critical",
         timeout=2,
     )
     shoot(driver, tmp_path, "8-recovered")
@@ -333,18 +333,18 @@ def test_the_wall_fits_full_hd_and_4k_without_horizontal_overflow(
 ) -> None:
     driver = browser
     areas = [
-        "22723",
-        "22744",
-        "22693",
-        "22702",
-        "22732",
-        "22879",
-        "22753",
-        "22747",
-        "22762",
-        "22774",
-        "23035",
-        "22978",
+        "22945",
+        "22954",
+        "22918",
+        "22924",
+        "22960",
+        "22933",
+        "23235",
+        "23231",
+        "23246",
+        "22969",
+        "23272",
+        "23191",
     ]
     post_events(
         wall,
@@ -413,7 +413,8 @@ def closed_wall(
         database=database,
         client_id=f"ioc-closed-wall-{unique}",
         extra=f'\n[rules]\npaths = ["{rules}"]\n[alerts]\nstream_heartbeat = "1s"\n'
-        f'[[viewers]]\nname = "wall-1"\ntoken_sha256 = "{token_sha256(VIEWER_TOKEN)}"\n',
+        f'[[viewers]]\nname = "wall-1"\ntoken_sha256 = "{token_sha256(VIEWER_TOKEN)}"\n'
+        '[areas]\nprovinces = ["68"]\n',
     )
     process.config.write_text(process.config.read_text().replace("[http]\n", "[http]\npublic_read = false\n"))
     process.start()
@@ -453,7 +454,7 @@ def test_closed_reads_ask_for_a_viewer_token_once_per_session(
     wait(driver, "the stream to be live", lambda: attribute(driver, "body", "data-state") == "live")
     selector = "[data-fingerprint][data-rule='aqi-bad']"
     wait(driver, "the alert on the wall", lambda: attribute(driver, selector, "data-state") == "firing")
-    assert wait(driver, "the commune grid", lambda: attribute(driver, "[data-areas]", "data-count")) == "25"
+    assert wait(driver, "the commune grid", lambda: attribute(driver, "[data-areas]", "data-count")) == "124"
     assert driver.execute_script("return sessionStorage.getItem('ioc.viewer.token')") == VIEWER_TOKEN
     assert driver.execute_script("return localStorage.length") == 0
     assert not driver.execute_script("return document.querySelector('[data-viewer-dialog]').open")
@@ -462,9 +463,9 @@ def test_closed_reads_ask_for_a_viewer_token_once_per_session(
     driver.get(f"{wall.api}/")
     wait(driver, "live after a reload", lambda: attribute(driver, "body", "data-state") == "live")
     assert not driver.execute_script("return document.querySelector('[data-viewer-dialog]').open")
-    post_events(wall, [reading(f"{unique}-2", 200, area="22693")])
+    post_events(wall, [reading(f"{unique}-2", 200, area="22918")])
     wait(driver, "a new alert over the stream",
-         lambda: attribute(driver, "[data-area='22693']", "data-severity") == "critical", timeout=3)
+         lambda: attribute(driver, "[data-area='22918']", "data-severity") == "critical", timeout=3)
     shoot(driver, tmp_path, "closed-2-live")
 
     # The operator's login works as before, beside the viewer's token.
@@ -473,7 +474,7 @@ def test_closed_reads_ask_for_a_viewer_token_once_per_session(
     click(driver, "[data-action=login-submit]")
     wait(driver, "the operator logged in", lambda: attribute(driver, "body", "data-operator") == "yes")
     [alert] = [a for a in httpx.get(f"{wall.api}/api/v1/alerts", headers={
-        "Authorization": f"Bearer {VIEWER_TOKEN}"}, timeout=5).json() if a["labels"]["area"] == "22723"]
+        "Authorization": f"Bearer {VIEWER_TOKEN}"}, timeout=5).json() if a["labels"]["area"] == "22945"]
     target = f"[data-fingerprint='{alert['fingerprint']}']"
     click(driver, f"{target} [data-action=ack]")
     wait(driver, "the acknowledged state", lambda: attribute(driver, target, "data-state") == "acknowledged")
