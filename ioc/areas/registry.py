@@ -141,6 +141,8 @@ class AreaRegistry:
             return entries[code]
         except KeyError:
             pass
+        if code not in self._versions:  # not cached: a flood of made-up codes must not grow the cache
+            return None
         entry = self._resolve(code, period)
         entries[code] = entry
         return entry

@@ -146,3 +146,10 @@ def test_source_is_recorded(country: AreaRegistry) -> None:
     assert country.source is not None
     assert (country.source.package, country.source.version, country.source.license) == (
         "vietnamadminunits", "1.0.4", "MIT")
+
+
+def test_unknown_codes_are_not_cached(country: AreaRegistry) -> None:
+    before = [len(entries) for entries in country._entries]
+    for number in range(1000):
+        assert country.level_of(f"X{number}", AFTER) is None and not country.is_within(f"X{number}", "68", AFTER)
+    assert [len(entries) for entries in country._entries] == before
