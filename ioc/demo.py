@@ -38,6 +38,12 @@ DAEMON_USER = "ioc"
 # What the demo vendor may send for when the scenario cannot be read (it names its own subsystems).
 FALLBACK_SOURCES = ["dvc-binhthuan", "viettel-ran", "vnpt-ran", "mobifone-ran", "qtmt-aqi", "ioc-probe"]
 SIM_RESTART_DELAY = 2.0
+# The simulated history sent at once before real time (`ioc sim run --history`), so the wall is full from
+# its first second: two hours of KPIs and alerts, ending 13m30s into the demo's 20-minute cycle, when bad air,
+# an outage and a service down are on the wall and the backlog's alert fires within the minute (demo.yaml).
+# amqtt takes ~500 messages/s (NOTES.md): it gets only the last part of a cycle, a few seconds' worth.
+HISTORY = {"mosquitto": "2h13m30s", "amqtt": "13m30s"}
+PROVINCE = "68"  # Lâm Đồng at its real size; the demo scenario plays the former Bình Thuận (60) inside it
 
 
 def demo_sources() -> list[str]:
@@ -62,6 +68,7 @@ def demo_settings(*, port: int, broker: EmbeddedBroker, workdir: Path, vendor_to
                  "reconnect_min": "200ms", "reconnect_max": "5s"},
         # An InfluxDB only when the environment names one (IOC_INFLUX__URL overrides this).
         "influx": {"url": ""},
+        "areas": {"provinces": [PROVINCE]},
         "store": {"path": str(workdir / "ioc.db")},
         "log": {"level": "warning"},
         "vendors": [{"name": VENDOR, "token_sha256": token_sha256(vendor_token), "sources": sources,
@@ -72,16 +79,21 @@ def demo_settings(*, port: int, broker: EmbeddedBroker, workdir: Path, vendor_to
 
 def banner(*, port: int, broker: EmbeddedBroker, vendor_token: str, operator_token: str,
            sources: list[str], workdir: Path, influx: str) -> str:
+    """What `ioc demo` prints: every command line works as printed, on any date, run more than once (the
+    events' ids and times come from the shell at the moment it runs, the silence lasts a duration)."""
     credentials = f" (user {VENDOR}, password = the vendor token)" if broker.authenticated else \
         " (anonymous, 127.0.0.1 only)"
     auth = f" -u {VENDOR} -P {vendor_token}" if broker.authenticated else ""
     vendor_url = f"mqtt://{VENDOR}:{vendor_token}@127.0.0.1:{broker.port}" if broker.authenticated else broker.url
-    example = ('{"id":"my-1","source":"qtmt-aqi","type":"telemetry","time":"\'$(date -Iseconds)\'",'
+    example = ('{"id":"my-\'$(date +%s%N)\'","source":"qtmt-aqi","type":"telemetry","time":"\'$(date -Iseconds)\'",'
                '"metric":"env.aqi","value":180,"area":"22945"}')
+    silence = '{"matchers":[{"name":"area","value":"22945","op":"="}],"duration":"1h","comment":"bảo trì trạm"}'
+    api = f"http://127.0.0.1:{port}"
     return "\n".join([
-        "IOC demo — Trung tâm Điều hành thông minh (simulated province: Bình Thuận)",
-        f"  wall display:   http://127.0.0.1:{port}/",
-        f"  API docs:       http://127.0.0.1:{port}/docs",
+        ("IOC demo — Trung tâm Điều hành thông minh: Tỉnh Lâm Đồng (68), 124 communes; simulated: the former "
+        "Bình Thuận"),
+        f"  wall display:   {api}/   (English: {api}/?lang=en)",
+        f"  API docs:       {api}/docs",
         f"  MQTT broker:    {broker.url} [{broker.kind}]{credentials}",
         f"  as the vendor:  {vendor_url}   (e.g. ioc sim run smoke --to {vendor_url})",
         f"  metrics:        {redact_url(influx) or 'kept in the embedded store ' + str(workdir / 'ioc.db')}",
@@ -90,9 +102,13 @@ def banner(*, port: int, broker: EmbeddedBroker, vendor_token: str, operator_tok
         f"  the demo vendor may send for: {', '.join(sources)}",
         "  publish an event of your own:",
         f"    mosquitto_pub -h 127.0.0.1 -p {broker.port}{auth} -t ioc/v1/events/qtmt-aqi -m '{example}'",
-        f"    curl -sS -X POST http://127.0.0.1:{port}/api/v1/events -H 'Authorization: Bearer {vendor_token}' "
-        f"-H 'Content-Type: application/json' -d '{example}'",
-        f"  alerts:         curl -sS http://127.0.0.1:{port}/api/v1/alerts",
+        (f"    curl -sS -X POST {api}/api/v1/events -H 'Authorization: Bearer {vendor_token}' "
+        f"-H 'Content-Type: application/json' -d '{example}'"),
+        f"  alerts:         curl -sS {api}/api/v1/alerts",
+        f"    as they change: mosquitto_sub -h 127.0.0.1 -p {broker.port}{auth} -t 'ioc/v1/alerts/#' -v",
+        "  silence commune 22945 for an hour:",
+        (f"    curl -sS -X POST {api}/api/v1/silences -H 'Authorization: Bearer {operator_token}' "
+        f"-H 'Content-Type: application/json' -d '{silence}'"),
         "  Ctrl-C stops the demo.",
     ])
 
@@ -100,9 +116,10 @@ def banner(*, port: int, broker: EmbeddedBroker, vendor_token: str, operator_tok
 class ScenarioLoop:
     """`ioc sim run demo` in a child process, started again whenever it ends, until `stop()`."""
 
-    def __init__(self, to: str, log_path: Path) -> None:
+    def __init__(self, to: str, log_path: Path, history: str | None = None) -> None:
         self.to = to
         self.log_path = log_path
+        self.history = history  # sent at once by the first run only: a restart goes on from now
         self._stopping = threading.Event()
         self._process: subprocess.Popen[bytes] | None = None
         self._thread = threading.Thread(target=self._run, name="demo-scenario", daemon=True)
@@ -115,9 +132,10 @@ class ScenarioLoop:
         with self.log_path.open("ab") as output:
             while not self._stopping.is_set():
                 self.runs += 1
+                history = ["--history", self.history] if self.history and self.runs == 1 else []
                 self._process = subprocess.Popen(
                     [sys.executable, "-m", "ioc.simulators.cli", "run", DEMO_SCENARIO, "--to", self.to,
-                     "--speed", "1"], stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                     "--speed", "1", *history], stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True)  # Ctrl-C reaches the demo, which stops this in order
                 code = self._process.wait()
                 if not self._stopping.is_set():
@@ -175,8 +193,8 @@ def run_demo(*, port: int = 8080, mqtt_port: int | None = None, broker_kind: Bro
                                  sources=sources)
         configure_logging(settings.log.level, settings.log.format)
         credentials = f"{VENDOR}:{vendor_token}@" if broker.authenticated else ""
-        scenario = ScenarioLoop(f"mqtt://{credentials}127.0.0.1:{broker.port}", workdir / "scenario.log") \
-            if play else None
+        scenario = ScenarioLoop(f"mqtt://{credentials}127.0.0.1:{broker.port}", workdir / "scenario.log",
+                                history=HISTORY[broker.kind]) if play else None
 
         def ready() -> None:
             print(banner(port=port, broker=broker, vendor_token=vendor_token, operator_token=operator_token,

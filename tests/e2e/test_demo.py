@@ -98,7 +98,7 @@ def publish(port: int, username: str | None, password: str | None, payloads: lis
 
 def firing_aqi(api: str) -> list[dict[str, Any]]:
     alerts = httpx.get(f"{api}/api/v1/alerts", params={"state": "firing"}, timeout=5).json()
-    # Area 60 (the province itself): no station of the demo scenario reports there, only ours.
+    # Area 68 (the province itself): no station of the demo scenario reports there, only ours.
     return [a for a in alerts if a["rule"] == "aqi-bad" and a["labels"].get("area") == "68"]
 
 
