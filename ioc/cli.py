@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import platform
 import re
 import secrets
 import sys
@@ -26,6 +28,43 @@ app = typer.Typer(
 
 _NAMES_ITS_FILE = re.compile(r"^[^\s:]+:\d+: ")
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The TOML config file.")]
+# What a bug report needs besides the daemon's own version: the libraries whose behaviour it leans on.
+_KEY_LIBRARIES = ("pydantic", "paho-mqtt", "fastapi", "uvicorn", "influxdb-client", "structlog")
+
+
+def _installed(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def version_line() -> str:
+    """`ioc 0.1.0 (Python 3.11.7; pydantic 2.13.4, paho-mqtt 2.2.0, ...)`: the installed distribution's
+    version (what pip installed, not a constant in the source), the interpreter and the key libraries."""
+    libraries = ", ".join(f"{name} {_installed(name)}" for name in _KEY_LIBRARIES)
+    return f"ioc {_installed('ioc')} (Python {platform.python_version()}; {libraries})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                          help="Print the version of ioc, Python and key libraries; exit.")
+                       ] = False,
+) -> None:
+    """Event-aggregation daemon of a provincial Intelligent Operations Center (IOC)."""
+
+
+@app.command("version")
+def version_command() -> None:
+    """Print the version of ioc, Python and key libraries (as `ioc --version`)."""
+    typer.echo(version_line())
 
 
 def _say(problem: str) -> None:
@@ -154,15 +193,48 @@ def mosquitto_acl(
     raise typer.Exit(main_mosquitto_acl(config, tokens, out, daemon_password or None))
 
 
+_ROLES = {"vendor": "vendors", "operator": "operators", "viewer": "viewers"}  # role -> its config table
+
+
+def _role_in(config: Path, name: str) -> str | None:
+    """The role NAME already has in CONFIG (a token being replaced), or None."""
+    settings = _load(config)
+    for role, table in _ROLES.items():
+        if any(principal.name == name for principal in getattr(settings, table)):
+            return role
+    return None
+
+
 @app.command()
-def token(name: Annotated[str, typer.Argument(help="Who the token is for.")] = "") -> None:
-    """Make a new random bearer token and print it with the `token_sha256` to put in the config."""
+def token(
+    name: Annotated[str, typer.Argument(help="Who the token is for.")] = "",
+    role: Annotated[str | None, typer.Option(
+        help="What the token is for: vendor (pushes events), operator (acknowledges, silences) or viewer "
+             "(reads); default: NAME's role in --config, else vendor.", show_default=False)] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="A config that may already name NAME: its role is the default "
+                               "(replacing a token).")] = None,
+) -> None:
+    """Make a new random bearer token and print it with the `token_sha256` to put in the config; with
+    NAME, the [[vendors]], [[operators]] or [[viewers]] block to paste."""
+    if role is not None and role not in _ROLES:
+        typer.echo(f"ioc token: --role {role!r}: expected vendor, operator or viewer", err=True)
+        raise typer.Exit(2)
+    found = _role_in(config, name) if config is not None and name else None
+    if role is not None and found is not None and role != found:
+        article = "an" if found == "operator" else "a"
+        typer.echo(f"ioc token: {name!r} is {article} {found} in {config}, not a {role}", err=True)
+        raise typer.Exit(2)
+    role = role or found or "vendor"
     value = secrets.token_urlsafe(32)
+    digest = token_sha256(value)
     typer.echo(f"token:        {value}")
-    typer.echo(f"token_sha256: {token_sha256(value)}")
+    typer.echo(f"token_sha256: {digest}")
     if name:
-        typer.echo(f'\n[[vendors]]\nname = "{name}"\ntoken_sha256 = "{token_sha256(value)}"\n'
-                   f'sources = ["{name}"]')
+        block = f'\n[[{_ROLES[role]}]]\nname = "{name}"\ntoken_sha256 = "{digest}"'
+        if role == "vendor":  # a vendor sends for its sources; one named like the vendor is the usual case
+            block += f'\nsources = ["{name}"]'
+        typer.echo(block)
 
 
 def _add_sim() -> None:

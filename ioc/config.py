@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from ioc.envelope import SOURCE_PATTERN
 from ioc.errors import ConfigError
@@ -98,6 +100,14 @@ def _read_secret(path: str) -> str:
         raise ValueError(f"cannot read {path}: {error.strerror}") from None
 
 
+def _readable(path: str) -> str:
+    """A `*_file` key's check: the file can be read. Also read by the model's validator, which sets the
+    secret; checked here first so that a problem names the key (and the line or variable that set it)."""
+    if path:
+        _read_secret(path)
+    return path
+
+
 class HttpSettings(_Section):
     listen: str = "127.0.0.1:8080"
     max_body: Size = parse_size("8MiB")
@@ -154,6 +164,8 @@ class MqttSettings(_Section):
     tls_key: str = ""
     tls_insecure: bool = False
 
+    _password_file = field_validator("password_file")(_readable)
+
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
@@ -204,6 +216,8 @@ class InfluxSettings(_Section):
     queue_max_points: int = Field(default=200_000, ge=1)
     spool_max_points: int = Field(default=10_000_000, ge=0)
     spool_on_full: Literal["block", "drop"] = "block"
+
+    _secret_files = field_validator("password_file", "token_file")(_readable)
 
     @model_validator(mode="after")
     def _v2_and_secrets(self) -> InfluxSettings:
@@ -296,6 +310,8 @@ class _Principal(_Section):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     token_sha256: str = ""
     token_sha256_file: str = ""
+
+    _token_file = field_validator("token_sha256_file")(_readable)
 
     @model_validator(mode="after")
     def _token(self) -> Any:
@@ -436,8 +452,67 @@ def _describe(error: ErrorDetails) -> str:
     return f"{loc}: {message}"
 
 
+ENV_PREFIX = "IOC_"
+_ENV_SECRET = re.compile(r"password|token|secret|key|headers", re.IGNORECASE)  # never echoed back
+_ENV_ECHO = 64  # characters of an override's value quoted in a problem
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """The `IOC_<SECTION>__<KEY>` variables as pydantic-settings reads them (case-insensitive): their
+    path in the config -> the variable's name."""
+    return {tuple(name[len(ENV_PREFIX):].lower().split("__")): name for name in environ
+            if name.upper().startswith(ENV_PREFIX)}
+
+
+def _env_label(name: str, environ: Mapping[str, str]) -> str:
+    """`IOC_HTTP__LISTEN='nope'`: the variable and its value, unless the value may be a secret or is a
+    whole table or list in JSON (too long to quote, and it may hold one)."""
+    value = environ.get(name, "")
+    if _ENV_SECRET.search(name) or value[:1] in ("{", "[") or len(value) > _ENV_ECHO:
+        return f"environment {name}"
+    return f"environment {name}={value!r}"
+
+
+def _env_culprit(loc: tuple[str | int, ...], overrides: Mapping[tuple[str, ...], str]) -> str | None:
+    """The variable whose override holds `loc` (the longest path that is a prefix of it), if any."""
+    parts = tuple(str(part).lower() for part in loc)
+    for length in range(len(parts), 0, -1):
+        if parts[:length] in overrides:
+            return overrides[parts[:length]]
+    return None
+
+
+def _env_within(loc: tuple[str | int, ...], overrides: Mapping[tuple[str, ...], str]) -> str:
+    """For a problem of a whole table (a check over several keys): the variables that set keys in it."""
+    parts = tuple(str(part).lower() for part in loc)
+    names = sorted(name for path, name in overrides.items() if parts and path[:len(parts)] == parts)
+    return f" (with environment {', '.join(names)})" if names else ""
+
+
+def _env_problems(environ: Mapping[str, str]) -> list[str]:
+    """Overrides pydantic-settings would silently ignore: `IOC_<X>__...` of no section `x` (a typo of
+    one; names without `__` are left alone, other tools' variables such as IOC_FAILPOINTS are so)."""
+    return [f"{_env_label(name, environ)}: unknown section {loc[0]!r}"
+            for loc, name in _env_overrides(environ).items()
+            if len(loc) > 1 and loc[0] not in Settings.model_fields]
+
+
+def _settings_error(error: SettingsError, environ: Mapping[str, str]) -> list[str]:
+    """A variable pydantic-settings could not even parse (a list or table must be JSON in the
+    environment): blamed on the variables under the field it names."""
+    match = re.search(r'field "([^"]+)"', str(error))
+    field = match.group(1).lower() if match else ""
+    names = [name for loc, name in _env_overrides(environ).items() if loc[0] == field] or [f"{ENV_PREFIX}*"]
+    cause = f" ({error.__cause__})" if error.__cause__ else ""
+    return [f"{_env_label(name, environ)}: {field or 'value'}: not valid JSON{cause}; a list or table is "
+            'written as JSON in the environment, e.g. \'["a", "b"]\' or \'{"key": "value"}\''
+            for name in names]
+
+
 def load_settings(path: str | Path | None) -> Settings:
-    """Read, merge with the environment and validate; raise ConfigError with every problem."""
+    """Read, merge with the environment and validate; raise ConfigError with every problem, each blamed on
+    its `file:line` or, for an override, on its `IOC_...` variable."""
+    environ = os.environ  # what pydantic-settings reads
     text, label, data = "", "<defaults>", {}
     if path is not None:
         label = str(path)
@@ -451,12 +526,22 @@ def load_settings(path: str | Path | None) -> Settings:
             match = re.search(r"line (\d+)", str(error))
             line = match.group(1) if match else "1"
             raise ConfigError([f"{label}:{line}: {error}"]) from None
+    problems = _env_problems(environ)
+    overrides = _env_overrides(environ)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
+    except SettingsError as error:
+        raise ConfigError(problems + _settings_error(error, environ)) from None
     except ValidationError as error:
-        problems = []
         for item in error.errors(include_url=False):
+            variable = _env_culprit(item["loc"], overrides)
+            if variable is not None:  # the environment overrides the file: the value is the variable's
+                problems.append(f"{_env_label(variable, environ)}: {_describe(item)}")
+                continue
             line = _toml_line(text, item["loc"]) if text else None
             where = f"{label}:{line}" if line else label
-            problems.append(f"{where}: {_describe(item)}")
+            problems.append(f"{where}: {_describe(item)}{_env_within(item['loc'], overrides)}")
         raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return settings
