@@ -1,10 +1,12 @@
 """The dossier tracker: one-stop-shop dossiers (hồ sơ TTHC) -> the `kpi.dossier.*` indicators (docs/rules.md).
 
-Every dossier (key: source + dossier_id) is in SQLite (table `agg_dossiers`), the durable copy that a
-restart reloads. Open ones are also held in memory in a compact form: a dict key -> slot and parallel
+Every dossier (key: source + dossier_id) is in the shared store (table `agg_dossiers`; SQLite or
+PostgreSQL, `ioc.store`), the durable copy that a restart reloads. Rows are written in batches; while the
+store fails they stay buffered and are written once it answers (`ioc.store.outage`). Open ones are also held in memory in a compact form: a dict key -> slot and parallel
 typed arrays per slot (about 45 bytes a dossier besides its key), a heap of plain ints
 `(next transition µs << 32) | slot` for the clock, and counters per area node. Finished ones (`done`,
-`denied`, `cancelled`) live only in SQLite, where an event for one is looked up.
+`denied`, `cancelled`) live only in the store, where an event for one is looked up (during a store
+outage it cannot be, and the event is taken as the dossier's first).
 
 A dossier's state is what its latest event (by event time) says. Applying an event uncounts what the
 dossier's previous state contributed and counts the new state, so a repeat changes nothing and an
@@ -21,7 +23,7 @@ dossiers finished in the current period with a status in `[kpis] on_time_statuse
 `kpi.dossier.online_share` = online / received, over the dossiers received in the current period. The
 current period is the calendar month of the clock; a rate with no dossier yet in the period is not emitted
 (the previous value stays on the board with its `updated_at`). Periods before the previous month are
-dropped (rows of dossiers finished and received before it are deleted from SQLite at the month's turn).
+dropped (rows of dossiers finished and received before it are deleted from the store at the month's turn).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import heapq
 import threading
 import time
 from array import array
-from pathlib import Path
 from typing import NamedTuple, cast, get_args
 
 import structlog
@@ -48,7 +49,8 @@ from ioc.envelope import (
 )
 from ioc.kpis import Kpi, KpiListener
 from ioc.metrics import MetricSource, counter, gauge
-from ioc.store import connect, transaction
+from ioc.store import StoreError, StoreTarget, ensure_schema, open_database, upsert
+from ioc.store.outage import Outage
 
 log = structlog.get_logger("ioc.aggregators.dossiers")
 
@@ -63,25 +65,10 @@ _SLOT_MASK = (1 << _SLOT_BITS) - 1
 _FLUSH_ROWS = 10_000  # rows buffered before they are written in one transaction
 _NO_TIME = -1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS agg_dossiers (
-    source TEXT NOT NULL,
-    dossier_id TEXT NOT NULL,
-    area TEXT NOT NULL,
-    level TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    status TEXT NOT NULL,
-    received_us INTEGER NOT NULL,
-    due_us INTEGER NOT NULL,
-    finished_us INTEGER,           -- set when finished (done, denied, cancelled)
-    last_us INTEGER NOT NULL,      -- the time of the event applied last
-    chain TEXT NOT NULL,           -- the area codes it is counted in, own area first
-    PRIMARY KEY (source, dossier_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS agg_clock (name TEXT PRIMARY KEY, clock_us INTEGER NOT NULL);
-"""
 _COLUMNS = ("source, dossier_id, area, level, channel, status, received_us, due_us, finished_us, last_us, "
             "chain")
+_SAVE_ROWS = upsert("agg_dossiers", _COLUMNS.split(", "), ("source", "dossier_id"))
+_SAVE_CLOCK = upsert("agg_clock", ("name", "clock_us"), ("name",))
 
 
 class _Row(NamedTuple):
@@ -101,7 +88,7 @@ class _Row(NamedTuple):
 class _PeriodCounts:
     """Counters of one period per node: received, received online, finished (graded), on time."""
 
-    __slots__ = ("received", "online", "finished", "on_time")
+    __slots__ = ("finished", "on_time", "online", "received")
 
     def __init__(self, nodes: int) -> None:
         self.received = [0] * nodes
@@ -139,15 +126,16 @@ class DossierTracker:
 
     name = "dossiers"
 
-    def __init__(self, areas: AreaRegistry, calendar: WorkCalendar, store_path: str | Path,
+    def __init__(self, areas: AreaRegistry, calendar: WorkCalendar, store_path: StoreTarget,
                  on_kpi: KpiListener, *,
                  on_time_statuses: frozenset[str] = FINISHED_DOSSIER_STATUSES) -> None:
         self._areas = areas
         self._calendar = calendar
         self._graded = on_time_statuses
         self._lock = threading.Lock()
-        self._db = connect(store_path)
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(store_path)
+        ensure_schema(self._db)
+        self._outage = Outage(self.name)
         self._changes = KpiChanges(areas, on_kpi)
         # per node
         self._open: list[int] = []
@@ -253,9 +241,12 @@ class DossierTracker:
             self._flush_rows()
 
     def close(self) -> None:
-        """Write what is buffered and close the store."""
+        """Write what is buffered and close the store (what the store does not take is lost, and said)."""
         with self._lock:
+            self._outage = Outage(self.name, retry=0.0)  # one last attempt, whatever the last one did
             self._flush_rows()
+            if self._pending:
+                log.error("aggregator.rows_lost", aggregator=self.name, rows=len(self._pending))
             self._db.close()
 
     def metrics(self) -> MetricSource:
@@ -434,10 +425,14 @@ class DossierTracker:
         if not first:
             self._flush_rows()
             cutoff = int(period_start(period - 1) * 1_000_000)
-            with transaction(self._db):
-                deleted = self._db.execute(
-                    "DELETE FROM agg_dossiers WHERE finished_us IS NOT NULL AND finished_us < ? "
-                    "AND received_us < ?", (cutoff, cutoff)).rowcount
+            try:
+                with self._db.transaction():
+                    deleted = self._db.execute(
+                        "DELETE FROM agg_dossiers WHERE finished_us IS NOT NULL AND finished_us < ? "
+                        "AND received_us < ?", (cutoff, cutoff)).rowcount
+            except StoreError as error:  # pruned at the next turn of the month; only space is lost
+                log.error("aggregator.prune_failed", aggregator=self.name, error=str(error))
+                deleted = 0
             log.info("aggregator.period_started", period=f"{period // 12}-{period % 12 + 1:02d}",
                      pruned=deleted)
 
@@ -477,19 +472,30 @@ class DossierTracker:
         row = self._pending.get(key)
         if row is not None:
             return row
-        found = self._db.execute(f"SELECT {_COLUMNS} FROM agg_dossiers WHERE source = ? AND dossier_id = ?",
-                                 (source, dossier_id)).fetchone()
+        if self._outage.down:  # not on every event while the store fails (see the module doc)
+            return None
+        try:
+            found = self._db.execute(f"SELECT {_COLUMNS} FROM agg_dossiers WHERE source = ? AND dossier_id = ?",
+                                     (source, dossier_id)).fetchone()
+        except StoreError as error:
+            self._outage.failed(error, buffered=len(self._pending))
+            return None
         return _Row(*found) if found else None
 
     def _flush_rows(self) -> None:
         if not self._pending and self._stored_clock == self._clock_us:
             return
-        with transaction(self._db):
-            if self._pending:
-                self._db.executemany(f"INSERT OR REPLACE INTO agg_dossiers ({_COLUMNS}) "
-                                     f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending.values())
-            self._db.execute("INSERT OR REPLACE INTO agg_clock (name, clock_us) VALUES (?, ?)",
-                             (self.name, self._clock_us))
+        if not self._outage.ready():
+            return
+        try:
+            with self._db.transaction():
+                if self._pending:
+                    self._db.executemany(_SAVE_ROWS, self._pending.values())
+                self._db.execute(_SAVE_CLOCK, (self.name, self._clock_us))
+        except StoreError as error:  # the rows stay buffered and are written again
+            self._outage.failed(error, buffered=len(self._pending))
+            return
+        self._outage.recovered(written=len(self._pending))
         self._pending.clear()
         self._stored_clock = self._clock_us
 
@@ -502,8 +508,7 @@ class DossierTracker:
             self._current = period_of(self._clock_us / 1e6)
         chains: dict[tuple[str, str], int] = {}
         opened = 0
-        cursor = self._db.execute(f"SELECT {_COLUMNS} FROM agg_dossiers")
-        while batch := cursor.fetchmany(10_000):
+        for batch in self._db.batches(f"SELECT {_COLUMNS} FROM agg_dossiers"):
             for values in batch:
                 row = _Row(*values)
                 chain = chains.get((row.chain, row.level))

@@ -3,8 +3,8 @@
 An entity (key: source + entity, e.g. a cell site of `viettel-ran`) counts in the area of its latest
 status event and in that area's ancestors. `kpi.coverage.down` is the number of the area's known entities
 whose latest state is `down`; `kpi.coverage.down_share` is that as a % of the area's known entities.
-Entities are few (thousands), so they are plain dict entries; SQLite (`agg_entities`) keeps the latest
-states over a restart. An event older than the entity's applied one is ignored (counted out of order).
+Entities are few (thousands), so they are plain dict entries; the shared store (`agg_entities`, SQLite
+or PostgreSQL) keeps the latest states over a restart, written in batches (kept buffered while it fails). An event older than the entity's applied one is ignored (counted out of order).
 
 An area the registry does not know is counted alone, with the level its code's length suggests (GSO
 codes: 2 digits a province, 3 a district, 5 a commune), since status events carry no level.
@@ -13,27 +13,21 @@ codes: 2 digits a province, 3 a district, 5 a commune), since status events carr
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import cast
+
+import structlog
 
 from ioc.aggregators.rollup import AreaNodes, KpiChanges
 from ioc.areas import AreaRegistry, local_date
 from ioc.envelope import AnyEvent, AreaLevel, StatusEvent, event_time_ns
 from ioc.kpis import Kpi, KpiListener
 from ioc.metrics import MetricSource, counter, gauge
-from ioc.store import connect, transaction
+from ioc.store import StoreError, StoreTarget, ensure_schema, open_database, upsert
+from ioc.store.outage import Outage
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS agg_entities (
-    source TEXT NOT NULL,
-    entity TEXT NOT NULL,
-    area TEXT NOT NULL,
-    state TEXT NOT NULL,
-    last_us INTEGER NOT NULL,     -- the time of the event applied last
-    chain TEXT NOT NULL,          -- the area codes it is counted in, own area first
-    PRIMARY KEY (source, entity)
-) WITHOUT ROWID;
-"""
+log = structlog.get_logger("ioc.aggregators.status")
+
+_SAVE = upsert("agg_entities", ("source", "entity", "area", "state", "last_us", "chain"), ("source", "entity"))
 _FLUSH_ROWS = 1000
 
 
@@ -47,10 +41,11 @@ class StatusTracker:
 
     name = "status"
 
-    def __init__(self, areas: AreaRegistry, store_path: str | Path, on_kpi: KpiListener) -> None:
+    def __init__(self, areas: AreaRegistry, store_path: StoreTarget, on_kpi: KpiListener) -> None:
         self._lock = threading.Lock()
-        self._db = connect(store_path)
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(store_path)
+        ensure_schema(self._db)
+        self._outage = Outage(self.name)
         self._changes = KpiChanges(areas, on_kpi)
         self._known: list[int] = []
         self._down: list[int] = []
@@ -108,7 +103,10 @@ class StatusTracker:
 
     def close(self) -> None:
         with self._lock:
+            self._outage = Outage(self.name, retry=0.0)  # one last attempt
             self._flush()
+            if self._pending:
+                log.error("aggregator.rows_lost", aggregator=self.name, rows=len(self._pending))
             self._db.close()
 
     def metrics(self) -> MetricSource:
@@ -153,11 +151,15 @@ class StatusTracker:
         return out
 
     def _flush(self) -> None:
-        if not self._pending:
+        if not self._pending or not self._outage.ready():
             return
-        with transaction(self._db):
-            self._db.executemany("INSERT OR REPLACE INTO agg_entities (source, entity, area, state, last_us, "
-                                 "chain) VALUES (?, ?, ?, ?, ?, ?)", self._pending.values())
+        try:
+            with self._db.transaction():
+                self._db.executemany(_SAVE, self._pending.values())
+        except StoreError as error:  # the rows stay buffered and are written again
+            self._outage.failed(error, buffered=len(self._pending))
+            return
+        self._outage.recovered(written=len(self._pending))
         self._pending.clear()
 
     def _load(self) -> None:

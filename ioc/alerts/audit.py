@@ -1,32 +1,21 @@
 """The audit log: who changed what, when (every operator action on alerts and silences).
 
-The log is one table, `alert_audit`, in the daemon's SQLite file. Each store that records an operator's
-action (`ioc.alerts.store` for acknowledgements, `ioc.alerts.silence` for silences) writes the entry in
-the same transaction as the change, with `insert`; these functions are the table's only queries.
+The log is one table, `alert_audit`, in the shared store (`ioc.store`, its migrations make the table).
+Each store that records an operator's action (`ioc.alerts.store` for acknowledgements, `ioc.alerts.silence`
+for silences) writes the entry in the same transaction as the change, with `insert`, with the name of the
+node that took the action ([cluster] node); these functions are the table's only queries.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from ioc.alerts.alert import rfc3339
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS alert_audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS alert_audit_at ON alert_audit (at);
-"""
+from ioc.store import Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +35,14 @@ class AuditEntry:
                 "detail": self.detail}
 
 
-def insert(db: sqlite3.Connection, entry: AuditEntry) -> None:
-    """Add an entry (inside the caller's transaction)."""
+def insert(db: Database, entry: AuditEntry, node: str = "") -> None:
+    """Add an entry made on `node` (inside the caller's transaction)."""
     detail = orjson.dumps(entry.detail).decode()
-    db.execute("INSERT INTO alert_audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-               (entry.at, entry.actor, entry.action, entry.target, detail))
+    db.execute("INSERT INTO alert_audit (at, actor, action, target, detail, node) VALUES (?, ?, ?, ?, ?, ?)",
+               (entry.at, entry.actor, entry.action, entry.target, detail, node or None))
 
 
-def read(db: sqlite3.Connection, *, target: str | None = None, limit: int = 1000) -> list[AuditEntry]:
+def read(db: Database, *, target: str | None = None, limit: int = 1000) -> list[AuditEntry]:
     """The newest entries first (of one alert or silence when `target` is given)."""
     query = "SELECT at, actor, action, target, detail FROM alert_audit"
     args: list[object] = []
@@ -65,11 +54,11 @@ def read(db: sqlite3.Connection, *, target: str | None = None, limit: int = 1000
     return list(_entries(db.execute(query, args)))
 
 
-def purge(db: sqlite3.Connection, *, before: float) -> int:
+def purge(db: Database, *, before: float) -> int:
     """Delete the entries older than `before` (inside the caller's transaction); how many."""
     return int(db.execute("DELETE FROM alert_audit WHERE at < ?", (before,)).rowcount)
 
 
-def _entries(cursor: sqlite3.Cursor) -> Iterator[AuditEntry]:
+def _entries(cursor: Iterable[tuple[Any, ...]]) -> Iterator[AuditEntry]:
     for at, actor, action, target, detail in cursor:
         yield AuditEntry(at, actor, action, target, orjson.loads(detail))

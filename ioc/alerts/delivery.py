@@ -2,7 +2,7 @@
 
 The last stage of the notification pipeline (after `ioc.alerts.muting`). `record` queues a change;
 `flush` stores every queued alert and the outbox rows of the durable notifiers that want the changes in
-one SQLite transaction, then hits the failpoint `alerts.before_notify`, then tells the notifier chain,
+one store transaction, then hits the failpoint `alerts.before_notify`, then tells the notifier chain,
 in order of the changes. So a crash at any moment loses no notification: what the outbox still holds at
 start-up is delivered again (`resume`) before any new change (`ioc.alerts.outbox`).
 
@@ -11,7 +11,6 @@ Not thread-safe on its own: the `AlertManager` calls it under its lock.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from typing import TypeAlias
 
@@ -25,6 +24,7 @@ from ioc.alerts.notify import NotifierChain
 from ioc.alerts.outbox import Notification, Outbox, alert_from_record, alert_record, new_ids
 from ioc.alerts.store import AlertStore, OutboxRow
 from ioc.metrics import counter, gauge
+from ioc.store import StoreError
 
 log = structlog.get_logger("ioc.alerts")
 
@@ -97,7 +97,7 @@ class Delivery:
         self._unsaved, self._untold = {}, []
         try:
             self.store.commit(alerts, rows)
-        except sqlite3.Error as error:
+        except StoreError as error:
             self.store_errors += max(1, len(alerts))
             log.error("alerts.store_failed", alerts=len(alerts), notifications=len(rows), error=str(error),
                       effect="told without the outbox: lost if the process dies before delivering them")
@@ -106,7 +106,7 @@ class Delivery:
 
     def commit(self, alert: Alert, change: Change, audit: AuditEntry) -> None:
         """An operator's change: what is queued goes first; then this one is stored with its audit
-        entry (sqlite3.Error: refused, nothing told) and told."""
+        entry (StoreError: refused, nothing told) and told."""
         self.flush()
         prepared, rows = self._prepare([(alert, change)])
         self.store.commit([alert], rows, audit)
@@ -153,13 +153,13 @@ class Delivery:
     def metrics(self) -> Iterable[Metric]:
         """`ioc_alert_store_errors_total`, the notifiers' metrics, `ioc_alert_outbox{notifier}`."""
         yield counter("ioc_alert_store_errors", "Alert changes (or removals of delivered notifications "
-                      "from the outbox) that could not be written to SQLite.", (),
+                      "from the outbox) that could not be written to the store.", (),
                       {(): self.store_errors + self.outbox.errors})
         yield from self.chain.metrics()
         owed = dict.fromkeys(self.chain.durable, 0)
         try:
             owed.update(self.store.outbox_counts())
-        except sqlite3.Error:  # closed, or busy past its timeout: the gauge says what it knows
+        except StoreError:  # closed, or busy past its timeout: the gauge says what it knows
             pass
         yield gauge("ioc_alert_outbox", "Notifications stored and not yet delivered (sent again after a "
                     "restart), by notifier.", ("notifier",), {(key,): float(n) for key, n in owed.items()})

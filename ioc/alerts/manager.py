@@ -18,7 +18,6 @@ Thread-safe: one re-entrant lock serialises updates, operator actions and reads.
 from __future__ import annotations
 
 import builtins
-import sqlite3
 import threading
 import time
 import uuid
@@ -43,6 +42,7 @@ from ioc.alerts.silence import Silence, SilenceRequest, Silences, SilenceStatus,
 from ioc.alerts.store import AlertStore
 from ioc.alerts.updates import SEVERITY_RANK, AlertUpdate
 from ioc.metrics import counter, gauge
+from ioc.store import StoreError
 
 log = structlog.get_logger("ioc.alerts")
 
@@ -71,7 +71,7 @@ class AlertManager:
         self._clock = clock
         self._lock = threading.RLock()
         self._batching = threading.local()  # `batch()` on this thread: store and tell when it ends
-        self._silence_store = silences or SilenceStore(store.path)
+        self._silence_store = silences or SilenceStore(store.database, node=store.node)
         self.silences = Silences(self._silence_store, clock=clock, retention=self.settings.silence_retention)
         inhibitor = Inhibitor([InhibitRule.from_settings(rule) for rule in self.settings.inhibit], areas)
         self.muting = Muting(self.silences, inhibitor)
@@ -255,7 +255,7 @@ class AlertManager:
                                                 keep=self.settings.resolved_max)
             audited = self.store.purge_audit(before=now - self.settings.audit_retention)
             self._resolved = self.store.count_resolved()
-        except sqlite3.Error as error:
+        except StoreError as error:
             log.error("alerts.purge_failed", error=str(error))
             return
         if gone or removed or audited:

@@ -12,9 +12,9 @@ changed in place when its matchers are the same and its times may still change (
 its start and ends in the future; a pending one starts in the future); otherwise the old one is expired
 and a new one, with a new id, takes its place.
 
-The silences own their storage: the `silences` table of the daemon's SQLite file (`SilenceStore`, on its
-own connection), written with the audit entry of the change in one transaction. `Silences` is the
-silencing `Muter` of the notification pipeline (`ioc.alerts.muting`).
+The silences own their storage: the `silences` table of the shared store (`SilenceStore`, on its own
+connection; SQLite or PostgreSQL), written with the audit entry of the change in one transaction.
+`Silences` is the silencing `Muter` of the notification pipeline (`ioc.alerts.muting`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
 import orjson
@@ -36,7 +35,7 @@ from ioc.alerts.audit import AuditEntry
 from ioc.alerts.errors import InvalidSilence, SilenceNotFound
 from ioc.alerts.matchers import Matcher, matches_all
 from ioc.alerts.silence_request import MAX_AHEAD, MAX_AHEAD_DAYS, SilenceRequest
-from ioc.store import connect, transaction
+from ioc.store import StoreTarget, ensure_schema, open_database, upsert
 
 __all__ = ["STATUSES", "Silence", "SilenceRequest", "SilenceStatus", "SilenceStore", "Silences"]
 
@@ -81,40 +80,30 @@ class Silence:
         }
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS silences (
-    id TEXT PRIMARY KEY,
-    matchers TEXT NOT NULL,
-    starts_at REAL NOT NULL,
-    ends_at REAL NOT NULL,
-    comment TEXT NOT NULL,
-    author TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-"""
 _COLUMNS = "id, matchers, starts_at, ends_at, comment, author, created_at, updated_at"
+_SAVE = upsert("silences", _COLUMNS.split(", "), ("id",))
 
 
 class SilenceStore:
-    """The `silences` table (and the audit entries of its changes) in the daemon's SQLite file, on its
-    own connection. Thread-safe: one lock around the connection."""
+    """The `silences` table (and the audit entries of its changes) in the shared store, on its own
+    connection (`target`: a Database to open another connection to, a store URL or a SQLite path).
+    `node` is recorded with the audit entries. Thread-safe: one lock around the connection."""
 
-    def __init__(self, path: str | Path) -> None:
-        self._db = connect(path or ":memory:")
+    def __init__(self, target: StoreTarget, *, node: str = "") -> None:
+        self._db = open_database(target or ":memory:", node=node)
+        self._node = node
         self._lock = threading.Lock()
-        self._db.executescript(_SCHEMA + audit_log.SCHEMA)
+        ensure_schema(self._db)
 
     def save(self, silences: Sequence[Silence], audits: Sequence[AuditEntry] = ()) -> None:
         """Insert or replace silences, with the audit entries of the change, in one transaction."""
         rows = [(silence.id, orjson.dumps([matcher.as_json() for matcher in silence.matchers]).decode(),
                  silence.starts_at, silence.ends_at, silence.comment, silence.author, silence.created_at,
                  silence.updated_at) for silence in silences]
-        with self._lock, transaction(self._db):
-            self._db.executemany(f"INSERT OR REPLACE INTO silences ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                 rows)
+        with self._lock, self._db.transaction():
+            self._db.executemany(_SAVE, rows)
             for entry in audits:
-                audit_log.insert(self._db, entry)
+                audit_log.insert(self._db, entry, self._node)
 
     def load(self) -> list[Silence]:
         """Every stored silence, the oldest first."""
@@ -128,7 +117,7 @@ class SilenceStore:
         return found
 
     def delete(self, ids: builtins.list[str]) -> None:
-        with self._lock, transaction(self._db):
+        with self._lock, self._db.transaction():
             self._db.executemany("DELETE FROM silences WHERE id = ?", [(sid,) for sid in ids])
 
     def audit_log(self, *, target: str | None = None, limit: int = 1000) -> builtins.list[AuditEntry]:

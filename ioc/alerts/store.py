@@ -1,5 +1,6 @@
-"""SQLite persistence of alerts, the operators' audit log and the notification outbox (docs/configuration.md
-`[store]`). Silences keep their own table in the same file (`ioc.alerts.silence.SilenceStore`).
+"""Persistence of alerts, the operators' audit log and the notification outbox, in the shared store
+(docs/configuration.md `[store] url`: SQLite or PostgreSQL, through `ioc.store.Database`; the tables come
+from its migrations). Silences keep their own table in the same database (`ioc.alerts.silence.SilenceStore`).
 
 Active alerts are all loaded at start-up (the manager keeps them in memory); resolved ones are kept for
 `[alerts] resolved_retention` (and at most `resolved_max` rows) and read back from here on demand.
@@ -14,10 +15,8 @@ rows are also removed from the delivery side's thread.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
@@ -25,43 +24,13 @@ import orjson
 from ioc.alerts import audit as audit_log
 from ioc.alerts.alert import Acknowledgement, Alert
 from ioc.alerts.audit import AuditEntry
-from ioc.store import connect, transaction
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS alerts (
-    id TEXT PRIMARY KEY,
-    fingerprint TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    severity TEXT NOT NULL,
-    state TEXT NOT NULL,
-    labels TEXT NOT NULL,
-    summary TEXT NOT NULL,
-    value REAL,
-    runbook TEXT,
-    started_at REAL NOT NULL,
-    fired_at REAL,
-    resolved_at REAL,
-    acknowledged_by TEXT,
-    acknowledged_at REAL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state, resolved_at);
-CREATE INDEX IF NOT EXISTS alerts_fingerprint ON alerts (fingerprint);
-CREATE TABLE IF NOT EXISTS alert_outbox (
-    seq INTEGER PRIMARY KEY,
-    notifier TEXT NOT NULL,
-    id TEXT NOT NULL,
-    change TEXT NOT NULL,
-    alert BLOB NOT NULL
-);
-"""
+from ioc.store import Database, StoreTarget, ensure_schema, open_database, upsert
 
 _ALERT_COLUMNS = ("id, fingerprint, rule, severity, state, labels, summary, value, runbook, started_at, "
                   "fired_at, resolved_at, acknowledged_by, acknowledged_at, updated_at")
 
 
-_SAVE_ALERT = (f"INSERT OR REPLACE INTO alerts ({_ALERT_COLUMNS}) VALUES "
-               "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_SAVE_ALERT = upsert("alerts", _ALERT_COLUMNS.split(", "), ("id",))
 _ADD_OUTBOX = "INSERT INTO alert_outbox (seq, notifier, id, change, alert) VALUES (?, ?, ?, ?, ?)"
 
 
@@ -76,26 +45,26 @@ class OutboxRow(NamedTuple):
 
 
 class AlertStore:
-    """The alert tables in the daemon's SQLite file (its own connection)."""
+    """The alert tables in the shared store, on a connection of their own. `target`: a Database (another
+    connection to it is opened), a store URL or a SQLite path. `node` ([cluster] node) is recorded with
+    each audit entry."""
 
-    def __init__(self, path: str | Path | sqlite3.Connection) -> None:
-        self._owned = not isinstance(path, sqlite3.Connection)
-        self._db = connect(path) if not isinstance(path, sqlite3.Connection) else path
+    def __init__(self, target: StoreTarget, *, node: str = "") -> None:
+        self._db = open_database(target, node=node)
+        self.node = node
         self._lock = threading.RLock()
         self._closed = False
-        self._db.executescript(_SCHEMA + audit_log.SCHEMA)
+        ensure_schema(self._db)
 
     @property
-    def path(self) -> str:
-        """The database file (`""` for an in-memory one): where the other stores of the alerts (the
-        silences') open their own connection."""
-        return str(self._db.execute("PRAGMA database_list").fetchone()[2])
+    def database(self) -> Database:
+        """This store's connection: where the other stores of the alerts (the silences') open theirs."""
+        return self._db
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            if self._owned:
-                self._db.close()
+            self._db.close()
 
     @property
     def closed(self) -> bool:
@@ -114,14 +83,14 @@ class AlertStore:
 
     def commit(self, alerts: Sequence[Alert], outbox: Sequence[OutboxRow], audit: AuditEntry | None = None) -> None:
         """In one transaction: insert or replace `alerts`, add the notifications they owe to `outbox`, and
-        record the operator's action `audit`. All or nothing (sqlite3.Error)."""
-        with self._lock, transaction(self._db):
+        record the operator's action `audit`. All or nothing (StoreError)."""
+        with self._lock, self._db.transaction():
             if alerts:
                 self._db.executemany(_SAVE_ALERT, [_alert_row(alert) for alert in alerts])
             if outbox:
                 self._db.executemany(_ADD_OUTBOX, outbox)
             if audit is not None:
-                audit_log.insert(self._db, audit)
+                audit_log.insert(self._db, audit, self.node)
 
     def active_alerts(self) -> list[Alert]:
         """Every pending or firing alert (what the manager loads at start-up)."""
@@ -153,12 +122,12 @@ class AlertStore:
 
     def purge_resolved(self, *, before: float, keep: int) -> int:
         """Delete resolved alerts resolved before `before`, and the oldest beyond the newest `keep`."""
-        with self._lock, transaction(self._db):
+        with self._lock, self._db.transaction():
             removed = self._db.execute("DELETE FROM alerts WHERE state = 'resolved' AND resolved_at < ?",
                                        (before,)).rowcount
             removed += self._db.execute(
-                "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE state = 'resolved' "
-                "ORDER BY resolved_at DESC, updated_at DESC LIMIT -1 OFFSET ?)", (keep,)).rowcount
+                "DELETE FROM alerts WHERE state = 'resolved' AND id NOT IN (SELECT id FROM alerts "
+                "WHERE state = 'resolved' ORDER BY resolved_at DESC, updated_at DESC LIMIT ?)", (keep,)).rowcount
         return removed
 
     # --- the outbox --------------------------------------------------------------------------------------
@@ -179,19 +148,20 @@ class AlertStore:
                 ranges[-1] = (ranges[-1][0], max(seq, ranges[-1][1]))
             else:
                 ranges.append((seq, seq))
-        with self._lock, transaction(self._db):
+        with self._lock, self._db.transaction():
             self._db.executemany("DELETE FROM alert_outbox WHERE seq BETWEEN ? AND ?", ranges)
 
     def outbox_counts(self) -> dict[str, int]:
         """Notifications owed, by notifier."""
         with self._lock:
-            return dict(self._db.execute("SELECT notifier, count(*) FROM alert_outbox GROUP BY notifier"))
+            return {notifier: int(count) for notifier, count in
+                    self._db.execute("SELECT notifier, count(*) FROM alert_outbox GROUP BY notifier")}
 
     # --- audit log ---------------------------------------------------------------------------------------
 
     def audit(self, entry: AuditEntry) -> None:
-        with self._lock, transaction(self._db):
-            audit_log.insert(self._db, entry)
+        with self._lock, self._db.transaction():
+            audit_log.insert(self._db, entry, self.node)
 
     def audit_log(self, *, target: str | None = None, limit: int = 1000) -> list[AuditEntry]:
         """The newest entries first (of one alert or silence when `target` is given)."""
@@ -199,7 +169,7 @@ class AlertStore:
             return audit_log.read(self._db, target=target, limit=limit)
 
     def purge_audit(self, *, before: float) -> int:
-        with self._lock, transaction(self._db):
+        with self._lock, self._db.transaction():
             return audit_log.purge(self._db, before=before)
 
 
