@@ -22,7 +22,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +87,7 @@ class _CountingSink:
     def problems(self) -> list[str]:
         return []
 
-    def metrics(self) -> object:
+    def metrics(self) -> Callable[[], Iterable[Any]]:
         return list
 
     def close(self, timeout: float) -> None: ...
@@ -101,8 +103,8 @@ def intake(events: int, codes: list[str], convert: bool) -> float:
 
     now = time.time()
     sink = _CountingSink()
-    pipeline = Pipeline(sinks=[sink], dedup=DedupIndex(None, window=3600, max_keys=events + 10, clock=lambda: now),
-                        max_bytes=1 << 20, max_future=300, clock=lambda: now)  # type: ignore[list-item]
+    dedup = DedupIndex(None, window=3600, max_keys=events + 10, clock=lambda: now)
+    pipeline = Pipeline(sinks=[sink], dedup=dedup, max_bytes=1 << 20, max_future=300, clock=lambda: now)
     if convert:
         pipeline.convert_areas(AreaRegistry.default().former, REFORM_NS)
     payloads = [orjson.dumps({"id": f"e{i}", "source": "qtmt-aqi", "type": "telemetry",

@@ -54,7 +54,8 @@ def test_a_former_code_dated_now_lands_in_its_new_commune(daemon: DaemonProcess,
         time.sleep(0.2)
     [series] = influx_query(influxdb.url, database,
                             'SELECT "value", "area", "area_former" FROM "env.aqi" ORDER BY time')
-    rows = [dict(zip(series["columns"], values, strict=True)) for values in series["values"]]
+    columns: list[str] = series["columns"]  # type: ignore[assignment]
+    rows = [dict(zip(columns, values, strict=True)) for values in series["values"]]  # type: ignore[attr-defined]
     assert [(row["value"], row["area"], row["area_former"]) for row in rows] == [
         (80.0, "22918", "22915"), (81.0, "22918", None), (83.0, "68", "593")]
 
