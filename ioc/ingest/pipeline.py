@@ -298,8 +298,11 @@ class Pipeline:
             limit_ns = int(self._clock() * 1e9) + self._max_future_ns
             for index, (item, topic_source, fallback_source) in enumerate(entries):
                 if isinstance(item, Rejection):
-                    self._reject(result, counts, letters, index, item.source or fallback_source, item.code,
-                                 item.message, item.raw)
+                    if topic_source is not None and item.source is not None and item.source != topic_source:
+                        self._reject_claim(result, counts, letters, index, item, topic_source)
+                    else:
+                        self._reject(result, counts, letters, index, item.source or fallback_source, item.code,
+                                     item.message, item.raw)
                     continue
                 event = item.event
                 source = event.source
@@ -390,6 +393,15 @@ class Pipeline:
         if len(result.rejected) <= _LOGGED_REJECTIONS:
             log.debug("ingest.rejected", source=source, reason=code, error=message)
         letters.append((0, source, index, message, raw))
+
+    def _reject_claim(self, result: IngestResult, counts: _BatchCounts, letters: list[_Letter], index: int,
+                      item: Rejection, topic_source: str) -> None:
+        """An invalid item that also claims another source than its topic's: the topic decides, as for a
+        valid one (its vendor may write there and reads its dead letters there; the claimed source may be
+        anyone's), and the reason names both faults."""
+        self._reject(result, counts, letters, index, topic_source, "source_mismatch",
+                     f"source: {item.source!r} does not match the topic's {topic_source!r}; {item.message}",
+                     item.raw)
 
     def _send_dead_letters(self, letters: list[_Letter],
                            messages: Sequence[tuple[int, bytes | None]] | None) -> None:
