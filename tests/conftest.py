@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from tests.postgres_server import Postgres, start_postgres
 from tests.servers import Server, start_influxdb, start_mosquitto, start_victoria_metrics
 
 
@@ -37,6 +38,27 @@ def victoria(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_victoria_metrics(tmp_path_factory.mktemp("victoria"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL for the session (skips when it is not installed); a test gets a database of its own
+    from `store_url`, or starts its own server when it stops this one."""
+    server = start_postgres()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The shared store (`[store] url`) of a test, on each backend: a SQLite file in tmp_path, or a fresh
+    database (`CREATE DATABASE t_<unique>`) on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ioc.db'}"
+    server: Postgres = request.getfixturevalue("postgres")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    server.psql(f"CREATE DATABASE {name}")
+    return server.url(name)
 
 
 @pytest.fixture

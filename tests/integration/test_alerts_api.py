@@ -106,8 +106,8 @@ async def running_api(db: Path) -> AsyncIterator[Api]:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "ioc.db"
+def db(store_url: str) -> str:
+    return store_url  # every test here runs on SQLite and on PostgreSQL
 
 
 @pytest.fixture

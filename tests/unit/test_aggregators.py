@@ -292,8 +292,8 @@ def test_a_new_month_starts_new_rates(board: Board) -> None:
     assert board.value("kpi.dossier.open", "22945") == 2
 
 
-def test_restart_from_the_store_keeps_the_counts(tmp_path: Path, board: Board) -> None:
-    store = tmp_path / "ioc.db"
+def test_restart_from_the_store_keeps_the_counts(store_url: str, board: Board) -> None:
+    store = store_url
     dossiers = tracker(board, store)
     due = MONDAY + timedelta(days=1)
     dossiers.observe(dossier("open1", due=due))
@@ -345,8 +345,8 @@ def test_status_roll_up_before_the_reform_and_unknown_area(board: Board) -> None
     assert board.latest("kpi.coverage.down", "888").level == "district"
 
 
-def test_status_restart_keeps_the_latest_states(tmp_path: Path, board: Board) -> None:
-    store = tmp_path / "ioc.db"
+def test_status_restart_keeps_the_latest_states(store_url: str, board: Board) -> None:
+    store = store_url
     coverage = StatusTracker(AREAS, store, board)
     coverage.observe(status("cell-1", "down"))
     coverage.observe(status("cell-2", "up"))
@@ -361,8 +361,8 @@ def test_status_restart_keeps_the_latest_states(tmp_path: Path, board: Board) ->
     restarted.close()
 
 
-def test_aggregators_share_one_store_and_ignore_other_types(tmp_path: Path, board: Board) -> None:
-    aggregators: list[Aggregator] = build_aggregators(AREAS, KpisSettings(), tmp_path / "ioc.db", board)
+def test_aggregators_share_one_store_and_ignore_other_types(store_url: str, board: Board) -> None:
+    aggregators: list[Aggregator] = build_aggregators(AREAS, KpisSettings(), store_url, board)
     for aggregator in aggregators:
         aggregator.observe(status("cell-1", "down"))
         aggregator.observe(dossier("d1"))

@@ -68,8 +68,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "ioc.db"
+def db(store_url: str) -> str:
+    return store_url  # every test here runs on SQLite and on PostgreSQL
 
 
 @pytest.fixture

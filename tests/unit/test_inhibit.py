@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -144,10 +143,10 @@ def outage(state: str, area: str, at: float, rule: str = "coverage-outage", **la
                        state=state, summary="", value=60.0, at=at)  # type: ignore[arg-type]
 
 
-def test_the_manager_mutes_and_unmutes_targets_as_the_source_fires_and_resolves(tmp_path: Path) -> None:
+def test_the_manager_mutes_and_unmutes_targets_as_the_source_fires_and_resolves(store_url: str) -> None:
     recorder = Recorder()
     settings = AlertsSettings.model_validate({"inhibit": [OUTAGE_RULE.model_dump()]})
-    manager = AlertManager(AlertStore(tmp_path / "ioc.db"), settings=settings, notifiers=[recorder],
+    manager = AlertManager(AlertStore(store_url), settings=settings, notifiers=[recorder],
                            areas=FakeAreas(), clock=lambda: T0)
     cell = manager.apply(outage("firing", "22723", T0, rule="cell-down", entity="BTN0123"))
     assert cell is not None and not cell.silenced

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -230,9 +229,9 @@ def test_a_pending_silence_expired_never_starts() -> None:
     assert not silences.mutes(alert(area="22723"))
 
 
-def test_silences_and_their_audit_survive_a_restart(tmp_path: Path) -> None:
+def test_silences_and_their_audit_survive_a_restart(store_url: str) -> None:
     clock = Clock()
-    store = SilenceStore(tmp_path / "ioc.db")
+    store = SilenceStore(store_url)
     silences = Silences(store, clock=clock)
     made = silences.create(SilenceRequest.parse({
         "matchers": [{"name": "rule", "value": "cell-down|coverage-outage", "op": "=~"},
@@ -241,7 +240,7 @@ def test_silences_and_their_audit_survive_a_restart(tmp_path: Path) -> None:
     silences.expire(made.id, actor="truc-ban-2")
     store.close()
 
-    store = SilenceStore(tmp_path / "ioc.db")
+    store = SilenceStore(store_url)
     loaded = Silences(store, clock=clock).get(made.id)
     assert loaded.matchers == made.matchers and loaded.comment == "bảo trì trạm"
     assert loaded.matches({"rule": "coverage-outage", "area": "22723"})
@@ -251,16 +250,16 @@ def test_silences_and_their_audit_survive_a_restart(tmp_path: Path) -> None:
     assert store.audit_log(target=made.id)[1].detail["matchers"] == ['rule=~"cell-down|coverage-outage"',
                                                                      'area="22723"']
     store.close()
-    alerts = AlertStore(tmp_path / "ioc.db")  # one audit log in the file: the operators' API reads it here
+    alerts = AlertStore(store_url)  # one audit log in the store: the operators' API reads it here
     assert [entry.action for entry in alerts.audit_log(target=made.id)] == ["silence.expire", "silence.create"]
     alerts.close()
 
 
 # --- Alertmanager's update (POST /api/v2/silences with an id) ---------------------------------------------
 
-def test_an_active_silence_is_updated_in_place_when_only_its_end_and_comment_change(tmp_path: Path) -> None:
+def test_an_active_silence_is_updated_in_place_when_only_its_end_and_comment_change(store_url: str) -> None:
     clock = Clock()
-    store = SilenceStore(tmp_path / "ioc.db")
+    store = SilenceStore(store_url)
     silences = Silences(store, clock=clock)
     made = silences.create(request(duration="1h"), actor="op")
     clock.now += 60
@@ -274,9 +273,9 @@ def test_an_active_silence_is_updated_in_place_when_only_its_end_and_comment_cha
     assert Silences(store, clock=clock).get(made.id).comment == "longer"  # stored
 
 
-def test_changed_matchers_expire_the_old_silence_and_make_a_new_one(tmp_path: Path) -> None:
+def test_changed_matchers_expire_the_old_silence_and_make_a_new_one(store_url: str) -> None:
     clock = Clock()
-    store = SilenceStore(tmp_path / "ioc.db")
+    store = SilenceStore(store_url)
     silences = Silences(store, clock=clock)
     made = silences.create(request(duration="1h"), actor="op")
     clock.now += 60
