@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,14 +45,14 @@ RULE = "bench-latency"
 TRIGGER_SOURCE = "qtmt-aqi"
 
 
-def trigger_payload(run: str, number: int, stations: int, time_us: int) -> tuple[bytes, str, str]:
+def trigger_payload(run: str, number: int, stations: int, time_us: int, area: str) -> tuple[bytes, str, str]:
     """The `number`-th trigger: (payload, station, the state it moves the station's alert to)."""
     station = f"L{number % stations:03d}"
     firing = (number // stations) % 2 == 0  # each station: fire, resolve, fire, ...
     seconds, micros = divmod(time_us, 1_000_000)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}+00:00"
     body = {"id": f"{run}-trigger-{number}", "source": TRIGGER_SOURCE, "type": "telemetry", "time": stamp,
-            "metric": "bench.trigger", "value": 150.0 if firing else 50.0, "area": "22723",
+            "metric": "bench.trigger", "value": 150.0 if firing else 50.0, "area": area,
             "tags": {"station": station}}
     return orjson.dumps(body), station, "firing" if firing else "resolved"
 
@@ -150,22 +151,27 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=100, help="one trigger in this many qtmt-aqi events")
     parser.add_argument("--stations", type=int, default=25)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--profile", type=Path,
+                        help="py-spy raw stacks (wall clock, every thread) of `ioc run` while publishing")
     parser.add_argument("--dump", type=Path, help="write each trigger's publish time and latencies (JSON)")
     parser.add_argument("--commit", help="run `ioc run` from this commit (git archive), not the working tree")
     args = parser.parse_args()
+    livekit.exit_on_sigterm()
     per_source = int(args.rate * args.seconds / len(SOURCES))
     step_us = int(1_000_000 * len(SOURCES) / args.rate)  # each publisher's pace, also its events' spacing
 
     with tempfile.TemporaryDirectory(prefix="ioc-latency-") as temp:
         workdir = Path(temp)
         measured = livekit.use_commit(args.commit, workdir)
+        areas = livekit.commune_codes()
         broker = start_mosquitto(workdir / "mosquitto", persistence=False)
         influx = start_influxdb(workdir / "influxdb")
         daemon = None
         stop = threading.Event()
         try:
             config, http_port = livekit.ioc_config(
-                workdir, mqtt_port=broker.port, influx_url=influx.url, database="latency", client_id="ioc-latency",
+                workdir, mqtt_port=broker.port, influx_url=influx.url, database="latency",
+                client_id="ioc-latency",
                 store=workdir / "ioc.db", rules=[str(HERE / "latency_rules.yaml")])
             daemon = livekit.start_ioc(config, http_port, workdir / "ioc.log")
             sse, over_mqtt = Seen(), Seen()
@@ -179,12 +185,13 @@ def main() -> None:
             triggers_at: dict[int, tuple[str, str]] = {}  # index in the qtmt-aqi stream -> station, state
             files = {}
             for number, source in enumerate(SOURCES):
-                payloads = livekit.make_payloads(source, per_source, run, base_s, offset=number * per_source,
-                                                 step_us=step_us)
+                payloads = livekit.make_payloads(source, per_source, run, base_s, areas,
+                                                 offset=number * per_source, step_us=step_us)
                 if source == TRIGGER_SOURCE:
                     for count, index in enumerate(range(args.every - 1, per_source, args.every)):
                         time_us = base_s * 1_000_000 + (number * per_source + index) * step_us
-                        payloads[index], station, state = trigger_payload(run, count, args.stations, time_us)
+                        payloads[index], station, state = trigger_payload(run, count, args.stations, time_us,
+                                                                                 areas[0])
                         triggers_at[index] = (station, state)
                 files[source] = workdir / f"{source}.ndjson"
                 files[source].write_bytes(b"\n".join(payloads) + b"\n")
@@ -199,8 +206,18 @@ def main() -> None:
                 assert publisher.stdout is not None
                 if publisher.stdout.readline().strip() != b"ready":
                     raise RuntimeError("a publisher did not connect")
-            print(f"ioc: {measured}; {args.rate:,.0f} ev/s for {args.seconds:g} s from {len(SOURCES)} publishers "
-                  f"(QoS 1), {len(triggers_at)} triggers over {args.stations} stations", flush=True)
+            print(f"ioc: {measured}; {args.rate:,.0f} ev/s for {args.seconds:g} s from {len(SOURCES)} "
+                  f"publishers (QoS 1), {len(triggers_at)} triggers over {args.stations} stations",
+                  flush=True)
+            spy = None
+            if args.profile is not None:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                spy = subprocess.Popen(["py-spy", "record", "--pid", str(daemon.process.pid), "--idle",
+                                        "--threads", "--nonblocking", "--rate", "100", "--format", "raw",
+                                        "--output",
+                                        str(args.profile / "latency.txt")],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)  # py-spy attaches
             cpu_before = livekit.cpu_seconds(daemon.process.pid)
             started = time.monotonic()
             for publisher in publishers.values():
@@ -214,14 +231,18 @@ def main() -> None:
                     raise RuntimeError(f"a publisher failed ({publisher.returncode})")
                 rates.append(orjson.loads(out.decode().splitlines()[-1])["rate"])
             elapsed = time.monotonic() - started
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its samples on an interrupt
+                spy.wait(60)
             cores = (livekit.cpu_seconds(daemon.process.pid) - cpu_before) / elapsed
             publish_times = array("d")
             publish_times.frombytes(times_path.read_bytes())
-            triggers = [(publish_times[index], station, state) for index, (station, state) in triggers_at.items()]
+            triggers = [(publish_times[index], station, state)
+                        for index, (station, state) in triggers_at.items()]
             first = publish_times[0]
             deadline = time.monotonic() + 30  # the last changes still on their way
             while time.monotonic() < deadline:
-                if all(sum(len(v) for v in seen.times.values()) >= len(triggers) for seen in (sse, over_mqtt)):
+                if all(sum(map(len, seen.times.values())) >= len(triggers) for seen in (sse, over_mqtt)):
                     break
                 time.sleep(0.2)
             subscriber.disconnect()
@@ -231,7 +252,8 @@ def main() -> None:
             for name, seen in (("SSE /api/v1/stream", sse), (f"MQTT ioc/v1/alerts/{RULE}", over_mqtt)):
                 found, missing = latencies(triggers, seen, first + args.warmup)
                 print(f"  {name:<32} n={len(found):>5}  p50 {percentile(found, 50) * 1000:7.1f} ms  "
-                      f"p90 {percentile(found, 90) * 1000:7.1f} ms  p99 {percentile(found, 99) * 1000:7.1f} ms  "
+                      f"p90 {percentile(found, 90) * 1000:7.1f} ms  "
+                      f"p99 {percentile(found, 99) * 1000:7.1f} ms  "
                       f"max {max(found, default=float('nan')) * 1000:7.1f} ms  missing {missing}", flush=True)
             print("  target (issue 10): p99 <= 50 ms")
             if args.dump is not None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -58,25 +59,55 @@ def snapshot(commit: str, into: Path) -> dict[str, str]:
 
 IOC_ENV: dict[str, str] = {}  # set by `use_commit`: how `ioc run` is started
 
+_COMMUNES = """
+from datetime import date
+from ioc.areas import registry_from_settings
+from ioc.config import AreasSettings
+registry = registry_from_settings(AreasSettings())
+print(" ".join(sorted(a.code for a in registry.areas(date.today()) if a.level == "commune")[:LIMIT]))
+"""
+
+
+def commune_codes(limit: int = 120) -> list[str]:
+    """Commune codes valid today in the registry of the daemon measured (its tree, its default areas):
+    the shipped registry changed with the 2025 reform (a former commune that was divided is refused as
+    `area_divided`), so the bench asks rather than assumes."""
+    out = subprocess.run([sys.executable, "-c", _COMMUNES.replace("LIMIT", str(limit))], check=True,
+                         capture_output=True, text=True, env={**os.environ, **IOC_ENV},
+                         cwd=IOC_ENV.get("PYTHONPATH")).stdout.split()
+    if not out:
+        raise RuntimeError("the daemon's registry has no commune today")
+    return out
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM ends the bench through its `finally` blocks (the servers and the daemon stopped)."""
+    def stop(_signum: int, _frame: object) -> None:
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, stop)
+
 
 def use_commit(commit: str | None, workdir: Path) -> str:
     """Run `ioc run` from `commit` (None: the installed working tree); returns what is measured."""
     if commit is None:
-        return "working tree " + subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                                capture_output=True, text=True, check=False).stdout.strip() + "+"
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=False).stdout.strip()
+        return f"working tree {head}+"
     IOC_ENV.update(snapshot(commit, workdir / "ioc-snapshot"))
     return "commit " + subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", commit],
                                       capture_output=True, text=True, check=True).stdout.strip()
 
 
-def make_payloads(source: str, count: int, run: str, base_s: int, offset: int = 0,
+def make_payloads(source: str, count: int, run: str, base_s: int, areas: list[str], offset: int = 0,
                   step_us: int = 1) -> list[bytes]:
     """`count` telemetry events of `source`, ~240 bytes each in the contract's envelope.
 
-    Each event's time is unique within the run (`base_s` + index * `step_us` µs), so no two points share a series
-    and a timestamp (InfluxDB would keep one of them). 300 stations a source, each with its own area,
+    Each event's time is unique within the run (`base_s` + index * `step_us` µs), so no two points share
+    a series and a timestamp (InfluxDB would keep one of them). 300 stations a source, each with its own area,
     device and site tags: 1,200 series, not one per event (which would make InfluxDB's series index,
-    not the consumer, what is measured). Values stay in calm ranges (VN_AQI 20-90): the
+    not the consumer, what is measured). `areas`: commune codes the daemon accepts (`commune_codes`).
+    Values stay in calm ranges (VN_AQI 20-90): the
     shipped rule packs evaluate every event, but the stream is no alert storm."""
     metric = SOURCES[source]
     out = []
@@ -92,7 +123,7 @@ def make_payloads(source: str, count: int, run: str, base_s: int, offset: int = 
             "time": stamp,
             "metric": metric,
             "value": 20.0 + (index * 7919) % 7000 / 100,
-            "area": str(22700 + station % 120),
+            "area": areas[station % len(areas)],
             "tags": {"station": f"ST-{station:03d}", "device": f"dev-{source[:4]}-{station * 7 % 997:04d}",
                      "site": f"site-{station % 53:02d}"},
         }
@@ -227,12 +258,16 @@ def start_ioc(config: Path, http_port: int, log_path: Path, *, wait: float = 120
                                env={**os.environ, "PYTHONUNBUFFERED": "1", **IOC_ENV},
                                cwd=IOC_ENV.get("PYTHONPATH"))
     daemon = Ioc(process, http_port, log_path)
-    try:
-        wait_for_http(f"{daemon.api}/readyz", timeout=wait)
-    except TimeoutError:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            wait_for_http(f"{daemon.api}/readyz", timeout=1.0)
+            return daemon
+        except TimeoutError:
+            if process.poll() is None and time.monotonic() < deadline:
+                continue
         daemon.stop()
-        raise RuntimeError(f"ioc run not ready:\n{log_path.read_text(errors='replace')[-3000:]}") from None
-    return daemon
+        raise RuntimeError(f"ioc run not ready:\n{log_path.read_text(errors='replace')[-3000:]}")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -34,7 +34,8 @@ return msg;
 def install() -> Path:
     """Install Node-RED and the InfluxDB nodes once into the cache; returns node-red's red.js."""
     if shutil.which("node") is None or shutil.which("npm") is None:
-        raise RuntimeError("node and npm are needed for the Node-RED consumer (Debian: apt-get install nodejs npm)")
+        raise RuntimeError("node and npm are needed for the Node-RED consumer "
+                           "(Debian: apt-get install nodejs npm)")
     red = CACHE / "node_modules" / "node-red" / "red.js"
     influx = CACHE / "node_modules" / "node-red-contrib-influxdb" / "influxdb.js"
     if not (red.exists() and influx.exists()):
@@ -55,20 +56,23 @@ def write_flow(user_dir: Path, *, http_port: int, mqtt_port: int, influx_port: i
     user_dir.mkdir(parents=True, exist_ok=True)
     flow = [
         {"id": "bench", "type": "tab", "label": "ioc bench"},
-        {"id": "broker", "type": "mqtt-broker", "name": "mosquitto", "broker": "127.0.0.1", "port": str(mqtt_port),
-         "clientid": "", "autoConnect": True, "usetls": False, "protocolVersion": "4", "keepalive": "60",
+        {"id": "broker", "type": "mqtt-broker", "name": "mosquitto", "broker": "127.0.0.1",
+         "port": str(mqtt_port), "clientid": "", "autoConnect": True, "usetls": False, "protocolVersion": "4",
+         "keepalive": "60",
          "cleansession": True, "birthTopic": "", "closeTopic": "", "willTopic": ""},
-        {"id": "influx", "type": "influxdb", "hostname": "127.0.0.1", "port": str(influx_port), "protocol": "http",
-         "database": database, "name": "influxdb", "usetls": False, "influxdbVersion": "1.x"},
-        {"id": "in", "type": "mqtt in", "z": "bench", "name": "events", "topic": "ioc/v1/events/+", "qos": "1",
-         "datatype": "utf8", "broker": "broker", "nl": False, "rap": True, "rh": 0, "inputs": 0,
+        {"id": "influx", "type": "influxdb", "hostname": "127.0.0.1", "port": str(influx_port),
+         "protocol": "http", "database": database, "name": "influxdb", "usetls": False,
+         "influxdbVersion": "1.x"},
+        {"id": "in", "type": "mqtt in", "z": "bench", "name": "events", "topic": "ioc/v1/events/+",
+         "qos": "1", "datatype": "utf8", "broker": "broker", "nl": False, "rap": True, "rh": 0, "inputs": 0,
          "x": 100, "y": 100, "wires": [["json"]]},
         {"id": "json", "type": "json", "z": "bench", "name": "", "property": "payload", "action": "obj",
          "pretty": False, "x": 250, "y": 100, "wires": [["point"]]},
         {"id": "point", "type": "function", "z": "bench", "name": "event -> point", "func": FUNCTION,
          "outputs": 1, "x": 400, "y": 100, "wires": [["join"]]},
-        {"id": "join", "type": "join", "z": "bench", "name": "5000 or 1 s", "mode": "custom", "build": "array",
-         "property": "payload", "propertyType": "msg", "key": "topic", "joiner": "\\n", "joinerType": "str",
+        {"id": "join", "type": "join", "z": "bench", "name": "5000 or 1 s", "mode": "custom",
+         "build": "array", "property": "payload", "propertyType": "msg", "key": "topic", "joiner": "\\n",
+         "joinerType": "str",
          "accumulate": False, "timeout": "1", "count": "5000", "reduceRight": False,
          "x": 550, "y": 100, "wires": [["out"]]},
         {"id": "out", "type": "influxdb batch", "z": "bench", "influxdb": "influx", "precision": "u",

@@ -39,7 +39,8 @@ def to_line(payload: bytes) -> str:
         tags.append(f"{key.translate(_TAG_ESCAPES)}={value.translate(_TAG_ESCAPES)}")
     delta = datetime.fromisoformat(event["time"]) - _EPOCH
     nanos = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
-    return f"{event['metric'].translate(_TAG_ESCAPES)},{','.join(tags)} value={float(event['value'])!r} {nanos}"
+    measurement = event["metric"].translate(_TAG_ESCAPES)
+    return f"{measurement},{','.join(tags)} value={float(event['value'])!r} {nanos}"
 
 
 class Writer(threading.Thread):

@@ -4,14 +4,15 @@
     python bench/restart_bench.py --dossiers 50000             # a smoke run
     python bench/restart_bench.py --dossiers 1000000 --profile DIR   # py-spy of the start (raw stacks)
 
-Method. The store is built by the daemon's own code (a child process running the same tree as the
-daemon that is then measured): `build_aggregators` over the config's `[store] path`, N dossier events
-`observe`d by the dossier tracker (built with `model_construct`: validation is intake's cost, not the
-store's), spread over the communes of the configured registry, received over the last 20 days and due
-from 2 days ago to 40 days ahead (about 5 % overdue, a third in `supplement`-free processing, a twelfth
-in `supplement`), then `advance(now)`, `close()` and the KPI board saved under the daemon's own
-`KPI_STATE` name: what a daemon that had taken those events writes when it stops. Dedup keys, alerts
-and the spool stay empty (dossiers accumulate over months, dedup keys only for `dedup_window`).
+Method. The store is built by the daemon's own code, in a child process running the same tree as the
+daemon then measured: `Daemon(settings)` from the same config, N dossier events `observe`d by its
+dossier tracker (built with `model_construct`: validation is intake's cost, not the store's), spread
+over the communes of the configured registry, received over the last 20 days, due from 2 days ago to
+40 days ahead (about a tenth overdue), a twelfth in `supplement`, the rest `received` or `processing`;
+then `advance(now)` and the daemon's own shutdown (`Daemon._close`): what a daemon that had taken
+those events writes when it stops (the tracker's rows, the KPI board, the rule engine's state, the
+alerts the dossier rules raised over those KPIs). No dedup keys or spool: dossiers accumulate over
+months, dedup keys only over `dedup_window`.
 
 Then `ioc run` is started against the tests' Mosquitto and InfluxDB 1.6, and the clock runs from the
 process's spawn until `/readyz` answers 200 and `GET /api/v1/kpis` serves `kpi.dossier.open` summing
@@ -41,22 +42,19 @@ HERE = Path(__file__).resolve().parent
 
 
 def build(config: Path, count: int, seed: int = 1) -> None:
-    """(Child process, same tree as the daemon.) Fill the config's store with `count` open dossiers."""
-    from ioc.aggregators import build_aggregators
-    from ioc.app import KPI_STATE
-    from ioc.areas import registry_from_settings
+    """(Child process, same tree as the daemon.) Fill the config's store with `count` open dossiers,
+    through the daemon's own assembly: `Daemon(settings)` (MQTT off: nothing is received), its dossier
+    tracker fed, then the shutdown `ioc run` performs (`Daemon._close`, as ingest_bench uses it), which
+    writes the trackers' rows and the KPI board (and the rule engine's state) where the daemon keeps them."""
+    os.environ["IOC_MQTT__ENABLED"] = "false"
+    from ioc.app import Daemon
     from ioc.config import load_settings
     from ioc.envelope import DossierEvent
-    from ioc.kpis import KpiBoard
-    from ioc.store import connect, save_state
 
-    settings = load_settings(config)
-    areas = registry_from_settings(settings.areas)
+    daemon = Daemon(load_settings(config))
     now = datetime.now(UTC)
-    communes = [area.code for area in areas.areas(now.date()) if area.level == "commune"]
-    board = KpiBoard()
-    aggregators = build_aggregators(areas, settings.kpis, settings.store.path, board.publish)
-    tracker = aggregators[0]
+    communes = [area.code for area in daemon.areas.areas(now.date()) if area.level == "commune"]
+    tracker = next(a for a in daemon.aggregators if getattr(a, "name", "") == "dossiers")
     rng = random.Random(seed)
     started = time.perf_counter()
     for index in range(count):
@@ -70,14 +68,11 @@ def build(config: Path, count: int, seed: int = 1) -> None:
             tags=None, dossier_id=f"000.00.20.H10-{index:09d}", procedure="1.001612", status=status,
             received_at=received, due_at=due, finished_at=None,
             channel="online" if index % 4 else "counter", level="commune"))
-    for aggregator in aggregators:
-        aggregator.advance(time.time())
-        aggregator.close()
-    store = connect(settings.store.path)
-    save_state(store, KPI_STATE, board.dump())
-    store.close()
+    for aggregator in daemon.aggregators:
+        aggregator.advance(time.time())  # KPIs emitted: the board the daemon saves at shutdown
+    daemon._close()
     print(f"built {count:,} open dossiers over {len(communes):,} communes in "
-          f"{time.perf_counter() - started:.1f} s; {len(board.latest()):,} KPI series saved", flush=True)
+          f"{time.perf_counter() - started:.1f} s; {len(daemon.kpis.latest()):,} KPI series saved", flush=True)
 
 
 def served(api: str, expected: int) -> tuple[bool, bool]:
@@ -106,8 +101,9 @@ def start_once(config: Path, http_port: int, workdir: Path, expected: int, profi
     argv = [sys.executable, "-m", "ioc.cli", "run", "--config", str(config)]
     if profile is not None:
         profile.mkdir(parents=True, exist_ok=True)
-        argv = ["py-spy", "record", "--idle", "--threads", "--rate", "200", "--format", "raw", "--output",
-                str(profile / f"restart-{round_}.txt"), "--", *argv]
+        argv = ["py-spy", "record", "--idle", "--threads", "--nonblocking", "--rate", "200",
+                "--format", "raw",
+                "--output", str(profile / f"restart-{round_}.txt"), "--", *argv]
     api = f"http://127.0.0.1:{http_port}"
     started = time.monotonic()
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=(workdir / "ioc.log").open("ab"),
@@ -141,7 +137,8 @@ def start_once(config: Path, http_port: int, workdir: Path, expected: int, profi
         elif process.poll() is None:
             process.terminate()
             process.wait(120)
-    return {"ready_s": ready_at - started, "kpis_s": kpis_at - started, "both_s": max(ready_at, kpis_at) - started,
+    return {"ready_s": ready_at - started, "kpis_s": kpis_at - started,
+            "both_s": max(ready_at, kpis_at) - started,
             "cpu_s": cpu, "peak_rss_mib": rss}
 
 
@@ -158,6 +155,7 @@ def main() -> None:
         build(args.build, args.dossiers)
         return
 
+    livekit.exit_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="ioc-restart-") as temp:
         workdir = Path(temp)
         measured = livekit.use_commit(args.commit, workdir)
@@ -176,7 +174,8 @@ def main() -> None:
                 result = start_once(config, http_port, workdir, args.dossiers, args.profile, round_)
                 print(f"  start {round_}: /readyz 200 after {result['ready_s']:.2f} s, KPIs served after "
                       f"{result['kpis_s']:.2f} s -> both {result['both_s']:.2f} s; "
-                      f"{result['cpu_s']:.1f} s of CPU, peak RSS {result['peak_rss_mib']:,.0f} MiB", flush=True)
+                      f"{result['cpu_s']:.1f} s of CPU, peak RSS {result['peak_rss_mib']:,.0f} MiB",
+                      flush=True)
             print("  target (issue 10): <= 10 s with 1M open dossiers")
         finally:
             influx.stop()
