@@ -236,10 +236,52 @@ class InfluxSettings(_Section):
         return self
 
 
+_SQLITE_URL = re.compile(r"^sqlite:///.+$")
+# USER[:PASSWORD]@ is optional (libpq's defaults), HOST a name or [IPv6], then :PORT, /DB and ?options.
+_POSTGRES_URL = re.compile(r"^postgres(ql)?://([^@/\s]+@)?(\[[0-9A-Fa-f:]+\]|[^:/@\s\[\]]+)(:[0-9]{1,5})?"
+                           r"/[^/?\s]+(\?\S*)?$")
+
+
 class StoreSettings(_Section):
-    path: str = "var/ioc.db"
+    path: str = "var/ioc.db"  # the node-local SQLite file (and the shared state's, unless `url` says otherwise)
+    # The shared state's database (CONTRACT §8): "" = the SQLite file `path`; `sqlite:///PATH`; or
+    # `postgresql://USER@HOST:PORT/DB`, its password in `password_file` (or in the URL, from IOC_STORE__URL).
+    url: str = ""
+    password_file: str = ""
     # With no InfluxDB (`[influx] url = ""`) points are kept in the store, at most this many (oldest go).
     local_max_points: int = Field(default=1_000_000, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value or _SQLITE_URL.match(value) or _POSTGRES_URL.match(value):
+            return value
+        if value.startswith(("postgresql:", "postgres:")):
+            raise ValueError(f"{redact_url(value)!r}: expected postgresql://USER@HOST:PORT/DB")
+        raise ValueError(f"{redact_url(value)!r}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+
+    @model_validator(mode="after")
+    def _password_file(self) -> StoreSettings:
+        if self.password_file:
+            _read_secret(self.password_file)  # unreadable: a config error now, not a failure to connect
+        return self
+
+    def database_url(self) -> str:
+        """The shared state's database: `url`, else the SQLite file `path`."""
+        return self.url or f"sqlite:///{self.path}"
+
+    def password(self) -> str:
+        """PostgreSQL's password from `password_file` ("" without one: the URL's, or libpq's PGPASSWORD)."""
+        return _read_secret(self.password_file) if self.password_file else ""
+
+
+class ClusterSettings(_Section):
+    # This daemon's name among the nodes that share a PostgreSQL store (CONTRACT §8), recorded with the
+    # operators' actions and in the store's node list; "" = the host name.
+    node: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,62})?$")
+
+    def node_name(self) -> str:
+        return self.node or os.uname().nodename  # the host name, as `hostname` prints it
 
 
 class IntakeSettings(_Section):
@@ -355,6 +397,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     influx: InfluxSettings = InfluxSettings()
     store: StoreSettings = StoreSettings()
+    cluster: ClusterSettings = ClusterSettings()
     intake: IntakeSettings = IntakeSettings()
     log: LogSettings = LogSettings()
     areas: AreasSettings = AreasSettings()
