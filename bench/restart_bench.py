@@ -50,8 +50,11 @@ def build(config: Path, count: int, seed: int = 1) -> None:
     from ioc.app import Daemon
     from ioc.config import load_settings
     from ioc.envelope import DossierEvent
+    from ioc.logs import configure_logging
 
-    daemon = Daemon(load_settings(config))
+    settings = load_settings(config)
+    configure_logging(settings.log.level, settings.log.format)  # as `ioc run` does: warnings only
+    daemon = Daemon(settings)
     now = datetime.now(UTC)
     communes = [area.code for area in daemon.areas.areas(now.date()) if area.level == "commune"]
     tracker = next(a for a in daemon.aggregators if getattr(a, "name", "") == "dossiers")
