@@ -31,6 +31,7 @@ from ioc.aggregators import build_aggregators
 from ioc.alerts.alertmanager_push import alertmanager_pushers
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.notify import build_notifiers
+from ioc.alerts.store import AlertStore
 from ioc.alerts.updates import AlertUpdate
 from ioc.api.app import create_app
 from ioc.api.server import HttpServer
@@ -58,7 +59,7 @@ from ioc.rules.loader import load_rules
 from ioc.sinks.base import Origin, Sink
 from ioc.sinks.influx import InfluxSink
 from ioc.sinks.local import LocalSink
-from ioc.store import connect, load_state, save_state
+from ioc.store import StoreError, connect, load_state, open_shared, save_state
 from ioc.web.watch import SourceWatch
 
 log = structlog.get_logger("ioc.daemon")
@@ -78,7 +79,12 @@ class Daemon:
         self.settings = settings
         self.started_at = time.time()
         self.metrics = Metrics()
-        self._store = connect(settings.store.path)
+        self._store = connect(settings.store.path)  # node-local: dedup keys
+        # The shared state (alerts, silences, trackers, rule state) in `[store] url`: SQLite or PostgreSQL,
+        # migrated now (docs/configuration.md `[store]`).
+        self.node = settings.cluster.node_name()
+        self.database = open_shared(settings.store.database_url(), password=settings.store.password(),
+                                    node=self.node, version=__version__)
         self.dedup = DedupIndex(self._store, window=settings.intake.dedup_window,
                                 max_keys=settings.intake.dedup_max_keys)
         self.sinks: list[Sink] = []
@@ -139,15 +145,15 @@ class Daemon:
         self.cap = CapPublisher(CapStore(settings.store.path, keep=settings.cap.keep),
                                 rules=lambda rule_id: self.rules.get(rule_id), settings=settings.cap,
                                 areas=self.areas, default_area=default_province(self.areas))
-        self.alerts = AlertManager.open(
-            settings.store.path, settings=settings.alerts, areas=self.areas, resume=False,
+        self.alerts = AlertManager(
+            AlertStore(self.database, node=self.node), settings=settings.alerts, areas=self.areas, resume=False,
             notifiers=[*build_notifiers(settings.alerts, mqtt=self.mqtt_publisher, sink=self.sinks[0], stream=self.stream),
                        *self.pushers, self.cap])
         self.clock = EventClock()
         self.rules = load_rules(settings.rules.resolved_paths())
         self.engine = RuleEngine(self.rules, areas=self.areas,
                                  on_change=self._alert_changed, started_at=self.started_at)
-        saved = load_state(self._store, RULE_STATE)
+        saved = load_state(self.database, RULE_STATE)
         if saved is not None:
             try:
                 self.engine.load_state(saved)
@@ -156,10 +162,10 @@ class Daemon:
         # The saved state may be older than the alert store (saved every RULE_STATE_EVERY rounds, the
         # store at every change): after a crash the store is the truth of what is pending and firing.
         self.engine.adopt(self.alerts.active())
-        saved_kpis = load_state(self._store, KPI_STATE)
+        saved_kpis = load_state(self.database, KPI_STATE)
         if saved_kpis is not None:  # the wall's tiles right after a restart, before the first emission
             self.kpis.restore(saved_kpis)
-        self.aggregators = build_aggregators(self.areas, settings.kpis, settings.store.path, self.kpis.publish)
+        self.aggregators = build_aggregators(self.areas, settings.kpis, self.database, self.kpis.publish)
         # KPIs are published in the evaluation thread (by the aggregators), so the engine sees them in order.
         self.kpis.listeners += [self._kpi_to_rules, self.stream.publish_kpi, self._kpi_to_sinks]
         self.watch = SourceWatch()  # what the wall shows of each subsystem: last seen, rate
@@ -272,8 +278,7 @@ class Daemon:
     def _close(self) -> None:
         # 2. What was accepted is evaluated; the rule engine's state is kept; KPIs and alerts go out.
         self.evaluator.close(timeout=30.0)
-        save_state(self._store, RULE_STATE, self.engine.dump_state())
-        save_state(self._store, KPI_STATE, self.kpis.dump())
+        self._save_state(kpis=True)
         for aggregator in self.aggregators:
             aggregator.close()
         self.stream.close()
@@ -292,6 +297,17 @@ class Daemon:
         self.alerts.close()
         self.cap.store.close()
         self._store.close()
+        self.database.close()
+
+    def _save_state(self, *, kpis: bool = False) -> None:
+        """The rule engine's (and the KPI board's) state into the shared store. A store that fails costs
+        the timers since the last save (they start afresh after a restart), never the daemon."""
+        try:
+            save_state(self.database, RULE_STATE, self.engine.dump_state())
+            if kpis:
+                save_state(self.database, KPI_STATE, self.kpis.dump())
+        except StoreError as error:
+            log.error("store.state_save_failed", error=str(error), effect="saved at the next round")
 
     async def _housekeeping(self) -> None:
         while True:
@@ -303,7 +319,7 @@ class Daemon:
         self.dedup.persist()
         self._rounds += 1
         if self._rounds % RULE_STATE_EVERY == 0:  # a crash then loses at most this much of `for` timing
-            save_state(self._store, RULE_STATE, self.engine.dump_state())
+            self._save_state()
 
 
 def tune_gc() -> None:
