@@ -16,8 +16,9 @@ from __future__ import annotations
 from ioc.store.database import Database, Rows, StoreTarget, open_database, upsert
 from ioc.store.errors import StoreError
 from ioc.store.migrations import ensure_schema, migrate, migration_status
+from ioc.store.shared import open_shared, record_node
 from ioc.store.sqlite import connect, transaction
 from ioc.store.state import load_state, save_state
 
 __all__ = ["Database", "Rows", "StoreError", "StoreTarget", "connect", "ensure_schema", "load_state", "migrate",
-           "migration_status", "open_database", "save_state", "transaction", "upsert"]
+           "migration_status", "open_database", "open_shared", "record_node", "save_state", "transaction", "upsert"]
