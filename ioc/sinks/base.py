@@ -53,7 +53,7 @@ def origins_of(points: Sequence[str]) -> list[Origin | None] | None:
     return origins
 
 
-RefusedCallback = Callable[[str, str, "Origin | None"], None]
+RefusedCallback = Callable[[str, str, Origin | None], None]
 """`on_refused(reason, point, origin)`: a point the database refused for good (the daemon dead-letters
 it to its origin's source)."""
 

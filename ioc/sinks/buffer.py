@@ -54,7 +54,7 @@ class Buffer(Protocol):
 class MemoryBuffer:
     """The sink's in-memory queue: submitted points, bounded, with their callbacks.
 
-    `add` costs a lock, two list extends and a few integer updates (~1 µs a one-point submit), whatever
+    `add` costs a lock, two list extends and a few integer updates (~1-2 µs a one-point submit), whatever
     the number of points. Positions count points ever queued: a callback is due once `durable` (every
     point before it has an outcome, or is put back to be retried) reaches its own position."""
 
@@ -126,7 +126,7 @@ class MemoryBuffer:
             self.wake.notify_all()
             self._room.notify_all()
 
-    # --- the loop's side (called with the lock NOT held, except `queued` and `ready_in`) ------------
+    # --- the loop's side (`queued`, `ready_in` and `has_due` under the lock; the rest take it) --------
 
     @property
     def points(self) -> int:

@@ -54,12 +54,12 @@ class SpoolBuffer(Buffer, Protocol):
 class Policy:
     """How a sink batches and retries (the `[influx]` keys of the same names)."""
 
-    batch_size: int = 5000
-    flush_interval: float = 1.0
-    queue_max_points: int = 200_000
-    drop_when_full: bool = False  # `spool_on_full = "drop"`
-    retry_min: float = 0.25
-    retry_max: float = 30.0
+    batch_size: int
+    flush_interval: float
+    queue_max_points: int
+    drop_when_full: bool  # `spool_on_full = "drop"`
+    retry_min: float
+    retry_max: float
 
 
 class _Next(Enum):

@@ -87,7 +87,7 @@ def make(tmp_path: Path, writer: ScriptedWriter, refused: list[tuple[str, Origin
 
     def build(spool_max: int = 100, **policy: object) -> BatchingOutput:
         values: dict[str, object] = {"batch_size": 5, "flush_interval": 0.01, "queue_max_points": 10,
-                                     "retry_min": 0.05, "retry_max": 0.1, **policy}
+                                     "drop_when_full": False, "retry_min": 0.05, "retry_max": 0.1, **policy}
         sink = BatchingOutput("test", writer, Spool(tmp_path / "store.db", sink="test", max_points=spool_max),
                               Policy(**values),  # type: ignore[arg-type]
                               on_refused=lambda reason, point, origin: refused.append((point, origin)))

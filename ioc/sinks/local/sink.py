@@ -19,7 +19,10 @@ from ioc.sinks.output import BatchingOutput, Policy
 from ioc.sinks.spool import NoSpool
 
 DEFAULT_MAX_POINTS = 1_000_000
-LOCAL_POLICY = Policy(flush_interval=0.0, retry_max=5.0)
+# No flush delay (a local write costs little: batches grow with the load by themselves); a failing disk
+# is retried within seconds, not the half-minute a remote server is given.
+LOCAL_POLICY = Policy(batch_size=5000, flush_interval=0.0, queue_max_points=200_000, drop_when_full=False,
+                      retry_min=0.25, retry_max=5.0)
 
 
 class LocalSink(BatchingOutput):
