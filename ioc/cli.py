@@ -248,6 +248,40 @@ _add_sim()
 
 rules_app = typer.Typer(help="Rule files: unit tests (`ioc rules test`).", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+store_app = typer.Typer(help="The shared store of [store] url: its schema migrations.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+OptionalConfig = Annotated[Path | None, typer.Option("--config", "-c", help="The TOML config file.")]
+
+
+def _store_lines(config: Path | None, command: str) -> None:
+    from ioc.store import StoreError
+    from ioc.store.cli import migrate_lines, status_lines
+
+    try:
+        settings = load_settings(config)  # None: the defaults and the environment
+    except ConfigError as error:
+        for problem in error.problems:
+            _say(problem)
+        raise typer.Exit(1) from None
+    lines = migrate_lines if command == "migrate" else status_lines
+    try:
+        for line in lines(settings.store.database_url(), password=settings.store.password()):
+            typer.echo(line)
+    except StoreError as error:
+        _say(f"ioc: {error}")
+        raise typer.Exit(1) from None
+
+
+@store_app.command("migrate")
+def store_migrate(config: OptionalConfig = None) -> None:
+    """Apply the shared store's pending schema migrations (the daemon also does at start); exit 1 if not."""
+    _store_lines(config, "migrate")
+
+
+@store_app.command("status")
+def store_status(config: OptionalConfig = None) -> None:
+    """List the shared store's schema migrations, applied (when) or pending."""
+    _store_lines(config, "status")
 
 
 def _add_areas() -> None:
