@@ -111,6 +111,17 @@ def test_docs_render_every_operation_offline_under_their_csp(wall: DaemonProcess
     # An operation opens, with its parameters and responses (the UI works, not only its first paint).
     driver.find_element("css selector", "#operations-alerts-list_alerts_api_v1_alerts_get .opblock-summary").click()
     wait("an opened operation", lambda: driver.find_elements("css selector", ".opblock.is-open .responses-table"))
+    # "Try it out" works under the policy: Swagger UI calls the daemon and shows its answer.
+    driver.find_element("css selector", "#operations-health-healthz_healthz_get .opblock-summary").click()
+    wait("the try-it-out button", lambda: driver.find_elements(
+        "css selector", "#operations-health-healthz_healthz_get .try-out__btn"))[0].click()
+    wait("the execute button", lambda: driver.find_elements(
+        "css selector", "#operations-health-healthz_healthz_get .execute"))[0].click()
+    wait("the live answer", lambda: driver.find_elements(
+        "css selector", "#operations-health-healthz_healthz_get .live-responses-table tr.response .response-col_status"))
+    status = driver.find_element(
+        "css selector", "#operations-health-healthz_healthz_get .live-responses-table tr.response .response-col_status")
+    assert status.text.strip().startswith("200")
     driver.save_screenshot(str(tmp_path / "docs.png"))
     print(f"screenshot: {tmp_path / 'docs.png'}")
 
