@@ -11,6 +11,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ioc.store import connect, transaction
 
@@ -87,7 +88,7 @@ class CapStore:
 _COLUMNS = "seq, identifier, alert_id, msg_type, sent, headline, digest, xml"
 
 
-def _message(row: tuple[object, ...]) -> StoredMessage:
+def _message(row: tuple[Any, ...]) -> StoredMessage:
     seq, identifier, alert_id, msg_type, sent, headline, digest, xml = row
-    return StoredMessage(int(seq), str(identifier), str(alert_id), str(msg_type), float(sent),  # type: ignore[arg-type]
-                         str(headline), str(digest), bytes(xml))  # type: ignore[arg-type]
+    return StoredMessage(int(seq), str(identifier), str(alert_id), str(msg_type), float(sent), str(headline),
+                         str(digest), bytes(xml))
