@@ -42,7 +42,7 @@ from ioc.cap.api import cap_router
 from ioc.cap.publisher import CapPublisher
 from ioc.cap.store import CapStore
 from ioc.clock import EventClock
-from ioc.config import Settings
+from ioc.config import Settings, check_runtime
 from ioc.connectors.http_poll import HttpPoller
 from ioc.connectors.mqtt import MqttConnector, MqttPublisher, MqttSession
 from ioc.errors import ConfigError, SinkFull
@@ -74,8 +74,7 @@ class Daemon:
     """Everything `ioc run` starts, built (not started) from validated settings."""
 
     def __init__(self, settings: Settings) -> None:
-        if settings.mqtt.enabled and settings.mqtt.url == "embedded":
-            raise ConfigError(["mqtt.url: 'embedded' is only available in `ioc demo`"])
+        check_runtime(settings)  # what `ioc check` also checks: the HTTP address, the store's folder, ...
         self.settings = settings
         self.started_at = time.time()
         self.metrics = Metrics()

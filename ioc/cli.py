@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import os
 import platform
 import re
 import secrets
@@ -13,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from ioc.config import Settings, load_settings, token_sha256
+from ioc.config import Settings, check_runtime, load_settings, locate, token_sha256
 from ioc.errors import ConfigError, IocError
 from ioc.redact import redact_text
 
@@ -111,30 +112,45 @@ def _problems(error: BaseException, config: Path) -> list[str] | None:
                 return None
             lines += found
         return lines
-    if isinstance(error, ConfigError):  # problems of other files (rules, areas) already name theirs
-        return [problem if _NAMES_ITS_FILE.match(problem) else f"{config}: {problem}"
-                for problem in error.problems]
+    if isinstance(error, ConfigError):
+        return _located(error, config)
     if isinstance(error, IocError):
         return [f"ioc: {error}"]
     return None
 
 
+def _located(error: ConfigError, config: Path) -> list[str]:
+    """Problems found after loading, each led by where it comes from: problems of other files (rules,
+    areas) and of other variables (IOC_FAILPOINTS) already name theirs; a config key gets its file:line
+    (or its IOC_ variable). `ioc check` and `ioc run` word every problem through here."""
+    return [problem if _NAMES_ITS_FILE.match(problem) or problem.startswith("IOC_") else locate(config, problem)
+            for problem in error.problems]
+
+
 @app.command()
 def check(config: ConfigOption) -> None:
-    """Validate the config, the area registry, the holidays file and every rule file: each problem as
-    `file:line: message`; exit 0 or 1."""
+    """Validate the config, the area registry, the holidays file and every rule file, and what `ioc run`
+    would meet at its start (the HTTP address, the store's folder, TLS files, IOC_FAILPOINTS): each
+    problem as `file:line: message`; exit 0 or 1."""
     settings = _load(config)
+    from ioc import failpoints
     from ioc.aggregators import work_calendar
     from ioc.areas import registry_from_settings
+    from ioc.connectors.mqtt.session import check_settings
     from ioc.rules.loader import load_rules
 
     problems: list[str] = []
     rule_count = 0
-    for step in (lambda: registry_from_settings(settings.areas), lambda: work_calendar(settings.kpis)):
+    # The same checks as the daemon's start, in its order (ioc/app.py): each in one place, called by both.
+    steps = [lambda: failpoints.parse(os.environ.get(failpoints.ENV, "")), lambda: check_runtime(settings)]
+    if settings.mqtt.enabled and settings.mqtt.url != "embedded":  # 'embedded': check_runtime says it
+        steps.append(lambda: check_settings(settings.mqtt))
+    steps += [lambda: registry_from_settings(settings.areas), lambda: work_calendar(settings.kpis)]
+    for step in steps:
         try:
             step()
         except ConfigError as error:
-            problems += error.problems
+            problems += _located(error, config)
     try:
         rule_count = len(load_rules(settings.rules.resolved_paths()))
     except ConfigError as error:

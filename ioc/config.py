@@ -10,11 +10,14 @@ import hashlib
 import math
 import os
 import re
+import socket
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -108,6 +111,22 @@ def _readable(path: str) -> str:
     return path
 
 
+def url_problem(url: str) -> str | None:
+    """What makes an http(s) URL unusable by a client (no host, a port that is not a number, spaces), or
+    None. Patterns let `http://a b` or `http://` through; a client would fail on each request instead."""
+    try:
+        parts = urlsplit(url)
+        if parts.port is not None and not parts.hostname:  # .port: ValueError when not a number in 0-65535
+            return "no host"
+    except ValueError as error:
+        return str(error)
+    if not parts.hostname:
+        return "no host"
+    if any(character.isspace() for character in url):
+        return "a space in the URL"
+    return None
+
+
 class HttpSettings(_Section):
     listen: str = "127.0.0.1:8080"
     max_body: Size = parse_size("8MiB")
@@ -144,7 +163,7 @@ class HttpSettings(_Section):
 class MqttSettings(_Section):
     url: str = "mqtt://127.0.0.1:1883"  # mqtt://, mqtts://, or "embedded" (the demo's in-process broker)
     enabled: bool = True
-    client_id: str = "ioc"
+    client_id: str = Field(default="ioc", min_length=1)  # a persistent session is kept under this id
     username: str = ""
     password: SecretStr = SecretStr("")
     password_file: str = ""
@@ -180,6 +199,8 @@ class MqttSettings(_Section):
     def _secret_file(self) -> MqttSettings:
         if self.password_file:
             self.password = SecretStr(_read_secret(self.password_file))
+        if self.reconnect_max < self.reconnect_min:
+            raise ValueError("reconnect_max must not be less than reconnect_min")
         return self
 
     @property
@@ -231,8 +252,10 @@ class InfluxSettings(_Section):
                 missing.append("token")
             if missing:
                 raise ValueError(f"api = 'v2' needs {', '.join(missing)}")
-        if self.url and not re.match(r"^https?://", self.url):
+        if self.url and (not re.match(r"^https?://", self.url) or url_problem(self.url)):
             raise ValueError(f"url {redact_url(self.url)!r} is not http(s)://HOST:PORT")
+        if self.retry_max < self.retry_min:
+            raise ValueError("retry_max must not be less than retry_min")
         return self
 
 
@@ -570,21 +593,116 @@ def load_settings(path: str | Path | None) -> Settings:
             line = match.group(1) if match else "1"
             raise ConfigError([f"{label}:{line}: {error}"]) from None
     problems = _env_problems(environ)
-    overrides = _env_overrides(environ)
     try:
         settings = Settings(**data)
     except SettingsError as error:
         raise ConfigError(problems + _settings_error(error, environ)) from None
     except ValidationError as error:
-        for item in error.errors(include_url=False):
-            variable = _env_culprit(item["loc"], overrides)
-            if variable is not None:  # the environment overrides the file: the value is the variable's
-                problems.append(f"{_env_label(variable, environ)}: {_describe(item)}")
-                continue
-            line = _toml_line(text, item["loc"]) if text else None
-            where = f"{label}:{line}" if line else label
-            problems.append(f"{where}: {_describe(item)}{_env_within(item['loc'], overrides)}")
+        blame = _Blame(text, label, environ)
+        problems += [blame(item["loc"], _describe(item)) for item in error.errors(include_url=False)]
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+class _Blame:
+    """Where a problem at a config path comes from: the `IOC_...` variable that set it (the environment
+    wins over the file), else the file's line that did, else the file."""
+
+    def __init__(self, text: str, label: str, environ: Mapping[str, str]) -> None:
+        self.text, self.label, self.environ = text, label, environ
+        self.overrides = _env_overrides(environ)
+
+    def __call__(self, loc: tuple[str | int, ...], message: str) -> str:
+        variable = _env_culprit(loc, self.overrides)
+        if variable is not None:
+            return f"{_env_label(variable, self.environ)}: {message}"
+        line = _toml_line(self.text, loc) if self.text else None
+        where = f"{self.label}:{line}" if line else self.label
+        return f"{where}: {message}{_env_within(loc, self.overrides)}"
+
+
+_KEY_PATH = re.compile(r"^([a-z_]+(?:\.(?:[a-z0-9_]+))*): ")
+
+
+def locate(path: str | Path | None, problem: str) -> str:
+    """A problem that starts with its key (`mqtt.tls_ca: cannot read ...`, as checks made after loading
+    word them) led by where that key was set, as `load_settings` words its own: `file:line: ...` or
+    `environment IOC_...: ...`. `ioc check` and `ioc run` print every such problem through here."""
+    text, label = "", str(path) if path is not None else "<defaults>"
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError:
+            pass
+    match = _KEY_PATH.match(problem)
+    if match is None:
+        return f"{label}: {problem}"
+    loc = tuple(int(part) if part.isdigit() else part for part in match.group(1).split("."))
+    return _Blame(text, label, os.environ)(loc, problem)
+
+
+# --- what only the machine can tell: checked by `ioc check` and by the daemon before it builds anything --
+
+
+def check_runtime(settings: Settings) -> None:
+    """The problems of a valid config that only this machine shows and that `ioc run` would otherwise
+    meet halfway through its start: the HTTP address, the store's folder, URLs the clients would refuse.
+    ConfigError with every problem, each led by its key (`locate` adds the file and line)."""
+    problems: list[str] = []
+    if settings.mqtt.enabled and settings.mqtt.url == "embedded":
+        problems.append("mqtt.url: 'embedded' is only available in `ioc demo`")
+    problems += _listen_problems(settings.http)
+    problems += _store_problems("store.path", settings.store.path)
+    if settings.store.url.startswith("sqlite:///"):
+        problems += _store_problems("store.url", settings.store.url.removeprefix("sqlite://"))
+    urls = [(f"alerts.webhooks.{i}.url", hook.url) for i, hook in enumerate(settings.alerts.webhooks)]
+    urls += [(f"alerts.alertmanagers.{i}.url", am.url) for i, am in enumerate(settings.alerts.alertmanagers)]
+    urls += [(f"poll.{i}.url", target.url) for i, target in enumerate(settings.poll)]
+    if settings.alerts.external_url:
+        urls.append(("alerts.external_url", settings.alerts.external_url))
+    for key, url in urls:
+        if (why := url_problem(url)) is not None:
+            problems.append(f"{key}: {redact_url(url)!r} is not a usable URL: {why}")
+    if problems:
+        raise ConfigError(problems)
+
+
+def _listen_problems(http: HttpSettings) -> list[str]:
+    """The address of `listen` must be this machine's: bound here on a free port (never the configured
+    one, which a running daemon may hold while `ioc check` looks at its next config)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            http.host or None, http.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind((address[0], 0, *address[2:]))
+    except OSError as error:
+        return [f"http.listen: cannot listen on {http.host}:{http.port}: {error.strerror or error}"]
+    return []
+
+
+def _store_problems(key: str, path: str) -> list[str]:
+    """The store (and the spool in it) can be opened: an existing file, or a file that can be made in
+    its folder or in the nearest existing folder above it (the daemon creates the missing ones)."""
+    if path == ":memory:":
+        return []
+    target = Path(path)
+    if target.is_dir():
+        return [f"{key}: {path} is a folder; give the store's file, e.g. {target / 'ioc.db'}"]
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return [f"{key}: cannot create {path}: {folder} is not a folder"]
+    try:
+        if target.exists():
+            with target.open("r+b"):
+                pass
+        else:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+    except OSError as error:
+        where = target if target.exists() else folder
+        return [f"{key}: cannot write {path}: {where}: {error.strerror or error}"]
+    return []

@@ -21,6 +21,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -70,8 +71,41 @@ def check_settings(settings: MqttSettings) -> None:
         problems.append(f"mqtt.{tls_keys[0]}: set, but url {settings.url!r} is not mqtts://")
     if settings.tls_key and not settings.tls_cert:
         problems.append("mqtt.tls_key: set without tls_cert")
+    if settings.tls and not problems:
+        problems += _tls_problems(settings)
     if problems:
         raise ConfigError(problems)
+
+
+def _tls_problems(settings: MqttSettings) -> list[str]:
+    """The TLS files load as paho's `tls_set` will load them at the first connection (which would
+    otherwise fail in paho's thread, after the start); `ioc check` calls this too (check_settings)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    problems = []
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(settings, key)
+        if path and not (readable := Path(path)).is_file():
+            why = "no such file" if not readable.exists() else "not a file"
+            problems.append(f"mqtt.{key}: cannot read {path}: {why}")
+    if problems:
+        return problems
+    try:
+        if settings.tls_ca:
+            context.load_verify_locations(settings.tls_ca)
+    except (OSError, ssl.SSLError) as error:
+        problems.append(f"mqtt.tls_ca: {settings.tls_ca} holds no usable CA certificate: {_ssl_reason(error)}")
+    try:
+        if settings.tls_cert:  # an encrypted key is refused, not asked for on a terminal
+            context.load_cert_chain(settings.tls_cert, settings.tls_key or None, password=lambda: b"")
+    except (OSError, ssl.SSLError) as error:
+        key = "tls_key" if settings.tls_key else "tls_cert"
+        problems.append(f"mqtt.{key}: the certificate {settings.tls_cert} and its key "
+                        f"{settings.tls_key or '(in the same file)'} do not load: {_ssl_reason(error)}")
+    return problems
+
+
+def _ssl_reason(error: OSError | ssl.SSLError) -> str:
+    return getattr(error, "reason", None) or error.strerror or str(error)
 
 
 def new_client(settings: MqttSettings, name: str) -> mqtt.Client:
