@@ -25,6 +25,7 @@ from ioc.alerts.outbox import Notification, Outbox, alert_from_record, alert_rec
 from ioc.alerts.store import AlertStore, OutboxRow
 from ioc.metrics import counter, gauge
 from ioc.store import StoreError
+from ioc.store.outage import Outage
 
 log = structlog.get_logger("ioc.alerts")
 
@@ -42,6 +43,7 @@ class Delivery:
         self.chain = chain
         self.outbox = Outbox(store)
         self.store_errors = 0
+        self._outage = Outage("alerts")
         self._new_id = new_ids()
         self._owed: list[OutboxRow] = store.outbox()  # what a crash left undelivered: sent first
         self._next_seq = (self._owed[-1].seq if self._owed else 0) + 1
@@ -89,20 +91,34 @@ class Delivery:
     def flush(self) -> None:
         """Store what changed since the last flush, with its outbox rows, in one transaction; then tell.
         A store that cannot be written loses no alert: it is still told (without the outbox: a crash may
-        then lose those notifications), and counted."""
+        then lose those notifications), and counted; its row is written again with a later flush (the
+        store's outage logged once, retried every few seconds: `ioc.store.outage`)."""
         if not self._untold and not self._unsaved:
             return
         alerts = list(self._unsaved.values())
         prepared, rows = self._prepare(self._untold)
         self._unsaved, self._untold = {}, []
         try:
+            if not self._outage.ready():  # not a connection attempt per batch while the store is away
+                raise StoreError("the store failed a moment ago")
             self.store.commit(alerts, rows)
         except StoreError as error:
-            self.store_errors += max(1, len(alerts))
-            log.error("alerts.store_failed", alerts=len(alerts), notifications=len(rows), error=str(error),
-                      effect="told without the outbox: lost if the process dies before delivering them")
+            self.store_errors += len(prepared)
+            if not self._outage.down:
+                log.error("alerts.store_failed", alerts=len(alerts), notifications=len(rows), error=str(error),
+                          effect="told without the outbox: lost if the process dies before delivering them")
+            self._outage.failed(error, buffered=len(alerts))
+            for alert in alerts:  # written with a later flush, unless a newer change replaces it
+                self._unsaved.setdefault(alert.id, alert)
             prepared = [(alert, change, nid, dict.fromkeys(seqs, 0)) for alert, change, nid, seqs in prepared]
+        else:
+            self._outage.recovered(written=len(alerts))
         self._tell(prepared)
+
+    @property
+    def unsaved(self) -> int:
+        """Alert rows a failing store has not taken yet (written again by `flush`)."""
+        return len(self._unsaved) if self._outage.down else 0
 
     def commit(self, alert: Alert, change: Change, audit: AuditEntry) -> None:
         """An operator's change: what is queued goes first; then this one is stored with its audit

@@ -236,14 +236,16 @@ class AlertManager:
     # --- time --------------------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Housekeeping, called about once a second: muting follows silences that started or ended;
-        old resolved alerts, expired silences and audit entries are purged (every minute)."""
+        """Housekeeping, called about once a second: muting follows silences that started or ended; rows
+        a failing store did not take are written again; old resolved alerts, expired silences and audit entries are purged (every minute)."""
         with self._lock:
             now = self._clock()
             if self.muting.due(now):
                 self._refresh()
                 if not self._deferring():
                     self.delivery.flush()
+            elif self.delivery.unsaved and not self._deferring():  # rows a failing store did not take
+                self.delivery.flush()
             if now >= self._next_purge:
                 self._next_purge = now + PURGE_INTERVAL
                 self._purge(now)
