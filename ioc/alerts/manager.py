@@ -114,8 +114,10 @@ class AlertManager:
             if update.state == "resolved":
                 if current is None:
                     return None
+                # The summary stays the one it fired with: rendered again with the recovery value it
+                # would say the opposite ("bad air ... VN_AQI 47.9"). `value` is the last judged one.
                 alert = replace(current, state="resolved", resolved_at=update.at, acknowledged=None,
-                                value=update.value, summary=update.summary, updated_at=now)
+                                value=update.value, updated_at=now)
                 change = "resolved"
             elif current is None:
                 alert = Alert(id=new_alert_id(), fingerprint=update.fingerprint, rule=update.rule,

@@ -109,6 +109,17 @@ def test_pending_firing_resolved_is_one_alert_with_its_times(manager: AlertManag
     assert body["acknowledged"] is None and body["silenced"] is False
 
 
+def test_a_resolved_alert_keeps_the_summary_it_fired_with(manager: AlertManager) -> None:
+    manager.apply(update("pending", T0 + 60, value=155.0))
+    firing = manager.apply(update("firing", T0 + 660, value=165.0))
+    resolved = manager.apply(update("resolved", T0 + 1800, value=47.9))
+    assert firing and resolved
+    assert firing.summary == "AQI 165.0 tại 22723"
+    assert resolved.summary == "AQI 165.0 tại 22723"  # not re-worded with the recovery value
+    assert resolved.value == 47.9
+    assert manager.get(resolved.id).summary == "AQI 165.0 tại 22723"  # as stored
+
+
 def test_a_repeated_state_is_not_a_change(manager: AlertManager, recorder: Recorder) -> None:
     assert manager.apply(update("firing", T0)) is not None
     assert manager.apply(update("firing", T0 + 10, value=170.0)) is None
