@@ -6,6 +6,7 @@ APIs it needs besides alerts, silences, KPIs and the stream.
 - `GET /static/{name}` the assets. The page links each with `?v=<content hash>`; such a request is
   cached for a year (`immutable`), any other gets `no-cache` and an `ETag` (304 on a match).
 - `GET /api/v1/areas` the area registry as it is today: `code`, `name`, `level`, `parent`.
+- `GET /api/v1/map` the province's communes as map cells drawn from their centres (`ioc.web.cells`).
 - `GET /api/v1/sources` each subsystem's counters: from the pipeline (`received`, `accepted`, `rejected`,
   `duplicates`) and, when a `SourceWatch` runs in the evaluation thread, `rate` and `last_seen`.
 - `GET /api/v1/telemetry?metric=env.aqi` the latest value of a watched metric per area (`SourceWatch`).
@@ -29,8 +30,10 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.exceptions import HTTPException
 
 from ioc.areas import AreaRegistry
+from ioc.areas.dates import local_date
 from ioc.auth import Principal, require
 from ioc.ingest.pipeline import Pipeline
+from ioc.web.cells import english_name, province_map
 from ioc.web.watch import SourceWatch
 
 LANGUAGES = ("vi", "en")
@@ -145,8 +148,11 @@ def web_router(areas: AreaRegistry, province: str, *, pipeline: Pipeline | None 
     template = assets["index.html"].body.decode("utf-8")
     area = areas.get(province)
     province_name = area.name if area is not None else province
+    names = {"vi": province_name, "en": english_name(province_name)}
     pages = {lang: render_page(template, assets, lang=lang, province_code=province,
-                               province_name=province_name).encode("utf-8") for lang in LANGUAGES}
+                               province_name=names[lang]).encode("utf-8") for lang in LANGUAGES}
+    maps: dict[date, bytes] = {}  # the map of a day (the registry changes by date only; a few days kept)
+    maps_lock = threading.Lock()
     counter_rates = _CounterRates(pipeline) if pipeline is not None and watch is None else None
     router = APIRouter(tags=["wall display"])
 
@@ -182,6 +188,31 @@ def web_router(areas: AreaRegistry, province: str, *, pipeline: Pipeline | None 
                 raise HTTPException(400, f"at: {at!r} is not a date (YYYY-MM-DD)") from None
         return _json([{"code": a.code, "name": a.name, "level": a.level, "parent": a.parent}
                       for a in areas.areas(day)])
+
+    @router.get("/api/v1/map", summary="The province's map for the wall", responses={200: {"content": {
+        "application/json": {"example": {
+            "province": "68", "name": "Tỉnh Lâm Đồng", "name_en": "Lam Dong Province", "level": "commune",
+            "bounds": [-94.44, -142.3, 126.75, 138.51], "unplaced": [],
+            "cells": [{"code": "22918", "name": "Phường Mũi Né", "short": "Mũi Né", "x": 51.2, "y": 97.5,
+                       "area": 101.3, "points": [[55.1, 92.0], [58.3, 99.9], [49.0, 103.2]]}]}}}}},
+        description="The served province's lowest units on `at` (YYYY-MM-DD, default today in "
+                    "Asia/Ho_Chi_Minh), each as the polygon of the points closer to its centre than to any "
+                    "other's, cut to a disc around it (the registry has centres, not boundaries). "
+                    "Kilometres, x east and y south of the units' mean centre; `bounds` is "
+                    "[min x, min y, max x, max y]. Units without coordinates are `unplaced`.")
+    def province_cells(at: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}$")] = None) -> Response:
+        try:
+            day = date.fromisoformat(at) if at is not None else local_date(time.time())
+        except ValueError:
+            raise HTTPException(400, f"at: {at!r} is not a date (YYYY-MM-DD)") from None
+        with maps_lock:
+            body = maps.get(day)
+            if body is None:
+                body = orjson.dumps(province_map(areas, province, day))
+                if len(maps) >= 8:
+                    maps.pop(next(iter(maps)))
+                maps[day] = body
+        return Response(body, media_type="application/json")
 
     @router.get("/api/v1/sources", summary="Subsystems (event sources) and their intake", responses={
         200: {"content": {"application/json": {"example": [{

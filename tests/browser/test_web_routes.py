@@ -84,7 +84,7 @@ def test_the_page_loads_only_packaged_assets_with_their_hashes() -> None:
     client = make_client()
     page = client.get("/").text
     linked = re.findall(r'(?:src|href)="([^"#]+)"', page)
-    assert linked and all(url.startswith("/static/") or url.startswith("data:") for url in linked), linked
+    assert linked and all(url.startswith(("/static/", "data:")) for url in linked), linked
     assert not re.search(r"https?://", client.get("/static/app.js").text.replace("http://www.w3.org", ""))
     for url in (u for u in linked if u.startswith("/static/")):
         answer = client.get(url)
@@ -124,6 +124,33 @@ def test_areas_lists_the_registry_of_the_day() -> None:
     bad = client.get("/api/v1/areas", params={"at": "2025-13-45"})
     assert bad.status_code == 400 and "at:" in bad.json()["error"]
     assert client.get("/api/v1/areas", params={"at": "yesterday"}).status_code == 422
+
+
+def test_the_english_page_names_the_province_in_english() -> None:
+    english = make_client().get("/", params={"lang": "en"}).text
+    assert "Lam Dong Province" in english and "Tỉnh Lâm Đồng" not in english
+
+
+def test_map_gives_every_commune_of_the_province_a_cell() -> None:
+    client = make_client()
+    body = client.get("/api/v1/map").json()
+    assert (body["province"], body["name"], body["name_en"]) == ("68", "Tỉnh Lâm Đồng", "Lam Dong Province")
+    assert body["level"] == "commune" and body["unplaced"] == []
+    cells = {cell["code"]: cell for cell in body["cells"]}
+    communes = {a["code"] for a in client.get("/api/v1/areas").json() if a["level"] == "commune"}
+    assert set(cells) == communes and len(cells) == 124
+    mui_ne = cells["22918"]
+    assert (mui_ne["name"], mui_ne["short"]) == ("Phường Mũi Né", "Mũi Né")
+    left, top, right, bottom = body["bounds"]
+    for cell in body["cells"]:
+        assert len(cell["points"]) >= 3 and cell["area"] > 0, cell["code"]
+        assert all(left <= x <= right and top <= y <= bottom for x, y in cell["points"])
+    # Mũi Né lies east of Phan Thiết (x grows eastwards) and Đà Lạt's Lâm Viên north of both (y southwards).
+    assert mui_ne["x"] > cells["22945"]["x"] and cells["24778"]["y"] < mui_ne["y"]
+    # Before 2025-07-01 the province held its former communes (Lâm Đồng's own: Bình Thuận was another).
+    before = client.get("/api/v1/map", params={"at": "2025-06-30"}).json()
+    assert before["cells"] and "22945" not in {cell["code"] for cell in before["cells"]}
+    assert client.get("/api/v1/map", params={"at": "2025-02-30"}).status_code == 400
 
 
 def test_an_unknown_province_code_is_shown_as_given() -> None:
