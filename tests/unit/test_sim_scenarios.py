@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 from ioc.connectors.http_poll.poller import probe
+from ioc.simulators.areas import AreaList, AreasError
 from ioc.simulators.cli import sim_app
 from ioc.simulators.play import Player, events, plan
 from ioc.simulators.scenario import SCENARIO_DIR, ScenarioError, load_scenario, resolve, shipped
@@ -297,3 +298,46 @@ def test_the_readme_scenario_example_loads(tmp_path: Path) -> None:
     scenario = load_scenario(path)
     assert [e.rule for e in scenario.expect] == ["aqi-bad", "aqi-hour-avg"]
     assert scenario.sources() == ["qtmt-aqi", "ioc-probe"]
+
+
+def test_history_sends_the_last_part_at_once_then_goes_on_in_real_time() -> None:
+    scenario = load_scenario(resolve("smoke"))
+    how = plan(scenario, speed=1, history=600, now=lambda: 1_800_000_000.0)
+    assert how.duration is None and how.start == 1_800_000_000.0 - 600  # offset 600 is now
+    now = [0.0]
+    sent: list[tuple[float, float]] = []  # (when sent on the player's clock, offset)
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    def publish(source: str, payload: bytes) -> None:
+        sent.append((now[0], datetime.fromisoformat(orjson.loads(payload)["time"]).timestamp() - how.start))
+
+    Player(scenario, how, publish, clock=lambda: now[0], sleep=sleep).run(stop=lambda: now[0] >= 60)
+    primed = [at for at, offset in sent if offset < 600]
+    assert len(primed) == pytest.approx(0.3 * 600, abs=5) and set(primed) == {0.0}  # all at once, first
+    live = [(at, offset) for at, offset in sent if offset >= 600]
+    assert live and all(abs(at - (offset - 600)) < 0.3 for at, offset in live)  # then in real time
+    assert max(offset for _, offset in live) == pytest.approx(660, abs=5)
+
+
+def test_history_only_for_a_play_from_now_on() -> None:
+    for flags, message in ((["--speed", "0"], "--history: only"), (["--duration", "10m"], "--history: only"),
+                           (["--start", MONDAY], "--history: the play"), (["--history", "soon"], "--history")):
+        result = runner.invoke(sim_app, ["run", "smoke", "--to", "-", "--history", "10m", *flags])
+        assert result.exit_code == 2 and message in result.stderr, (flags, result.stderr)
+
+
+def test_an_areas_file_names_its_mistakes_by_line(tmp_path: Path) -> None:
+    path = tmp_path / "areas.csv"
+    path.write_text("# a comment\ncode,name,level,parent,valid_from,valid_to,former_provinces\n"
+                    "68,Tỉnh Lâm Đồng,province,,2025-07-01,,\n22945,Phường Phan Thiết,ward,68,,,60\n"
+                    "22954,Phường Tiến Thành,commune,68,2025-13-01,,60\n", encoding="utf-8")
+    with pytest.raises(AreasError) as raised:
+        AreaList.from_csv(path)
+    assert raised.value.problems == [f"{path}:4: level: 'ward' is not one of province, district, commune",
+                                     f"{path}:5: valid_from: '2025-13-01' is not a date (YYYY-MM-DD)"]
+    scenario = tmp_path / "bad.yaml"
+    scenario.write_text(GOOD.replace("duration: 30m", "duration: 30m\nprovince: {areas: areas.csv}"), encoding="utf-8")
+    result = runner.invoke(sim_app, ["run", str(scenario), "--to", "-", "--speed", "0"])
+    assert result.exit_code == 2 and f"{path}:4: level" in result.stderr
