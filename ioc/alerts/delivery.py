@@ -98,21 +98,24 @@ class Delivery:
         alerts = list(self._unsaved.values())
         prepared, rows = self._prepare(self._untold)
         self._unsaved, self._untold = {}, []
-        try:
-            if not self._outage.ready():  # not a connection attempt per batch while the store is away
-                raise StoreError("the store failed a moment ago")
-            self.store.commit(alerts, rows)
-        except StoreError as error:
+        stored = False
+        if self._outage.ready():  # not a connection attempt per batch while the store is away
+            try:
+                self.store.commit(alerts, rows)
+                stored = True
+            except StoreError as error:
+                if not self._outage.down:
+                    log.error("alerts.store_failed", alerts=len(alerts), notifications=len(rows),
+                              error=str(error),
+                              effect="told without the outbox: lost if the process dies before delivering them")
+                self._outage.failed(error, buffered=len(alerts))
+        if stored:
+            self._outage.recovered(written=len(alerts))
+        else:
             self.store_errors += len(prepared)
-            if not self._outage.down:
-                log.error("alerts.store_failed", alerts=len(alerts), notifications=len(rows), error=str(error),
-                          effect="told without the outbox: lost if the process dies before delivering them")
-            self._outage.failed(error, buffered=len(alerts))
             for alert in alerts:  # written with a later flush, unless a newer change replaces it
                 self._unsaved.setdefault(alert.id, alert)
             prepared = [(alert, change, nid, dict.fromkeys(seqs, 0)) for alert, change, nid, seqs in prepared]
-        else:
-            self._outage.recovered(written=len(alerts))
         self._tell(prepared)
 
     @property
