@@ -26,6 +26,7 @@ import structlog
 from prometheus_client.core import Metric
 
 from ioc.alerts.alert import Alert, Change
+from ioc.alerts.outbox import Notification, Settle
 from ioc.areas import AreaRegistry, local_date
 from ioc.cap.config import CapSettings
 from ioc.cap.message import CapArea, CapMessage, CapText, MsgType, Reference, render
@@ -56,7 +57,11 @@ def category_of(rule: Any) -> str:
 
 
 class CapPublisher:
-    """A plain notifier (`ioc.alerts.notify.Notifier`): told of every alert change, in order."""
+    """A durable notifier (`ioc.alerts.outbox.Durable`): the alert manager writes an outbox row with each
+    change it `wants` (a public rule's firing or resolve) in the change's own transaction and hands it over
+    with `deliver`; a crash before the message is kept delivers it again at the next start. Delivering
+    twice publishes once (a repeat is no Update, and a second Cancel is nothing). `notify` does the same
+    without the outbox."""
 
     name = "cap"
 
@@ -71,12 +76,20 @@ class CapPublisher:
         self.clock = clock
         self.published = {"Alert": 0, "Update": 0, "Cancel": 0}
 
-    def notify(self, alert: Alert, change: Change) -> None:
+    def wants(self, alert: Alert, change: Change) -> bool:
         if change not in ("firing", "resolved"):
+            return False
+        rule = self.rules(alert.rule)
+        return rule is not None and bool(getattr(rule, "public", False))
+
+    def deliver(self, note: Notification, settle: Settle) -> None:
+        self.notify(note.alert, note.change)
+        settle(note.seq)
+
+    def notify(self, alert: Alert, change: Change) -> None:
+        if not self.wants(alert, change):
             return
         rule = self.rules(alert.rule)
-        if rule is None or not getattr(rule, "public", False):
-            return
         history = self.store.of_alert(alert.id)
         if history and history[-1].msg_type == "Cancel":
             return  # told already that it is over

@@ -23,8 +23,10 @@ import xmlschema
 from ioc.rules.engine import RuleEngine
 from ioc.rules.loader import parse_rules
 
+from ioc import failpoints
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.store import AlertStore
+from ioc.alerts.updates import AlertUpdate
 from ioc.api import create_app, serve
 from ioc.areas import AreaRegistry
 from ioc.cap.api import cap_router
@@ -196,6 +198,37 @@ async def test_the_feed_is_in_the_openapi_document(tmp_path: Path, areas: AreaRe
 def test_the_settings_default_the_feed(tmp_path: Path) -> None:
     assert CapSettings().url is None
     assert CapSettings(url="https://ioc.example.vn").url == "https://ioc.example.vn/"
+
+
+def test_a_crash_before_the_message_is_kept_publishes_it_at_the_next_start(tmp_path: Path,
+                                                                           areas: AreaRegistry) -> None:
+    """CAP goes through the alert outbox: the change and its outbox row are one transaction, so a message
+    not yet kept when the process died (failpoint `alerts.before_notify`: the change is stored, nobody
+    is told) is published when the next one starts, and once."""
+    db = tmp_path / "ioc.db"
+    commune = next(unit for unit in areas.children("68") if unit.lat is not None)
+
+    def publisher() -> CapPublisher:
+        return CapPublisher(CapStore(db), rules=RULES.get, areas=areas, default_area="68")
+
+    before = publisher()
+    manager = AlertManager(AlertStore(db), notifiers=[before])
+    failpoints.configure("alerts.before_notify=error")
+    try:
+        alert = manager.apply(AlertUpdate(rule="aqi-bad", labels={"area": commune.code}, severity="critical",
+                                          state="firing", summary="Chất lượng không khí xấu", value=180.0,
+                                          at=START.timestamp()))
+    finally:
+        failpoints.configure("")
+    assert alert is not None and before.store.latest() == []  # the process "dies" here
+    after = publisher()
+    restarted = AlertManager(AlertStore(db), notifiers=[after])  # resumes: the outbox is delivered
+    (message,) = after.store.latest()
+    assert (message.msg_type, message.alert_id) == ("Alert", alert.id)
+    restarted.close()
+    again = AlertManager(AlertStore(db), notifiers=[publisher()])  # delivered and settled: not again
+    again.close()
+    assert len(after.store.latest()) == 1
 
 
 DAEMON_RULES = """\
