@@ -1,0 +1,186 @@
+"""`ioc run` with its shared state in PostgreSQL (`[store] url`, CONTRACT §8).
+
+- Events in, an alert fires, an operator acknowledges it and makes a silence; the rows are in PostgreSQL
+  (the audit entry names the node), the node-local SQLite file holds none of them; after a restart the
+  alert, its ack and the silence are still there and the rule state was saved.
+- PostgreSQL restarts while the daemon runs: intake and InfluxDB points carry on, an alert fired meanwhile
+  is served and sent, and once PostgreSQL is back the daemon writes what it could not (the alert, the
+  dossier tracker's rows) with no restart of its own.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.e2e.daemon import OPERATOR_TOKEN, VENDOR_TOKEN, DaemonProcess, assert_counting_rule, make_daemon
+from tests.mqtt_tools import Collector, publish_all
+from tests.postgres_server import Postgres, start_postgres
+from tests.servers import Server, influx_query
+
+pytestmark = pytest.mark.slow
+
+RULES = """\
+rules:
+  - id: aqi-bad
+    kind: threshold
+    severity: critical
+    match: {type: telemetry, metric: env.aqi}
+    group_by: [area]
+    op: ">="
+    threshold: 151
+    clear: 120
+"""
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+VENDOR = {"Authorization": f"Bearer {VENDOR_TOKEN}", "Content-Type": "application/json"}
+
+
+def now_iso(offset: float = 0.0) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=offset)).isoformat()
+
+
+def aqi(event_id: str, value: float, area: str = "22945") -> tuple[str, bytes]:
+    return ("ioc/v1/events/qtmt-aqi", orjson.dumps({
+        "id": event_id, "source": "qtmt-aqi", "type": "telemetry", "time": now_iso(), "metric": "env.aqi",
+        "value": value, "area": area}))
+
+
+def dossier(event_id: str, dossier_id: str) -> bytes:
+    return orjson.dumps({"id": event_id, "source": "qtmt-aqi", "type": "dossier", "time": now_iso(),
+                         "area": "22945", "dossier_id": dossier_id, "procedure": "1.001612",
+                         "status": "received", "received_at": now_iso(), "due_at": now_iso(3 * 86400),
+                         "channel": "online", "level": "commune"})
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def alerts(daemon: DaemonProcess, **params: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{daemon.api}/api/v1/alerts", params=params, timeout=5)
+    assert response.status_code == 200, response.text
+    return list(response.json())
+
+
+def postgres_daemon(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str,
+                    url: str) -> tuple[DaemonProcess, dict[str, str]]:
+    rules = tmp_path / "rules" / "e2e.yaml"
+    rules.parent.mkdir()
+    rules.write_text(RULES, encoding="utf-8")
+    process = make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
+                          client_id=f"ioc-{unique}", extra=f'\n[rules]\npaths = ["{rules}"]\n')
+    return process, {"IOC_STORE__URL": url, "IOC_CLUSTER__NODE": "ioc-e2e"}
+
+
+@pytest.fixture
+def fresh_database(postgres: Postgres, unique: str) -> str:
+    name = f"e2e_{unique}"
+    postgres.psql(f"CREATE DATABASE {name}")
+    return name
+
+
+def test_alerts_acks_and_silences_live_in_postgresql_across_a_restart(
+        tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str, postgres: Postgres,
+        fresh_database: str) -> None:
+    daemon, env = postgres_daemon(tmp_path, mosquitto, influxdb, database, unique, postgres.url(fresh_database))
+    sql = lambda query: postgres.psql(query, database=fresh_database)
+    daemon.start(env=env)
+    try:
+        publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-1", 180)], qos=1)
+        [alert] = wait_for("the alert firing", lambda: alerts(daemon, state="firing"))
+        acked = httpx.post(f"{daemon.api}/api/v1/alerts/{alert['id']}/ack", headers=OPERATOR, timeout=5)
+        assert acked.status_code == 200, acked.text
+        made = httpx.post(f"{daemon.api}/api/v1/silences", headers=OPERATOR, timeout=5, json={
+            "matchers": [{"name": "area", "value": "22918"}], "duration": "2h", "comment": "bảo trì trạm"})
+        assert made.status_code in (200, 201), made.text
+        silence_id = made.json()["id"]
+
+        # In PostgreSQL at once (the operators' changes are committed before the answer).
+        assert sql(f"SELECT acknowledged_by FROM alerts WHERE id = '{alert['id']}'") == "truc-ban-1"
+        assert sql("SELECT action || ' ' || node FROM alert_audit ORDER BY seq").splitlines() == [
+            "alert.ack ioc-e2e", "silence.create ioc-e2e"]
+        assert sql("SELECT node FROM cluster_nodes") == "ioc-e2e"
+        assert sql("SELECT max(version) FROM schema_migrations") == "2"
+        assert daemon.terminate() == 0
+        assert sql("SELECT string_agg(name, ',' ORDER BY name) FROM component_state") == "kpis.latest,rules.engine"
+        local = sqlite3.connect(tmp_path / "var" / "ioc.db")
+        tables = {row[0] for row in local.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        local.close()
+        assert not tables & {"alerts", "silences", "alert_audit", "agg_dossiers", "component_state"}, tables
+
+        daemon.start(env=env)
+        [kept] = alerts(daemon, state="firing")
+        assert kept["id"] == alert["id"] and kept["acknowledged"]["by"] == "truc-ban-1"
+        silences = httpx.get(f"{daemon.api}/api/v1/silences", timeout=5).json()
+        assert [(s["id"], s["comment"], s["status"]) for s in silences] == [(silence_id, "bảo trì trạm", "active")]
+        publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-2", 100)], qos=1)
+        [resolved] = wait_for("the alert resolved", lambda: alerts(daemon, state="resolved"))
+        assert resolved["id"] == alert["id"]
+        assert wait_for("the resolution stored", lambda: sql(
+            f"SELECT state FROM alerts WHERE id = '{alert['id']}'") == "resolved")
+        assert_counting_rule(daemon)
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[Postgres]:
+    """A PostgreSQL this test stops and starts."""
+    server = start_postgres()
+    yield server
+    server.close()
+
+
+def test_a_postgresql_restart_while_running_loses_nothing(
+        tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str,
+        own_postgres: Postgres) -> None:
+    own_postgres.psql("CREATE DATABASE ioc")
+    daemon, env = postgres_daemon(tmp_path, mosquitto, influxdb, database, unique, own_postgres.url("ioc"))
+    sql = lambda query: own_postgres.psql(query, database="ioc")
+    pages = Collector("127.0.0.1", mosquitto.port, "ioc/v1/alerts/aqi-bad")
+    daemon.start(env=env)
+    try:
+        publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-1", 180)], qos=1)
+        [first] = wait_for("the first alert", lambda: alerts(daemon, state="firing"))
+        pages.wait_for(1)
+
+        own_postgres.stop()
+        # Intake and points go on: an alert fires meanwhile, served and paged; a dossier is taken.
+        publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-2", 190, area="22918")], qos=1)
+        [second] = wait_for("the alert fired during the outage", lambda: [
+            a for a in alerts(daemon, state="firing") if a["labels"]["area"] == "22918"])
+        assert orjson.loads(pages.wait_for(2)[-1][1])["id"] == second["id"]
+        posted = httpx.post(f"{daemon.api}/api/v1/events", content=dossier(f"{unique}-d1", f"HS-{unique}"),
+                            headers=VENDOR, timeout=10)
+        assert posted.status_code == 202, posted.text
+        assert wait_for("the points of the outage in InfluxDB", lambda: influx_query(
+            influxdb.url, database, "SELECT value FROM \"env.aqi\" WHERE area = '22918'"))
+        assert httpx.get(f"{daemon.api}/healthz", timeout=5).status_code == 200
+
+        own_postgres.start()
+        assert wait_for("the alert of the outage stored", lambda: sql(
+            f"SELECT state FROM alerts WHERE id = '{second['id']}'") == "firing", timeout=30)
+        assert wait_for("the dossier row stored", lambda: sql(
+            f"SELECT count(*) FROM agg_dossiers WHERE dossier_id = 'HS-{unique}'") == "1", timeout=30)
+        assert sql(f"SELECT state FROM alerts WHERE id = '{first['id']}'") == "firing"
+        assert "store.write_recovered" in daemon.log()
+        assert_counting_rule(daemon)
+        assert daemon.terminate() == 0
+        assert len(pages.messages) == 2  # each change paged once
+    finally:
+        pages.close()
+        daemon.stop()
