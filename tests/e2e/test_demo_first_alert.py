@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import time
@@ -111,6 +112,19 @@ def test_every_printed_command_works_as_printed_and_twice(demo: tuple[Demo, floa
         assert out.startswith("ioc/v1/alerts/"), out
     finally:
         watcher.kill()
+    readable = [line for line in running.lines if re.match(r"\s+(wall display|API docs|alerts):", line)]
+    urls = re.findall(r"(http://127\.0\.0\.1:\d+/\S*)", "\n".join(readable))
+    assert len(urls) == 4  # the wall, in English, the API's documentation, the alerts
+    for url in urls:
+        assert httpx.get(url, timeout=10).status_code == 200, url
+    # "as the vendor: ... (e.g. ioc sim run smoke --to mqtt://demo:TOKEN@...)": plays from now until Ctrl-C.
+    example = running.wait_for_line(r"\(e\.g\. (ioc sim run smoke --to \S+)\)").group(1)
+    player = subprocess.Popen(["bash", "-c", f"exec {example}"], stderr=subprocess.PIPE, text=True,
+                              stdout=subprocess.DEVNULL)
+    time.sleep(5)
+    player.send_signal(signal.SIGINT)
+    _, err = player.communicate(timeout=60)
+    assert player.returncode == 0 and "sim smoke:" in err, err
 
 
 CHROMIUM = "/usr/bin/chromium"
