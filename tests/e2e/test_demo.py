@@ -59,9 +59,14 @@ class Demo:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
+        """Ctrl-C, as a person stops it (the demo then removes its folder); a kill if that hangs."""
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
 
 
 @pytest.fixture(params=["mosquitto", "amqtt"])
