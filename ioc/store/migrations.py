@@ -125,6 +125,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             seen_at {double} NOT NULL
         )
     """),
+    # A rule's summary per language (`summary: {vi, en}`): the English one an alert fired with.
+    Migration(3, "alert_summary_en", """
+        ALTER TABLE alerts ADD COLUMN summary_en TEXT
+    """),
 )
 LATEST = MIGRATIONS[-1].version
 
