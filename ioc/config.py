@@ -127,6 +127,21 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+def topic_filter_problem(topic: str) -> str | None:
+    """Why `topic` is not an MQTT topic filter (MQTT 5 §4.7), or None."""
+    if not topic:
+        return "empty"
+    if "\0" in topic:
+        return "NUL"
+    levels = topic.split("/")
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            return "'#' must be a whole level, the last"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level"
+    return None
+
+
 class HttpSettings(_Section):
     listen: str = "127.0.0.1:8080"
     max_body: Size = parse_size("8MiB")
@@ -184,6 +199,21 @@ class MqttSettings(_Section):
     tls_insecure: bool = False
 
     _password_file = field_validator("password_file")(_readable)
+
+    @field_validator("subscribe")
+    @classmethod
+    def _filters(cls, value: list[str]) -> list[str]:
+        for topic in value:  # paho refuses a bad one only in its thread, when subscribing after a connect
+            if (problem := topic_filter_problem(topic)) is not None:
+                raise ValueError(f"{topic!r} is not an MQTT topic filter: {problem}")
+        return value
+
+    @field_validator("share_group")
+    @classmethod
+    def _share_group(cls, value: str) -> str:
+        if any(character in value for character in "/+#\0"):
+            raise ValueError(f"{value!r}: a share group name cannot hold '/', '+', '#' or NUL")
+        return value
 
     @field_validator("url")
     @classmethod

@@ -57,6 +57,7 @@ def _mqtt(url: str, **keys: object) -> str:
 
 
 WEBHOOK = 'level = "error"\n\n[[alerts.webhooks]]\nurl = "https://chat.example.vn/a b"'
+SUBSCRIBE = '[mqtt]\nenabled = false\nsubscribe = ["ioc/v1/events/#/x"]'
 RECONNECT = '[mqtt]\nenabled = false\nreconnect_min = "10m"\nreconnect_max = "1s"'
 
 # (id, change to the base config given the tmp folder and the certificates, environment, expected problem
@@ -91,6 +92,8 @@ CASES: list[Case] = [
      "alerts.webhooks.0.url: 'https://chat.example.vn/a b' is not a usable URL: a space in the URL"),
     ("reconnect-range", lambda tmp, c: ("[mqtt]\nenabled = false", RECONNECT), {},
      "mqtt: reconnect_max must not be less than reconnect_min"),
+    ("subscribe-filter", lambda tmp, c: ("[mqtt]\nenabled = false", SUBSCRIBE), {},
+     "mqtt.subscribe: 'ioc/v1/events/#/x' is not an MQTT topic filter: '#' must be a whole level, the last"),
     ("failpoints", lambda tmp, c: ("", ""), {"IOC_FAILPOINTS": "no.such.point=abort"},
      "IOC_FAILPOINTS: unknown failpoint 'no.such.point'"),
     ("override-blamed-on-its-variable", lambda tmp, c: ("", ""), {"IOC_HTTP__LISTEN": "192.0.2.1:8080"},
