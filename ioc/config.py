@@ -43,19 +43,20 @@ _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB
                "GB": 1000**3}
 
 
-def parse_duration(text: str | float | int) -> float:
+def parse_duration(text: str | float) -> float:
     """`30s`, `10m`, `2h`, `1d`, `1h30m`, `250ms` (or a number of seconds) -> seconds, at most a century."""
     return _bounded(parse_duration_unbounded(text))
 
 
-def parse_duration_unbounded(text: str | float | int) -> float:
+def parse_duration_unbounded(text: str | float) -> float:
     """As `parse_duration`, with no upper bound: may be inf or NaN (callers with their own bound)."""
     if isinstance(text, int | float) and not isinstance(text, bool):
         if text < 0:
             raise ValueError("a duration cannot be negative")
         return float(text)
     if not isinstance(text, str):
-        raise ValueError("expected a duration such as '30s', '10m' or '1h30m'")
+        # ValueError, not TypeError: pydantic turns only ValueError into a validation error naming the key
+        raise ValueError("expected a duration such as '30s', '10m' or '1h30m'")  # noqa: TRY004
     position, total = 0, 0.0
     for match in _DURATION_PART.finditer(text):
         if match.start() != position:
@@ -434,8 +435,8 @@ class ViewerSettings(_Principal):
 
 # Declared beside the alert manager it configures; imported here (after _Section and Duration, which it
 # uses) so that the whole configuration is still one model.
-from ioc.alerts.config import AlertsSettings  # noqa: E402
-from ioc.cap.config import CapSettings  # noqa: E402
+from ioc.alerts.config import AlertsSettings
+from ioc.cap.config import CapSettings
 
 
 class Settings(BaseSettings):
