@@ -1,7 +1,9 @@
-// The operations-center wall: KPI tiles against their targets, the live alert feed, the areas by their
-// worst alert and the health of each subsystem, kept live over Server-Sent Events (docs/http-api.md).
+// The operations-center wall: KPI tiles against their targets, the live alert feed, a map of every commune
+// coloured by its worst alert with the worst ones ranked beside it, and the health of each subsystem, kept
+// live over Server-Sent Events (docs/http-api.md). A wall is never scrolled: a list longer than its panel
+// is cut into pages that turn by themselves (PAGE_MS, `?page=SECONDS`), its panel showing "1/3".
 //
-// Data: GET /api/v1/areas, /alerts (+ ?state=resolved), /kpis, /silences, /sources, /telemetry at load
+// Data: GET /api/v1/areas, /map, /alerts (+ ?state=resolved), /kpis, /silences, /sources, /telemetry at load
 // and whenever the stream says `reset`; then `alert` and `kpi` events from /api/v1/stream. When the stream
 // drops, the body gets data-state="stale" and the [data-stale] banner shows; the page reconnects with a
 // jittered exponential backoff, sending the id of the last event it had as `Last-Event-ID`: the daemon
@@ -40,6 +42,8 @@ const BACKOFF_MAX_MS = 30000;
 const SOURCES_EVERY_MS = 5000;
 const TELEMETRY_EVERY_MS = 5000; // no stream for telemetry: the AQI tile polls
 const AGES_EVERY_MS = 15000;
+const PAGE_MS = 1000 * (Number(new URLSearchParams(location.search).get("page")) || 10); // a list's page shows this long
+const LABEL_PX = 0.82; // map labels, in rem
 // VN_AQI bands (Decision 1459/QĐ-TCMT): upper bounds of Good, Moderate, Poor, Bad, Very bad; above: Hazardous.
 const AQI_BANDS = [50, 100, 150, 200, 300];
 
@@ -52,6 +56,8 @@ const state = {
   province: document.body.dataset.province,
   areas: new Map(),
   levels: ["province"],
+  map: null, // GET /api/v1/map: the cells of the province's communes
+  pages: new Map(), // a paged list's name -> the index of the page it shows
   alerts: new Map(), // fingerprint -> the latest episode's alert
   kpis: new Map(), // "kpi|area" -> kpi
   aqi: new Map(), // area -> latest env.aqi reading
@@ -259,6 +265,11 @@ function areaName(code) {
   return state.areas.get(code)?.name ?? code;
 }
 
+/** The alert's summary in the wall's language (`summaries` when the rule has one per language). */
+function summaryOf(alert) {
+  return alert.summaries?.[state.lang] || alert.summary || alert.rule;
+}
+
 function renderAlert(alert, now) {
   const shown = displayState(alert);
   const fmt = state.fmt;
@@ -279,13 +290,13 @@ function renderAlert(alert, now) {
     class: "alert", "data-fingerprint": alert.fingerprint, "data-id": alert.id, "data-state": shown,
     "data-severity": alert.severity, "data-rule": alert.rule,
   },
-  el("div", { class: "alert-state" }, icon(shown), el("span", { class: "state-text", text: t(`state.${shown}`) })),
   el("div", { class: "alert-main" },
     el("div", { class: "alert-head" },
+      el("span", { class: "alert-state" }, icon(shown), el("span", { class: "state-text", text: t(`state.${shown}`) })),
       el("span", { class: "severity", "data-severity": alert.severity, text: t(`severity.${alert.severity}`) }),
       area ? el("span", { class: "alert-area", text: areaName(area) }) : null,
       el("span", { class: "alert-rule", text: alert.rule })),
-    el("p", { class: "summary", text: alert.summary || alert.rule }),
+    el("p", { class: "summary", text: summaryOf(alert) }),
     el("p", { class: "meta", text: meta.join(" · ") }),
     extra.length ? el("p", { class: "meta tags" }, extra) : null),
   alertActions(alert));
@@ -297,12 +308,13 @@ function renderAlerts(now) {
   list.replaceChildren(...alerts.map((alert) => renderAlert(alert, now)));
   const active = alerts.filter((a) => a.state !== "resolved");
   $("[data-alerts-empty]").hidden = active.length > 0;
-  $("[data-alert-counts]").textContent = t("counts", {
-    firing: state.fmt.number(active.filter((a) => a.state === "firing").length, 0),
-    pending: state.fmt.number(active.filter((a) => a.state === "pending").length, 0),
-    acknowledged: state.fmt.number(active.filter((a) => a.acknowledged).length, 0),
-    silences: state.fmt.number(state.silences, 0),
-  });
+  const fmt = state.fmt;
+  $("[data-alert-counts]").textContent = [
+    fmt.plural("firing", active.filter((a) => a.state === "firing").length),
+    fmt.plural("pending", active.filter((a) => a.state === "pending").length),
+    fmt.plural("acknowledged", active.filter((a) => a.acknowledged).length),
+    fmt.plural("silences", state.silences),
+  ].join(" · ");
 }
 
 // --- areas -----------------------------------------------------------------------------------------
@@ -312,8 +324,7 @@ async function loadAreas() {
   state.areas = new Map(areas.map((area) => [area.code, area]));
   const levels = ["province", "district", "commune"].filter((level) => areas.some((a) => a.level === level));
   state.levels = levels.length ? levels : ["province"];
-  const province = state.areas.get(state.province);
-  if (province) $("[data-province-name]").textContent = province.name;
+  applyTexts();
   scheduleRender();
 }
 
@@ -325,23 +336,168 @@ function within(code, ancestor) {
   return code === ancestor;
 }
 
-function renderAreas() {
-  const lowest = state.levels[state.levels.length - 1];
-  const cells = [...state.areas.values()].filter((area) => area.level === lowest && area.code !== state.province);
+async function loadMap() {
+  state.map = await api("/map");
+  state.mapDrawn = null;
+  applyTexts();
+  scheduleRender();
+}
+
+/** Each commune of the map -> {severity, count}: its worst active alert (an alert on the province or a
+ *  unit above counts for every commune below it). */
+function communeStates() {
   const active = [...state.alerts.values()].filter((a) => a.state !== "resolved" && a.labels?.area);
-  const grid = $("[data-areas]");
-  grid.replaceChildren(...cells.map((area) => {
-    const mine = active.filter((alert) => within(alert.labels.area, area.code));
+  const states = new Map();
+  for (const cell of state.map?.cells ?? []) {
+    const mine = active.filter((alert) => within(cell.code, alert.labels.area) || within(alert.labels.area, cell.code));
     const worst = mine.reduce((best, alert) => ((SEVERITY_RANK[alert.severity] ?? 0) > (SEVERITY_RANK[best] ?? 0)
       ? alert.severity : best), "none");
-    const status = worst === "none" ? "ok" : worst === "critical" ? "bad" : worst === "warning" ? "warn" : "info";
-    return el("li", { class: "area", "data-area": area.code, "data-severity": worst },
-      el("span", { class: "area-name", text: area.name }),
-      el("span", { class: "area-status" }, icon(status === "info" ? "pending" : status),
-        el("span", { text: mine.length ? `${t(`severity.${worst}`)} · ${t(mine.length === 1 ? "alertCountOne" : "alertCount", { count: mine.length })}`
-          : t("severity.none") })));
-  }));
-  grid.dataset.count = String(cells.length);
+    states.set(cell.code, { severity: worst, count: mine.length });
+  }
+  return states;
+}
+
+/** The cells (drawn once per map), their colours, and the names that fit. */
+function renderMap(states) {
+  const map = state.map;
+  const svgBox = $("[data-map]");
+  const cells = $("[data-areas]");
+  if (!map) return;
+  if (state.mapDrawn !== map) {
+    const [left, top, right, bottom] = map.bounds;
+    svgBox.setAttribute("viewBox", `${left} ${top} ${right - left} ${bottom - top}`);
+    cells.replaceChildren(...map.cells.map((cell) => svg("path", {
+      class: "map-cell", "data-area": cell.code, "data-severity": "none",
+      d: `M${cell.points.map((p) => p.join(",")).join("L")}Z`,
+    }, svg("title", {}, cell.name))));
+    cells.dataset.count = String(map.cells.length);
+    state.mapDrawn = map;
+  }
+  for (const path of cells.children) {
+    const severity = states.get(path.dataset.area)?.severity ?? "none";
+    if (path.dataset.severity !== severity) path.dataset.severity = severity;
+  }
+  const counts = { critical: 0, warning: 0, info: 0, none: 0 };
+  for (const { severity } of states.values()) counts[severity] += 1;
+  $("[data-map-legend]").replaceChildren(...["critical", "warning", "info", "none"]
+    .filter((severity) => counts[severity] || severity === "none" || severity === "critical")
+    .map((severity) => el("span", { class: "legend-item", "data-severity": severity },
+      el("span", { class: "swatch", "data-severity": severity }),
+      `${t(`severity.${severity}`)} ${state.fmt.number(counts[severity], 0)}`)));
+  placeLabels(states);
+}
+
+/** Names on the map where they fit: worst communes first, then the largest cells; a name that would
+ *  overlap one already placed, or leave the map, is left out (the cell's <title> and the list name it). */
+function placeLabels(states) {
+  const map = state.map;
+  const svgBox = $("[data-map]");
+  const layer = $("[data-map-labels]");
+  const box = svgBox.getBoundingClientRect();
+  if (!map || !box.width || !box.height) { layer.replaceChildren(); return; }
+  const [left, top, right, bottom] = map.bounds;
+  const scale = Math.min(box.width / (right - left), box.height / (bottom - top)); // px per km ("meet")
+  const rem = parseFloat(getComputedStyle(document.documentElement).fontSize);
+  const size = (LABEL_PX * rem) / scale;
+  const pad = (0.15 * rem) / scale;
+  layer.setAttribute("font-size", size.toFixed(4));
+  layer.style.fontSize = `${size}px`;
+  const order = [...map.cells].sort((a, b) =>
+    (SEVERITY_RANK[states.get(b.code)?.severity] ?? 0) - (SEVERITY_RANK[states.get(a.code)?.severity] ?? 0)
+    || b.area - a.area);
+  const placed = [];
+  const labels = [];
+  layer.replaceChildren();
+  for (const cell of order) {
+    const label = svg("text", { class: "map-label", x: cell.x, y: cell.y, "data-label-for": cell.code,
+      "data-severity": states.get(cell.code)?.severity ?? "none" }, cell.short);
+    layer.append(label);
+    const b = label.getBBox();
+    const rect = { x1: b.x - pad, y1: b.y - pad, x2: b.x + b.width + pad, y2: b.y + b.height + pad };
+    const outside = rect.x1 < left || rect.x2 > right || rect.y1 < top || rect.y2 > bottom;
+    if (outside || placed.some((o) => rect.x1 < o.x2 && o.x1 < rect.x2 && rect.y1 < o.y2 && o.y1 < rect.y2)) {
+      label.remove();
+      continue;
+    }
+    placed.push(rect);
+    labels.push(label);
+  }
+  layer.dataset.count = String(labels.length);
+}
+
+/** The communes with active alerts, the worst first (severity, then how many alerts, then name). */
+function renderWorst(states) {
+  const cells = new Map((state.map?.cells ?? []).map((cell) => [cell.code, cell]));
+  const ranked = [...states.entries()].filter(([, s]) => s.count > 0)
+    .sort(([a, x], [b, y]) => (SEVERITY_RANK[y.severity] ?? 0) - (SEVERITY_RANK[x.severity] ?? 0)
+      || y.count - x.count || cells.get(a).name.localeCompare(cells.get(b).name, state.fmt.locale));
+  const list = $("[data-worst]");
+  list.replaceChildren(...ranked.map(([code, s], index) => el("li", {
+    class: "worst-item", "data-worst-area": code, "data-severity": s.severity },
+  el("span", { class: "worst-rank", text: state.fmt.number(index + 1, 0) }),
+  el("span", { class: "worst-name", text: cells.get(code).name }),
+  el("span", { class: "worst-status" }, icon(s.severity === "critical" ? "bad" : s.severity === "warning" ? "warn" : "pending"),
+    el("span", { text: t(`severity.${s.severity}`) }), el("span", { text: "·" }),
+    el("span", { text: state.fmt.plural("alerts", s.count) })))));
+  $("[data-worst-empty]").hidden = ranked.length > 0;
+}
+
+function renderAreas() {
+  const states = communeStates();
+  renderMap(states);
+  renderWorst(states);
+}
+
+// --- pages of long lists ---------------------------------------------------------------------------
+
+/** Cut a list into pages that fit its height; show the page it was on (or the first), and "2/3". */
+function paginate(list) {
+  const name = list.dataset.paged;
+  const items = [...list.children];
+  for (const item of items) item.hidden = false;
+  const room = list.clientHeight;
+  const gap = parseFloat(getComputedStyle(list).rowGap) || 0;
+  const pages = [];
+  let page = [];
+  let used = 0;
+  for (const item of items) {
+    const height = item.getBoundingClientRect().height;
+    const need = page.length ? used + gap + height : height;
+    if (page.length && need > room + 0.5) {
+      pages.push(page);
+      page = [item];
+      used = height;
+    } else {
+      page.push(item);
+      used = need;
+    }
+  }
+  if (page.length) pages.push(page);
+  let index = state.pages.get(name) ?? 0;
+  if (index >= pages.length) index = 0;
+  state.pages.set(name, index);
+  pages.forEach((members, i) => { for (const item of members) item.hidden = i !== index; });
+  list.dataset.page = String(index + 1);
+  list.dataset.pages = String(Math.max(1, pages.length));
+  const pager = $(`[data-pager-for="${name}"]`);
+  if (pager) {
+    pager.hidden = pages.length <= 1;
+    pager.textContent = `${state.fmt.number(index + 1, 0)}/${state.fmt.number(pages.length, 0)}`;
+  }
+}
+
+function paginateAll() {
+  for (const list of $$("[data-paged]")) {
+    try { paginate(list); } catch (error) { console.error("ioc: paging failed", error); }
+  }
+}
+
+function turnPages() {
+  for (const list of $$("[data-paged]")) {
+    const pages = Number(list.dataset.pages ?? 1);
+    if (pages > 1) state.pages.set(list.dataset.paged, (Number(list.dataset.page ?? 1)) % pages);
+  }
+  paginateAll();
 }
 
 // --- KPIs ------------------------------------------------------------------------------------------
@@ -509,7 +665,10 @@ function applyTexts() {
   $("[data-action=login]").textContent = t("login");
   $("[data-action=logout]").textContent = t("logout");
   $("[data-field=comment]").placeholder = t("commentPlaceholder");
-  const province = state.areas.get(state.province)?.name ?? $("[data-province-name]").textContent;
+  const named = state.map ?? state.areas.get(state.province);
+  const province = named ? (state.lang === "en" && named.name_en ? named.name_en : named.name)
+    : $("[data-province-name]").textContent;
+  $("[data-province-name]").textContent = province;
   document.title = `${t("title")} · ${province}`;
   renderOperator();
   renderConnection();
@@ -542,7 +701,8 @@ function renderClock() {
 function render() {
   state.renderTimer = 0;
   const now = new Date();
-  const parts = [() => renderTiles(now.getTime()), () => renderAlerts(now), renderAreas, () => renderSources(now)];
+  const parts = [() => renderTiles(now.getTime()), () => renderAlerts(now), renderAreas, () => renderSources(now),
+    paginateAll];
   for (const part of parts) {
     try { part(); } catch (error) { console.error("ioc: render failed", error); } // the others still show
   }
@@ -649,6 +809,7 @@ function connect() {
     state.backoff = 0;
     setConnection("live");
     quietly(loadAreas());
+    if (!state.map) quietly(loadMap());
     if (!resuming) {
       refreshAll();
       return;
@@ -734,6 +895,7 @@ async function submitViewerToken(event) {
   $("[data-viewer-dialog]").close();
   setConnection("connecting");
   quietly(loadAreas());
+  quietly(loadMap());
   refreshAll();
   connect();
 }
@@ -888,7 +1050,11 @@ function start() {
     api("/whoami", { auth: true }).then((who) => { state.operator = who.name; renderOperator(); })
       .catch((error) => { if (error.status === 401 || error.status === 403) logout(false); });
   }
+  setInterval(turnPages, PAGE_MS);
+  // A new size (another wall, a window resized): the labels and the pages are fitted again.
+  new ResizeObserver(() => scheduleRender()).observe($("[data-map-box]"));
   quietly(loadAreas());
+  quietly(loadMap());
   refreshAll();
   connect();
   render();

@@ -24,7 +24,14 @@ const STRINGS = {
     sourcesTitle: "Hệ thống nguồn dữ liệu",
     noAlerts: "Không có cảnh báo nào đang hoạt động.",
     noSources: "Chưa nhận được dữ liệu từ hệ thống nào.",
-    counts: "{firing} đang cảnh báo · {pending} chờ · {acknowledged} đã xác nhận · {silences} lệnh tắt tiếng",
+    "firing.other": "{count} đang cảnh báo",
+    "pending.other": "{count} chờ",
+    "acknowledged.other": "{count} đã xác nhận",
+    "silences.other": "{count} lệnh tắt tiếng",
+    "alerts.other": "{count} cảnh báo",
+    mapTitle: "Bản đồ xã, phường",
+    worstTitle: "Xã, phường cần chú ý",
+    noWorst: "Mọi xã, phường đều bình thường.",
     "state.pending": "Chờ kích hoạt",
     "state.firing": "Đang cảnh báo",
     "state.acknowledged": "Đã xác nhận",
@@ -88,8 +95,6 @@ const STRINGS = {
     lastSeen: "Dữ liệu cuối: {age}",
     rate: "{rate} sự kiện/giây",
     rejected: "{count} bị từ chối",
-    alertCount: "{count} cảnh báo",
-    alertCountOne: "1 cảnh báo",
     "duration.30m": "30 phút", "duration.1h": "1 giờ", "duration.2h": "2 giờ", "duration.4h": "4 giờ",
     "duration.8h": "8 giờ", "duration.1d": "1 ngày", "duration.3d": "3 ngày",
     never: "chưa có",
@@ -112,7 +117,16 @@ const STRINGS = {
     sourcesTitle: "Data sources",
     noAlerts: "No active alerts.",
     noSources: "No subsystem has sent data yet.",
-    counts: "{firing} firing · {pending} pending · {acknowledged} acknowledged · {silences} silences",
+    "firing.other": "{count} firing",
+    "pending.other": "{count} pending",
+    "acknowledged.other": "{count} acknowledged",
+    "silences.one": "{count} silence",
+    "silences.other": "{count} silences",
+    "alerts.one": "{count} alert",
+    "alerts.other": "{count} alerts",
+    mapTitle: "Communes",
+    worstTitle: "Communes to watch",
+    noWorst: "Every commune is normal.",
     "state.pending": "Pending",
     "state.firing": "Firing",
     "state.acknowledged": "Acknowledged",
@@ -176,8 +190,6 @@ const STRINGS = {
     lastSeen: "Last event: {age}",
     rate: "{rate} events/s",
     rejected: "{count} rejected",
-    alertCount: "{count} alerts",
-    alertCountOne: "1 alert",
     "duration.30m": "30 minutes", "duration.1h": "1 hour", "duration.2h": "2 hours", "duration.4h": "4 hours",
     "duration.8h": "8 hours", "duration.1d": "1 day", "duration.3d": "3 days",
     never: "never",
@@ -206,6 +218,7 @@ export function makeFormatter(lang) {
   const longDate = new Intl.DateTimeFormat(locale, { timeZone: TIME_ZONE, weekday: "long", day: "numeric",
     month: "long", year: "numeric" });
   const relative = new Intl.RelativeTimeFormat(locale, { numeric: "auto", style: "long" });
+  const plurals = new Intl.PluralRules(locale);
   const dayKey = new Intl.DateTimeFormat("en-CA", { timeZone: TIME_ZONE, year: "numeric", month: "2-digit",
     day: "2-digit" });
 
@@ -222,6 +235,13 @@ export function makeFormatter(lang) {
       numbers.set(digits, format);
     }
     return format.format(value);
+  }
+
+  /** A count with its noun in the language's plural form: `plural("silences", 1)` -> "1 silence" (the
+   *  keys `NAME.one`, `NAME.other`...; Vietnamese has one form). The count is formatted for the locale. */
+  function plural(name, count) {
+    const key = `${name}.${plurals.select(count)}`;
+    return t(key in strings ? key : `${name}.other`, { count: number(count, 0) });
   }
 
   /** An instant as a clock time, with the date too when it is not today (both in Asia/Ho_Chi_Minh). */
@@ -241,7 +261,7 @@ export function makeFormatter(lang) {
     return relative.format(Math.round(seconds / 86400), "day");
   }
 
-  return { lang, locale, t, number, when, age,
+  return { lang, locale, t, number, plural, when, age,
     clockTime: (date) => time.format(date),
     clockDate: (date) => longDate.format(date) };
 }

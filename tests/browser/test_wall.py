@@ -193,7 +193,8 @@ def test_alert_ack_silence_language_and_a_lost_stream(
         "the commune cell turning critical",
         lambda: attribute(driver, "[data-area='22945']", "data-severity") == "critical",
     )
-    assert "Nghiêm trọng" in text(driver, "[data-area='22945'] .area-status")
+    assert "Nghiêm trọng" in text(driver, "[data-worst-area='22945'] .worst-status")  # the ranked list
+    assert text(driver, "[data-worst-area='22945'] .worst-name") == "Phường Phan Thiết"
     # The AQI tile (polled) and the dossier KPIs (streamed) against their targets.
     wait(driver, "the AQI tile", lambda: text(driver, "[data-tile=aqi] .number") == "180")
     assert attribute(driver, "[data-tile=aqi]", "data-status") == "bad"
