@@ -352,3 +352,7 @@ class _Checker:
             self.problem([*loc, "area"], f"{incident.area!r} is not an area of province {province!r}")
         elif isinstance(incident, Outage) and not any(area.level == "commune" for area in versions):
             self.problem([*loc, "area"], f"{incident.area!r} is not a commune (cell sites are per commune)")
+        elif (former := self.model.province.former) is not None and all(area.former_provinces for area in versions) \
+                and not any(former in area.former_provinces for area in versions):
+            self.problem([*loc, "area"], f"{incident.area!r} is not formed from the former province {former!r} "
+                                         "(province.former): nothing is played there")

@@ -75,6 +75,9 @@ BAD = [
      'incidents[0].area: expected a string (quote codes, e.g. "22945")'),
     ("unknown incident kind", GOOD.replace("kind: aqi-spike", "kind: flood"), 6,
      "incidents[0].kind: unknown kind 'flood'"),
+    ("area outside the focus", GOOD.replace("duration: 30m", 'duration: 30m\nprovince: {code: "68", former: "60"}')
+     .replace('area: "22945", at', 'area: "24820", at').replace('stations: ["22945"]', 'stations: ["24820"]'), 7,
+     "incidents[0].area: '24820' is not formed from the former province '60'"),
     ("areas from the API without --api", GOOD.replace("duration: 30m", 'duration: 30m\nprovince: {areas: api}'), 3,
      "province.areas: `api` reads the areas from the daemon: give --api"),
     ("unknown key", GOOD.replace("duration: 30m", "duration: 30m\nspeed: 2"), 3, "speed: unknown key"),
