@@ -90,7 +90,8 @@ class StoredAlert(Protocol):
 class _Runtime:
     """One loaded rule: its evaluator, its groups and its bookkeeping."""
 
-    __slots__ = ("context", "digest", "failing", "fingerprints", "groups", "key_of", "kind", "rule", "template")
+    __slots__ = ("context", "digest", "failing", "fingerprints", "groups", "key_of", "kind", "rule", "template",
+                 "template_en")
 
     def __init__(self, rule: RuleBase, areas: AreaRegistry | None, started_at: float) -> None:
         self.rule = rule
@@ -100,6 +101,7 @@ class _Runtime:
         self.groups: dict[GroupKey, Group] = {}
         self.key_of = key_function(rule.group_by)
         self.template = rule.template()
+        self.template_en = rule.template_en()
         self.failing = False
         self.fingerprints: dict[GroupKey, str] = {}  # computed once per group (sha256 costs ~10 us)
 
@@ -418,7 +420,10 @@ class RuleEngine:
             values["area_name"] = runtime.context.area_name(area, at)
         return AlertUpdate(rule=rule.id, labels=dict(group.labels), severity=rule.severity,
                            state=state,  # type: ignore[arg-type]
-                           summary=runtime.template.render(values), value=group.value, at=at,
+                           # Vietnamese writes a decimal comma, English a point (docs/rules.md)
+                           summary=runtime.template.render(values, decimal=","),
+                           summary_en=runtime.template_en.render(values) if runtime.template_en else "",
+                           value=group.value, at=at,
                            runbook=rule.runbook, fingerprint=runtime.fingerprint(group))
 
     def _emit(self, runtime: _Runtime, group: Group, state: str, at: float) -> None:

@@ -24,9 +24,9 @@ from ioc.regex import compile_regex
 
 __all__ = [
     "BUILTIN_LABELS",
+    "OPS",
     "CapCategory",
     "CapInfo",
-    "OPS",
     "Comparison",
     "EventType",
     "Match",
@@ -34,6 +34,7 @@ __all__ = [
     "Pattern",
     "RuleBase",
     "RuleSet",
+    "Summaries",
     "Threshold",
 ]
 
@@ -123,6 +124,14 @@ class CapInfo(_Strict):
     instruction_en: str | None = None
 
 
+class Summaries(_Strict):
+    """A summary per language: `summary: {vi: ..., en: ...}` (the wall and the alert JSON's `summaries`
+    show the reader's; `summary` stays the Vietnamese one). Each is a template like a single summary."""
+
+    vi: Annotated[str, Field(min_length=1)]
+    en: str = ""
+
+
 LevelMap: TypeAlias = Annotated[dict[AreaLevel, float], Field(min_length=1)]
 # A number, a number per area level, or `target`: the KPI's target for the area's level (registry data).
 Threshold: TypeAlias = float | LevelMap | Literal["target"]
@@ -140,7 +149,7 @@ class RuleBase(_Strict):
     id: Annotated[str, Field(pattern=RULE_ID_PATTERN)]
     kind: str
     severity: Severity
-    summary: str = ""
+    summary: str | Summaries = ""  # a single (Vietnamese) template, or one per language
     match: Match = Match()
     group_by: list[str] = []
     for_: Duration = Field(default=0.0, alias="for")
@@ -166,7 +175,10 @@ class RuleBase(_Strict):
             names.add("threshold")
         if "area" in self.group_by:
             names.add("area_name")
-        for field_name, text in (("summary", self.summary), ("cap.summary_en", self.cap.summary_en)):
+        single = isinstance(self.summary, str)
+        texts = (("summary" if single else "summary.vi", self.summary_vi), ("summary.en", self.summary_en),
+                 ("cap.summary_en", self.cap.summary_en))
+        for field_name, text in texts:
             try:
                 template = Template.parse(text)
             except ValueError as error:
@@ -190,8 +202,21 @@ class RuleBase(_Strict):
             return judged
         return judged & frozenset([wanted] if isinstance(wanted, str) else wanted)
 
+    @property
+    def summary_vi(self) -> str:
+        return self.summary if isinstance(self.summary, str) else self.summary.vi
+
+    @property
+    def summary_en(self) -> str:
+        """The English summary template, "" when the rule has none."""
+        return "" if isinstance(self.summary, str) else self.summary.en
+
     def template(self) -> Template:
-        return Template.parse(self.summary or self.id)
+        return Template.parse(self.summary_vi or self.id)
+
+    def template_en(self) -> Template | None:
+        """The English summary's template; None without one (readers fall back to the Vietnamese)."""
+        return Template.parse(self.summary_en) if self.summary_en else None
 
     def digest(self) -> str:
         """A stable hash of the definition: equal digests mean the same rule (state may be kept)."""

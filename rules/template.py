@@ -1,7 +1,8 @@
 """Summary templates: `{{ name }}` placeholders in otherwise literal (often Vietnamese) text.
 
 A template is parsed once at load, so a name it cannot fill is a load error, never a blank at 3 a.m.
-Numbers are rendered the way a person writes them: `160`, not `160.0`; at most two decimals.
+Numbers are rendered the way a person writes them: `160`, not `160.0`; at most two decimals, with the
+decimal mark of the summary's language (Vietnamese `12,5`, English `12.5`: a wall never mixes them).
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ __all__ = ["Template", "format_number"]
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
 
 
-def format_number(value: float) -> str:
-    """`160.0` -> `160`, `12.345` -> `12.35`, `0.5` -> `0.5` (at most 2 decimals, no trailing zeros)."""
+def format_number(value: float, decimal: str = ".") -> str:
+    """`160.0` -> `160`, `12.345` -> `12.35`, `0.5` -> `0.5` (at most 2 decimals, no trailing zeros);
+    `decimal=","` writes `0,5`. No thousands separator (`1234.5`): it would read as a decimal mark."""
     if not math.isfinite(value):
         return str(value)
     if float(value).is_integer():
         return str(int(value))
     text = f"{value:.2f}".rstrip("0").rstrip(".")
-    return "0" if text == "-0" else text
+    return "0" if text == "-0" else text.replace(".", decimal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +54,9 @@ class Template:
     def names(self) -> tuple[str, ...]:
         return self.parts[1::2]
 
-    def render(self, values: Mapping[str, str | float | None]) -> str:
-        """Fill the placeholders; a name with no value (a label the group lacks) renders empty."""
+    def render(self, values: Mapping[str, str | float | None], decimal: str = ".") -> str:
+        """Fill the placeholders; a name with no value (a label the group lacks) renders empty. Numbers
+        take `decimal` as their decimal mark."""
         if len(self.parts) == 1:
             return self.parts[0]
         out: list[str] = []
@@ -64,5 +67,5 @@ class Template:
             value = values.get(part)
             if value is None:
                 continue
-            out.append(format_number(value) if isinstance(value, float | int) else str(value))
+            out.append(format_number(value, decimal) if isinstance(value, float | int) else str(value))
         return "".join(out)

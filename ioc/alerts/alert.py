@@ -59,6 +59,7 @@ class Alert:
     updated_at: float = 0.0
     silenced_by: tuple[str, ...] = ()
     inhibited_by: str | None = None
+    summary_en: str | None = None  # the rule's English summary, when it has one
     silenced: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -89,6 +90,8 @@ class Alert:
             "state": self.state,
             "labels": dict(self.labels),
             "summary": self.summary,
+            # Per language (docs/http-api.md): `en` is the Vietnamese text when the rule has no English.
+            "summaries": {"vi": self.summary, "en": self.summary_en or self.summary},
             "value": self.value,
             "started_at": rfc3339(self.started_at),
             "fired_at": rfc3339(self.fired_at),

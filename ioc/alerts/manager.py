@@ -122,7 +122,8 @@ class AlertManager:
             elif current is None:
                 alert = Alert(id=new_alert_id(), fingerprint=update.fingerprint, rule=update.rule,
                               severity=update.severity, state=update.state, labels=dict(update.labels),
-                              summary=update.summary, value=update.value, started_at=update.at,
+                              summary=update.summary, summary_en=update.summary_en or None,
+                              value=update.value, started_at=update.at,
                               fired_at=update.at if update.state == "firing" else None,
                               runbook=update.runbook, updated_at=now)
                 change = update.state
@@ -135,8 +136,8 @@ class AlertManager:
                 return None
             else:
                 alert = replace(current, state="firing", fired_at=update.at, value=update.value,
-                                summary=update.summary, severity=update.severity, runbook=update.runbook,
-                                updated_at=now)
+                                summary=update.summary, summary_en=update.summary_en or None,
+                                severity=update.severity, runbook=update.runbook, updated_at=now)
                 change = "firing"
             alert = self.muting.apply(alert, now)
             if change == "resolved":

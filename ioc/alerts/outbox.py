@@ -87,6 +87,7 @@ def alert_record(alert: Alert) -> bytes:
         "started_at": alert.started_at, "fired_at": alert.fired_at, "resolved_at": alert.resolved_at,
         "runbook": alert.runbook, "acknowledged": None if ack is None else [ack.by, ack.at],
         "updated_at": alert.updated_at, "silenced_by": alert.silenced_by, "inhibited_by": alert.inhibited_by,
+        "summary_en": alert.summary_en,
     })
 
 

@@ -27,7 +27,7 @@ from ioc.alerts.audit import AuditEntry
 from ioc.store import Database, StoreTarget, ensure_schema, open_database, upsert
 
 _ALERT_COLUMNS = ("id, fingerprint, rule, severity, state, labels, summary, value, runbook, started_at, "
-                  "fired_at, resolved_at, acknowledged_by, acknowledged_at, updated_at")
+                  "fired_at, resolved_at, acknowledged_by, acknowledged_at, updated_at, summary_en")
 
 
 _SAVE_ALERT = upsert("alerts", _ALERT_COLUMNS.split(", "), ("id",))
@@ -178,14 +178,14 @@ def _alert_row(alert: Alert) -> tuple[Any, ...]:
     return (alert.id, alert.fingerprint, alert.rule, alert.severity, alert.state,
             orjson.dumps(alert.labels).decode(), alert.summary, alert.value, alert.runbook,
             alert.started_at, alert.fired_at, alert.resolved_at, ack.by if ack else None,
-            ack.at if ack else None, alert.updated_at)
+            ack.at if ack else None, alert.updated_at, alert.summary_en)
 
 
 def _alert(row: tuple[Any, ...]) -> Alert:
     (alert_id, fingerprint, rule, severity, state, labels, summary, value, runbook, started_at, fired_at,
-     resolved_at, acknowledged_by, acknowledged_at, updated_at) = row
+     resolved_at, acknowledged_by, acknowledged_at, updated_at, summary_en) = row
     ack = Acknowledgement(acknowledged_by, acknowledged_at) if acknowledged_by is not None else None
     return Alert(id=alert_id, fingerprint=fingerprint, rule=rule, severity=severity, state=state,
                  labels=orjson.loads(labels), summary=summary, value=value, started_at=started_at,
                  fired_at=fired_at, resolved_at=resolved_at, runbook=runbook, acknowledged=ack,
-                 updated_at=updated_at)
+                 updated_at=updated_at, summary_en=summary_en)

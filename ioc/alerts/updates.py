@@ -29,7 +29,8 @@ def fingerprint(rule: str, labels: Mapping[str, str]) -> str:
 class AlertUpdate:
     """One rule group's new state. `at` is the (event) time of the change, Unix seconds; `labels` are
     the group's labels (with `area` when grouped by it) plus the rule's own `labels`; `value` is the
-    value the condition was judged on (None for absence)."""
+    value the condition was judged on (None for absence). `summary` is the rule's (Vietnamese) summary,
+    `summary_en` its English one ("" when the rule has none)."""
 
     rule: str
     labels: dict[str, str]
@@ -40,6 +41,7 @@ class AlertUpdate:
     at: float
     runbook: str | None = None
     fingerprint: str = field(default="")
+    summary_en: str = ""
 
     def __post_init__(self) -> None:
         if not self.fingerprint:

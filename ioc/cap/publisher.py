@@ -122,8 +122,10 @@ class CapPublisher:
         area_code = alert.labels.get("area") or self.default_area
         texts = [self._text("vi-VN", rule.cap.event or rule.id, alert.summary or rule.id,
                             rule.cap.instruction, msg_type)]
+        english = alert.summary_en  # the rule's own English summary, as it fired; cap.summary_en wins
         if rule.cap.summary_en:
             english = Template.parse(rule.cap.summary_en).render(self._values(alert, rule, area_code))
+        if english:
             texts.append(self._text("en-US", rule.cap.event_en or rule.cap.event or rule.id, english,
                                     rule.cap.instruction_en, msg_type))
         parameters = () if alert.value is None else (("value", f"{alert.value:g}"),)

@@ -148,7 +148,7 @@ def test_static_labels_and_area_name_in_the_summary() -> None:
         '"{{ value }} / {{ threshold }}"', '"Không khí xấu tại {{ area_name }}: {{ value }} ({{ team }})"')
     r = Recorder(text, areas=AREAS)
     r.feed(tel(0, 170.256, area="22945"), tel(0, 170, area="88888"))
-    assert [u.summary for u in r.updates] == ["Không khí xấu tại Phường Phan Thiết: 170.26 (moi-truong)",
+    assert [u.summary for u in r.updates] == ["Không khí xấu tại Phường Phan Thiết: 170,26 (moi-truong)",
                                               "Không khí xấu tại 88888: 170 (moi-truong)"]
     assert r.updates[0].labels == {"area": "22945", "team": "moi-truong"}
 
