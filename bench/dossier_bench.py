@@ -5,7 +5,10 @@ through `observe` as the daemon would (events built without validation, which is
 tracker's), spread over the communes of the shipped registry; 10% are due within the next hour, the rest
 in 10-60 days. Then `advance(t0 + 1h)` is timed, and a second tracker reloads the SQLite file (restart).
 
-    python bench/dossier_bench.py [--count 1000000] [--store DIR]
+    python bench/dossier_bench.py [--count 1000000] [--store DIR] [--store-url postgresql://USER@HOST:PORT/DB]
+
+`--store-url` puts the tracker's rows in that shared store (`[store] url`, e.g. PostgreSQL) instead of the
+SQLite file; the database should be empty (a fresh one: `createdb`).
 
 Prints the figures; nothing is asserted (timings swing with the load of a shared machine).
 """
@@ -55,6 +58,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--store", type=Path, default=None,
                         help="folder for the SQLite file (default: a new temporary folder)")
+    parser.add_argument("--store-url", default="", help="the shared store's URL instead of the SQLite file")
     args = parser.parse_args()
     folder = args.store or Path(tempfile.mkdtemp(prefix="dossier-bench-"))
     path = folder / "bench.db"
@@ -68,7 +72,8 @@ def main() -> None:
         emitted[0] += 1
 
     base_rss = rss_mib()
-    tracker = DossierTracker(areas, calendar, path, on_kpi)
+    store = args.store_url or path
+    tracker = DossierTracker(areas, calendar, store, on_kpi)
     started = time.perf_counter()
     for event in events(args.count, communes):
         tracker.observe(event)
@@ -76,30 +81,30 @@ def main() -> None:
     load_s = time.perf_counter() - started
     gc.collect()
     loaded_rss = rss_mib()
-    open_before = tracker._overdue[tracker._nodes.codes.index("60")]
+    open_before = tracker._overdue[tracker._nodes.codes.index("68")]
 
     emitted[0] = 0
     started = time.perf_counter()
     tracker.advance((T0 + timedelta(hours=1)).timestamp())
     sweep_s = time.perf_counter() - started
-    province = tracker._nodes.codes.index("60")
+    province = tracker._nodes.codes.index("68")
     flipped = tracker._overdue[province] - open_before
     tracker.close()
 
     started = time.perf_counter()
-    reloaded = DossierTracker(areas, calendar, path, on_kpi)
+    reloaded = DossierTracker(areas, calendar, store, on_kpi)
     reload_s = time.perf_counter() - started
-    reloaded_overdue = reloaded._overdue[reloaded._nodes.codes.index("60")]
+    reloaded_overdue = reloaded._overdue[reloaded._nodes.codes.index("68")]
     reloaded.close()
 
-    print(f"dossiers: {args.count} open over {len(communes)} communes; store {path} "
-          f"({path.stat().st_size / 2**20:.0f} MiB)")
+    size = f"{path.stat().st_size / 2**20:.0f} MiB" if not args.store_url else "PostgreSQL"
+    print(f"dossiers: {args.count} open over {len(communes)} communes; store {args.store_url or path} ({size})")
     print(f"load via observe(): {load_s:.1f} s ({load_s / args.count * 1e6:.1f} us a dossier, rows written)")
     print(f"RSS: {loaded_rss:.0f} MiB with {args.count} open ({base_rss:.0f} MiB before the tracker; "
           f"{(loaded_rss - base_rss) * 2**20 / args.count:.0f} B a dossier)")
     print(f"sweep advance(+1h): {sweep_s * 1000:.0f} ms, {flipped} flipped to overdue, "
           f"{emitted[0]} KPIs emitted")
-    print(f"restart: reload from SQLite {reload_s:.1f} s, overdue at the province {reloaded_overdue}")
+    print(f"restart: reload from the store {reload_s:.1f} s, overdue at the province {reloaded_overdue}")
 
 
 if __name__ == "__main__":

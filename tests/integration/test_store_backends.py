@@ -8,10 +8,16 @@ import os
 import subprocess
 import sys
 import threading
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ioc.aggregators import DossierTracker, WorkCalendar
+from ioc.areas import AreaRegistry
+from ioc.envelope import DossierEvent
+from ioc.kpis import Kpi
 from ioc.store import StoreError, migrate, migration_status, open_database, open_shared, upsert
 from ioc.store.migrations import LATEST
 from tests.servers import free_port
@@ -100,3 +106,39 @@ def test_an_unreachable_postgresql_is_one_line_and_exit_1() -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("ioc: cannot connect to postgresql://ioc:***@127.0.0.1:")
     assert "hunter2" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_finished_dossier_is_looked_up_in_the_store_and_a_new_one_costs_no_query(store_url: str) -> None:
+    monday = datetime(2026, 3, 2, 8, 0, tzinfo=timezone(timedelta(hours=7)))
+
+    def event(dossier_id: str, status: str, minute: int) -> DossierEvent:
+        at = monday + timedelta(minutes=minute)
+        fields = {"id": f"{dossier_id}-{minute}", "source": "dvc-lamdong", "type": "dossier", "time": at,
+                  "dossier_id": dossier_id, "procedure": "1.001612", "status": status, "received_at": monday,
+                  "due_at": monday + timedelta(days=10), "channel": "online", "level": "commune",
+                  "area": "22945"}
+        if status == "done":
+            fields["finished_at"] = at
+        return DossierEvent.model_validate(fields)
+
+    kpis: list[Kpi] = []
+    tracker = DossierTracker(AreaRegistry.default(), WorkCalendar(set(), 1), store_url, kpis.append)
+    tracker.observe(event("d1", "done", 0))
+    tracker.persist()  # the row is only in the store now
+    queries: list[str] = []
+    real = tracker._db.execute
+
+    def counted(sql: str, params: Any = ()) -> Any:
+        queries.append(sql)
+        return real(sql, params)
+
+    tracker._db.execute = counted  # type: ignore[method-assign]
+    tracker.observe(event("d1", "done", 0))  # a repeat: found in the store, counted once
+    assert len(queries) == 1
+    tracker.observe(event("d2", "received", 1))  # new: no lookup
+    tracker.observe(event("d3", "done", 2))  # new and finished: no lookup either
+    assert len(queries) == 1
+    received = [k.value for k in kpis if (k.kpi, k.area) == ("kpi.dossier.online_share", "22945")]
+    assert received[-1] == 100 and tracker._outcomes == {"applied": 4, "out_of_order": 0, "no_area": 0}
+    assert [k.value for k in kpis if (k.kpi, k.area) == ("kpi.dossier.open", "22945")][-1] == 1
+    tracker.close()
