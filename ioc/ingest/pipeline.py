@@ -35,7 +35,7 @@ from ioc.ingest.decode import (
 from ioc.ingest.dedup import DedupIndex, dedup_key
 from ioc.lineproto import render_event
 from ioc.metrics import counter, gauge
-from ioc.sinks.base import DurableCallback, Origin, Points, Sink
+from ioc.sinks.base import DurableCallback, Points, Sink
 
 log = structlog.get_logger("ioc.ingest")
 
@@ -287,9 +287,9 @@ class Pipeline:
         if failpoints.ACTIVE:
             failpoints.hit("intake.after_decode")
         result = IngestResult()
-        points = Points()  # each line with its event's origin: a point the database refuses is traced to it
-        origins = points.origins
-        keys: list[str] = []
+        # Each line with its event's key (source and id): the origin of a point the database may refuse.
+        points = Points()
+        keys = points.origins
         kept: list[tuple[int, AnyEvent]] = []  # (index in the payload, event) of what goes to the sinks
         letters: list[_Letter] = []
         counts = _BatchCounts()
@@ -332,7 +332,6 @@ class Pipeline:
                 if moved is not None:
                     counts.converted[moved.level] += 1
                 points.append(render_event(event, time_ns))
-                origins.append(Origin(source, event.id))
                 keys.append(key)
                 kept.append((index, event))
             if letters:

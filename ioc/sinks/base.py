@@ -5,8 +5,9 @@ sink calls the callbacks in the order it received them, once the points handed w
 them) are durable: written to the database, or to the sink's spool. The MQTT connector acknowledges a
 QoS 1 message from that callback, which is why order matters (MQTT wants PUBACKs in arrival order).
 
-A point may carry its origin (`Points`: a list of lines with, aligned, the `Origin` of each), so a point
-the database refuses for good is traced to its event and source without reading the line back. Any
+A point may carry its origin (`Points`: a list of lines with, aligned, the origin key of each: its
+event's source and id), so a point the database refuses for good is traced to its event and source
+without reading the line back. Any
 plain list of lines is accepted too (its points have no origin: the daemon's own KPI and alert points).
 
 Counting rule (docs/metrics.md): every point handed to a sink is, at any quiet moment, exactly one of
@@ -29,23 +30,41 @@ class Origin(NamedTuple):
     source: str
     event_id: str
 
+    @classmethod
+    def of(cls, key: str | None) -> Origin | None:
+        """The origin named by an origin key (None for a point without one)."""
+        if key is None:
+            return None
+        source, _, event_id = key.partition(_SEPARATOR)
+        return cls(source, event_id)
+
+
+_SEPARATOR = "\x00"  # never in a source (its pattern): the first one ends the source, whatever the id holds
+
+
+def origin_key(source: str, event_id: str) -> str:
+    """The key a point's origin travels as: the same string as the intake's event key
+    (`ioc.ingest.dedup.dedup_key`, held equal by a test), so the pipeline hands over the keys it has
+    already built and no object is made per point on the hot path."""
+    return f"{source}{_SEPARATOR}{event_id}"
+
 
 class Points(list[str]):
-    """Lines of line protocol and, in `origins`, the origin of each line (same length, same order).
+    """Lines of line protocol and, in `origins`, the origin key of each line (same length, same order).
 
     A list subclass so every sink and every caller that knows only lists keeps working; the pipeline
-    fills both with `append` in its loop (no per-point object beyond the origin tuple)."""
+    fills `origins` with the event keys it builds anyway."""
 
     __slots__ = ("origins",)
 
-    def __init__(self, lines: Iterable[str] = (), origins: Iterable[Origin | None] = ()) -> None:
+    def __init__(self, lines: Iterable[str] = (), origins: Iterable[str] = ()) -> None:
         super().__init__(lines)
-        self.origins: list[Origin | None] = list(origins)
+        self.origins: list[str] = list(origins)
 
 
-def origins_of(points: Sequence[str]) -> list[Origin | None] | None:
-    """The origins submitted with `points`, or None when they carry none."""
-    origins: list[Origin | None] | None = getattr(points, "origins", None)
+def origins_of(points: Sequence[str]) -> list[str] | None:
+    """The origin keys submitted with `points`, or None when they carry none."""
+    origins: list[str] | None = getattr(points, "origins", None)
     if not origins:
         return None
     if len(origins) != len(points):  # a bug of the caller: refuse rather than misfile a dead letter

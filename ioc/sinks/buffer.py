@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ioc.errors import SinkFull
-from ioc.sinks.base import DurableCallback, Origin
+from ioc.sinks.base import DurableCallback
 from ioc.sinks.ledger import Ledger
 
 
 @dataclass(slots=True)
 class Batch:
-    """Points read from a buffer, in order, with the origin of each (None: unknown)."""
+    """Points read from a buffer, in order, with the origin key of each (None: none known)."""
 
     lines: list[str]
-    origins: list[Origin | None]
+    origins: list[str | None]
     end: int = 0  # memory: the stream position after the last point
     rows: tuple[int, int, int] = field(default=(0, 0, 0))  # spool: first row id, last row id, bytes
 
@@ -67,7 +67,7 @@ class MemoryBuffer:
         self.wake = threading.Condition(self.lock)  # the batching loop waits here for points or a deadline
         self._room = threading.Condition(self.lock)  # submitters wait here for room
         self._lines: list[str] = []
-        self._origins: list[Origin | None] = []
+        self._origins: list[str | None] = []
         self.first_at = 0.0  # when the oldest queued point arrived (monotonic)
         self._seq = 0  # points ever queued
         self._taken = 0  # points ever handed out by `begin` (less those put back)
@@ -77,7 +77,7 @@ class MemoryBuffer:
 
     # --- intake side ---------------------------------------------------------------------------------
 
-    def add(self, lines: list[str], origins: list[Origin | None] | None, on_durable: DurableCallback | None,
+    def add(self, lines: list[str], origins: list[str] | None, on_durable: DurableCallback | None,
             timeout: float | None) -> None:
         """Queue points (maybe none, to order a callback); wait for room up to `timeout`, then SinkFull."""
         count = len(lines)

@@ -14,7 +14,7 @@ import time
 import structlog
 
 from ioc import failpoints
-from ioc.sinks.base import RefusedCallback
+from ioc.sinks.base import Origin, RefusedCallback
 from ioc.sinks.buffer import Batch
 from ioc.sinks.ledger import Held, Ledger
 from ioc.sinks.writer import WriteError, Writer
@@ -74,7 +74,7 @@ class SplittingWriter:
     def _refuse(self, batch: Batch, index: int, reason: str, held: Held) -> None:
         """A single point the database refuses for good: dead-letter it to its origin."""
         self._ledger.settle(held, "dead_lettered", 1)
-        point, origin = batch.lines[index], batch.origins[index]
+        point, origin = batch.lines[index], Origin.of(batch.origins[index])
         log.warning("sink.point_refused", sink=self.name, reason=reason, point=point[:500],
                     source=origin.source if origin else None, event_id=origin.event_id if origin else None)
         if self._on_refused is not None:

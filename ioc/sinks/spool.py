@@ -1,9 +1,9 @@
 """The disk spool: a `Buffer` of point batches in the SQLite store, for while the database is away.
 
 A batch is one row: its points as a JSON list (not joined by newlines: a string field may hold a raw
-newline, so only the writer may join them) and, since the sinks were reshaped, the origin of each point
-as a JSON list of `[source, event_id]` or null (`origins` is NULL when none is known, as in rows an
-older daemon wrote: those replay unchanged, their refused points are filed under no source). Rows are
+newline, so only the writer may join them) and, since the sinks were reshaped, the origin key of each
+point (`ioc.sinks.base.origin_key`) as a JSON list of strings or nulls (`origins` is NULL when none is
+known, as in rows an older daemon wrote: those replay unchanged, their refused points have no origin). Rows are
 read oldest first (by rowid, AUTOINCREMENT so an id is never reused), which keeps the order of points
 end to end. Bounded in points; the caller checks `has_room`. Several sinks may share the store file:
 rows carry the sink's name. The table keeps its first name, `influx_spool`, so old spools are found.
@@ -20,7 +20,6 @@ import orjson
 
 from ioc import failpoints
 from ioc.errors import SinkFull
-from ioc.sinks.base import Origin
 from ioc.sinks.buffer import Batch
 from ioc.store import connect, transaction
 
@@ -37,16 +36,12 @@ CREATE INDEX IF NOT EXISTS influx_spool_sink ON influx_spool (sink, id);
 _SIZE = "LENGTH(points) + COALESCE(LENGTH(origins), 0)"
 
 
-def _encode_origins(origins: list[Origin | None]) -> bytes | None:
-    if not any(origins):
-        return None
-    return orjson.dumps([(origin.source, origin.event_id) if origin else None for origin in origins])
+def _encode_origins(origins: list[str | None]) -> bytes | None:
+    return orjson.dumps(origins) if any(origins) else None
 
 
-def _decode_origins(blob: bytes | None, count: int) -> list[Origin | None]:
-    if blob is None:
-        return [None] * count
-    return [Origin(*pair) if pair else None for pair in orjson.loads(blob)]
+def _decode_origins(blob: bytes | None, count: int) -> list[str | None]:
+    return [None] * count if blob is None else list(orjson.loads(blob))
 
 
 class Spool:
@@ -95,7 +90,7 @@ class Spool:
             (self.sink,),
         )
         lines: list[str] = []
-        origins: list[Origin | None] = []
+        origins: list[str | None] = []
         first_id = last_id = size = 0
         try:
             for row_id, count, blob, origin_blob, row_size in rows:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from ioc.sinks.base import Origin, Points
+from ioc.ingest.dedup import dedup_key
+from ioc.sinks.base import Origin, Points, origin_key
 from ioc.sinks.outage import Outage, State
 from ioc.sinks.output import BatchingOutput, Policy
 from ioc.sinks.spool import Spool
@@ -144,14 +145,14 @@ def test_origins_reach_the_refusal_from_memory_and_from_the_spool(
     sink = make()
     writer.refuse = "bad"
     batch = Points(["m value=1.0 1", "m,x=bad value=2.0 2", "m value=3.0 3"],
-                   [Origin("src-a", "e1"), Origin("src-a", "e2"), Origin("src-b", "e3")])
+                   [origin_key("src-a", "e1"), origin_key("src-a", "e2"), origin_key("src-b", "e3")])
     sink.submit(batch)
     sink.submit(["kpi,x=bad value=4.0 4"])  # the daemon's own point: no origin
     wait_until(lambda: len(refused) == 2, "not refused")
     assert refused == [("m,x=bad value=2.0 2", Origin("src-a", "e2")), ("kpi,x=bad value=4.0 4", None)]
 
     writer.down = True
-    sink.submit(Points(["m value=5.0 5", "m,x=bad value=6.0 6"], [Origin("src-c", "e5"), Origin("src-c", "e6")]))
+    sink.submit(Points(["m value=5.0 5", "m,x=bad value=6.0 6"], [origin_key("src-c", "e5"), origin_key("src-c", "e6")]))
     wait_until(lambda: metric(sink, "ioc_sink_spool_points") == 2, "not spooled")
     writer.down = False
     wait_until(lambda: len(refused) == 3, "not refused on replay")
@@ -166,7 +167,15 @@ def test_points_and_origins_must_align() -> None:
 
     assert origins_of(["a"]) is None and origins_of(Points(["a"])) is None
     with pytest.raises(ValueError):
-        origins_of(Points(["a", "b"], [Origin("s", "1")]))
+        origins_of(Points(["a", "b"], [origin_key("s", "1")]))
+
+
+def test_the_origin_key_is_the_intakes_event_key() -> None:
+    """The pipeline hands its dedup keys over as the points' origins: the two formats must stay one."""
+    for source, event_id in (("qtmt-aqi", "e-1"), ("viettel-ran", "id with \x00 and , = spaces"), ("s", "")):
+        assert origin_key(source, event_id) == dedup_key(source, event_id)
+        assert Origin.of(dedup_key(source, event_id)) == Origin(source, event_id)
+    assert Origin.of(None) is None
 
 
 def test_the_state_machine_alone() -> None:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from ioc.errors import SinkFull
-from ioc.sinks.base import Origin
+from ioc.sinks.base import origin_key
 from ioc.sinks.buffer import Batch
 from ioc.sinks.spool import NoSpool, Spool
 
@@ -20,7 +20,7 @@ def points(prefix: str, count: int) -> list[str]:
 
 
 def batch(prefix: str, count: int, *, origins: bool = False) -> Batch:
-    return Batch(points(prefix, count), [Origin(prefix, f"e{index}") if origins else None for index in range(count)])
+    return Batch(points(prefix, count), [origin_key(prefix, f"e{index}") if origins else None for index in range(count)])
 
 
 def test_batches_come_back_oldest_first_and_counts_follow(tmp_path: Path) -> None:
@@ -66,13 +66,13 @@ def test_origins_are_kept_point_by_point(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "store.db", sink="influx", max_points=100)
     spool.append(batch("a", 2, origins=True))
     spool.append(batch("b", 1))  # no origins: stored as NULL
-    spool.append(Batch(points("c", 2), [None, Origin("c", "e1")]))
+    spool.append(Batch(points("c", 2), [None, origin_key("c", "e1")]))
     read = spool.begin(100)
     assert read is not None
-    assert read.origins == [Origin("a", "e0"), Origin("a", "e1"), None, None, Origin("c", "e1")]
+    assert read.origins == [origin_key("a", "e0"), origin_key("a", "e1"), None, None, origin_key("c", "e1")]
     spool.end(read, 3)  # the rest keeps its origins
     again = spool.begin(100)
-    assert again is not None and again.origins == [None, Origin("c", "e1")]
+    assert again is not None and again.origins == [None, origin_key("c", "e1")]
 
 
 def test_bound_is_in_points(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_survives_a_restart_and_sinks_do_not_share_rows(tmp_path: Path) -> None:
     reopened = Spool(path, sink="influx", max_points=100)
     assert reopened.points == 3 and reopened.bytes == size
     read = reopened.begin(100)
-    assert read is not None and read.lines == points("a", 3) and read.origins[2] == Origin("a", "e2")
+    assert read is not None and read.lines == points("a", 3) and read.origins[2] == origin_key("a", "e2")
     reopened.end(read, 3)
     reopened.close()
     assert Spool(path, sink="influx-b", max_points=100).points == 1
@@ -147,4 +147,4 @@ def test_a_spool_written_by_the_old_daemon_is_read(tmp_path: Path) -> None:
     read = spool.begin(100)
     assert read is not None
     assert read.lines == points("old", 2) + points("new", 1)
-    assert read.origins == [None, None, Origin("new", "e0")]
+    assert read.origins == [None, None, origin_key("new", "e0")]
