@@ -103,3 +103,11 @@ def test_without_an_english_summary_the_json_repeats_the_vietnamese(tmp_path: Pa
         assert alert is not None and alert.as_json()["summaries"] == {"vi": "VN_AQI 180", "en": "VN_AQI 180"}
     finally:
         manager.close()
+
+
+def test_every_shipped_rule_speaks_both_languages_with_the_same_names() -> None:
+    packs = load_rules([Path(__file__).resolve().parents[2] / "rules" / "packs"])
+    assert len(packs.rules) >= 10
+    for rule in packs.rules:
+        assert rule.summary_vi and rule.summary_en, rule.id
+        assert sorted(rule.template().names) == sorted(rule.template_en().names), rule.id  # type: ignore[union-attr]
