@@ -43,8 +43,11 @@ class Database(Protocol):
     """One connection to the shared store. Not thread-safe by itself: a store keeps one Database under its
     own lock, and opens another (`reopen`) for another component. Every error is a StoreError."""
 
-    dialect: Dialect
     closed: bool
+
+    @property
+    def dialect(self) -> Dialect:
+        """`sqlite` or `postgresql`: what the migrations spell their DDL for."""
 
     @property
     def url(self) -> str:

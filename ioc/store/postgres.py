@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
@@ -39,7 +39,7 @@ def _pg(sql: str) -> str:
 class PostgresDatabase:
     """`Database` over one psycopg connection (see the module doc)."""
 
-    dialect = "postgresql"
+    dialect: Literal["postgresql"] = "postgresql"
 
     def __init__(self, url: str, *, password: str = "", node: str = "") -> None:
         self._url = url

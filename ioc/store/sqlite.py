@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ioc.store.errors import StoreError
 
@@ -51,7 +51,7 @@ class SqliteDatabase:
     """`Database` over one sqlite3 connection (`connect`'s settings: WAL, synchronous=NORMAL). Errors are
     raised as StoreError. Not locked: each store holds its own lock around its own connection."""
 
-    dialect = "sqlite"
+    dialect: Literal["sqlite"] = "sqlite"
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)

@@ -19,7 +19,7 @@ from ioc.areas import AreaRegistry
 from ioc.envelope import DossierEvent
 from ioc.kpis import Kpi
 from ioc.store import StoreError, migrate, migration_status, open_database, open_shared, upsert
-from ioc.store.migrations import LATEST
+from ioc.store.migrations import LATEST, MIGRATIONS
 from tests.servers import free_port
 
 
@@ -88,10 +88,12 @@ def test_ioc_store_migrate_and_status(store_url: str, tmp_path: Path) -> None:
 
     pending = ioc("status")
     assert pending.returncode == 0, pending.stderr
-    assert pending.stdout.splitlines()[1:] == ["0001 initial      pending", "0002 nodes        pending"]
+    assert pending.stdout.splitlines()[1:] == [f"{m.version:04d} {m.name:<12} pending" for m in MIGRATIONS]
+    assert pending.stdout.splitlines()[1:3] == ["0001 initial      pending", "0002 nodes        pending"]
     applied = ioc("migrate")
     assert applied.returncode == 0, applied.stderr
-    assert applied.stdout.splitlines()[-1].endswith("applied 0002 nodes")
+    assert applied.stdout.splitlines()[1].endswith("applied 0002 nodes")
+    assert applied.stdout.splitlines()[-1].endswith(f"applied {LATEST:04d} {MIGRATIONS[-1].name}")
     assert ioc("migrate").stdout.strip().endswith(f"up to date (schema version {LATEST})")
     status = ioc("status").stdout.splitlines()
     assert all(" applied 20" in line for line in status[1:]) and len(status) == 1 + LATEST
