@@ -90,8 +90,8 @@ class Alert:
             "state": self.state,
             "labels": dict(self.labels),
             "summary": self.summary,
-            # Per language (docs/http-api.md): `en` is the Vietnamese text when the rule has no English.
-            "summaries": {"vi": self.summary, "en": self.summary_en or self.summary},
+            # Per language (docs/http-api.md): `en` is null when the rule has no English summary.
+            "summaries": {"vi": self.summary, "en": self.summary_en},
             "value": self.value,
             "started_at": rfc3339(self.started_at),
             "fired_at": rfc3339(self.fired_at),

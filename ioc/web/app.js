@@ -265,18 +265,31 @@ function areaName(code) {
   return state.areas.get(code)?.name ?? code;
 }
 
-/** The alert's summary in the wall's language (`summaries` when the rule has one per language). */
+const formatters = new Map();
+
+function otherFormatter(lang) {
+  if (!formatters.has(lang)) formatters.set(lang, makeFormatter(lang));
+  return formatters.get(lang);
+}
+
+/** The alert's summary in the wall's language when the rule has one (`summaries`), else its Vietnamese
+ *  one: {text, lang}. */
 function summaryOf(alert) {
-  return alert.summaries?.[state.lang] || alert.summary || alert.rule;
+  const own = alert.summaries?.[state.lang];
+  return own ? { text: own, lang: state.lang } : { text: alert.summary || alert.rule, lang: "vi" };
 }
 
 function renderAlert(alert, now) {
   const shown = displayState(alert);
+  const summary = summaryOf(alert);
+  // A summary shown in the other language (the rule has none in this one) has that language's decimal
+  // mark: the card's value follows it, so one card never mixes 12,5 and 12.5.
+  const numbers = summary.lang === state.lang ? state.fmt : otherFormatter(summary.lang);
   const fmt = state.fmt;
   const started = toDate(alert.started_at);
   const meta = [t("startedAt", { at: fmt.when(started, now), age: fmt.age(started, now) })];
   if (alert.state === "resolved") meta.push(t("resolvedAt", { at: fmt.when(toDate(alert.resolved_at), now) }));
-  if (alert.value !== null && alert.value !== undefined) meta.push(t("value", { value: fmt.number(alert.value, 2) }));
+  if (alert.value !== null && alert.value !== undefined) meta.push(t("value", { value: numbers.number(alert.value, 2) }));
   const extra = [];
   if (alert.acknowledged) {
     extra.push(el("span", { class: "tag tag-ack" }, icon("acknowledged"),
@@ -296,7 +309,7 @@ function renderAlert(alert, now) {
       el("span", { class: "severity", "data-severity": alert.severity, text: t(`severity.${alert.severity}`) }),
       area ? el("span", { class: "alert-area", text: areaName(area) }) : null,
       el("span", { class: "alert-rule", text: alert.rule })),
-    el("p", { class: "summary", text: summaryOf(alert) }),
+    el("p", { class: "summary", lang: summary.lang, text: summary.text }),
     el("p", { class: "meta", text: meta.join(" · ") }),
     extra.length ? el("p", { class: "meta tags" }, extra) : null),
   alertActions(alert));
@@ -964,7 +977,7 @@ function silenceMatchers(alert) {
 
 function openSilence(alert) {
   state.silenceTarget = alert;
-  $("[data-silence-summary]").textContent = alert.summary || alert.rule;
+  $("[data-silence-summary]").textContent = summaryOf(alert).text;
   $("[data-silence-matchers]").replaceChildren(...silenceMatchers(alert).map((m) => el("li", {},
     el("code", { text: `${m.name} ${m.op} "${m.value}"` }),
     m.name === "area" && state.areas.has(m.value) ? ` (${areaName(m.value)})` : "")));

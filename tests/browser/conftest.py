@@ -35,7 +35,9 @@ rules:
     op: ">="
     threshold: 151
     clear: 120
-    summary: "Chất lượng không khí xấu tại {{ area_name }}: VN_AQI {{ value }}"
+    summary:
+      vi: "Chất lượng không khí xấu tại {{ area_name }}: VN_AQI {{ value }}"
+      en: "Poor air quality in {{ area_name }}: VN_AQI {{ value }}"
   - id: aqi-moderate
     kind: threshold
     severity: warning

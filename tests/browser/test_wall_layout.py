@@ -7,6 +7,7 @@ Screenshots are saved under the test's `tmp_path` (the paths are printed)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,6 +182,16 @@ def test_every_commune_on_one_screen_nothing_clipped_lists_page_and_colours_foll
     assert text(driver, "[data-province-name]") == expected_name
     counts = text(driver, "[data-alert-counts]")
     assert ("0 lệnh tắt tiếng" if lang == "vi" else "0 silences") in counts, counts
+    # The rule's summary in the wall's language, numbers with its decimal mark, never both marks on a card.
+    summaries = driver.execute_script(
+        "return [...document.querySelectorAll(\"[data-rule='aqi-bad'] .summary\")].map((e) => e.textContent)")
+    prefix, mark = ("Chất lượng không khí xấu tại ", ",") if lang == "vi" else ("Poor air quality in ", ".")
+    assert summaries and all(s.startswith(prefix) for s in summaries), summaries
+    assert any(re.search(rf"\d{re.escape(mark)}25$", s) for s in summaries), summaries
+    cards = driver.execute_script("return [...document.querySelectorAll('[data-fingerprint]')].map((e) => e.textContent)")
+    for card in cards:
+        plain = card.replace("PM2.5", "")  # a name, not a number
+        assert not (re.search(r"\d,\d", plain) and re.search(r"\d\.\d", plain)), card
 
     for index, (width, height) in enumerate(SIZES):
         resize(driver, width, height)

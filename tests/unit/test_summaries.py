@@ -94,13 +94,13 @@ def test_the_alert_keeps_both_stored_and_in_its_json_and_resolves_with_them(tmp_
         reopened.close()
 
 
-def test_without_an_english_summary_the_json_repeats_the_vietnamese(tmp_path: Path) -> None:
+def test_without_an_english_summary_the_json_says_so(tmp_path: Path) -> None:
     r = Recorder(RULE.format(summary='"VN_AQI {{ value }}"'), areas=AREAS)
     r.feed(tel(0, 180, metric="env.aqi", area="22945"))
     manager = AlertManager(AlertStore(tmp_path / "a.db"), clock=lambda: r.updates[0].at)
     try:
         alert = manager.apply(r.updates[0])
-        assert alert is not None and alert.as_json()["summaries"] == {"vi": "VN_AQI 180", "en": "VN_AQI 180"}
+        assert alert is not None and alert.as_json()["summaries"] == {"vi": "VN_AQI 180", "en": None}
     finally:
         manager.close()
 
