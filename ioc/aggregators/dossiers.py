@@ -247,7 +247,7 @@ class DossierTracker:
     def close(self) -> None:
         """Write what is buffered and close the store (what the store does not take is lost, and said)."""
         with self._lock:
-            self._outage = Outage(self.name, retry=0.0)  # one last attempt, whatever the last one did
+            self._outage.retry_now()  # one last attempt, whatever the last one did
             self._flush_rows()
             if self._pending:
                 log.error("aggregator.rows_lost", aggregator=self.name, rows=len(self._pending))

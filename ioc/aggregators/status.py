@@ -103,7 +103,7 @@ class StatusTracker:
 
     def close(self) -> None:
         with self._lock:
-            self._outage = Outage(self.name, retry=0.0)  # one last attempt
+            self._outage.retry_now()  # one last attempt, whatever the last one did
             self._flush()
             if self._pending:
                 log.error("aggregator.rows_lost", aggregator=self.name, rows=len(self._pending))

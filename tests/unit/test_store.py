@@ -25,6 +25,7 @@ from ioc.store import (
 from ioc.store.database import sqlite_path
 from ioc.store.migrations import LATEST, MIGRATIONS
 from ioc.store.outage import Outage
+from ioc.store.outage import metrics as outage_metrics
 from ioc.store.postgres import _pg
 
 
@@ -139,6 +140,12 @@ def test_an_outage_holds_writes_for_a_while_and_tells_once(capsys: pytest.Captur
     assert not outage.down and outage.ready()
     logged = capsys.readouterr().out
     assert logged.count("store.write_failed") == 1 and logged.count("store.write_recovered") == 1
+    samples = {(family.name, sample.labels.get("component")): sample.value
+               for family in outage_metrics() for sample in family.samples}
+    assert samples[("ioc_store_outage", "dossiers")] == 0 and samples[("ioc_store_write_failures", "dossiers")] == 2
+    outage.failed(StoreError("again"), buffered=1)
+    assert {sample.value for family in outage_metrics() if family.name == "ioc_store_outage"
+            for sample in family.samples if sample.labels["component"] == "dossiers"} == {1.0}
 
 
 # --- config -----------------------------------------------------------------------------------------------
