@@ -60,6 +60,7 @@ from ioc.sinks.base import Origin, Sink
 from ioc.sinks.influx import InfluxSink
 from ioc.sinks.local import LocalSink
 from ioc.store import StoreError, connect, load_state, open_shared, save_state
+from ioc.store.outage import metrics as store_metrics
 from ioc.web.watch import SourceWatch
 
 log = structlog.get_logger("ioc.daemon")
@@ -116,6 +117,7 @@ class Daemon:
                        self.evaluator.metrics(), *(aggregator.metrics() for aggregator in self.aggregators)):
             self.metrics.add(source)
         self.metrics.add(self._own_metrics)
+        self.metrics.add(store_metrics)
         self.metrics.add(self.cap.metrics)
         for pusher in self.pushers:
             self.metrics.add(pusher.metrics)
