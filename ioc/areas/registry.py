@@ -125,8 +125,12 @@ class AreaRegistry:
                     index.setdefault(new, []).append(old)
             self._former_of = index
         before = date.fromordinal(REFORM_DAY.toordinal() - 1)
+        # A new province: the former provinces it holds (their districts went into it too: not listed);
+        # a new commune: the former communes (or the island district without communes) it was made of.
+        new = self.get(code, REFORM_DAY)
+        wanted = {"province"} if new is not None and new.level == "province" else {"commune", "district"}
         found = (self.get(old, before) for old in sorted(self._former_of.get(code, ())))
-        return [area for area in found if area is not None and area.level == "commune"]
+        return [area for area in found if area is not None and area.level in wanted]
 
     # --- lookups (the rule engine's hot path) --------------------------------------------------------
 

@@ -59,9 +59,12 @@ def test_a_former_commune_code_no_longer_in_use_converts_to_its_new_commune(coun
     assert local_date(REFORM_NS / 1e9) == REFORM_DAY and local_date(REFORM_NS / 1e9 - 1) < REFORM_DAY
 
 
-def test_the_former_units_of_a_new_commune(country: AreaRegistry) -> None:
+def test_the_former_units_of_a_new_commune_and_province(country: AreaRegistry) -> None:
     assert [(a.code, a.name) for a in country.former_units("22918")] == [
         ("22915", "Phường Mũi Né"), ("22918", "Phường Hàm Tiến"), ("22957", "Xã Thiện Nghiệp")]
+    assert [(a.code, a.name) for a in country.former_units("68")] == [
+        ("60", "Tỉnh Bình Thuận"), ("67", "Tỉnh Đắk Nông"), ("68", "Tỉnh Lâm Đồng")]
+    assert [(a.code, a.level) for a in country.former_units("11948")] == [("318", "district")]  # Bạch Long Vĩ
 
 
 def test_former_district_and_province_codes_convert_to_the_new_province(country: AreaRegistry) -> None:
