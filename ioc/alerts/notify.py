@@ -75,8 +75,8 @@ class SelfCounting(Protocol):
 
 
 class Publisher(Protocol):
-    """`ioc.connectors.mqtt.MqttConnector.publish`: False when the message was dropped. A publisher may also
-    have `pending() -> int`, its QoS 1 publishes not yet acknowledged by the broker (the connector has)."""
+    """`ioc.connectors.mqtt.MqttPublisher.publish`: False when the message was dropped. A publisher may also
+    have `pending() -> int`, its QoS 1 publishes not yet acknowledged by the broker (MqttPublisher has)."""
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool: ...
 
