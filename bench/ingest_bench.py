@@ -205,6 +205,8 @@ def drain_daemon(settings: Settings, count: int) -> float:
     tune_gc()  # as `ioc run` does
     for sink in daemon.sinks:
         sink.start()
+    # The aggregators and rules run as in `ioc run`: an acknowledgement waits for the evaluation too.
+    daemon.evaluator.start()
     cpu = start_cpu()
     started = time.perf_counter()
     assert daemon.mqtt is not None
