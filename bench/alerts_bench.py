@@ -19,7 +19,7 @@ from ioc.alerts.config import AlertsSettings
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore
-from ioc.alerts.updates import AlertUpdate
+from ioc.rules.updates import AlertUpdate
 
 
 class Areas:

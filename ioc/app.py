@@ -32,7 +32,7 @@ from ioc.alerts.alertmanager_push import alertmanager_pushers
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.notify import build_notifiers
 from ioc.alerts.store import AlertStore
-from ioc.alerts.updates import AlertUpdate
+from ioc.rules.updates import AlertUpdate
 from ioc.api.app import create_app
 from ioc.api.server import HttpServer
 from ioc.api.stream import Broadcaster

@@ -42,7 +42,7 @@ from ioc.rules.spec import RuleBase, RuleSet
 from ioc.rules.timing import Change, Group
 from prometheus_client.core import Metric
 
-from ioc.alerts.updates import AlertListener, AlertUpdate, fingerprint
+from ioc.rules.updates import AlertListener, AlertUpdate, fingerprint
 from ioc.envelope import AnyEvent
 from ioc.errors import IocError
 from ioc.metrics import MetricSource, counter, gauge

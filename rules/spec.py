@@ -17,7 +17,7 @@ import orjson
 from ioc.rules.template import Template
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ioc.alerts.updates import Severity
+from ioc.rules.updates import Severity
 from ioc.config import Duration
 from ioc.envelope import AreaLevel
 from ioc.regex import compile_regex

@@ -30,7 +30,7 @@ from ioc.rules.template import format_number
 from ioc.rules.yamlsrc import LineDict, line_of, read_yaml_file
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ioc.alerts.updates import AlertUpdate
+from ioc.rules.updates import AlertUpdate
 from ioc.areas import AreaRegistry, default_targets_path
 from ioc.config import Duration, parse_duration
 from ioc.envelope import AnyEvent

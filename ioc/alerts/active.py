@@ -13,7 +13,7 @@ from typing import Literal, TypeAlias
 from ioc.alerts.alert import Alert
 from ioc.alerts.errors import AlertConflict, AlertNotFound
 from ioc.alerts.store import AlertStore
-from ioc.alerts.updates import SEVERITY_RANK
+from ioc.rules.updates import SEVERITY_RANK
 
 ListState: TypeAlias = Literal["pending", "firing", "acknowledged", "resolved"]
 LIST_STATES: tuple[ListState, ...] = ("pending", "firing", "acknowledged", "resolved")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, TypeAlias
 
-from ioc.alerts.updates import AlertState, Severity
+from ioc.rules.updates import AlertState, Severity
 
 Change: TypeAlias = Literal["pending", "firing", "resolved", "acknowledged", "unacknowledged", "muted",
                             "unmuted"]

@@ -40,7 +40,7 @@ from ioc.alerts.muting import Muting
 from ioc.alerts.notify import AnyNotifier, NotifierChain
 from ioc.alerts.silence import Silence, SilenceRequest, Silences, SilenceStatus, SilenceStore
 from ioc.alerts.store import AlertStore
-from ioc.alerts.updates import SEVERITY_RANK, AlertUpdate
+from ioc.rules.updates import SEVERITY_RANK, AlertUpdate
 from ioc.metrics import counter, gauge
 from ioc.store import StoreError
 

@@ -22,7 +22,7 @@ from ioc.alerts.active import LIST_STATES, ListState
 from ioc.alerts.errors import AlertConflict, AlertNotFound, InvalidSilence, SilenceNotFound
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.silence import STATUSES, SilenceRequest, SilenceStatus
-from ioc.alerts.updates import Severity
+from ioc.rules.updates import Severity
 from ioc.api.events import ErrorBody
 from ioc.auth import Principal, require
 from ioc.kpis import KpiBoard

@@ -20,7 +20,7 @@ import yaml
 from ioc.alerts.config import AlertsSettings
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.store import AlertStore
-from ioc.alerts.updates import AlertUpdate
+from ioc.rules.updates import AlertUpdate
 from ioc.api import create_app, serve
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline

@@ -19,7 +19,7 @@ from ioc.alerts.alert import Alert, Change
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.notify import StreamNotifier
 from ioc.alerts.store import AlertStore
-from ioc.alerts.updates import AlertUpdate
+from ioc.rules.updates import AlertUpdate
 from ioc.api import create_app, serve
 from ioc.api.stream import Broadcaster
 from ioc.config import Settings, token_sha256

@@ -22,7 +22,7 @@ from ioc.alerts.manager import AlertManager
 from ioc.alerts.notify import MqttNotifier, Queued, webhook
 from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore
-from ioc.alerts.updates import AlertUpdate, fingerprint
+from ioc.rules.updates import AlertUpdate, fingerprint
 from ioc.config import MqttSettings
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline

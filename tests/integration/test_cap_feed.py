@@ -26,7 +26,7 @@ from ioc.rules.loader import parse_rules
 from ioc import failpoints
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.store import AlertStore
-from ioc.alerts.updates import AlertUpdate
+from ioc.rules.updates import AlertUpdate
 from ioc.api import create_app, serve
 from ioc.areas import AreaRegistry
 from ioc.cap.api import cap_router

@@ -20,7 +20,7 @@ from ioc.aggregators import DossierTracker, StatusTracker, WorkCalendar
 from ioc.alerts.alert import Alert, Change
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.store import AlertStore
-from ioc.alerts.updates import AlertUpdate
+from ioc.rules.updates import AlertUpdate
 from ioc.areas import AreaRegistry
 from ioc.envelope import DossierEvent, StatusEvent
 from ioc.kpis import Kpi

@@ -22,7 +22,7 @@ from ioc.alerts.manager import AlertManager
 from ioc.alerts.outbox import Notification
 from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore, OutboxRow
-from ioc.alerts.updates import AlertUpdate, fingerprint
+from ioc.rules.updates import AlertUpdate, fingerprint
 from ioc.config import load_settings
 from ioc.envelope import AnyEvent
 from tests.unit import rules_support as rs

@@ -8,7 +8,7 @@ from ioc.alerts.config import InhibitRuleSettings
 from ioc.alerts.inhibit import Inhibitor, InhibitRule
 from ioc.alerts.muting import InhibitStage, Muter, Muting, SilenceStage
 from ioc.alerts.silence import SilenceRequest, Silences
-from ioc.alerts.updates import fingerprint
+from ioc.rules.updates import fingerprint
 
 T0 = 1_772_409_600.0
 

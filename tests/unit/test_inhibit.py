@@ -14,7 +14,7 @@ from ioc.alerts.config import AlertsSettings, InhibitRuleSettings
 from ioc.alerts.inhibit import Inhibitor, InhibitRule
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.store import AlertStore
-from ioc.alerts.updates import AlertUpdate, fingerprint
+from ioc.rules.updates import AlertUpdate, fingerprint
 from ioc.errors import ConfigError
 
 T0 = 1_772_409_600.0

@@ -3,6 +3,7 @@
 The rule engine (`ioc.rules.engine`) knows, per rule and group of labels, whether the condition is pending,
 firing or resolved; it reports every change as an `AlertUpdate`. The alert manager (`ioc.alerts`) turns
 updates into alerts with ids, episodes, acknowledgements and silences, persists them and notifies.
+It lives with the rule engine, which reports them: the alerts depend on the rules, never the reverse.
 """
 
 from __future__ import annotations
