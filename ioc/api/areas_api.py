@@ -2,8 +2,9 @@
 
 A vendor (the simulators are one: simulators/README.md) must send the codes the daemon knows. This route
 is the public way to learn them: the province and every unit within it on a date, with names, levels,
-parents, validity, coordinates and, for a unit of the 2025 reform, the former communes that formed it and
-the former provinces they were in (CONTRACT §10), so a vendor still holding former codes can map them.
+parents, validity, coordinates and, for a unit of the 2025 reform, the former units that formed it (a
+commune's former communes, a province's former provinces) and the former provinces they were in (CONTRACT
+§10), so a vendor still holding former codes can map them.
 `ioc sim areas` writes it as a scenario's areas file.
 """
 
@@ -24,7 +25,8 @@ __all__ = ["areas_router", "province_units"]
 
 _EXAMPLE = [
     {"code": "68", "name": "Tỉnh Lâm Đồng", "level": "province", "parent": None, "valid_from": "2025-07-01",
-     "valid_to": None, "lat": 11.6739, "lon": 107.968, "formed_from": [], "former_provinces": []},
+     "valid_to": None, "lat": 11.6739, "lon": 107.968, "formed_from": ["60", "67", "68"],
+     "former_provinces": ["60", "67", "68"]},
     {"code": "22945", "name": "Phường Phan Thiết", "level": "commune", "parent": "68",
      "valid_from": "2025-07-01", "valid_to": None, "lat": 10.9279, "lon": 108.097,
      "formed_from": ["22930", "22945", "22951"], "former_provinces": ["60"]},
@@ -47,8 +49,9 @@ def province_units(areas: AreaRegistry, province: str, day: date) -> list[dict[s
         if not areas.is_within(area.code, province, day):
             continue
         formed_from: list[Area] = areas.former_units(area.code) if day >= REFORM_DAY else []
-        former_provinces = sorted({above.code for unit in formed_from
-                                   for above in areas.ancestors(unit.code, before) if above.level == "province"})
+        former_provinces = sorted({above.code for unit in formed_from  # the unit itself when a province
+                                   for above in [unit, *areas.ancestors(unit.code, before)]
+                                   if above.level == "province"})
         rows.append({"code": area.code, "name": area.name, "level": area.level, "parent": area.parent,
                      "valid_from": _day(area.valid_from), "valid_to": _day(area.valid_to),
                      "lat": area.lat, "lon": area.lon, "formed_from": [unit.code for unit in formed_from],
@@ -67,8 +70,9 @@ def areas_router(areas: AreaRegistry) -> APIRouter:
         description="The province `code` and every unit within it valid on `at` (YYYY-MM-DD, default today "
                     "in Asia/Ho_Chi_Minh), in registry order: `code`, `name`, `level`, `parent`, "
                     "`valid_from`/`valid_to` (the unit's period, `valid_to` exclusive, null: open), `lat`/"
-                    "`lon` (null where unknown) and, from 2025-07-01, `formed_from` (the former communes "
-                    "that went into it) and `former_provinces` (the provinces those were in).")
+                    "`lon` (null where unknown) and, from 2025-07-01, `formed_from` (the former units "
+                    "that went into it: communes, for a province its provinces) and `former_provinces` "
+                    "(the provinces those were, or were in).")
     def province_areas(code: Annotated[str, Path(pattern=r"^[0-9]{2}$")],
                        at: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}$")] = None) -> Response:
         try:

@@ -18,6 +18,7 @@ def client() -> TestClient:
 def test_lam_dong_from_2025_has_its_124_communes_with_what_formed_them() -> None:
     rows = client().get("/api/v1/provinces/68/areas", params={"at": "2026-03-02"}).json()
     assert rows[0]["code"] == "68" and rows[0]["level"] == "province" and rows[0]["name"] == "Tỉnh Lâm Đồng"
+    assert rows[0]["former_provinces"] == ["60", "67", "68"]  # Bình Thuận, Đắk Nông and the former Lâm Đồng
     communes = [row for row in rows if row["level"] == "commune"]
     assert len(communes) == 124 and all(row["parent"] == "68" for row in communes)
     mui_ne = next(row for row in rows if row["code"] == "22918")
