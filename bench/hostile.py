@@ -23,7 +23,7 @@ printed as one table with the issue's target beside each figure:
 3. regex: the worst silence-regex match. Through the API: a silence with the matcher `station =~
    (a+)+$`, events whose `station` tag is `--regex-chars` a's and a `!` (a near miss: 2^n steps for a
    backtracking engine) grouped into alerts by a rule, and `/healthz` timed while the silence is matched.
-   In process: `ioc.alerts.matchers.Matcher` against growing values (stopped once one match takes more
+   In process: `ioc.matchers.Matcher` against growing values (stopped once one match takes more
    than a second). Target: <= 10 ms a match.
 
 Figures are also written to `bench/results/hostile.json` (not committed). They swing with other load on
@@ -476,7 +476,7 @@ def measure_regex_api(chars: int) -> Row:
 
 
 def measure_regex_matcher(budget: float = 1.0) -> Row:
-    from ioc.alerts.matchers import Matcher
+    from ioc.matchers import Matcher
 
     matcher = Matcher.create("station", "(a+)+$", "=~")
     results: list[tuple[int, float]] = []

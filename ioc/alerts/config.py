@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, model_validator
 
 from ioc.alerts.alert import Change
-from ioc.alerts.matchers import MatcherInput
+from ioc.matchers import MatcherInput
 from ioc.config import Duration, _read_secret, _Section, parse_duration
 
 

@@ -25,7 +25,7 @@ import structlog
 
 from ioc.alerts.alert import Alert
 from ioc.alerts.config import InhibitRuleSettings
-from ioc.alerts.matchers import Matcher, matches_all
+from ioc.matchers import Matcher, matches_all
 from ioc.errors import ConfigError
 
 log = structlog.get_logger("ioc.alerts.inhibit")

@@ -33,7 +33,7 @@ from ioc.alerts import audit as audit_log
 from ioc.alerts.alert import Alert, rfc3339
 from ioc.alerts.audit import AuditEntry
 from ioc.alerts.errors import InvalidSilence, SilenceNotFound
-from ioc.alerts.matchers import Matcher, matches_all
+from ioc.matchers import Matcher, matches_all
 from ioc.alerts.silence_request import MAX_AHEAD, MAX_AHEAD_DAYS, SilenceRequest
 from ioc.store import StoreTarget, ensure_schema, open_database, upsert
 

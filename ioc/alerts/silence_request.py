@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from ioc.alerts.errors import InvalidSilence
-from ioc.alerts.matchers import MatcherSpec
+from ioc.matchers import MatcherSpec
 from ioc.config import parse_duration_unbounded
 
 # A silence starts and ends within [1970-01-01, now + MAX_AHEAD]: every time then fits a datetime, the

@@ -41,7 +41,7 @@ from ioc.alerts.alertmanager_push import am_alert, am_time
 from ioc.alerts.config import AlertsSettings
 from ioc.alerts.errors import InvalidSilence, SilenceNotFound
 from ioc.alerts.manager import AlertManager
-from ioc.alerts.matchers import Matcher, matches_all, parse_matcher
+from ioc.matchers import Matcher, matches_all, parse_matcher
 from ioc.alerts.silence import Silence, SilenceRequest
 from ioc.alerts.silence_request import SilenceTime, describe
 from ioc.api.alerts import MAX_SILENCE_BODY, Operator, inline_refs, read_body

@@ -1,4 +1,4 @@
-"""Matchers and silences (ioc.alerts.matchers, ioc.alerts.silence) on a fake clock."""
+"""Matchers and silences (ioc.matchers, ioc.alerts.silence) on a fake clock."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from ioc.alerts.alert import Alert, rfc3339
 from ioc.alerts.errors import InvalidSilence, SilenceNotFound
-from ioc.alerts.matchers import Matcher, parse_matcher
+from ioc.matchers import Matcher, parse_matcher
 from ioc.alerts.silence import SilenceRequest, Silences, SilenceStore
 from ioc.alerts.store import AlertStore
 
