@@ -1,8 +1,8 @@
 """Label matchers, as in Alertmanager: `name`, `value` and `op` (`=`, `!=`, `=~`, `!~`).
 
 Silences and inhibition rules are made of them (and the config declares them), so they sit beside
-`ioc.regex` at the bottom of the layers, not in the alerts package. Regular expressions are anchored (the whole value must
-match) and compiled once, when the matcher is made, so a bad one is refused with its reason at the door
+`ioc.regex` at the bottom of the layers, not in the alerts package. Regular expressions are anchored (the
+whole value must match) and compiled once, when the matcher is made, so a bad one is refused with its reason at the door
 (an API 400, a config error) and never at matching time. A label an alert does not have matches as the
 empty string, as in Alertmanager: `op = "!="` matches it, `name = ""` matches it.
 
