@@ -356,13 +356,13 @@ async function loadMap() {
   scheduleRender();
 }
 
-/** Each commune of the map -> {severity, count}: its worst active alert (an alert on the province or a
- *  unit above counts for every commune below it). */
+/** Each commune of the map -> {severity, count}: its worst active alert on it (or a unit below it). An
+ *  alert on the province itself is in the feed, not on every cell: it would hide where things are. */
 function communeStates() {
   const active = [...state.alerts.values()].filter((a) => a.state !== "resolved" && a.labels?.area);
   const states = new Map();
   for (const cell of state.map?.cells ?? []) {
-    const mine = active.filter((alert) => within(cell.code, alert.labels.area) || within(alert.labels.area, cell.code));
+    const mine = active.filter((alert) => within(alert.labels.area, cell.code));
     const worst = mine.reduce((best, alert) => ((SEVERITY_RANK[alert.severity] ?? 0) > (SEVERITY_RANK[best] ?? 0)
       ? alert.severity : best), "none");
     states.set(cell.code, { severity: worst, count: mine.length });
@@ -411,6 +411,11 @@ function placeLabels(states) {
   const [left, top, right, bottom] = map.bounds;
   const scale = Math.min(box.width / (right - left), box.height / (bottom - top)); // px per km ("meet")
   const rem = parseFloat(getComputedStyle(document.documentElement).fontSize);
+  // Placed again only when the size or a commune's severity changed (every alert event renders).
+  const key = `${box.width}x${box.height}@${rem}|${[...states.values()].map((s) => s.severity).join()}`;
+  if (layer.dataset.key === key && state.labelsFor === map) return;
+  layer.dataset.key = key;
+  state.labelsFor = map;
   const size = (LABEL_PX * rem) / scale;
   const pad = (0.15 * rem) / scale;
   layer.setAttribute("font-size", size.toFixed(4));
@@ -420,12 +425,12 @@ function placeLabels(states) {
     || b.area - a.area);
   const placed = [];
   const labels = [];
-  layer.replaceChildren();
-  for (const cell of order) {
-    const label = svg("text", { class: "map-label", x: cell.x, y: cell.y, "data-label-for": cell.code,
-      "data-severity": states.get(cell.code)?.severity ?? "none" }, cell.short);
-    layer.append(label);
-    const b = label.getBBox();
+  const candidates = order.map((cell) => svg("text", { class: "map-label", x: cell.x, y: cell.y,
+    "data-label-for": cell.code, "data-severity": states.get(cell.code)?.severity ?? "none" }, cell.short));
+  layer.replaceChildren(...candidates); // all in at once, then measured: one layout, not one per label
+  const boxes = candidates.map((label) => label.getBBox());
+  for (const [index, label] of candidates.entries()) {
+    const b = boxes[index];
     const rect = { x1: b.x - pad, y1: b.y - pad, x2: b.x + b.width + pad, y2: b.y + b.height + pad };
     const outside = rect.x1 < left || rect.x2 > right || rect.y1 < top || rect.y2 > bottom;
     if (outside || placed.some((o) => rect.x1 < o.x2 && o.x1 < rect.x2 && rect.y1 < o.y2 && o.y1 < rect.y2)) {

@@ -7,6 +7,7 @@ Screenshots are saved under the test's `tmp_path` (the paths are printed)."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from tests.browser.test_wall import (
     viewport,
     wait,
 )
-from tests.e2e.daemon import DaemonProcess, make_daemon
+from tests.e2e.daemon import OPERATOR_TOKEN, DaemonProcess, make_daemon
 from tests.servers import Server
 
 pytestmark = pytest.mark.slow
@@ -43,6 +44,8 @@ CRITICAL = ["22945", "22954", "22918", "22924", "22960", "22933", "23235", "2323
             "23272", "23191", "24778", "24781"]
 WARNING = ["22945", "22954", "22918", "24805", "24846", "23227", "24611", "24703"]
 SIZES = ((1920, 1080), (3840, 2160))
+# A folder (e.g. docs/img): also save each 1920×1080 wall there at 1280×720, for the README.
+DOCS_IMG = os.environ.get("IOC_WALL_SCREENSHOTS")
 
 # What the page shows, measured in the page itself: the document's scroll size; elements whose content
 # is larger than their box; text runs outside their panel or the window, or overlapping another run
@@ -138,6 +141,19 @@ def fill(wall: DaemonProcess, unique: str) -> None:
     assert answer.status_code == 202 and answer.json()["accepted"] == len(events), answer.text
 
 
+def ack_and_silence(wall: DaemonProcess) -> None:
+    """One alert acknowledged (its card says ACKNOWLEDGED and by whom) and one silenced ("1 silence")."""
+    operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    alerts = httpx.get(f"{wall.api}/api/v1/alerts", timeout=5).json()
+    critical = next(a for a in alerts if a["rule"] == "aqi-bad")
+    warning = next(a for a in alerts if a["rule"] == "aqi-moderate")
+    assert httpx.post(f"{wall.api}/api/v1/alerts/{critical['id']}/ack", headers=operator, timeout=5).is_success
+    silence = {"matchers": [{"name": "rule", "value": "aqi-moderate", "op": "="},
+                            {"name": "area", "value": warning["labels"]["area"], "op": "="}],
+               "duration": "2h", "comment": "bảo trì trạm quan trắc"}
+    assert httpx.post(f"{wall.api}/api/v1/silences", json=silence, headers=operator, timeout=5).is_success
+
+
 def resize(driver: Driver, width: int, height: int) -> None:
     viewport(driver, width, height)
     wait(driver, f"the window at {width}x{height}",
@@ -168,9 +184,16 @@ def test_every_commune_on_one_screen_nothing_clipped_lists_page_and_colours_foll
 ) -> None:
     driver, wall = browser, big_wall
     fill(wall, unique)
+    wait(driver, "the alerts in the API", lambda: len(httpx.get(f"{wall.api}/api/v1/alerts", timeout=5).json())
+         == len(CRITICAL) + len(WARNING))
+    ack_and_silence(wall)
     query = "?page=3" + ("&lang=en" if lang == "en" else "")
     viewport(driver, *SIZES[0])
     driver.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "Europe/London"})
+    driver.get(f"{wall.api}/{query}")
+    driver.execute_script(  # an operator's wall: every alert has its buttons
+        "sessionStorage.setItem('ioc.operator.token', arguments[0]);"
+        "sessionStorage.setItem('ioc.operator.name', 'truc-ban-1');", OPERATOR_TOKEN)
     driver.get(f"{wall.api}/{query}")
     wait(driver, "the stream to be live", lambda: attribute(driver, "body", "data-state") == "live")
     wait(driver, "the alerts", lambda: driver.execute_script(
@@ -181,7 +204,11 @@ def test_every_commune_on_one_screen_nothing_clipped_lists_page_and_colours_foll
     expected_name = "Tỉnh Lâm Đồng" if lang == "vi" else "Lam Dong Province"
     assert text(driver, "[data-province-name]") == expected_name
     counts = text(driver, "[data-alert-counts]")
-    assert ("0 lệnh tắt tiếng" if lang == "vi" else "0 silences") in counts, counts
+    wait(driver, "the counts", lambda: "1" in text(driver, "[data-alert-counts]").split("·")[-1])
+    counts = text(driver, "[data-alert-counts]")
+    assert counts.endswith("1 lệnh tắt tiếng" if lang == "vi" else "1 silence"), counts  # a proper plural
+    assert ("1 đã xác nhận" if lang == "vi" else "1 acknowledged") in counts, counts
+    assert driver.execute_script("return document.querySelectorAll('[data-action=silence]').length") >= 20
     # The rule's summary in the wall's language, numbers with its decimal mark, never both marks on a card.
     summaries = driver.execute_script(
         "return [...document.querySelectorAll(\"[data-rule='aqi-bad'] .summary\")].map((e) => e.textContent)")
@@ -213,6 +240,12 @@ def test_every_commune_on_one_screen_nothing_clipped_lists_page_and_colours_foll
         assert again["overflowing"] == [] and again["overlapping"] == [] and again["clipped"] == [], again
         # The ranked list: the critical communes first.
         assert attribute(driver, "[data-worst] [data-worst-area]", "data-severity") == "critical"
+        if DOCS_IMG and width == 1920:
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                "width": width, "height": height, "deviceScaleFactor": 2 / 3, "mobile": False})
+            time.sleep(0.5)  # a frame at the new scale (only the picture's resolution changes, not the layout)
+            assert driver.save_screenshot(str(Path(DOCS_IMG) / f"wall-{lang}-{width}x{height}.png"))
+            viewport(driver, width, height)
 
         # Colours follow the alerts: a commune fires -> critical's colour; resolves -> back to normal.
         area = ["24820", "25036"][index]
