@@ -31,7 +31,7 @@ from ioc.rules.yamlsrc import LineDict, line_of, read_yaml_file
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ioc.rules.updates import AlertUpdate
-from ioc.areas import AreaRegistry, default_targets_path
+from ioc.areas import AreaRegistry, default_targets_path, local_date
 from ioc.config import Duration, parse_duration
 from ioc.envelope import AnyEvent
 from ioc.errors import ConfigError
@@ -111,7 +111,19 @@ class Harness:
         decoded = decode_object(orjson.dumps(event))
         if isinstance(decoded, Rejection):
             raise InvalidEvent(decoded.message)
-        return decoded.event
+        return self._placed(decoded.event)
+
+    def _placed(self, event: AnyEvent) -> AnyEvent:
+        """The event as the daemon's intake hands it on (CONTRACT §10): a former area code no longer in use
+        on the event's date becomes the unit it went into (kept as the tag `area_former`); a divided
+        commune is refused as the intake refuses it."""
+        moved = self.areas.convert(event.area, local_date(event.time.timestamp())) if event.area else None
+        if moved is None:
+            return event
+        if moved.divided:
+            raise InvalidEvent(moved.reason())
+        return event.model_copy(update={"area": moved.into[0][0],
+                                        "tags": {**(event.tags or {}), "area_former": event.area}})
 
     def feed(self, event: dict[str, Any] | AnyEvent, at: float | str | None = None) -> None:
         """Advance to offset `at` (if given) and observe `event`, through the aggregators as in the daemon."""
