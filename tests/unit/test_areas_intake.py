@@ -6,6 +6,7 @@ divided commune is refused naming its candidates. Counted in `ioc_area_codes_con
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -135,3 +136,31 @@ def test_without_a_registry_nothing_is_converted() -> None:
                         max_bytes=1 << 20, max_future=300, clock=lambda: NOW)  # type: ignore[list-item]
     pipeline.ingest(telemetry("a", "22915"))
     assert sink.points[0].startswith("env.aqi,source=qtmt-aqi,area=22915 ")
+
+
+
+RULE = """
+rules:
+  - id: aqi-bad
+    kind: threshold
+    severity: critical
+    match: {metric: env.aqi}
+    group_by: [area, area_former]
+    op: ">="
+    threshold: 151
+    summary: "{{ area_name }}"
+"""
+
+
+def test_rule_unit_tests_see_the_events_as_the_intake_hands_them_on() -> None:
+    from ioc.rules.loader import parse_rules
+    from ioc.rules.testing import Harness, InvalidEvent
+
+    harness = Harness(parse_rules(RULE), start=datetime(2026, 3, 2, 8, 0, tzinfo=UTC))
+    harness.feed({"id": "a", "source": "qtmt-aqi", "type": "telemetry", "metric": "env.aqi", "value": 180,
+                  "area": "22915"}, at=0)
+    [update] = harness.updates
+    assert update.labels == {"area": "22918", "area_former": "22915"} and update.summary == "Phường Mũi Né"
+    with pytest.raises(InvalidEvent, match="00008 \\(Phường Ngọc Hà\\), 00025 \\(Phường Giảng Võ\\)"):
+        harness.feed({"id": "b", "source": "qtmt-aqi", "type": "telemetry", "metric": "env.aqi", "value": 180,
+                      "area": "00007"}, at=1)

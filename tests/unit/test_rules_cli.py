@@ -30,10 +30,10 @@ start: 2026-03-02T08:00:00+07:00
 tests:
   - name: bad air fires after 10 minutes
     input:
-      - {at: 0m, event: {id: a1, source: qtmt-aqi, type: telemetry, metric: env.aqi, value: 160, area: "22723"}}
+      - {at: 0m, event: {id: a1, source: qtmt-aqi, type: telemetry, metric: env.aqi, value: 160, area: "22945"}}
     expect:
-      - {at: 5m,  alerts: [{rule: aqi-bad, state: pending, labels: {area: "22723"}}]}
-      - {at: 10m, alerts: [{rule: aqi-bad, state: firing, labels: {area: "22723"}}]}
+      - {at: 5m,  alerts: [{rule: aqi-bad, state: pending, labels: {area: "22945"}}]}
+      - {at: 10m, alerts: [{rule: aqi-bad, state: firing, labels: {area: "22945"}}]}
 """
 
 
@@ -62,22 +62,22 @@ def test_a_failing_check_prints_the_test_the_offset_expected_and_got_and_exits_1
     assert out.splitlines() == [
         f"FAIL {path}:8: bad air fires after 10 minutes: at 5m",
         "  expected:",
-        '    - {rule: aqi-bad, state: firing, labels: {area: "22723"}}',
+        '    - {rule: aqi-bad, state: firing, labels: {area: "22945"}}',
         "  got:",
-        '    - {rule: aqi-bad, state: pending, labels: {area: "22723"}}',
+        '    - {rule: aqi-bad, state: pending, labels: {area: "22945"}}',
         "FAILED: 1 of 1 tests in 1 files",
     ]
 
 
 def test_an_unexpected_alert_fails_too(tmp_path: Path) -> None:
-    code, out, _ = invoke(write(tmp_path, TEST.replace("[{rule: aqi-bad, state: pending, labels: {area: \"22723\"}}]",
+    code, out, _ = invoke(write(tmp_path, TEST.replace("[{rule: aqi-bad, state: pending, labels: {area: \"22945\"}}]",
                                                        "[]")))
     assert code == 1
     assert "  expected: []" in out.splitlines()
 
 
 def test_labels_must_match_exactly(tmp_path: Path) -> None:
-    code, _, _ = invoke(write(tmp_path, TEST.replace('labels: {area: "22723"}}]}\n  ', 'labels: {}}]}\n  ')))
+    code, _, _ = invoke(write(tmp_path, TEST.replace('labels: {area: "22945"}}]}\n  ', 'labels: {}}]}\n  ')))
     assert code == 1
 
 
