@@ -1,7 +1,7 @@
 """What the alert manager costs: `apply()` per change (one SQLite transaction each), and the re-muting
 of every active alert when a silence is made or an inhibiting alert fires.
 
-    python bench/alerts_bench.py [--alerts 5000] [--silences 50]
+    python bench/alerts_bench.py [--alerts 5000] [--silences 50] [--store-url postgresql://USER@HOST:PORT/DB]
 
 Prints figures; asserts nothing (the tests own correctness). The store is a file in a temp folder, as in
 the daemon (WAL, synchronous=NORMAL).
@@ -39,12 +39,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--alerts", type=int, default=5000)
     parser.add_argument("--silences", type=int, default=50)
+    parser.add_argument("--store-url", default="",
+                        help="the shared store's URL (e.g. an empty PostgreSQL database) instead of a SQLite file")
     args = parser.parse_args()
     settings = AlertsSettings.model_validate({"inhibit": [{
         "source_matchers": ["rule = coverage-outage"], "target_matchers": ["rule = cell-down"],
         "within_area": True}]})
     with tempfile.TemporaryDirectory() as folder:
-        manager = AlertManager(AlertStore(Path(folder) / "ioc.db"), settings=settings, areas=Areas())
+        store = args.store_url or Path(folder) / "ioc.db"
+        manager = AlertManager(AlertStore(store), settings=settings, areas=Areas())
         n = args.alerts
         started = time.perf_counter()
         for index in range(n):
@@ -52,7 +55,8 @@ def main() -> None:
         for index in range(n):
             manager.apply(update("cell-down", f"2{index % 100:04d}", "firing", 1.0, entity=f"BTN{index}"))
         per_change = (time.perf_counter() - started) / (2 * n) * 1e6
-        print(f"apply: {per_change:.0f} us a change ({2 * n} changes, {n} active alerts, SQLite file)")
+        print(f"apply: {per_change:.0f} us a change ({2 * n} changes, {n} active alerts, "
+              f"{'PostgreSQL' if args.store_url else 'SQLite file'})")
 
         started = time.perf_counter()
         for index in range(args.silences):
