@@ -79,7 +79,8 @@ def info(config: ConfigOption = None) -> None:
         counts = {"province": 0, "district": 0, "commune": 0}
         for area in registry.areas(day):
             counts[area.level] += 1
-        shown = ", ".join(f"{number} {level}s" for level, number in counts.items() if number)
+        shown = ", ".join(f"{number} {level}{'' if number == 1 else 's'}" for level, number in counts.items()
+                          if number)
         typer.echo(f"{label + ':':<22} {shown}")
     divided = sum(1 for former in registry.former.values() if former.divided)
     typer.echo(f"former codes no longer in use from {REFORM_DAY}: {len(registry.former)} "

@@ -29,7 +29,7 @@ def test_info_of_a_narrowed_config(tmp_path: Path) -> None:
     config.write_text('[areas]\nprovinces = ["68"]\n', encoding="utf-8")
     code, out, _ = run("info", "--config", str(config))
     assert code == 0 and "served:    68" in out
-    assert "until 2025-06-30:      3 provinces" in out and "from 2025-07-01:       1 provinces, 124 communes" in out
+    assert "until 2025-06-30:      3 provinces" in out and "from 2025-07-01:       1 province, 124 communes" in out
 
 
 def test_show_a_new_commune_with_its_former_units() -> None:
