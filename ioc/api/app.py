@@ -36,6 +36,7 @@ from ioc.ingest.pipeline import Pipeline
 from ioc.kpis import KpiBoard
 from ioc.metrics import Metrics, counter
 from ioc.ratelimit import RateLimiter
+from ioc.store import StoreError
 
 log = structlog.get_logger("ioc.api")
 
@@ -154,6 +155,13 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return _error(422, "; ".join(problems) or "invalid request")
 
 
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    """The shared store failed (PostgreSQL away, docs/operations.md): an operator's change is refused whole
+    (nothing changed, nobody told), to be tried again."""
+    log.warning("api.store_unavailable", path=request.url.path, error=str(exc))
+    return _error(503, "the store is unavailable: nothing was changed, try again", {"Retry-After": "2"})
+
+
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.error("api.internal_error", path=request.url.path, error=repr(exc))
     return _error(500, "internal error")
@@ -180,6 +188,7 @@ def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
         exception_handlers={
             HTTPException: _http_error,
             RequestValidationError: _validation_error,
+            StoreError: _store_unavailable,
             Exception: _internal_error,
         },
     )
