@@ -4,8 +4,8 @@
   (the audit entry names the node), the node-local SQLite file holds none of them; after a restart the
   alert, its ack and the silence are still there and the rule state was saved.
 - PostgreSQL restarts while the daemon runs: intake and InfluxDB points carry on, an alert fired meanwhile
-  is served and sent, and once PostgreSQL is back the daemon writes what it could not (the alert, the
-  dossier tracker's rows) with no restart of its own.
+  is served and sent, an operator's ack is refused whole (`503`), and once PostgreSQL is back the daemon
+  writes what it could not (the alert, the dossier tracker's rows) with no restart of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import httpx
 import orjson
 import pytest
 
+from ioc.store.migrations import LATEST
 from tests.e2e.daemon import OPERATOR_TOKEN, VENDOR_TOKEN, DaemonProcess, assert_counting_rule, make_daemon
 from tests.mqtt_tools import Collector, publish_all
 from tests.postgres_server import Postgres, start_postgres
@@ -114,7 +115,7 @@ def test_alerts_acks_and_silences_live_in_postgresql_across_a_restart(
         assert sql("SELECT action || ' ' || node FROM alert_audit ORDER BY seq").splitlines() == [
             "alert.ack ioc-e2e", "silence.create ioc-e2e"]
         assert sql("SELECT node FROM cluster_nodes") == "ioc-e2e"
-        assert sql("SELECT max(version) FROM schema_migrations") == "2"
+        assert sql("SELECT max(version) FROM schema_migrations") == str(LATEST)
         assert daemon.terminate() == 0
         assert sql("SELECT string_agg(name, ',' ORDER BY name) FROM component_state") == "kpis.latest,rules.engine"
         local = sqlite3.connect(tmp_path / "var" / "ioc.db")
@@ -170,6 +171,9 @@ def test_a_postgresql_restart_while_running_loses_nothing(
         assert wait_for("the points of the outage in InfluxDB", lambda: influx_query(
             influxdb.url, database, "SELECT value FROM \"env.aqi\" WHERE area = '22918'"))
         assert httpx.get(f"{daemon.api}/healthz", timeout=5).status_code == 200
+        refused = httpx.post(f"{daemon.api}/api/v1/alerts/{first['id']}/ack", headers=OPERATOR, timeout=10)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "2", refused.text
+        assert "nothing was changed" in refused.json()["error"]
 
         own_postgres.start()
         assert wait_for("the alert of the outage stored", lambda: sql(
@@ -177,6 +181,7 @@ def test_a_postgresql_restart_while_running_loses_nothing(
         assert wait_for("the dossier row stored", lambda: sql(
             f"SELECT count(*) FROM agg_dossiers WHERE dossier_id = 'HS-{unique}'") == "1", timeout=30)
         assert sql(f"SELECT state FROM alerts WHERE id = '{first['id']}'") == "firing"
+        assert alerts(daemon, state="acknowledged") == []  # the refused ack left nothing behind
         assert "store.write_recovered" in daemon.log()
         assert_counting_rule(daemon)
         assert daemon.terminate() == 0
