@@ -15,12 +15,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from ioc.rules.updates import AlertUpdate
 
 from ioc.aggregators import DossierTracker, StatusTracker, WorkCalendar
-from ioc.alerts.alert import Alert, Change
+from ioc.alerts.alert import Alert
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.store import AlertStore
-from ioc.rules.updates import AlertUpdate
 from ioc.areas import AreaRegistry
 from ioc.envelope import DossierEvent, StatusEvent
 from ioc.kpis import Kpi
@@ -132,9 +132,9 @@ class Recorder:
     name = "recorder"
 
     def __init__(self) -> None:
-        self.got: list[tuple[Alert, Change]] = []
+        self.got: list[tuple[Alert, str]] = []
 
-    def notify(self, alert: Alert, change: Change) -> None:
+    def notify(self, alert: Alert, change: str) -> None:
         self.got.append((alert, change))
 
 
