@@ -103,9 +103,9 @@ def test_a_running_daemon_shows_no_secret(tmp_path: Path, secure_broker: Server,
 
 
 def test_failures_show_no_secret(tmp_path: Path, secure_broker: Server) -> None:
-    # A wrong MQTT password (the broker refuses it) and an InfluxDB URL that urllib3 cannot parse (its
-    # error quotes the URL it was given).
-    influx_url = f"http://ioc:{INFLUX_SECRET}@127.0.0.1:99999"
+    # A wrong MQTT password (the broker refuses it) and an InfluxDB that refuses connections (the error
+    # names the URL it was given). A URL urllib3 cannot parse (port 99999) is now refused by the config.
+    influx_url = f"http://ioc:{INFLUX_SECRET}@127.0.0.1:1"
     daemon = secret_config(tmp_path, mqtt_url=secure_broker.url, influx_url=influx_url,
                            mqtt_password=MQTT_SECRET[::-1])
     daemon.start(wait_ready=False)
@@ -126,13 +126,14 @@ def test_failures_show_no_secret(tmp_path: Path, secure_broker: Server) -> None:
     finally:
         daemon.stop()
     log = daemon.log()
-    assert "ioc:***@127.0.0.1:99999" in log, log[-3000:]
+    assert "ioc:***@127.0.0.1:1" in log, log[-3000:]
     assert_no_secret("the daemon's log", log)
 
 
 @pytest.mark.parametrize(("section", "url", "shown"), [
     ("mqtt", f"mqtt://ioc:{MQTT_SECRET}@broker:1883", "'mqtt://ioc:***@broker:1883' is not mqtt://HOST"),
     ("influx", f"ftp://ioc:{INFLUX_SECRET}@influx:8086", "url 'ftp://ioc:***@influx:8086' is not http(s)://"),
+    ("influx", f"http://ioc:{INFLUX_SECRET}@influx:99999", "url 'http://ioc:***@influx:99999' is not http(s)://"),
 ])
 def test_a_bad_url_is_refused_without_its_password(tmp_path: Path, section: str, url: str,
                                                   shown: str) -> None:
