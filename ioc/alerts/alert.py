@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, TypeAlias
 
+from ioc.alerts.config import Change
 from ioc.rules.updates import AlertState, Severity
 
-Change: TypeAlias = Literal["pending", "firing", "resolved", "acknowledged", "unacknowledged", "muted",
-                            "unmuted"]
-"""What happened to an alert: a state change (`pending`, `firing`, `resolved`), an operator's action
-(`acknowledged`, `unacknowledged`), or a silence or inhibition starting or ending (`muted`, `unmuted`)."""
+__all__ = ["STATE_CHANGES", "Acknowledgement", "Alert", "Change", "rfc3339"]  # Change: declared with the settings naming it
 
 STATE_CHANGES: frozenset[str] = frozenset({"pending", "firing", "resolved"})
 

@@ -26,15 +26,20 @@ within_area = true
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal, TypeAlias
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 
-from ioc.alerts.alert import Change
+from ioc.config_types import Duration, _read_secret, _Section, parse_duration
 from ioc.matchers import MatcherInput
-from ioc.config import Duration, _read_secret, _Section, parse_duration
 
+# What an alert can go through; notifiers subscribe to some (declared here, with the settings that name
+# them; `ioc.alerts.alert` re-exports it).
+Change: TypeAlias = Literal["pending", "firing", "resolved", "acknowledged", "unacknowledged", "muted",
+                            "unmuted"]
+"""What happened to an alert: a state change (`pending`, `firing`, `resolved`), an operator's action
+(`acknowledged`, `unacknowledged`), or a silence or inhibition starting or ending (`muted`, `unmuted`)."""
 
 class WebhookSettings(_Section):
     """One webhook receiver: every change in `changes` of an unmuted alert is POSTed to `url` as

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from ioc.config import _Section
+from ioc.config_types import _Section
 
 
 class CapSettings(_Section):
