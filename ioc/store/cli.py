@@ -4,9 +4,10 @@ The command line (ioc/cli.py) reads the config and prints these lines."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
-from ioc.store.database import open_database
-from ioc.store.migrations import LATEST, migrate, migration_status
+from ioc.store.database import open_database, sqlite_path
+from ioc.store.migrations import LATEST, MIGRATIONS, MigrationState, migrate, migration_status
 
 
 def _when(at: float) -> str:
@@ -27,13 +28,18 @@ def migrate_lines(url: str, *, password: str = "") -> list[str]:
 
 
 def status_lines(url: str, *, password: str = "") -> list[str]:
-    """`VERSION NAME applied AT` or `VERSION NAME pending`, in order, after a line naming the store."""
-    db = open_database(url, password=password)
-    try:
-        states = migration_status(db)
-    finally:
-        db.close()
-    lines = [f"{db.url} ({db.dialect})"]
+    """`VERSION NAME applied AT` or `VERSION NAME pending`, in order, after a line naming the store. A SQLite
+    file that does not exist yet is not created (every migration pending)."""
+    if url.startswith("sqlite:") and not Path(sqlite_path(url)).exists():
+        states = [MigrationState(m.version, m.name, None) for m in MIGRATIONS]
+        lines = [f"{url} (sqlite, not created yet)"]
+    else:
+        db = open_database(url, password=password)
+        try:
+            states = migration_status(db)
+        finally:
+            db.close()
+        lines = [f"{db.url} ({db.dialect})"]
     for state in states:
         status = "pending" if state.applied_at is None else f"applied {_when(state.applied_at)}"
         lines.append(f"{state.version:04d} {state.name:<12} {status}")

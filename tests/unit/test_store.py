@@ -189,3 +189,12 @@ def test_store_url_defaults_to_the_sqlite_file_and_takes_postgresql(tmp_path: Pa
 def test_bad_store_and_cluster_keys_are_config_errors(tmp_path: Path, text: str, expected: str) -> None:
     (problem,) = _problems(tmp_path, text)
     assert expected in problem and "hunter2" not in problem
+
+
+def test_store_status_of_a_file_not_made_yet_creates_nothing(tmp_path: Path) -> None:
+    from ioc.store.cli import status_lines
+
+    url = f"sqlite:///{tmp_path / 'var' / 'ioc.db'}"
+    lines = status_lines(url)
+    assert lines[0].endswith("(sqlite, not created yet)") and all(line.endswith("pending") for line in lines[1:])
+    assert len(lines) == 1 + LATEST and not (tmp_path / "var").exists()
