@@ -668,3 +668,37 @@ def test_submit_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 def test_the_sample_config_parses() -> None:
     loaded = load_settings(ROOT / "ioc" / "sinks" / "influx" / "sample.conf")
     assert loaded.influx.api == "v1" and loaded.influx.spool_on_full == "block"
+
+
+def test_a_spool_the_old_daemon_wrote_replays_after_the_upgrade(
+    tiny: TinyInflux, tmp_path: Path, sinks: list[InfluxSink]
+) -> None:
+    """Rows as the sink wrote them before points carried origins (no `origins` column): replayed in order
+    at start; a refused one is dead-lettered with no origin."""
+    import sqlite3
+
+    store = tmp_path / "store.db"
+    old = sqlite3.connect(store)
+    old.executescript("""
+        CREATE TABLE influx_spool (id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL,
+                                   count INTEGER NOT NULL, points BLOB NOT NULL);
+        CREATE INDEX influx_spool_sink ON influx_spool (sink, id);
+    """)
+    rows = [["m value=1.0 1", "m,x=bad value=2.0 2"], ["m value=3.0 3"]]
+    old.executemany("INSERT INTO influx_spool (sink, count, points) VALUES ('influx', ?, ?)",
+                    [(len(row), orjson.dumps(row)) for row in rows])
+    old.commit()
+    old.close()
+
+    tiny.refuse = b"bad"
+    refused: list[tuple[str, object]] = []
+    sink = InfluxSink(settings(tiny.url), spool_path=store,
+                      on_refused=lambda reason, point, origin: refused.append((point, origin)))
+    sinks.append(sink)
+    assert metric(sink, "ioc_sink_spool_points") == 3 and metric(sink, "ioc_sink_outage") == 1
+    sink.start()
+    wait_until(lambda: quiet(sink), 10, "the old spool was not replayed")
+    assert tiny.accepted_lines() == ["m value=1.0 1", "m value=3.0 3"]
+    assert refused == [("m,x=bad value=2.0 2", None)]
+    assert metric(sink, "ioc_sink_points_total", outcome="written") == 2
+    assert_counting_rule(sink)
