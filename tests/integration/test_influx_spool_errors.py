@@ -13,8 +13,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from ioc import failpoints
-from ioc.sinks.influx import InfluxSink
 from ioc.sinks.buffer import Batch
+from ioc.sinks.influx import InfluxSink
 from ioc.sinks.spool import Spool
 from tests.integration.test_influx_sink import (
     Callbacks,
