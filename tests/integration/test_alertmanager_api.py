@@ -10,17 +10,16 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+from ioc.rules.updates import AlertUpdate
 
 from ioc.alerts.config import AlertsSettings
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.store import AlertStore
-from ioc.rules.updates import AlertUpdate
 from ioc.api import create_app, serve
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
@@ -45,7 +44,7 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def running_api(db: Path) -> AsyncIterator[Api]:
+async def running_api(db: str) -> AsyncIterator[Api]:
     port = free_port()
     settings = settings_for(port)
     settings.alerts = INHIBIT
@@ -66,8 +65,8 @@ async def running_api(db: Path) -> AsyncIterator[Api]:
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    async with running_api(tmp_path / "ioc.db") as running:
+async def api(store_url: str) -> AsyncIterator[Api]:  # every test here on SQLite and on PostgreSQL
+    async with running_api(store_url) as running:
         yield running
 
 
