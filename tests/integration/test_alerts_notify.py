@@ -16,13 +16,13 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 from ioc.connectors.mqtt import MqttConnector
+from ioc.rules.updates import AlertUpdate, fingerprint
 
 from ioc.alerts.config import AlertsSettings, WebhookSettings
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.notify import MqttNotifier, Queued, webhook
 from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore
-from ioc.rules.updates import AlertUpdate, fingerprint
 from ioc.config import MqttSettings
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
@@ -158,7 +158,7 @@ def owed(manager: AlertManager) -> list[tuple[str, str]]:
 
 
 def test_an_mqtt_delivery_leaves_the_outbox_once_the_broker_acknowledged_it(
-        private_mosquitto: Server, tmp_path: Path, unique: str) -> None:
+        private_mosquitto: Server, store_url: str, unique: str) -> None:  # on SQLite and on PostgreSQL
     pipeline = Pipeline(sinks=[], dedup=DedupIndex(None, window=60, max_keys=100), max_bytes=1 << 20,
                         max_future=300)
     settings = MqttSettings.model_validate({"url": private_mosquitto.url, "client_id": f"ioc-out-{unique}",
@@ -167,7 +167,7 @@ def test_an_mqtt_delivery_leaves_the_outbox_once_the_broker_acknowledged_it(
     connector.start()
     wait_until(lambda: connector.connected, "the broker connection")
     assert connector.publisher is not None
-    manager = AlertManager(AlertStore(tmp_path / "ioc.db"), notifiers=[MqttNotifier(connector.publisher)])
+    manager = AlertManager(AlertStore(store_url), notifiers=[MqttNotifier(connector.publisher)])
     rule = f"outbox-{unique}"
     live = Subscriber(private_mosquitto, f"ioc/v1/alerts/{rule}")
     try:
@@ -270,9 +270,9 @@ def hook_settings(url: str, **values: Any) -> WebhookSettings:
                                            **values})
 
 
-def test_a_webhook_is_retried_after_5xx_and_delivered_once(tmp_path: Path, receiver: Receiver) -> None:
+def test_a_webhook_is_retried_after_5xx_and_delivered_once(store_url: str, receiver: Receiver) -> None:
     hook = webhook(hook_settings(receiver.url))
-    manager = AlertManager(AlertStore(tmp_path / "ioc.db"), notifiers=[hook])
+    manager = AlertManager(AlertStore(store_url), notifiers=[hook])
     try:
         started = time.monotonic()
         alert = manager.apply(update("coverage-outage", "firing"))
