@@ -238,6 +238,10 @@ def test_every_commune_on_one_screen_nothing_clipped_lists_page_and_colours_foll
              timeout=15)
         again = driver.execute_script(PROBE)  # another page fits as well
         assert again["overflowing"] == [] and again["overlapping"] == [] and again["clipped"] == [], again
+        # So are the ranked communes (19 of them) and the eleven subsystems.
+        for paged in ("worst", "sources"):
+            pages = int(attribute(driver, f"[data-paged={paged}]", "data-pages") or 0)
+            assert pages >= 2 and text(driver, f"[data-pager-for={paged}]").endswith(f"/{pages}"), paged
         # The ranked list: the critical communes first.
         assert attribute(driver, "[data-worst] [data-worst-area]", "data-severity") == "critical"
         if DOCS_IMG and width == 1920:
