@@ -41,7 +41,9 @@ _BAD: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody, "description"
 _ALERT_EXAMPLE = {
     "id": "5f0c2d8e4b9a4f7e9c1d2a3b4c5d6e7f", "fingerprint": "9a1b2c3d4e5f6a7b", "rule": "aqi-bad",
     "severity": "critical", "state": "firing", "labels": {"area": "22723"},
-    "summary": "Chất lượng không khí xấu tại 22723: VN_AQI 162", "value": 162.0,
+    "summary": "Chất lượng không khí xấu tại 22723: VN_AQI 162",
+    "summaries": {"vi": "Chất lượng không khí xấu tại 22723: VN_AQI 162",
+                  "en": "Poor air quality in 22723: VN_AQI 162"}, "value": 162.0,
     "started_at": "2026-03-02T01:00:00+00:00", "fired_at": "2026-03-02T01:10:00+00:00", "resolved_at": None,
     "acknowledged": {"by": "truc-ban-1", "at": "2026-03-02T01:12:30+00:00"}, "silenced": False,
     "inhibited": False, "silenced_by": [], "runbook": None,
