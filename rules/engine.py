@@ -30,61 +30,30 @@ import itertools
 import math
 import threading
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import orjson
 import structlog
 from ioc.rules import timing
 from ioc.rules.index import RuleIndex
 from ioc.rules.kinds import Context, Kind, make_kind
 from ioc.rules.labels import GroupKey, key_function, key_labels
 from ioc.rules.spec import RuleBase, RuleSet
+from ioc.rules.state import StateError, StoredAlert, align, dump_groups, parse_groups
 from ioc.rules.timing import Change, Group
+from ioc.rules.updates import AlertListener, AlertUpdate, fingerprint
 from prometheus_client.core import Metric
 
-from ioc.rules.updates import AlertListener, AlertUpdate, fingerprint
 from ioc.envelope import AnyEvent
-from ioc.errors import IocError
 from ioc.metrics import MetricSource, counter, gauge
 
 if TYPE_CHECKING:
     from ioc.areas import AreaRegistry
 
-__all__ = ["MAX_GROUPS", "RuleEngine", "StateError", "StoredAlert"]
+__all__ = ["MAX_GROUPS", "RuleEngine", "StateError", "StoredAlert"]  # the last two: from ioc.rules.state
 
 log = structlog.get_logger("rules.engine")
 
 MAX_GROUPS = 100_000  # per rule: label sets beyond this are not tracked (counted as dropped)
-STATE_VERSION = 1
-
-
-class StateError(IocError):
-    """Saved engine state that cannot be read (the caller starts with fresh state)."""
-
-
-class StoredAlert(Protocol):
-    """What `adopt` reads of an active alert of the store (`ioc.alerts.alert.Alert` is one)."""
-
-    @property
-    def fingerprint(self) -> str: ...
-    @property
-    def rule(self) -> str: ...
-    @property
-    def labels(self) -> dict[str, str]: ...
-    @property
-    def severity(self) -> Any: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def summary(self) -> str: ...
-    @property
-    def value(self) -> float | None: ...
-    @property
-    def started_at(self) -> float: ...
-    @property
-    def fired_at(self) -> float | None: ...
-    @property
-    def runbook(self) -> str | None: ...
 
 
 class _Runtime:
@@ -212,16 +181,7 @@ class RuleEngine:
     def dump_state(self) -> bytes:
         """Every rule's groups as JSON, to survive a restart (`load_state`)."""
         with self._lock:
-            rules = {}
-            for rule_id, runtime in self._runtimes.items():
-                groups = [{
-                    "key": list(group.key), "phase": group.phase, "holds": group.holds, "since": group.since,
-                    "fired_at": group.fired_at, "cleared_at": group.cleared_at, "value": group.value,
-                    "threshold": group.threshold, "data": runtime.kind.dump(group.data),
-                } for group in runtime.groups.values()]
-                rules[rule_id] = {"digest": runtime.digest, "groups": groups}
-            now = self._now if math.isfinite(self._now) else None
-            return orjson.dumps({"version": STATE_VERSION, "now": now, "rules": rules})
+            return dump_groups(self._runtimes, self._now)
 
     def load_state(self, data: bytes) -> None:
         """Restore what `dump_state` saved, for the rules whose definition is unchanged; the rest start
@@ -230,33 +190,12 @@ class RuleEngine:
             self._load_state(data)
 
     def _load_state(self, data: bytes) -> None:
-        try:
-            state = orjson.loads(data)
-            if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-                raise ValueError(f"not a rule engine state of version {STATE_VERSION}")
-            restored = []
-            for rule_id, saved in state["rules"].items():
-                runtime = self._runtimes.get(rule_id)
-                if runtime is None or saved["digest"] != runtime.digest:
-                    continue
-                for item in saved["groups"]:
-                    key = tuple(item["key"])
-                    if len(key) != len(runtime.rule.group_by) or item["phase"] not in ("inactive", "pending",
-                                                                                       "firing"):
-                        raise ValueError(f"rule {rule_id}: a group does not fit the rule")
-                    group = Group(key, key_labels(runtime.rule.group_by, key, runtime.rule.labels),
-                                  phase=item["phase"], holds=bool(item["holds"]), since=item["since"],
-                                  fired_at=item["fired_at"], cleared_at=item["cleared_at"], value=item["value"],
-                                  threshold=item["threshold"], data=runtime.kind.load(item["data"]))
-                    restored.append((runtime, group))
-            saved_now = state.get("now")
-        except (orjson.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise StateError(f"rule state: {error}") from None
+        restored, saved_now = parse_groups(data, self._runtimes)
         for runtime, group in restored:
             runtime.groups[group.key] = group
             self._schedule(runtime, group)
-        if isinstance(saved_now, float | int) and saved_now > self._now:
-            self._now = float(saved_now)
+        if saved_now is not None and saved_now > self._now:
+            self._now = saved_now
         log.info("rules.state_loaded", groups=len(restored))
 
     def adopt(self, alerts: Sequence[StoredAlert]) -> None:
@@ -284,7 +223,7 @@ class RuleEngine:
                 if owner is None or held is None:
                     orphans.append(alert)
                     continue
-                if _align(held, alert):
+                if align(held, alert):
                     aligned += 1
                 self._schedule(owner, held)
             at = self._started_at
@@ -439,20 +378,3 @@ class RuleEngine:
             self._listener_failing = True
         else:
             self._listener_failing = False
-
-
-def _align(group: Group, alert: StoredAlert) -> bool:
-    """Give `group` the stored alert's phase and times (unless it is already in that very episode, whose
-    finer timing, e.g. `keep_firing_for`, it keeps); True when it changed."""
-    if alert.state == "firing":
-        if group.phase == "firing" and group.fired_at == alert.fired_at:
-            return False
-        group.phase, group.since, group.fired_at = "firing", alert.started_at, alert.fired_at
-    else:
-        if group.phase == "pending" and group.since == alert.started_at:
-            return False
-        group.phase, group.since, group.fired_at = "pending", alert.started_at, None
-    group.holds, group.cleared_at = True, None
-    if alert.value is not None:
-        group.value = alert.value
-    return True
