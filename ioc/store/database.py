@@ -3,10 +3,11 @@
 A target is a `Database` (a new connection to the same database is opened: `reopen()`), a URL
 (`sqlite:///PATH`, `postgresql://USER@HOST:PORT/DB`), or a plain path (SQLite; `:memory:` for tests).
 
-The SQL is written once, in the subset both SQLite (3.35+) and PostgreSQL (12+) run alike:
+The SQL is written once, in the subset both SQLite (3.24+) and PostgreSQL (12+) run alike:
 - `?` placeholders (the PostgreSQL backend turns them into `%s`); no named parameters;
 - `INSERT ... ON CONFLICT (key) DO UPDATE SET c = excluded.c` (see `upsert`), never `INSERT OR REPLACE`;
-- no `rowid`, no `LIMIT -1`, no `PRAGMA`, no `executescript`; `LIMIT ?` and `OFFSET ?` only after `LIMIT`;
+- no `rowid`, no `PRAGMA`, no `executescript`, no `DELETE ... LIMIT` (delete `WHERE key NOT IN (SELECT
+  ... LIMIT ?)`), no `LIMIT -1`; `OFFSET ?` only after a `LIMIT ?`; no booleans (0/1 integers);
 - values are TEXT, 64-bit integers, doubles, bytes and NULL; times are Unix seconds (double) or µs (int).
 DDL is the exception: the migrations (`ioc.store.migrations`) spell the column types per dialect.
 """
