@@ -511,7 +511,9 @@ function paginateAll() {
 }
 
 function turnPages() {
+  if ($("dialog[open]")) return; // an operator is silencing or logging in: the alert stays where it is
   for (const list of $$("[data-paged]")) {
+    if (list.matches(":hover")) continue; // someone is reading it, or about to press a button in it
     const pages = Number(list.dataset.pages ?? 1);
     if (pages > 1) state.pages.set(list.dataset.paged, (Number(list.dataset.page ?? 1)) % pages);
   }
