@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ioc.cli import app
+from ioc.config import topic_filter_problem, url_problem
 from tests.servers import find_binary
 
 runner = CliRunner()
@@ -152,3 +153,21 @@ def test_valid_tls_files_pass(tmp_path: Path, certificates: dict[str, Path]) -> 
     checked = runner.invoke(app, ["check", "--config", str(config)])
     assert checked.exit_code == 0, checked.output
     assert checked.output.startswith(f"{config}: ok")
+
+
+@pytest.mark.parametrize(("topic", "problem"), [
+    ("ioc/v1/events/#", None), ("ioc/+/events/+", None), ("#", None), ("+", None),
+    ("", "empty"), ("a/#/b", "'#' must be a whole level, the last"), ("a#", "'#' must be a whole level, the last"),
+    ("a+/b", "'+' must be a whole level"), ("a/\0", "NUL"),
+])
+def test_topic_filters(topic: str, problem: str | None) -> None:
+    assert topic_filter_problem(topic) == problem
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("http://influx:8086", None), ("https://u:p@[::1]:8086/prefix", None), ("http://", "no host"),
+    ("http://:8086", "no host"), ("http://a b", "a space in the URL"),
+    ("http://h:99999", "Port out of range 0-65535"), ("http://[bad", "Invalid IPv6 URL"),
+])
+def test_url_problems(url: str, problem: str | None) -> None:
+    assert url_problem(url) == problem
