@@ -114,6 +114,7 @@ class Outbox:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._failing = False
+        self._unremoved: list[int] = []  # settled rows a failing store did not delete yet
         self.errors = 0
 
     def settle(self, seq: int, *, now: bool = False) -> None:
@@ -141,6 +142,7 @@ class Outbox:
         """Remove what is settled (up to `timeout`), then stop; later settlements are ignored (their rows
         are delivered again at the next start)."""
         self.flush(timeout)
+        self._remove([])  # what a store outage left
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -167,13 +169,21 @@ class Outbox:
             self._remove(seqs)
 
     def _remove(self, seqs: list[int]) -> None:
+        """Delete the rows of `seqs`, and of those a failing store did not take before (a PostgreSQL outage:
+        removed with the next settlement after it, or at `close`)."""
+        with self._cond:
+            seqs, self._unremoved = self._unremoved + seqs, []
+        if not seqs:
+            return
         try:
             self.store.outbox_done(seqs)
         except Exception as error:  # noqa: BLE001 - a full disk or a closed store: the rows are sent again
             self.errors += 1
             if not self._failing:
                 log.error("alerts.outbox_remove_failed", rows=len(seqs), error=str(error),
-                          effect="delivered again after a restart")
+                          effect="removed with a later settlement, or delivered again after a restart")
             self._failing = True
+            with self._cond:
+                self._unremoved = seqs + self._unremoved
         else:
             self._failing = False

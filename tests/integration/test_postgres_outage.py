@@ -4,6 +4,7 @@ written is written once it answers, and every connection comes back by itself.
 - the trackers go on counting (KPIs still emitted) and write their buffered rows after the outage;
 - the alert manager still tells its notifiers of a change it could not store, writes the alert's row when
   PostgreSQL is back (its tick retries), and refuses an operator's ack meanwhile (StoreError, nothing told);
+- notifications delivered during the outage leave the outbox once it is over (not again after a restart);
 - a Database answers StoreError while the server is down, then works again with no reopening.
 """
 
@@ -20,7 +21,8 @@ from ioc.rules.updates import AlertUpdate
 from ioc.aggregators import DossierTracker, StatusTracker, WorkCalendar
 from ioc.alerts.alert import Alert
 from ioc.alerts.manager import AlertManager
-from ioc.alerts.store import AlertStore
+from ioc.alerts.outbox import Outbox
+from ioc.alerts.store import AlertStore, OutboxRow
 from ioc.areas import AreaRegistry
 from ioc.envelope import DossierEvent, StatusEvent
 from ioc.kpis import Kpi
@@ -167,3 +169,21 @@ def test_alerts_are_told_during_an_outage_and_stored_after_it(server: Postgres, 
         ("alert.ack", "truc-ban-1")]
     manager.close()
     check.close()
+
+
+def test_delivered_notifications_leave_the_outbox_after_an_outage(server: Postgres, url: str) -> None:
+    store = AlertStore(url)
+    store.commit([], [OutboxRow(seq, "webhook:a", f"n{seq}", "firing", b"{}") for seq in (1, 2, 3)])
+    outbox = Outbox(store)
+    server.stop()
+    outbox.settle(1, now=True)  # delivered while PostgreSQL is away: its row cannot be removed yet
+    assert outbox.errors == 1
+    server.start()
+    outbox.settle(2, now=True)  # the next settlement takes the one left behind
+    assert [row.seq for row in store.outbox()] == [3]
+    server.stop()
+    outbox.settle(3, now=True)
+    server.start()
+    outbox.close()  # and closing does too
+    assert store.outbox() == []
+    store.close()
