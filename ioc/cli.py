@@ -253,14 +253,16 @@ def token(
         typer.echo(block)
 
 
-def _add_sim() -> None:
-    """`ioc sim ...` is the simulators' own typer app (simulators/cli.py)."""
+@app.command("sim", add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             help="Simulators of a province (simulators/README.md): run, list, verify, areas.")
+def sim(ctx: typer.Context) -> None:
+    """`ioc sim ...` is the simulators' own typer app (simulators/cli.py), imported only here: the
+    simulators' import took about half of `ioc run`'s start-up, and `ioc run` never uses them."""
     from ioc.simulators.cli import sim_app
 
-    app.add_typer(sim_app, name="sim", help="Simulators of a province (CONTRACT §6): run, list, verify.")
+    sim_app(ctx.args, prog_name="ioc sim")
 
-
-_add_sim()
 
 rules_app = typer.Typer(help="Rule files: unit tests (`ioc rules test`).", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
