@@ -33,8 +33,8 @@ from ioc.alerts import audit as audit_log
 from ioc.alerts.alert import Alert, rfc3339
 from ioc.alerts.audit import AuditEntry
 from ioc.alerts.errors import InvalidSilence, SilenceNotFound
-from ioc.matchers import Matcher, matches_all
 from ioc.alerts.silence_request import MAX_AHEAD, MAX_AHEAD_DAYS, SilenceRequest
+from ioc.matchers import Matcher, matches_all
 from ioc.store import StoreTarget, ensure_schema, open_database, upsert
 
 __all__ = ["STATUSES", "Silence", "SilenceRequest", "SilenceStatus", "SilenceStore", "Silences"]
