@@ -57,6 +57,10 @@ const state = {
   areas: new Map(),
   levels: ["province"],
   map: null, // GET /api/v1/map: the cells of the province's communes
+  mapDrawn: null, // the map whose cells are in the page
+  labelsFor: null, // the map whose names are placed
+  day: null, // today's date as the clock shows it (a new day reloads the map)
+  dayLang: null,
   pages: new Map(), // a paged list's name -> the index of the page it shows
   alerts: new Map(), // fingerprint -> the latest episode's alert
   kpis: new Map(), // "kpi|area" -> kpi
@@ -713,8 +717,13 @@ function renderConnection() {
 
 function renderClock() {
   const now = new Date();
+  const day = state.fmt.clockDate(now);
+  // A new day may be a new map (the registry changes by date: mergers take effect at midnight).
+  if (state.day && state.day !== day && state.lang === state.dayLang) quietly(loadMap());
+  state.day = day;
+  state.dayLang = state.lang;
   $("[data-clock-time]").textContent = state.fmt.clockTime(now);
-  $("[data-clock-date]").textContent = state.fmt.clockDate(now);
+  $("[data-clock-date]").textContent = day;
   $("[data-clock]").setAttribute("datetime", now.toISOString());
 }
 
@@ -846,6 +855,7 @@ function connect() {
   stream.addEventListener("reset", () => {
     state.resets += 1;
     document.body.dataset.streamResets = String(state.resets);
+    quietly(loadMap()); // a restarted daemon may serve another registry
     refreshAll();
   });
   stream.addEventListener("alert", (event) => onAlertEvent(JSON.parse(event.data)));
