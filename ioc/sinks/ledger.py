@@ -1,6 +1,6 @@
 """The sink's books: where every point handed to it is, and the metric families that show it.
 
-Counting rule (CONTRACT §3), true at every instant a scrape sees: handed = written + dead_lettered +
+Counting rule (docs/metrics.md), true at every instant a scrape sees: handed = written + dead_lettered +
 dropped + queue + spool. Every count lives here and changes under `lock` (the memory buffer shares it),
 and a point moves between columns in one step, so a scrape never sees it twice or nowhere.
 """

@@ -1,7 +1,7 @@
 """The local store's `Writer`: points kept in the embedded SQLite store, as a ring of `max_points`.
 
 Each batch is one transaction; past `max_points` the oldest go (counted as evicted; they had been
-written, so the counting rule of CONTRACT §3 still holds). A failing disk is a retryable `io` error:
+written, so the counting rule of docs/metrics.md still holds). A failing disk is a retryable `io` error:
 the batching loop holds the batch in memory, unacknowledged, and retries it.
 """
 
