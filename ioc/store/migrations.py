@@ -129,6 +129,16 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "alert_summary_en", """
         ALTER TABLE alerts ADD COLUMN summary_en TEXT
     """),
+    # The leader lease (CONTRACT §8, `ioc.cluster.lease`): one row, its holder and expiry by the database's
+    # clock; `term` grows at every change of holder (a leader's writes can name the term they were made in).
+    Migration(4, "cluster_lease", """
+        CREATE TABLE cluster_lease (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            expires_at {double} NOT NULL,
+            term {bigint} NOT NULL
+        )
+    """),
 )
 LATEST = MIGRATIONS[-1].version
 

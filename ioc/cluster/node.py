@@ -1,0 +1,154 @@
+"""This daemon's place in the cluster: it heartbeats, takes or renews the leader lease every `lease / 3`,
+and knows whether it leads (CONTRACT §8).
+
+A leader that cannot renew (PostgreSQL gone, a cut, a hung statement) stops leading by its own clock
+before the lease can expire in the database: the lease it last renewed runs until at least the moment the
+renewal was *sent* plus `lease` (the database stamped it later), and the node stops believing it leads
+`lease / 5` earlier than that. So two nodes never both lead, and `leader` is right even while the lease
+thread is stuck in a statement. With SQLite there is no cluster: the one node always leads, no thread runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+import structlog
+from prometheus_client.core import Metric
+
+from ioc.cluster.lease import Member, acquire, heartbeat, members, release
+from ioc.metrics import gauge
+from ioc.store import Database, StoreError
+
+log = structlog.get_logger("ioc.cluster")
+
+MARGIN = 0.2  # of the lease: how long before its expiry (by the renewal's send time) a leader steps down
+
+
+class ClusterNode:
+    """The lease and heartbeat of node `node` on `database` (its own connection is opened, `reopen`).
+    `on_role(leading)` listeners are told of each change of role, from the lease thread."""
+
+    def __init__(self, database: Database, node: str, *, lease: float = 10.0, version: str = "",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.node = node
+        self.lease = lease
+        self.version = version
+        self.clustered = database.dialect == "postgresql"
+        self.on_role: list[Callable[[bool], None]] = []
+        self._clock = clock
+        self._db = database.reopen() if self.clustered else None
+        self._lock = threading.Lock()  # one connection, used by the lease thread and the API's reads
+        self._valid_until = float("inf") if not self.clustered else 0.0
+        self._leading = not self.clustered
+        self.term: int | None = None
+        self.store_error: str | None = None  # why the last heartbeat failed, None once it works
+        self.elections = 0
+        self._next_round = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def leader(self) -> bool:
+        """Whether this node leads now (judged at each call: a lease not renewed in time has lapsed)."""
+        return self._clock() < self._valid_until
+
+    @property
+    def role(self) -> str:
+        return "leader" if self.leader else "follower"
+
+    def start(self) -> None:
+        """One round now (the first leader is known when the daemon starts), then one every `lease / 3`."""
+        if not self.clustered:
+            return
+        self.step()
+        self._thread = threading.Thread(target=self._run, name="cluster-lease", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        interval = self.lease / 3
+        while True:
+            # Wake at the lapse of a lease not renewed too, so the listeners hear of the step-down in time.
+            wait = min(interval, max(0.05, self._valid_until - self._clock())) if self._leading else interval
+            if self._stop.wait(wait):
+                return
+            if self._leading and not self.leader:
+                self._changed(False, reason="lease not renewed in time")
+            if self._clock() >= self._next_round:
+                self.step()
+
+    def step(self) -> None:
+        """Heartbeat, then take or renew the lease; its outcome sets the role."""
+        assert self._db is not None
+        sent = self._clock()
+        self._next_round = sent + self.lease / 3
+        try:
+            with self._lock:
+                heartbeat(self._db, self.node, self.version)
+                term = acquire(self._db, self.node, self.lease)
+        except StoreError as error:
+            if self.store_error is None:
+                log.error("cluster.store_unreachable", node=self.node, error=str(error),
+                          effect="leads no more once its lease lapses; ingests on")
+            self.store_error = str(error)
+            if self._leading and not self.leader:
+                self._changed(False, reason="lease not renewed in time")
+            return
+        if self.store_error is not None:
+            log.info("cluster.store_reachable", node=self.node)
+            self.store_error = None
+        if term is None:
+            self._valid_until = 0.0
+            if self._leading:
+                self._changed(False, reason="another node holds the lease")
+            return
+        self._valid_until = sent + self.lease * (1 - MARGIN)
+        self.term = term
+        if not self._leading:
+            self._changed(True, reason="lease taken")
+
+    def _changed(self, leading: bool, *, reason: str) -> None:
+        self._leading = leading
+        if leading:
+            self.elections += 1
+        log.warning("cluster.role_changed", node=self.node, role="leader" if leading else "follower",
+                    term=self.term, reason=reason)
+        for listener in self.on_role:
+            try:
+                listener(leading)
+            except Exception as error:  # noqa: BLE001 - a listener's failure must not stop the heartbeats
+                log.error("cluster.listener_failed", error=repr(error))
+
+    def members(self) -> list[Member]:
+        """The roster (StoreError when the store does not answer); without a cluster, this node alone."""
+        if self._db is None:
+            return [Member(self.node, True, time.time())]
+        with self._lock:
+            return members(self._db)
+
+    def problems(self) -> list[str]:
+        """Readiness: a node cut from the shared store is not ready (it ingests on, but leads nothing)."""
+        if self.store_error is None:
+            return []
+        return [f"store: cannot reach the shared store: {self.store_error}"]
+
+    def metrics(self) -> Iterable[Metric]:
+        yield gauge("ioc_cluster_leader", "1 while this node is the cluster's leader (CONTRACT §8); always 1 "
+                    "without a cluster (SQLite).", ("node",), {(self.node,): float(self.leader)})
+
+    def close(self) -> None:
+        """Stop the heartbeats; a leader gives the lease up, so another node leads at once."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+        if self._db is None:
+            return
+        try:
+            with self._lock:
+                if self.leader:
+                    release(self._db, self.node)
+        except StoreError as error:
+            log.warning("cluster.release_failed", error=str(error), effect="the lease lapses by itself")
+        self._valid_until = 0.0
+        self._db.close()

@@ -1,0 +1,149 @@
+"""The leader lease and heartbeats on a real PostgreSQL (CONTRACT §8): one leader among racing nodes, a
+follower takes over once the leader's lease lapses (not before), a graceful stop hands it over at once, a
+leader cut from the store steps down before its lease expires, and with SQLite the one node always leads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ioc.cluster import ClusterNode, acquire, members
+from ioc.store import open_shared
+from tests.postgres_server import Postgres, start_postgres
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Postgres]:
+    """A server of this module's own: a test stops it."""
+    postgres = start_postgres()
+    yield postgres
+    postgres.close()
+
+
+@pytest.fixture
+def url(server: Postgres) -> str:
+    server.start()
+    name = f"t_{time.monotonic_ns()}"
+    server.psql(f"CREATE DATABASE {name}")
+    return server.url(name)
+
+
+def wait_until(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_racing_nodes_elect_exactly_one(url: str) -> None:
+    connections = [open_shared(url) for _ in range(6)]
+    terms: list[int | None] = [None] * 6
+    start = threading.Barrier(6)
+
+    def race(n: int) -> None:
+        start.wait()
+        terms[n] = acquire(connections[n], f"n{n}", 30.0)
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert terms.count(1) == 1 and terms.count(None) == 5, terms
+    winner = terms.index(1)
+    assert acquire(connections[winner], f"n{winner}", 30.0) == 1  # a renewal keeps the term
+    assert acquire(connections[(winner + 1) % 6], f"n{(winner + 1) % 6}", 30.0) is None
+    for db in connections:
+        db.close()
+
+
+def test_a_follower_leads_once_the_lease_lapses_and_the_old_leader_steps_down_first(url: str) -> None:
+    db = open_shared(url)
+    a = ClusterNode(db, "a", lease=1.5, version="t")
+    b = ClusterNode(db, "b", lease=1.5, version="t")
+    a.start()
+    b.start()
+    try:
+        assert a.leader and not b.leader and a.role == "leader" and b.role == "follower"
+        roster = {member.node: member for member in a.members()}
+        assert set(roster) == {"a", "b"} and roster["a"].leader and not roster["b"].leader
+        assert abs(roster["b"].heartbeat_at - time.time()) < 5
+        # a stops renewing (as a frozen or killed process would): b must not lead while a's lease runs.
+        a._stop.set()
+        a._thread.join()  # type: ignore[union-attr]
+        stopped = time.monotonic()
+        wait_until("a steps down", lambda: not a.leader, timeout=5)
+        assert not b.leader  # a's own step-down comes before the database's expiry
+        wait_until("b leads", lambda: b.leader, timeout=10)
+        took = time.monotonic() - stopped
+        assert took >= 1.5 * 0.5, took  # not before the lapse (a renewed at most lease/3 before it stopped)
+        assert b.term == 2
+        assert [member.node for member in b.members() if member.leader] == ["b"]
+    finally:
+        b.close()
+        a.close()
+        db.close()
+
+
+def test_a_graceful_stop_hands_the_lease_over_at_once(url: str) -> None:
+    db = open_shared(url)
+    a = ClusterNode(db, "a", lease=30.0)
+    b = ClusterNode(db, "b", lease=3.0)
+    roles: list[bool] = []
+    b.on_role.append(roles.append)
+    a.start()
+    b.start()
+    try:
+        assert a.leader and not b.leader
+        a.close()  # released: b leads at its next round (lease/3), not 30 s later
+        wait_until("b leads", lambda: b.leader, timeout=10)
+        assert roles == [True]
+    finally:
+        b.close()
+        db.close()
+
+
+def test_a_leader_cut_from_the_store_steps_down_and_is_not_ready(server: Postgres, url: str) -> None:
+    db = open_shared(url)
+    node = ClusterNode(db, "a", lease=1.5)
+    roles: list[bool] = []
+    node.on_role.append(roles.append)
+    node.start()
+    try:
+        assert node.leader and node.problems() == []
+        server.stop()
+        wait_until("a steps down", lambda: not node.leader, timeout=10)
+        wait_until("a is not ready", node.problems, timeout=15)
+        assert node.problems()[0].startswith("store: cannot reach the shared store")
+        wait_until("the listeners hear of it", lambda: roles == [True, False], timeout=5)
+        server.start()
+        wait_until("a leads again", lambda: node.leader, timeout=30)
+        assert node.problems() == [] and roles == [True, False, True]
+    finally:
+        server.start()
+        node.close()
+        db.close()
+
+
+def test_with_sqlite_the_one_node_always_leads(tmp_path: Any) -> None:
+    db = open_shared(f"sqlite:///{tmp_path / 'ioc.db'}")
+    node = ClusterNode(db, "solo", lease=1.0)
+    node.start()
+    assert node.leader and node.role == "leader" and node.problems() == []
+    assert [(member.node, member.leader) for member in node.members()] == [("solo", True)]
+    assert [sample.value for metric in node.metrics() for sample in metric.samples] == [1.0]
+    node.close()
+    db.close()
+
+
+def test_the_roster_lists_every_node_with_its_heartbeat(url: str) -> None:
+    db = open_shared(url, node="old", version="0.1")
+    assert [(member.node, member.leader) for member in members(db)] == [("old", False)]
+    db.close()
