@@ -268,6 +268,9 @@ class ClusterSettings(_Section):
     # This daemon's name among the nodes that share a PostgreSQL store (CONTRACT §8), recorded with the
     # operators' actions and in the store's node list; "" = the host name.
     node: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,62})?$")
+    # The leader lease in PostgreSQL (ioc.cluster): renewed every lease/3; a leader that dies is replaced
+    # within lease + 5 s. Ignored with SQLite (one node, always the leader).
+    lease: Duration = Field(default=parse_duration("10s"), ge=1.0)
 
     def node_name(self) -> str:
         return self.node or os.uname().nodename  # the host name, as `hostname` prints it
