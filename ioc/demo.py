@@ -25,7 +25,13 @@ import structlog
 
 from ioc.app import run_daemon
 from ioc.config import Settings, token_sha256
-from ioc.embedded_broker import BrokerKind, EmbeddedBroker, port_is_free, start_embedded_broker
+from ioc.embedded_broker import (
+    BrokerKind,
+    EmbeddedBroker,
+    exit_with_parent,
+    port_is_free,
+    start_embedded_broker,
+)
 from ioc.errors import IocError
 from ioc.redact import redact_url
 
@@ -136,7 +142,8 @@ class ScenarioLoop:
                 self._process = subprocess.Popen(
                     [sys.executable, "-m", "ioc.simulators.cli", "run", DEMO_SCENARIO, "--to", self.to,
                      "--speed", "1", *history], stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True)  # Ctrl-C reaches the demo, which stops this in order
+                    start_new_session=True,  # Ctrl-C reaches the demo, which stops this in order
+                    preexec_fn=exit_with_parent)  # noqa: PLW1509  # one prctl, no allocation; the demo killed takes it along
                 code = self._process.wait()
                 if not self._stopping.is_set():
                     log.warning("demo.scenario_ended", code=code, restart_in=SIM_RESTART_DELAY,

@@ -10,10 +10,13 @@ in-process: pure Python, MQTT 3.1.1 only and slow (~500 msg/s, NOTES.md), ample 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +29,17 @@ import structlog
 from ioc.config import Settings
 from ioc.errors import IocError
 from ioc.mosquitto_acl import write_mosquitto_files
+
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def exit_with_parent() -> None:
+    """`preexec_fn` of the demo's children (its broker, its simulator): the kernel sends them SIGTERM
+    when the demo dies, even by SIGKILL, so no broker or simulator outlives it holding ports. Loaded
+    before any fork; the call itself is one system call."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 log = structlog.get_logger("ioc.embedded_broker")
 
@@ -115,7 +129,8 @@ def _start_mosquitto(binary: str, port: int, workdir: Path, settings: Settings,
     config.write_text("\n".join(lines) + "\n")
     # A session of its own: Ctrl-C in the terminal reaches only `ioc demo`, which stops the broker last.
     process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL,
-                               stderr=(folder / "mosquitto.log").open("ab"), start_new_session=True)
+                               stderr=(folder / "mosquitto.log").open("ab"), start_new_session=True,
+                               preexec_fn=exit_with_parent)  # noqa: PLW1509  # one prctl call, nothing allocated
 
     def stop() -> None:
         if process.poll() is None:

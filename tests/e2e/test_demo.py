@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -138,3 +139,48 @@ def test_the_demo_runs_takes_an_event_fires_and_stops_on_ctrl_c(demo: Demo) -> N
     demo.process.send_signal(signal.SIGINT)
     assert demo.process.wait(60) == 0
     demo.wait_for_line("demo stopped", timeout=5)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_a_demo_killed_outright_takes_its_broker_and_simulator_along() -> None:
+    """SIGKILL gives the demo no chance to stop its children: they used to live on (a Mosquitto holding
+    the demo's port, a simulator publishing into it) with init as their parent. The kernel now ends them
+    with the demo (PR_SET_PDEATHSIG)."""
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed (Debian package mosquitto); .ci/run installs it")
+    demo = Demo("mosquitto")
+    try:
+        demo.wait_for_line(r"operator token: (\S+)", timeout=90)
+        deadline = time.monotonic() + 30
+        while len(children := _children(demo.process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(children) >= 2, children  # the broker and the simulator
+        demo.process.kill()
+        demo.process.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in children if _alive(pid)]
+    finally:
+        demo.stop()
