@@ -5,11 +5,15 @@ Rendering is on the hot path, so events are turned into lines by hand (influxdb-
 values `,` `=` and space are escaped and a backslash stays as it is; in string fields `\\` and `"` are.
 Tag values that cannot round-trip (newline, trailing backslash, empty) are refused by the event models
 before they get here. Numbers are always written as floats so a field never changes type.
+
+`Points` holds rendered lines with the origin of each (the event's source and id, as `origin_key`), so a
+sink can trace a point the database refuses to its event (`Origin.of`) without parsing the line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from ioc.envelope import AnyEvent, DossierEvent, StatusEvent, TelemetryEvent, event_time_ns
 
@@ -136,3 +140,45 @@ def render_alert(rule: str, severity: str, area: str | None, state: str, fingerp
         fields["value"] = value
     tags = {"rule": rule, "severity": severity, "area": area, "entity": entity}
     return render_point("alert", tags, fields, time_ns)
+
+
+# --- where a point came from -------------------------------------------------------------------
+
+
+class Origin(NamedTuple):
+    """Where a point came from: the accepted event's source and id."""
+
+    source: str
+    event_id: str
+
+    @classmethod
+    def of(cls, key: str | None) -> Origin | None:
+        """The origin named by an origin key (None for a point without one)."""
+        if key is None:
+            return None
+        source, _, event_id = key.partition(_SEPARATOR)
+        return cls(source, event_id)
+
+
+_SEPARATOR = "\x00"  # never in a source (its pattern): the first one ends the source, whatever the id holds
+
+
+def origin_key(source: str, event_id: str) -> str:
+    """The key a point's origin travels as: the same string as the intake's event key
+    (`ioc.ingest.dedup.dedup_key`, held equal by a test), so the pipeline hands over the keys it has
+    already built and no object is made per point on the hot path."""
+    return f"{source}{_SEPARATOR}{event_id}"
+
+
+class Points(list[str]):
+    """Rendered points and, in `origins`, the origin key of each line (same length, same order), so a
+    point the database refuses is traced to its event without reading the line back.
+
+    A list subclass so every sink and every caller that knows only lists keeps working; the pipeline
+    fills `origins` with the event keys it builds anyway."""
+
+    __slots__ = ("origins",)
+
+    def __init__(self, lines: Iterable[str] = (), origins: Iterable[str] = ()) -> None:
+        super().__init__(lines)
+        self.origins: list[str] = list(origins)

@@ -33,9 +33,9 @@ from ioc.ingest.decode import (
     reject_invalid,
 )
 from ioc.ingest.dedup import DedupIndex, dedup_key
-from ioc.lineproto import render_event
+from ioc.ingest.port import DurableCallback
+from ioc.lineproto import Points, render_event
 from ioc.metrics import counter, gauge
-from ioc.sinks.base import DurableCallback, Points, Sink
 
 log = structlog.get_logger("ioc.ingest")
 
@@ -101,6 +101,16 @@ class DeadLetterTarget(Protocol):
     def publish_dead_letter(self, source: str, reason: str, payload: bytes) -> None: ...
 
 
+class PointSink(Protocol):
+    """Where the accepted events' points go, as the intake sees it (`ioc.sinks.base.Sink`: InfluxDB or the
+    local store). `points` may be a `Points`, whose origins trace a refused point to its event."""
+
+    def submit(self, points: list[str], on_durable: DurableCallback | None = None, *,
+               timeout: float | None = None) -> None: ...
+
+    def has_room(self, points: int) -> bool: ...
+
+
 # A rejected item on its way to a dead letter: (its message's number, source, index in the message,
 # reason, its bytes).
 _Letter = tuple[int, str, int, str, bytes]
@@ -156,7 +166,7 @@ class Pipeline:
     def __init__(
         self,
         *,
-        sinks: Sequence[Sink],
+        sinks: Sequence[PointSink],
         dedup: DedupIndex,
         max_bytes: int,
         max_future: float,

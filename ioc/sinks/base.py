@@ -5,10 +5,11 @@ sink calls the callbacks in the order it received them, once the points handed w
 them) are durable: written to the database, or to the sink's spool. The MQTT connector acknowledges a
 QoS 1 message from that callback, which is why order matters (MQTT wants PUBACKs in arrival order).
 
-A point may carry its origin (`Points`: a list of lines with, aligned, the origin key of each: its
-event's source and id), so a point the database refuses for good is traced to its event and source
-without reading the line back. Any
-plain list of lines is accepted too (its points have no origin: the daemon's own KPI and alert points).
+A point may carry its origin (`ioc.lineproto.Points`: a list of lines with, aligned, the origin key of
+each: its event's source and id), so a point the database refuses for good is traced to its event and
+source without reading the line back. Any plain list of lines is accepted too (its points have no
+origin: the daemon's own KPI and alert points). The intake sees a sink through its own narrower port
+(`ioc.ingest.pipeline.PointSink`: submit, has_room), so it imports nothing of this layer.
 
 Counting rule (docs/metrics.md): every point handed to a sink is, at any quiet moment, exactly one of
 written, dead_lettered, dropped (with a reason), still queued, or spooled.
@@ -16,50 +17,14 @@ written, dead_lettered, dropped (with a reason), still queued, or spooled.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
+from ioc.ingest.port import DurableCallback
+from ioc.lineproto import Origin, Points, origin_key
 from ioc.metrics import MetricSource
 
-DurableCallback = Callable[[], None]
-
-
-class Origin(NamedTuple):
-    """Where a point came from: the accepted event's source and id."""
-
-    source: str
-    event_id: str
-
-    @classmethod
-    def of(cls, key: str | None) -> Origin | None:
-        """The origin named by an origin key (None for a point without one)."""
-        if key is None:
-            return None
-        source, _, event_id = key.partition(_SEPARATOR)
-        return cls(source, event_id)
-
-
-_SEPARATOR = "\x00"  # never in a source (its pattern): the first one ends the source, whatever the id holds
-
-
-def origin_key(source: str, event_id: str) -> str:
-    """The key a point's origin travels as: the same string as the intake's event key
-    (`ioc.ingest.dedup.dedup_key`, held equal by a test), so the pipeline hands over the keys it has
-    already built and no object is made per point on the hot path."""
-    return f"{source}{_SEPARATOR}{event_id}"
-
-
-class Points(list[str]):
-    """Lines of line protocol and, in `origins`, the origin key of each line (same length, same order).
-
-    A list subclass so every sink and every caller that knows only lists keeps working; the pipeline
-    fills `origins` with the event keys it builds anyway."""
-
-    __slots__ = ("origins",)
-
-    def __init__(self, lines: Iterable[str] = (), origins: Iterable[str] = ()) -> None:
-        super().__init__(lines)
-        self.origins: list[str] = list(origins)
+__all__ = ["DurableCallback", "Origin", "Points", "RefusedCallback", "Sink", "origin_key", "origins_of"]
 
 
 def origins_of(points: Sequence[str]) -> list[str] | None:
