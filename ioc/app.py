@@ -32,8 +32,8 @@ from ioc.alerts.alertmanager_push import alertmanager_pushers
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.notify import build_notifiers
 from ioc.alerts.store import AlertStore
-from ioc.rules.updates import AlertUpdate
 from ioc.api.app import create_app
+from ioc.api.cluster import cluster_router
 from ioc.api.server import HttpServer
 from ioc.api.stream import Broadcaster
 from ioc.api.web import default_province, web_router
@@ -42,6 +42,7 @@ from ioc.cap.api import cap_router
 from ioc.cap.publisher import CapPublisher
 from ioc.cap.store import CapStore
 from ioc.clock import EventClock
+from ioc.cluster import ClusterNode
 from ioc.config import Settings, check_runtime
 from ioc.connectors.http_poll import HttpPoller
 from ioc.connectors.mqtt import MqttConnector, MqttPublisher, MqttSession
@@ -56,6 +57,7 @@ from ioc.redact import redact_url
 from ioc.rules import StateError
 from ioc.rules.engine import RuleEngine
 from ioc.rules.loader import load_rules
+from ioc.rules.updates import AlertUpdate
 from ioc.sinks.base import Origin, Sink
 from ioc.sinks.influx import InfluxSink
 from ioc.sinks.local import LocalSink
@@ -85,6 +87,8 @@ class Daemon:
         self.node = settings.cluster.node_name()
         self.database = open_shared(settings.store.database_url(), password=settings.store.password(),
                                     node=self.node, version=__version__)
+        # CONTRACT §8: the leader lease and heartbeats on PostgreSQL; with SQLite this node always leads.
+        self.cluster = ClusterNode(self.database, self.node, lease=settings.cluster.lease, version=__version__)
         self.dedup = DedupIndex(self._store, window=settings.intake.dedup_window,
                                 max_keys=settings.intake.dedup_max_keys)
         self.sinks: list[Sink] = []
@@ -119,12 +123,15 @@ class Daemon:
         self.metrics.add(self._own_metrics)
         self.metrics.add(store_metrics)
         self.metrics.add(self.cap.metrics)
+        self.metrics.add(self.cluster.metrics)
         for pusher in self.pushers:
             self.metrics.add(pusher.metrics)
         wall = web_router(self.areas, default_province(self.areas), pipeline=self.pipeline, watch=self.watch)
         self.app = create_app(settings=settings, pipeline=self.pipeline, metrics=self.metrics,
                               readiness=self.problems, alerts=self.alerts, kpis=self.kpis, stream=self.stream,
-                              web=wall, cap=cap_router(self.cap.store, settings.cap), areas=self.areas)
+                              web=wall, cap=cap_router(self.cap.store, settings.cap), areas=self.areas,
+                              cluster=cluster_router(self.cluster),
+                              role=lambda: self.cluster.role if self.cluster.clustered else None)
         self.http = HttpServer(self.app, settings.http)
         self.metrics.add(self.http.metrics)
 
@@ -214,7 +221,7 @@ class Daemon:
 
     def problems(self) -> list[str]:
         """Failing readiness checks, by name (docs/http-api.md `/readyz`)."""
-        found: list[str] = []
+        found: list[str] = self.cluster.problems()
         if self.mqtt is not None:
             found += self.mqtt.problems()
         for sink in self.sinks:
@@ -241,6 +248,7 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in the order that keeps every event."""
+        await asyncio.to_thread(self.cluster.start)  # the first round at once: the leader is known from here
         for sink in self.sinks:
             sink.start()
         self.evaluator.start()
@@ -296,6 +304,7 @@ class Daemon:
         for pusher in self.pushers:
             pusher.close(5.0)
         self.alerts.close()
+        self.cluster.close()  # a leader gives the lease up once its notifications are out
         self.cap.store.close()
         self._store.close()
         self.database.close()

@@ -171,7 +171,8 @@ def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
                readiness: Callable[[], list[str]], alerts: AlertManager | None = None,
                kpis: KpiBoard | None = None, stream: Broadcaster | None = None,
                web: APIRouter | None = None, cap: APIRouter | None = None,
-               areas: AreaRegistry | None = None) -> FastAPI:
+               areas: AreaRegistry | None = None, cluster: APIRouter | None = None,
+               role: Callable[[], str | None] | None = None) -> FastAPI:
     """The FastAPI application of the daemon. Registers its own metric source into `metrics`
     (`ioc_http_requests_total{route,status}`, `ioc_http_rate_limited_total{vendor}`).
 
@@ -198,7 +199,7 @@ def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
 
     intake = EventIntake(pipeline=pipeline, http=settings.http, limiter=RateLimiter(settings.vendors))
     app.include_router(events_router(intake))
-    app.include_router(health_router(metrics=metrics, readiness=readiness))
+    app.include_router(health_router(metrics=metrics, readiness=readiness, role=role))
     app.include_router(docs_router(title=app.title, openapi_url="/openapi.json"))
     if alerts is not None:
         app.include_router(alerts_router(alerts))
@@ -213,6 +214,8 @@ def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
         app.include_router(cap)
     if areas is not None:  # a province's units for vendors (`ioc.api.areas_api`): /api/v1/provinces/...
         app.include_router(areas_router(areas))
+    if cluster is not None:  # CONTRACT §8 (`ioc.api.cluster.cluster_router`): /api/v1/cluster
+        app.include_router(cluster)
 
     if not settings.http.public_read:
         app.add_middleware(ReadAccess, authenticator=app.state.authenticator)

@@ -1,0 +1,83 @@
+"""Two `ioc run` nodes on one PostgreSQL, Mosquitto and InfluxDB (CONTRACT §8, issue 11 phase 2).
+
+So far: one leader is elected and both nodes list the roster, name their role on `/readyz` and in
+`ioc_cluster_leader{node}`; SIGKILL the leader and the other leads within `lease + 5 s`; the killed node
+comes back as a follower. (Leader-only notifications, LISTEN/NOTIFY and the HTTP republish come next.)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.daemon import DaemonProcess, assert_counting_rule, make_daemon
+from tests.e2e.test_postgres_store import aqi, wait_for
+from tests.mqtt_tools import publish_all
+from tests.postgres_server import Postgres
+from tests.servers import Server
+
+pytestmark = pytest.mark.slow
+
+LEASE = 3.0
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str,
+          postgres: Postgres) -> Iterator[dict[str, tuple[DaemonProcess, dict[str, str]]]]:
+    name = f"e2e_{unique}"
+    postgres.psql(f"CREATE DATABASE {name}")
+    found: dict[str, tuple[DaemonProcess, dict[str, str]]] = {}
+    for node in ("ioc-a", "ioc-b"):
+        folder = tmp_path / node
+        folder.mkdir()
+        daemon = make_daemon(folder, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
+                             client_id=f"{node}-{unique}", extra=f'\n[cluster]\nlease = "{LEASE:g}s"\n')
+        found[node] = (daemon, {"IOC_STORE__URL": postgres.url(name), "IOC_CLUSTER__NODE": node})
+    yield found
+    for daemon, _ in found.values():
+        daemon.stop()
+
+
+def roster(daemon: DaemonProcess) -> dict[str, str]:
+    response = httpx.get(f"{daemon.api}/api/v1/cluster", timeout=5)
+    assert response.status_code == 200, response.text
+    return {node["node"]: node["role"] for node in response.json()["nodes"]}
+
+
+def role(daemon: DaemonProcess) -> str:
+    return str(httpx.get(f"{daemon.api}/readyz", timeout=5).json()["role"])
+
+
+def test_one_leader_and_a_follower_that_takes_over_after_a_sigkill(
+        nodes: dict[str, tuple[DaemonProcess, dict[str, str]]], mosquitto: Server, unique: str) -> None:
+    (a, a_env), (b, b_env) = nodes["ioc-a"], nodes["ioc-b"]
+    a.start(env=a_env)
+    b.start(env=b_env)
+    assert roster(a) == roster(b) == {"ioc-a": "leader", "ioc-b": "follower"}
+    assert (role(a), role(b)) == ("leader", "follower")
+    assert a.metric_sum("ioc_cluster_leader", node="ioc-a") == 1
+    assert b.metric_sum("ioc_cluster_leader", node="ioc-b") == 0
+    # Every node takes every event, and a repeat is a duplicate on each (dedup is per node).
+    events = [aqi(f"{unique}-{n}", 50 + n) for n in range(3)]
+    publish_all("127.0.0.1", mosquitto.port, [*events, events[0]], qos=1)
+    for daemon in (a, b):
+        wait_for("the events on both nodes", lambda daemon=daemon: (
+            daemon.metric_sum("ioc_events_accepted_total", source="qtmt-aqi") == 3
+            and daemon.metric_sum("ioc_events_duplicate_total", source="qtmt-aqi") == 1))
+        assert_counting_rule(daemon)
+
+    a.kill()
+    killed = time.monotonic()
+    wait_for("ioc-b leads", lambda: role(b) == "leader", timeout=LEASE + 10)
+    took = time.monotonic() - killed
+    assert took <= LEASE + 5, took
+    assert roster(b) == {"ioc-a": "follower", "ioc-b": "leader"}
+
+    a.start(env=a_env)  # back, as a follower: the lease is b's
+    assert (role(a), role(b)) == ("follower", "leader")
+    assert b.terminate() == 0  # a graceful stop gives the lease up: a leads at its next round
+    wait_for("ioc-a leads", lambda: role(a) == "leader", timeout=LEASE + 5)
