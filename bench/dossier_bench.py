@@ -81,20 +81,20 @@ def main() -> None:
     load_s = time.perf_counter() - started
     gc.collect()
     loaded_rss = rss_mib()
-    open_before = tracker._overdue[tracker._nodes.codes.index("68")]
+    open_before = tracker._counts.overdue[tracker._nodes.codes.index("68")]
 
     emitted[0] = 0
     started = time.perf_counter()
     tracker.advance((T0 + timedelta(hours=1)).timestamp())
     sweep_s = time.perf_counter() - started
     province = tracker._nodes.codes.index("68")
-    flipped = tracker._overdue[province] - open_before
+    flipped = tracker._counts.overdue[province] - open_before
     tracker.close()
 
     started = time.perf_counter()
     reloaded = DossierTracker(areas, calendar, store, on_kpi)
     reload_s = time.perf_counter() - started
-    reloaded_overdue = reloaded._overdue[reloaded._nodes.codes.index("68")]
+    reloaded_overdue = reloaded._counts.overdue[reloaded._nodes.codes.index("68")]
     reloaded.close()
 
     size = f"{path.stat().st_size / 2**20:.0f} MiB" if not args.store_url else "PostgreSQL"

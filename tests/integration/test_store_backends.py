@@ -128,13 +128,13 @@ def test_a_finished_dossier_is_looked_up_in_the_store_and_a_new_one_costs_no_que
     tracker.observe(event("d1", "done", 0))
     tracker.persist()  # the row is only in the store now
     queries: list[str] = []
-    real = tracker._db.execute
+    real = tracker._rows.db.execute
 
     def counted(sql: str, params: Any = ()) -> Any:
         queries.append(sql)
         return real(sql, params)
 
-    tracker._db.execute = counted  # type: ignore[method-assign]
+    tracker._rows.db.execute = counted  # type: ignore[method-assign]
     tracker.observe(event("d1", "done", 0))  # a repeat: found in the store, counted once
     assert len(queries) == 1
     tracker.observe(event("d2", "received", 1))  # new: no lookup

@@ -245,7 +245,7 @@ def test_duplicates_and_out_of_order_events_do_not_double_count(board: Board) ->
     dossiers.observe(dossier("d1", "processing", time=MONDAY + timedelta(hours=2, minutes=30)))  # older
     assert board.value("kpi.dossier.open", "22945") == 0
     assert board.value("kpi.dossier.online_share", "22945") == 100
-    counts = dossiers._periods[dossiers._current]
+    counts = dossiers._counts.periods[dossiers._counts.current]
     node = dossiers._nodes.codes.index("68")
     assert (counts.received[node], counts.finished[node], counts.on_time[node]) == (1, 1, 1)
     samples = {s.labels["outcome"]: s.value for f in dossiers.metrics()()
