@@ -148,13 +148,16 @@ class Daemon:
                                   max_clients=settings.http.max_streams, replay=settings.http.sse_replay)
         # There is always a sink (InfluxDB, else the local one): alert points go to the first. Deliveries
         # wait (in the outbox) until `run` has started the connector and the sinks.
-        self.pushers = alertmanager_pushers(settings.alerts, http_port=settings.http.port)  # CONTRACT §9
+        # CONTRACT §9; in a cluster only the leader posts (§8).
+        self.pushers = alertmanager_pushers(settings.alerts, http_port=settings.http.port,
+                                            leader=self._leads if self.cluster.clustered else None)
         # CONTRACT §9: the alerts of `public: true` rules as CAP 1.2 messages (the rule looked up when told).
         self.cap = CapPublisher(CapStore(settings.store.path, keep=settings.cap.keep),
                                 rules=lambda rule_id: self.rules.get(rule_id), settings=settings.cap,
                                 areas=self.areas, default_area=default_province(self.areas))
         self.alerts = AlertManager(
             AlertStore(self.database, node=self.node), settings=settings.alerts, areas=self.areas, resume=False,
+            leader=self._leads,
             notifiers=[*build_notifiers(settings.alerts, mqtt=self.mqtt_publisher, sink=self.sinks[0], stream=self.stream),
                        *self.pushers, self.cap])
         self.clock = EventClock()
@@ -170,6 +173,7 @@ class Daemon:
         # The saved state may be older than the alert store (saved every RULE_STATE_EVERY rounds, the
         # store at every change): after a crash the store is the truth of what is pending and firing.
         self.engine.adopt(self.alerts.active())
+        self.cluster.on_role.append(self._role_changed)
         saved_kpis = load_state(self.database, KPI_STATE)
         if saved_kpis is not None:  # the wall's tiles right after a restart, before the first emission
             self.kpis.restore(saved_kpis)
@@ -187,6 +191,21 @@ class Daemon:
         self._reload_failures = 0
         self._last_reload_ok = True
         self._rounds = 0
+
+    def _leads(self) -> bool:
+        return self.cluster.leader
+
+    def _role_changed(self, leading: bool) -> None:
+        """CONTRACT §8: a new leader makes the store's alerts its view, takes the outbox over, then aligns
+        the rule engine with the stored alerts (as at start: `adopt`)."""
+        if not leading:
+            return
+        try:
+            self.alerts.promote(self.cluster.term or 0)
+        except StoreError as error:  # the lease was just renewed, so this is rare: the next sync catches up
+            log.error("cluster.promote_failed", error=str(error))
+            return
+        self.engine.adopt(self.alerts.active())
 
     def _alert_changed(self, update: AlertUpdate) -> None:
         self.alerts.apply(update)
@@ -311,7 +330,10 @@ class Daemon:
 
     def _save_state(self, *, kpis: bool = False) -> None:
         """The rule engine's (and the KPI board's) state into the shared store. A store that fails costs
-        the timers since the last save (they start afresh after a restart), never the daemon."""
+        the timers since the last save (they start afresh after a restart), never the daemon. In a cluster
+        only the leader saves (one state under each name)."""
+        if not self.cluster.leader:
+            return
         try:
             save_state(self.database, RULE_STATE, self.engine.dump_state())
             if kpis:
@@ -328,6 +350,11 @@ class Daemon:
         self.pipeline.expire_dedup()
         self.dedup.persist()
         self._rounds += 1
+        if self.cluster.clustered:  # CONTRACT §8: acks and alert changes made on other nodes
+            try:
+                self.alerts.sync()
+            except StoreError:
+                pass  # the cluster's readiness says so; the next round tries again
         if self._rounds % RULE_STATE_EVERY == 0:  # a crash then loses at most this much of `for` timing
             self._save_state()
 

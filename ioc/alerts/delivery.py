@@ -6,12 +6,20 @@ one store transaction, then hits the failpoint `alerts.before_notify`, then tell
 in order of the changes. So a crash at any moment loses no notification: what the outbox still holds at
 start-up is delivered again (`resume`) before any new change (`ioc.alerts.outbox`).
 
+In a cluster (CONTRACT §8) only the leader (`leader()`) stores alert changes with outbox rows and hands
+them to the durable notifiers; a follower tells its plain notifiers (its SSE stream) only, and stores an
+operator's change without outbox rows (the leader tells it once it sees it: `AlertManager.sync`). A node
+that becomes leader takes the outbox over (`take_over`): the rows the old leader left are delivered again
+with their notification ids, so a change the old leader delivered just before dying reaches a receiver
+twice under one id, which it de-duplicates on. Its own rows are numbered from `term << 40`, so a demoted
+leader's late settlement can never remove a row of the new one.
+
 Not thread-safe on its own: the `AlertManager` calls it under its lock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TypeAlias
 
 import structlog
@@ -38,9 +46,10 @@ class Delivery:
     """Stores alert changes with their outbox rows, then tells `chain`. `resume()` starts the durable
     deliveries: until then they wait (in the outbox, and here), after what a crash left owed."""
 
-    def __init__(self, store: AlertStore, chain: NotifierChain) -> None:
+    def __init__(self, store: AlertStore, chain: NotifierChain, *, leader: Callable[[], bool] | None = None) -> None:
         self.store = store
         self.chain = chain
+        self.leader: Callable[[], bool] = leader or (lambda: True)
         self.outbox = Outbox(store)
         self.store_errors = 0
         self._outage = Outage("alerts")
@@ -64,6 +73,23 @@ class Delivery:
         if held is None:
             return
         owed, self._owed = self._owed, []
+        if not self.leader():
+            owed = []  # the leader's to deliver; taken over if this node leads (`take_over`)
+        self._redeliver(owed)
+        for alert, change, notification_id, seqs in held:
+            self.chain.dispatch(alert, change, notification_id, seqs, self.outbox.settle, plain=False)
+
+    def take_over(self, term: int) -> None:
+        """This node leads from now (lease term `term`): what the outbox holds is delivered again (StoreError:
+        the store does not answer; the caller tries again)."""
+        owed = self.store.outbox()
+        self._next_seq = max(self._next_seq, (owed[-1].seq + 1) if owed else 0, term << 40)
+        if self._held is not None:  # not resumed yet: `resume` delivers them first
+            self._owed = owed
+            return
+        self._redeliver(owed)
+
+    def _redeliver(self, owed: list[OutboxRow]) -> None:
         settle = self.outbox.settle
         orphans = 0
         for row in owed:
@@ -78,8 +104,6 @@ class Delivery:
         if owed:
             log.info("alerts.outbox_resent", notifications=len(owed) - orphans,
                      dropped=orphans, reason="a notifier no longer configured, or a damaged row")
-        for alert, change, notification_id, seqs in held:
-            self.chain.dispatch(alert, change, notification_id, seqs, settle, plain=False)
 
     def record(self, alert: Alert, change: Change, *, save: bool) -> None:
         """A change to store (`save`: the alert's row; muting is never stored) and tell at the next
@@ -94,6 +118,10 @@ class Delivery:
         then lose those notifications), and counted; its row is written again with a later flush (the
         store's outage logged once, retried every few seconds: `ioc.store.outage`)."""
         if not self._untold and not self._unsaved:
+            return
+        if not self.leader():  # a follower: its own stream hears of it, nothing is stored or sent
+            untold, self._unsaved, self._untold = self._untold, {}, []
+            self._tell([(alert, change, self._new_id(), {}) for alert, change in untold])
             return
         alerts = list(self._unsaved.values())
         prepared, rows = self._prepare(self._untold)
@@ -127,6 +155,10 @@ class Delivery:
         """An operator's change: what is queued goes first; then this one is stored with its audit
         entry (StoreError: refused, nothing told) and told."""
         self.flush()
+        if not self.leader():  # stored for every node to see; the leader notifies (`AlertManager.sync`)
+            self.store.commit([alert], (), audit)
+            self._tell([(alert, change, self._new_id(), {})])
+            return
         prepared, rows = self._prepare([(alert, change)])
         self.store.commit([alert], rows, audit)
         self._tell(prepared)

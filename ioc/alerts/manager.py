@@ -12,6 +12,11 @@ back at start-up; an update that repeats the stored state is not a change, so a 
 Within `batch()` (the evaluation thread's batch of events) changes are stored and told when the batch ends,
 in one transaction; an operator's action on another thread first stores and tells what is pending.
 
+In a cluster (CONTRACT §8) `leader()` says whether this node leads: a follower records no rule update
+(its engine evaluates on, hot), and `sync()` (every second) brings its view to the store's, telling its own
+stream; the leader's `sync()` takes the acknowledgements made on other nodes and notifies them. A node that
+becomes leader calls `promote(term)`: the store's alerts become its view and it takes the outbox over.
+
 Thread-safe: one re-entrant lock serialises updates, operator actions and reads.
 """
 
@@ -40,8 +45,8 @@ from ioc.alerts.muting import Muting
 from ioc.alerts.notify import AnyNotifier, NotifierChain
 from ioc.alerts.silence import Silence, SilenceRequest, Silences, SilenceStatus, SilenceStore
 from ioc.alerts.store import AlertStore
-from ioc.rules.updates import SEVERITY_RANK, AlertUpdate
 from ioc.metrics import counter, gauge
+from ioc.rules.updates import SEVERITY_RANK, AlertUpdate
 from ioc.store import StoreError
 
 log = structlog.get_logger("ioc.alerts")
@@ -62,10 +67,12 @@ class AlertManager:
 
     def __init__(self, store: AlertStore, *, settings: AlertsSettings | None = None,
                  notifiers: Sequence[AnyNotifier] = (), areas: AreaTree | None = None,
-                 clock: Clock = time.time, resume: bool = True, silences: SilenceStore | None = None) -> None:
+                 clock: Clock = time.time, resume: bool = True, silences: SilenceStore | None = None,
+                 leader: Callable[[], bool] | None = None) -> None:
         """`resume=False` holds the durable notifiers' deliveries (they are in the outbox) until
         `resume()`: the daemon calls it once the MQTT connector and the sinks are started. `silences`:
-        where the silences are kept (default: their table in the store's file)."""
+        where the silences are kept (default: their table in the store's file). `leader`: whether this node
+        leads its cluster (default: always)."""
         self.settings = settings or AlertsSettings()
         self.store = store
         self._clock = clock
@@ -75,7 +82,8 @@ class AlertManager:
         self.silences = Silences(self._silence_store, clock=clock, retention=self.settings.silence_retention)
         inhibitor = Inhibitor([InhibitRule.from_settings(rule) for rule in self.settings.inhibit], areas)
         self.muting = Muting(self.silences, inhibitor)
-        self.delivery = Delivery(store, NotifierChain(notifiers))
+        self.leader: Callable[[], bool] = leader or (lambda: True)
+        self.delivery = Delivery(store, NotifierChain(notifiers), leader=self.leader)
         self.chain, self.outbox = self.delivery.chain, self.delivery.outbox
         self._active = ActiveAlerts(store)
         self._resolved = store.count_resolved()
@@ -107,6 +115,8 @@ class AlertManager:
         if update.state not in _UPDATE_STATES or update.severity not in SEVERITY_RANK:
             log.error("alerts.bad_update", rule=update.rule, state=update.state, severity=update.severity)
             return None
+        if not self.leader():
+            return None  # a follower: the leader records it (its view comes from the store, `sync`)
         with self._lock:
             now = self._clock()
             current = self._active.get(update.fingerprint)
@@ -236,6 +246,40 @@ class AlertManager:
     def now(self) -> float:
         return self._clock()
 
+    # --- cluster -----------------------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """In a cluster, every second: a follower's view becomes the store's (its stream told of each
+        difference); the leader takes the acknowledgements other nodes stored, and notifies them.
+        StoreError: the store does not answer (tried again at the next call)."""
+        stored = {alert.fingerprint: alert for alert in self.store.active_alerts()}
+        with self._lock:
+            leading = self.leader()
+            for alert, change in _differences(list(self._active), stored, acks_only=leading):
+                current = self._active.get(alert.fingerprint)
+                if current is not None and current.id != alert.id:
+                    self._active.drop(current)
+                if change == "resolved":
+                    self._active.drop(alert)
+                else:
+                    self._active.put(self.muting.apply(alert, self._clock()))
+                self._changes[(change,)] += 1
+                self.delivery.record(self._active.get(alert.fingerprint) or alert, change, save=False)
+            if not self._deferring():
+                self.delivery.flush()
+
+    def promote(self, term: int) -> None:
+        """This node leads from now: the store's alerts are the truth, and the outbox is taken over."""
+        stored = self.store.active_alerts()
+        with self._lock:
+            self.delivery.flush()
+            for alert in list(self._active):
+                self._active.drop(alert)
+            for alert in stored:
+                self._active.put(alert)
+            self._refresh(notify=False)
+            self.delivery.take_over(term)
+
     # --- time --------------------------------------------------------------------------------------------
 
     def tick(self) -> None:
@@ -320,3 +364,28 @@ class AlertManager:
         with self._lock:
             self.store.close()
             self._silence_store.close()
+
+
+def _differences(memory: list[Alert], stored: dict[str, Alert], *,
+                 acks_only: bool) -> list[tuple[Alert, Change]]:
+    """What changed in the store against this node's view, as the changes to tell: every difference of
+    state or acknowledgement (a follower), or only acknowledgements stored later than this node's change
+    (the leader: the rules' changes are its own)."""
+    found: list[tuple[Alert, Change]] = []
+    known = {alert.fingerprint: alert for alert in memory}
+    for fingerprint, alert in stored.items():
+        mine = known.get(fingerprint)
+        if acks_only:
+            if (mine is not None and mine.id == alert.id and mine.acknowledged != alert.acknowledged
+                    and alert.updated_at > mine.updated_at):
+                found.append((replace(mine, acknowledged=alert.acknowledged, updated_at=alert.updated_at),
+                              "acknowledged" if alert.acknowledged else "unacknowledged"))
+            continue
+        if mine is None or mine.id != alert.id or mine.state != alert.state:
+            found.append((alert, alert.state))  # type: ignore[arg-type]  # pending or firing
+        elif mine.acknowledged != alert.acknowledged:
+            found.append((alert, "acknowledged" if alert.acknowledged else "unacknowledged"))
+    if not acks_only:
+        found += [(replace(alert, state="resolved"), "resolved") for fingerprint, alert in known.items()
+                  if fingerprint not in stored]
+    return found

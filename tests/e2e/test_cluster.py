@@ -1,8 +1,13 @@
 """Two `ioc run` nodes on one PostgreSQL, Mosquitto and InfluxDB (CONTRACT §8, issue 11 phase 2).
 
-So far: one leader is elected and both nodes list the roster, name their role on `/readyz` and in
-`ioc_cluster_leader{node}`; SIGKILL the leader and the other leads within `lease + 5 s`; the killed node
-comes back as a follower. (Leader-only notifications, LISTEN/NOTIFY and the HTTP republish come next.)
+- one leader is elected and both nodes list the roster, name their role on `/readyz` and in
+  `ioc_cluster_leader{node}`; SIGKILL the leader and the other leads within `lease + 5 s`; the killed node
+  comes back as a follower; every node takes every event, a repeat is a duplicate on each;
+- only the leader records and notifies: an alert fires once on `ioc/v1/alerts/{rule}`, both nodes serve it
+  under one id; an ack made on the follower holds on the leader and is notified once; the leader is killed
+  and the new one resolves the alert and notifies it: each (alert, change) on the broker exactly once
+  (repeats of one notification id, from an outbox taken over, count once).
+(LISTEN/NOTIFY instead of the 1 s sync, silences across nodes and the HTTP republish come next.)
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
-from tests.e2e.daemon import DaemonProcess, assert_counting_rule, make_daemon
-from tests.e2e.test_postgres_store import aqi, wait_for
-from tests.mqtt_tools import publish_all
+from tests.e2e.daemon import OPERATOR_TOKEN, DaemonProcess, assert_counting_rule, make_daemon
+from tests.e2e.test_postgres_store import RULES, alerts, aqi, wait_for
+from tests.mqtt_tools import Collector, publish_all
 from tests.postgres_server import Postgres
 from tests.servers import Server
 
@@ -34,8 +40,11 @@ def nodes(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, un
     for node in ("ioc-a", "ioc-b"):
         folder = tmp_path / node
         folder.mkdir()
+        rules = folder / "rules.yaml"
+        rules.write_text(RULES, encoding="utf-8")
         daemon = make_daemon(folder, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
-                             client_id=f"{node}-{unique}", extra=f'\n[cluster]\nlease = "{LEASE:g}s"\n')
+                             client_id=f"{node}-{unique}",
+                             extra=f'\n[cluster]\nlease = "{LEASE:g}s"\n\n[rules]\npaths = ["{rules}"]\n')
         found[node] = (daemon, {"IOC_STORE__URL": postgres.url(name), "IOC_CLUSTER__NODE": node})
     yield found
     for daemon, _ in found.values():
@@ -81,3 +90,44 @@ def test_one_leader_and_a_follower_that_takes_over_after_a_sigkill(
     assert (role(a), role(b)) == ("follower", "leader")
     assert b.terminate() == 0  # a graceful stop gives the lease up: a leads at its next round
     wait_for("ioc-a leads", lambda: role(a) == "leader", timeout=LEASE + 5)
+
+
+def test_only_the_leader_notifies_and_the_next_one_takes_over(
+        nodes: dict[str, tuple[DaemonProcess, dict[str, str]]], mosquitto: Server, unique: str) -> None:
+    (a, a_env), (b, b_env) = nodes["ioc-a"], nodes["ioc-b"]
+    collector = Collector("127.0.0.1", mosquitto.port, "ioc/v1/alerts/aqi-bad")
+    try:
+        a.start(env=a_env)
+        b.start(env=b_env)
+        assert (role(a), role(b)) == ("leader", "follower")
+        publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-1", 180)], qos=1)
+        [fired] = wait_for("the alert firing on a", lambda: alerts(a, state="firing"))
+        wait_for("the alert on b, same id", lambda: [alert["id"] for alert in alerts(b, state="firing")] == [
+            fired["id"]])
+        acked = httpx.post(f"{b.api}/api/v1/alerts/{fired['id']}/ack", timeout=5,
+                           headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+        assert acked.status_code == 200, acked.text
+        wait_for("the ack on a", lambda: alerts(a, state="acknowledged"))
+
+        changes = lambda: notified(collector)
+        wait_for("firing and acknowledged sent", lambda: set(changes()) == {
+            (fired["id"], "firing"), (fired["id"], "acknowledged")})
+        a.kill()
+        wait_for("b leads", lambda: role(b) == "leader", timeout=LEASE + 10)
+        publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-2", 100)], qos=1)
+        wait_for("the alert resolved on b", lambda: alerts(b, state="resolved"))
+        wait_for("resolved sent", lambda: (fired["id"], "resolved") in changes())
+        time.sleep(1.0)  # a grace in which a duplicate (under a new notification id) would arrive
+        assert sorted(changes().items()) == sorted({(fired["id"], "firing"): 1, (fired["id"], "acknowledged"): 1,
+                                                    (fired["id"], "resolved"): 1}.items())
+    finally:
+        collector.close()
+
+
+def notified(collector: Collector) -> dict[tuple[str, str], int]:
+    """(alert id, change) -> how many distinct notification ids told it on the broker."""
+    ids: dict[tuple[str, str], set[str]] = {}
+    for _, payload in list(collector.messages):
+        body = orjson.loads(payload)
+        ids.setdefault((body["id"], body["change"]), set()).add(body.get("notification_id", ""))
+    return {key: len(found) for key, found in ids.items()}
