@@ -125,10 +125,10 @@ class DossierTracker:
                 self._unknown_area_events[event.source] = self._unknown_area_events.get(event.source, 0) + 1
             online = event.channel == "online"
             received_period = period_of(received_us / 1e6)
-            counts.received(chain, received_period, online, 1)
             if finished_us is not None:
                 if slot is not None:
                     opened.remove(key, slot)
+                counts.received(chain, received_period, online, 1)
                 if event.status in self._graded:
                     counts.finished(chain, period_of(finished_us / 1e6), finished_us <= due_us, 1)
             else:
@@ -216,8 +216,8 @@ class DossierTracker:
                 chains[(row.chain, row.level)] = chain
             online = row.channel == "online"
             received_period = period_of(row.received_us / 1e6)
-            counts.received(chain, received_period, online, 1)
             if row.finished_us is not None:
+                counts.received(chain, received_period, online, 1)
                 if row.status in self._graded:
                     counts.finished(chain, period_of(row.finished_us / 1e6), row.finished_us <= row.due_us, 1)
                 continue

@@ -62,14 +62,15 @@ class OpenDossiers:
         return self._last[slot]
 
     def uncount(self, slot: int) -> None:
-        """Take the dossier's state out of the counters (before its next state is counted)."""
+        """Take the dossier's state out of the counters, as `put` counted it (before its next state)."""
         counts, chain = self._counts, self._chain[slot]
         counts.received(chain, self._received_period[slot], bool(self._online[slot]), -1)
         counts.opened(chain, self._phase[slot], -1)
 
     def put(self, key: str, slot: int | None, chain: int, status: int, online: bool, received_period: int,
             due_us: int, at_us: int, clock_us: int) -> None:
-        """Hold the dossier `key` (in its `slot`, or a new one) as open and count it in its phase."""
+        """Hold the dossier `key` (in its `slot`, or a new one) as open and count it: received in its
+        period, open in its phase (`uncount` takes both out)."""
         if slot is None:
             slot = self._new_slot(key)
         self._chain[slot] = chain
@@ -82,6 +83,7 @@ class OpenDossiers:
         self._last[slot] = at_us
         phase = phase_at(status, due_us, near_us, clock_us)
         self._phase[slot] = phase
+        self._counts.received(chain, received_period, online, 1)
         self._counts.opened(chain, phase, 1)
         self._schedule(slot, phase, due_us, near_us)
 
