@@ -7,10 +7,8 @@ docs/metrics.md's rule: received = accepted + rejected + duplicate, per source.
 
 from __future__ import annotations
 
-import bisect
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,6 +21,7 @@ from ioc import failpoints
 from ioc.envelope import EVENT_ADAPTER, AnyEvent, event_time_ns
 from ioc.errors import SinkFull
 from ioc.ingest import memory
+from ioc.ingest.counts import BatchCounts, IntakeCounts
 from ioc.ingest.decode import (
     DEFAULT_MAX_ITEMS,
     MAX_ITEM_BYTES,
@@ -33,8 +32,10 @@ from ioc.ingest.decode import (
     reject_invalid,
 )
 from ioc.ingest.dedup import DedupIndex, dedup_key
+from ioc.ingest.letters import DeadLetterOffice, DeadLetterTarget, Letter
 from ioc.ingest.port import DurableCallback
 from ioc.lineproto import Points, render_event
+from ioc.logs import RepeatLimiter
 from ioc.metrics import counter, gauge
 
 log = structlog.get_logger("ioc.ingest")
@@ -44,36 +45,13 @@ log = structlog.get_logger("ioc.ingest")
 class Evaluation(Protocol):
     """The evaluation thread as the intake sees it (`ioc.evaluation.Evaluator`): accepted events are
     handed over, and `on_done` runs once their alert changes and tracker rows are stored. Durability
-    waits for it as for a sink, so an event acknowledged is an event evaluated (CONTRACT §7)."""
+    waits for it as for a sink, so an event acknowledged is an event evaluated (docs/operations.md)."""
 
     def offer(self, events: Sequence[AnyEvent], on_done: DurableCallback | None) -> None: ...
 UNKNOWN_SOURCE = "unknown"
 _validate_json = EVENT_ADAPTER.validate_json
 # A payload may hold 10,000 bad items: the debug log names the first few, then counts the rest.
 _LOGGED_REJECTIONS = 5
-# ... and its dead letter names this many (with their index), then counts the rest.
-_LETTER_REASONS = 20
-_FAILURE_LOG_EVERY = 10.0  # seconds between two lines about the same repeated failure
-
-
-class _Throttle:
-    """At most one log line per `every` seconds for one kind of failure that may repeat per item:
-    `due()` is how many were left unlogged since the last line, or None when this one is not logged."""
-
-    __slots__ = ("_every", "_last", "_missed")
-
-    def __init__(self, every: float = _FAILURE_LOG_EVERY) -> None:
-        self._every = every
-        self._last = -every
-        self._missed = 0
-
-    def due(self) -> int | None:
-        now = time.monotonic()
-        if now - self._last < self._every:
-            self._missed += 1
-            return None
-        missed, self._missed, self._last = self._missed, 0, now
-        return missed
 
 
 class FormerArea(Protocol):
@@ -95,10 +73,6 @@ def _moved(event: AnyEvent, new: str, former: str) -> AnyEvent:
     return event.model_copy(update={"area": new, "tags": {**(event.tags or {}), "area_former": former}})
 
 
-class DeadLetterTarget(Protocol):
-    """Where rejected items go (the MQTT connector publishes them on `ioc/v1/deadletter/{source}`)."""
-
-    def publish_dead_letter(self, source: str, reason: str, payload: bytes) -> None: ...
 
 
 class PointSink(Protocol):
@@ -111,9 +85,6 @@ class PointSink(Protocol):
     def has_room(self, points: int) -> bool: ...
 
 
-# A rejected item on its way to a dead letter: (its message's number, source, index in the message,
-# reason, its bytes).
-_Letter = tuple[int, str, int, str, bytes]
 
 
 @dataclass(slots=True)
@@ -121,27 +92,6 @@ class IngestResult:
     accepted: int = 0
     duplicates: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (index in the payload, reason)
-
-
-def several_rejected(group: Sequence[_Letter]) -> str:
-    """The reason of a dead letter for several rejected items of one message: how many (a count a reader
-    can rely on: `N items rejected: `), then the first ones by their index in the message."""
-    named = [f"[{index}] {reason}" for _, _, index, reason, _ in group[:_LETTER_REASONS]]
-    more = f"; and {len(group) - _LETTER_REASONS} more" if len(group) > _LETTER_REASONS else ""
-    return f"{len(group)} items rejected: " + "; ".join(named) + more
-
-
-class _BatchCounts:
-    """One batch's counts, added to the pipeline's totals in one step once the batch is handed over."""
-
-    __slots__ = ("accepted", "converted", "duplicates", "received", "rejected")
-
-    def __init__(self) -> None:
-        self.received: defaultdict[str, int] = defaultdict(int)
-        self.accepted: defaultdict[str, int] = defaultdict(int)
-        self.duplicates: defaultdict[str, int] = defaultdict(int)
-        self.rejected: defaultdict[tuple[str, str], int] = defaultdict(int)
-        self.converted: defaultdict[str, int] = defaultdict(int)  # former area codes, by level
 
 
 class _AllDurable:
@@ -184,27 +134,23 @@ class Pipeline:
         self._max_future_ns = int(max_future * 1e9)
         self._clock = clock
         self._lock = threading.Lock()
-        self.dead_letter_targets: list[DeadLetterTarget] = list(dead_letters)  # given by the assembly (app.py)
+        self.letters = DeadLetterOffice(dead_letters)
+        self.dead_letter_targets = self.letters.targets  # (the same list)
         # Gets each admitted batch's accepted events: the seam of the evaluation thread (aggregators,
         # rules), which must cost the intake no more than a hand-over.
         self.evaluation = evaluation
-        # The counters of docs/metrics.md (received = accepted + rejected + duplicate, per source) change
-        # together once per batch, after the hand-over to the sinks (which may wait for room), under a
-        # lock of their own that a scrape takes too: no scrape sees a batch half counted.
-        self._counts_lock = threading.Lock()
-        self.received: defaultdict[tuple[str], int] = defaultdict(int)
-        self.accepted: defaultdict[tuple[str], int] = defaultdict(int)
-        self.duplicates: defaultdict[tuple[str], int] = defaultdict(int)
-        self.rejected: defaultdict[tuple[str, str], int] = defaultdict(int)
-        self.dead_letters: defaultdict[tuple[str], int] = defaultdict(int)
+        # The counters of docs/metrics.md, a batch added at once after its hand-over to the sinks (which
+        # may wait for room), under the lock a scrape takes too.
+        self.counts = IntakeCounts()
+        self.received, self.accepted = self.counts.received, self.counts.accepted
+        self.duplicates, self.rejected = self.counts.duplicates, self.counts.rejected
+        self.converted = self.counts.converted
+        self.dead_letters = self.letters.counts
         # CONTRACT §10: former area codes no longer in use, converted for events dated from `since_ns`
         # (the app sets them from the registry); none by default. One dict lookup an event at most.
         self._former_areas: Mapping[str, FormerArea] = {}
         self._former_since_ns = 1 << 63
-        self.converted: defaultdict[tuple[str], int] = defaultdict(int)
-        self._dead_letter_failures = _Throttle()
-        self._listener_failures = _Throttle()
-        self._sink_failures = _Throttle()
+        self._failures = RepeatLimiter(10.0)  # logged at most once per 10 s, per kind, whatever the flood
 
     def convert_areas(self, former: Mapping[str, FormerArea], since_ns: int) -> None:
         """Place events dated from `since_ns` that carry a code of `former` in the unit it became (a
@@ -301,8 +247,8 @@ class Pipeline:
         points = Points()
         keys = points.origins
         kept: list[tuple[int, AnyEvent]] = []  # (index in the payload, event) of what goes to the sinks
-        letters: list[_Letter] = []
-        counts = _BatchCounts()
+        letters: list[Letter] = []
+        counts = BatchCounts()
         formers, since_ns = self._former_areas, self._former_since_ns
         with self._lock:
             limit_ns = int(self._clock() * 1e9) + self._max_future_ns
@@ -345,7 +291,7 @@ class Pipeline:
                 keys.append(key)
                 kept.append((index, event))
             if letters:
-                self._send_dead_letters(letters, messages)
+                self.letters.send(letters, messages)
             try:
                 evaluated = self._hand_to_sinks(points, keys, on_durable, timeout, evaluate=bool(kept))
             except Exception as error:  # noqa: BLE001  # SinkFull, or a sink that failed (a full disk)
@@ -354,20 +300,19 @@ class Pipeline:
                 self.dedup.forget(keys)
                 code, why = (("overloaded", "the sinks are full") if isinstance(error, SinkFull)
                              else ("sink_error", "a sink failed"))
-                if code == "sink_error" and (suppressed := self._sink_failures.due()) is not None:
+                if code == "sink_error" and (suppressed := self._failures.check("sink")) is not None:
                     log.error("ingest.sink_failed", error=repr(error), events=len(kept), suppressed=suppressed)
                 for index, event in kept:
                     counts.rejected[(event.source, code)] += 1
                     result.rejected.append((index, f"{code}: {why}, retry later"))
                 result.rejected.sort()
-                self._count(counts)
+                counts.converted.clear()  # counted only for a batch the sinks took
+                self.counts.add(counts)
                 return result
             for _, event in kept:
                 counts.accepted[event.source] += 1
             result.accepted = len(kept)
-            for level, number in counts.converted.items():  # only for a batch the sinks took
-                self.converted[(level,)] += number
-            self._count(counts)
+            self.counts.add(counts)
         if len(result.rejected) > _LOGGED_REJECTIONS:
             log.debug("ingest.rejected_more", count=len(result.rejected) - _LOGGED_REJECTIONS)
         if self.evaluation is not None and kept:
@@ -378,22 +323,12 @@ class Pipeline:
         try:
             evaluation.offer(events, on_done)
         except Exception:  # the intake goes on; what waited for the evaluation is released
-            if (suppressed := self._listener_failures.due()) is not None:
+            if (suppressed := self._failures.check("evaluation")) is not None:
                 log.exception("ingest.evaluation_failed", events=len(events), suppressed=suppressed)
             if on_done is not None:
                 on_done()
 
-    def _count(self, counts: _BatchCounts) -> None:
-        """Add one batch's counts to the totals, all at once (see `_counts_lock`)."""
-        with self._counts_lock:
-            for totals, batch in ((self.received, counts.received), (self.accepted, counts.accepted),
-                                  (self.duplicates, counts.duplicates)):
-                for source, number in batch.items():
-                    totals[(source,)] += number
-            for key, number in counts.rejected.items():
-                self.rejected[key] += number
-
-    def _reject(self, result: IngestResult, counts: _BatchCounts, letters: list[_Letter], index: int,
+    def _reject(self, result: IngestResult, counts: BatchCounts, letters: list[Letter], index: int,
                 source: str | None, code: str, message: str, raw: bytes) -> None:
         source = source or UNKNOWN_SOURCE
         counts.received[source] += 1
@@ -403,7 +338,7 @@ class Pipeline:
             log.debug("ingest.rejected", source=source, reason=code, error=message)
         letters.append((0, source, index, message, raw))
 
-    def _reject_claim(self, result: IngestResult, counts: _BatchCounts, letters: list[_Letter], index: int,
+    def _reject_claim(self, result: IngestResult, counts: BatchCounts, letters: list[Letter], index: int,
                       item: Rejection, topic_source: str) -> None:
         """An invalid item that also claims another source than its topic's: the topic decides, as for a
         valid one (its vendor may write there and reads its dead letters there; the claimed source may be
@@ -412,42 +347,9 @@ class Pipeline:
                      f"source: {item.source!r} does not match the topic's {topic_source!r}; {item.message}",
                      item.raw)
 
-    def _send_dead_letters(self, letters: list[_Letter],
-                           messages: Sequence[tuple[int, bytes | None]] | None) -> None:
-        """One dead letter per message and source: the item itself when it is the only one rejected,
-        else the message with the rejected items' indexes and reasons. A message of 10,000 bad items
-        costs one publish, not 10,000 (which the connector could not queue: it would count them dropped)."""
-        if messages is None:  # every item a message of its own
-            for _, source, _, reason, raw in letters:
-                self._publish_dead_letter(source, reason, raw, 1)
-            return
-        starts = [start for start, _ in messages]
-        groups: dict[tuple[int, str], list[_Letter]] = {}
-        for _, source, index, reason, raw in letters:
-            number = bisect.bisect_right(starts, index) - 1 if len(starts) > 1 else 0
-            groups.setdefault((number, source), []).append((number, source, index - starts[number], reason, raw))
-        for (number, source), group in groups.items():
-            if len(group) == 1:
-                _, _, _, reason, raw = group[0]
-                self._publish_dead_letter(source, reason, raw, 1)
-                continue
-            payload = messages[number][1]
-            if payload is None:  # the caller did not say: the rejected items, one a line
-                payload = b"\n".join(raw for _, _, _, _, raw in group)
-            self._publish_dead_letter(source, several_rejected(group), payload, len(group))
-
     def publish_dead_letter(self, source: str, reason: str, payload: bytes) -> None:
         """Send a dead letter to every target (also used for points a sink refused for good)."""
-        self._publish_dead_letter(source, reason, payload, 1)
-
-    def _publish_dead_letter(self, source: str, reason: str, payload: bytes, items: int) -> None:
-        self.dead_letters[(source,)] += items
-        for target in self.dead_letter_targets:
-            try:
-                target.publish_dead_letter(source, reason, payload)
-            except Exception:  # per item of a flood: logged at most once per 10 s
-                if (suppressed := self._dead_letter_failures.due()) is not None:
-                    log.exception("ingest.dead_letter_failed", source=source, suppressed=suppressed)
+        self.letters.publish(source, reason, payload)
 
     def _hand_to_sinks(self, points: list[str], keys: list[str], on_durable: DurableCallback | None,
                        timeout: float | None, *, evaluate: bool) -> DurableCallback | None:
@@ -486,23 +388,8 @@ class Pipeline:
             return self.dedup.expire()
 
     def metrics(self) -> Iterable[Metric]:
-        with self._counts_lock:
-            received, accepted = self.received.copy(), self.accepted.copy()
-            duplicates, rejected = self.duplicates.copy(), self.rejected.copy()
-        for (source,) in received:  # every source shows all three, zeros included, so sums are checkable
-            accepted.setdefault((source,), 0)
-            duplicates.setdefault((source,), 0)
-        yield counter("ioc_events_received", "Events received, by source.", ("source",), received)
-        yield counter("ioc_events_accepted", "Events accepted and handed to the sinks.", ("source",), accepted)
-        yield counter("ioc_events_duplicate", "Repeats of (source, id) counted and ignored.", ("source",),
-                      duplicates)
-        yield counter("ioc_events_rejected", "Events rejected, by source and reason.", ("source", "reason"),
-                      rejected)
-        yield counter("ioc_area_codes_converted", "Events dated from 2025-07-01 whose former area code was "
-                      "converted to the unit it became, by the former code's level.", ("level",),
-                      self.converted.copy())
-        yield counter("ioc_dead_letters", "Rejected items sent to the dead-letter topic.", ("source",),
-                      self.dead_letters.copy())
+        yield from self.counts.collect()
+        yield from self.letters.collect()
         yield gauge("ioc_dedup_keys", "(source, id) keys remembered for deduplication.", (),
                     {(): float(len(self.dedup))})
         yield counter("ioc_dedup_evicted", "Dedup keys forgotten before the window for lack of room.", (),
