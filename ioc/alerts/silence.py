@@ -23,7 +23,7 @@ import builtins
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeAlias
 
@@ -190,6 +190,10 @@ class Silences:
             self._store.save(silences, audits)
         for silence in silences:
             self._silences[silence.id] = silence
+
+    def reload(self, silences: Iterable[Silence]) -> None:
+        """The store's silences replace these (another node made or ended one: CONTRACT §8)."""
+        self._silences = {silence.id: silence for silence in silences}
 
     def get(self, silence_id: str) -> Silence:
         silence = self._silences.get(silence_id)
