@@ -174,6 +174,7 @@ class Daemon:
         # store at every change): after a crash the store is the truth of what is pending and firing.
         self.engine.adopt(self.alerts.active())
         self.cluster.on_role.append(self._role_changed)
+        self.cluster.on_store_change.append(self.alerts.store_changed)
         saved_kpis = load_state(self.database, KPI_STATE)
         if saved_kpis is not None:  # the wall's tiles right after a restart, before the first emission
             self.kpis.restore(saved_kpis)

@@ -268,6 +268,19 @@ class AlertManager:
             if not self._deferring():
                 self.delivery.flush()
 
+    def store_changed(self, tables: set[str]) -> None:
+        """Some node wrote these tables (LISTEN/NOTIFY): silences are read again (the alerts they mute
+        told, and notified by the leader); alerts are synced (`sync`). StoreError: tried at the next one."""
+        if "silences" in tables:
+            loaded = self._silence_store.load()
+            with self._lock:
+                self.silences.reload(loaded)
+                self._refresh()
+                if not self._deferring():
+                    self.delivery.flush()
+        if "alerts" in tables:
+            self.sync()
+
     def promote(self, term: int) -> None:
         """This node leads from now: the store's alerts are the truth, and the outbox is taken over."""
         stored = self.store.active_alerts()
@@ -381,6 +394,8 @@ def _differences(memory: list[Alert], stored: dict[str, Alert], *,
                 found.append((replace(mine, acknowledged=alert.acknowledged, updated_at=alert.updated_at),
                               "acknowledged" if alert.acknowledged else "unacknowledged"))
             continue
+        if mine is not None and mine.id == alert.id and mine.updated_at > alert.updated_at:
+            continue  # read before this node's own later change was stored: the next sync sees it
         if mine is None or mine.id != alert.id or mine.state != alert.state:
             found.append((alert, alert.state))  # type: ignore[arg-type]  # pending or firing
         elif mine.acknowledged != alert.acknowledged:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import structlog
 from prometheus_client.core import Metric
@@ -28,7 +29,8 @@ MARGIN = 0.2  # of the lease: how long before its expiry (by the renewal's send 
 
 class ClusterNode:
     """The lease and heartbeat of node `node` on `database` (its own connection is opened, `reopen`).
-    `on_role(leading)` listeners are told of each change of role, from the lease thread."""
+    `on_role(leading)` listeners are told of each change of role, from the lease thread; `on_store_change
+    (tables)` ones of the alerts and silences any node wrote (LISTEN/NOTIFY, `ioc.cluster.listen`)."""
 
     def __init__(self, database: Database, node: str, *, lease: float = 10.0, version: str = "",
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -37,6 +39,8 @@ class ClusterNode:
         self.version = version
         self.clustered = database.dialect == "postgresql"
         self.on_role: list[Callable[[bool], None]] = []
+        self.on_store_change: list[Callable[[set[str]], None]] = []
+        self._listener: Any = None  # a ChangeListener once started
         self._clock = clock
         self._db = database.reopen() if self.clustered else None
         self._lock = threading.Lock()  # one connection, used by the lease thread and the API's reads
@@ -62,9 +66,19 @@ class ClusterNode:
         """One round now (the first leader is known when the daemon starts), then one every `lease / 3`."""
         if not self.clustered:
             return
+        from ioc.cluster.listen import ChangeListener  # psycopg only with PostgreSQL
+        from ioc.store.postgres import PostgresDatabase
+
+        assert isinstance(self._db, PostgresDatabase)
+        self._listener = ChangeListener(self._db, self._store_changed)
+        self._listener.start()
         self.step()
         self._thread = threading.Thread(target=self._run, name="cluster-lease", daemon=True)
         self._thread.start()
+
+    def _store_changed(self, tables: set[str]) -> None:
+        for listener in self.on_store_change:
+            listener(tables)
 
     def _run(self) -> None:
         interval = self.lease / 3
@@ -140,6 +154,8 @@ class ClusterNode:
     def close(self) -> None:
         """Stop the heartbeats; a leader gives the lease up, so another node leads at once."""
         self._stop.set()
+        if self._listener is not None:
+            self._listener.close()
         if self._thread is not None:
             self._thread.join(timeout=10.0)
         if self._db is None:

@@ -57,6 +57,20 @@ class PostgresDatabase:
     def reopen(self) -> PostgresDatabase:
         return PostgresDatabase(self._url, password=self._password, node=self._node)
 
+    def listening(self, channel: str) -> psycopg.Connection[Any]:
+        """A new connection of its own (autocommit) that LISTENs on `channel`: read it with
+        `notifies()` (`ioc.cluster.listen`). StoreError when the server does not answer."""
+        options: dict[str, Any] = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT, **_KEEPALIVE,
+                                   "application_name": f"ioc {self._node} listen".strip()}
+        if self._password:
+            options["password"] = self._password
+        try:
+            conn = psycopg.connect(self._url, **options)
+            conn.execute(f"LISTEN {channel}".encode())
+        except psycopg.Error as error:
+            raise StoreError(f"cannot listen on {self.url}: {_first_line(error)}") from error
+        return conn
+
     def _connection(self) -> psycopg.Connection[Any]:
         conn = self._conn
         if conn is not None and not conn.closed and not conn.broken:
