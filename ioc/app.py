@@ -33,7 +33,7 @@ from ioc.alerts.manager import AlertManager
 from ioc.alerts.notify import build_notifiers
 from ioc.alerts.store import AlertStore
 from ioc.api.app import create_app
-from ioc.api.cluster import cluster_router
+from ioc.api.cluster import Republisher, cluster_router
 from ioc.api.server import HttpServer
 from ioc.api.stream import Broadcaster
 from ioc.api.web import default_province, web_router
@@ -131,7 +131,9 @@ class Daemon:
                               readiness=self.problems, alerts=self.alerts, kpis=self.kpis, stream=self.stream,
                               web=wall, cap=cap_router(self.cap.store, settings.cap), areas=self.areas,
                               cluster=cluster_router(self.cluster),
-                              role=lambda: self.cluster.role if self.cluster.clustered else None)
+                              role=lambda: self.cluster.role if self.cluster.clustered else None,
+                              republish=Republisher(self.mqtt_publisher.session)
+                              if self.cluster.clustered and self.mqtt_publisher is not None else None)
         self.http = HttpServer(self.app, settings.http)
         self.metrics.add(self.http.metrics)
 

@@ -26,7 +26,7 @@ from ioc.api.alertmanager_v2 import alertmanager_v2_router
 from ioc.api.alerts import alerts_router, kpis_router
 from ioc.api.areas_api import areas_router
 from ioc.api.docs import docs_router
-from ioc.api.events import EventIntake, event_schemas, events_router
+from ioc.api.events import EventIntake, Republish, event_schemas, events_router
 from ioc.api.health import health_router
 from ioc.api.stream import Broadcaster, stream_router
 from ioc.areas import AreaRegistry
@@ -172,7 +172,7 @@ def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
                kpis: KpiBoard | None = None, stream: Broadcaster | None = None,
                web: APIRouter | None = None, cap: APIRouter | None = None,
                areas: AreaRegistry | None = None, cluster: APIRouter | None = None,
-               role: Callable[[], str | None] | None = None) -> FastAPI:
+               role: Callable[[], str | None] | None = None, republish: Republish | None = None) -> FastAPI:
     """The FastAPI application of the daemon. Registers its own metric source into `metrics`
     (`ioc_http_requests_total{route,status}`, `ioc_http_rate_limited_total{vendor}`).
 
@@ -197,7 +197,8 @@ def create_app(*, settings: Settings, pipeline: Pipeline, metrics: Metrics,
     app.state.settings = settings
     app.state.pipeline = pipeline
 
-    intake = EventIntake(pipeline=pipeline, http=settings.http, limiter=RateLimiter(settings.vendors))
+    intake = EventIntake(pipeline=pipeline, http=settings.http, limiter=RateLimiter(settings.vendors),
+                         republish=republish)
     app.include_router(events_router(intake))
     app.include_router(health_router(metrics=metrics, readiness=readiness, role=role))
     app.include_router(docs_router(title=app.title, openapi_url="/openapi.json"))

@@ -1,13 +1,26 @@
-"""`GET /api/v1/cluster` (CONTRACT §8): the nodes sharing the store, their role and last heartbeat."""
+"""`GET /api/v1/cluster` (CONTRACT §8): the nodes sharing the store, their role and last heartbeat; and
+the HTTP intake's republish to the broker, so an event posted to one node reaches every node."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import paho.mqtt.client as mqtt
+import structlog
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from ioc.cluster import ClusterNode
+from ioc.connectors.mqtt.session import MqttSession
+from ioc.connectors.mqtt.topics import EVENTS_PREFIX
+from ioc.ingest.decode import Accepted
+
+log = structlog.get_logger("ioc.cluster")
+
+POLL = 0.005  # seconds between looks at the broker's acknowledgements
 
 EXAMPLE = {"nodes": [{"node": "ioc-a", "role": "leader", "heartbeat_at": "2026-03-02T01:00:03.200000+00:00"},
                      {"node": "ioc-b", "role": "follower", "heartbeat_at": "2026-03-02T01:00:02.900000+00:00"}]}
@@ -39,3 +52,41 @@ def cluster_router(node: ClusterNode) -> APIRouter:
             for member in node.members()])
 
     return router
+
+
+class Republisher:
+    """In a cluster, what a node accepted over HTTP is published on its MQTT session to
+    `ioc/v1/events/{source}` at QoS 1 (CONTRACT §8), each event as it was posted: every node receives it as
+    any MQTT event (this one sees it again as a duplicate). `publish` is true once the broker acknowledged
+    every one (the HTTP answer waits for it), false when the session is down or the time is up."""
+
+    def __init__(self, session: MqttSession) -> None:
+        self.session = session
+        self.published = 0
+        self.failed = 0
+
+    async def publish(self, items: Sequence[Accepted], timeout: float) -> bool:
+        client = self.session.client
+        if client is None or self.session.closed:
+            self.failed += len(items)
+            return False
+        infos = []
+        for item in items:
+            info = client.publish(EVENTS_PREFIX + item.event.source, item.raw, qos=1)
+            if info.rc == mqtt.MQTT_ERR_NO_CONN:
+                info.rc = mqtt.MQTT_ERR_SUCCESS  # queued by paho, sent on reconnect: `is_published` tells
+            infos.append(info)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if all(info.is_published() for info in infos):
+                    self.published += len(items)
+                    return True
+            except (ValueError, RuntimeError) as error:  # refused for good by paho
+                log.warning("cluster.republish_failed", error=str(error))
+                break
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(POLL)
+        self.failed += len(items)
+        return False

@@ -16,8 +16,8 @@ import dataclasses
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable
-from typing import Annotated, Any
+from collections.abc import Iterable, Sequence
+from typing import Annotated, Any, Protocol
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
@@ -145,8 +145,10 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 class EventIntake:
     """The state behind `POST /api/v1/events`: the pipeline, the vendors' buckets and the counters."""
 
-    def __init__(self, *, pipeline: Pipeline, http: HttpSettings, limiter: RateLimiter) -> None:
+    def __init__(self, *, pipeline: Pipeline, http: HttpSettings, limiter: RateLimiter,
+                 republish: Republish | None = None) -> None:
         self.pipeline = pipeline
+        self.republish = republish  # in a cluster: what was taken goes to the broker too (CONTRACT §8)
         self.http = http
         self.limiter = limiter
         self.rate_limited: defaultdict[tuple[str, ...], int] = defaultdict(int)
@@ -250,6 +252,14 @@ class EventIntake:
                 await asyncio.wait_for(durable, timeout=max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 is_durable = False
+        if self.republish is not None and (result.accepted or result.duplicates):
+            # CONTRACT §8: every node must see it; a duplicate is sent too (its first copy may not have been).
+            # A retry after a 503 is safe: a duplicate here, published again.
+            refused = {index for index, _ in result.rejected}
+            taken = [item for index, item in enumerate(items) if isinstance(item, Accepted) and index not in refused]
+            if not await self.republish.publish(taken, max(0.0, deadline - time.monotonic())):
+                raise HTTPException(503, "the broker did not take the events for the other nodes, retry",
+                                    headers={"Retry-After": "1"})
         if failpoints.ACTIVE:
             failpoints.hit("http.before_reply")
         return _json(202, {
@@ -258,6 +268,12 @@ class EventIntake:
             "rejected": [{"index": index, "error": error} for index, error in result.rejected],
             "durable": is_durable,
         })
+
+
+class Republish(Protocol):
+    """Where a cluster's node sends what it took over HTTP (`ioc.api.cluster.Republisher`)."""
+
+    async def publish(self, items: Sequence[Accepted], timeout: float) -> bool: ...
 
 
 def _too_big(what: str, limit: int) -> HTTPException:

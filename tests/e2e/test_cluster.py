@@ -2,13 +2,14 @@
 
 - one leader is elected and both nodes list the roster, name their role on `/readyz` and in
   `ioc_cluster_leader{node}`; SIGKILL the leader and the other leads within `lease + 5 s`; the killed node
-  comes back as a follower; every node takes every event, a repeat is a duplicate on each;
+  comes back as a follower; every node takes every event, a repeat is a duplicate on each; events posted
+  over HTTP to the follower reach both (published to the broker before the 202), a bad one is answered and
+  dead-lettered by the follower alone, and the counting rule holds on each node;
 - only the leader records and notifies: an alert fires once on `ioc/v1/alerts/{rule}`, both nodes serve it
   under one id; an ack and a silence made on the follower hold on the leader (LISTEN/NOTIFY) and the ack
   is notified once; the leader is killed
   and the new one resolves the alert and notifies it: each (alert, change) on the broker exactly once
   (repeats of one notification id, from an outbox taken over, count once).
-(The HTTP republish comes next.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e.daemon import OPERATOR_TOKEN, DaemonProcess, assert_counting_rule, make_daemon
+from tests.e2e.daemon import OPERATOR_TOKEN, VENDOR_TOKEN, DaemonProcess, assert_counting_rule, make_daemon
 from tests.e2e.test_postgres_store import RULES, alerts, aqi, wait_for
 from tests.mqtt_tools import Collector, publish_all
 from tests.postgres_server import Postgres
@@ -30,6 +31,7 @@ from tests.servers import Server
 pytestmark = pytest.mark.slow
 
 LEASE = 3.0
+VENDOR = {"Authorization": f"Bearer {VENDOR_TOKEN}", "Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -78,6 +80,21 @@ def test_one_leader_and_a_follower_that_takes_over_after_a_sigkill(
         wait_for("the events on both nodes", lambda daemon=daemon: (
             daemon.metric_sum("ioc_events_accepted_total", source="qtmt-aqi") == 3
             and daemon.metric_sum("ioc_events_duplicate_total", source="qtmt-aqi") == 1))
+        assert_counting_rule(daemon)
+    # Posted to the follower over HTTP: published to the broker before the 202, so it reaches both nodes;
+    # the bad item is answered and dead-lettered by the follower alone; the follower hears its own
+    # publish back as a duplicate.
+    posted = [orjson.loads(aqi(f"{unique}-h{n}", 60 + n)[1]) for n in range(2)]
+    answer = httpx.post(f"{b.api}/api/v1/events", timeout=10, headers=VENDOR,
+                        content=orjson.dumps([*posted, {"id": "bad", "source": "qtmt-aqi", "type": "nope"}]))
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["accepted"] == 2 and [item["index"] for item in answer.json()["rejected"]] == [2]
+    wait_for("the posted events on a", lambda: a.metric_sum("ioc_events_accepted_total", source="qtmt-aqi") == 5)
+    wait_for("the echo on b", lambda: b.metric_sum("ioc_events_duplicate_total", source="qtmt-aqi") == 3)
+    assert b.metric_sum("ioc_events_accepted_total", source="qtmt-aqi") == 5
+    assert a.metric_sum("ioc_events_rejected_total", source="qtmt-aqi") == 0
+    assert b.metric_sum("ioc_events_rejected_total", source="qtmt-aqi") == 1
+    for daemon in (a, b):
         assert_counting_rule(daemon)
 
     a.kill()
