@@ -59,6 +59,7 @@ log = structlog.get_logger("ioc.api.server")
 # Descriptors kept for everything but HTTP clients: SQLite (three per connection, one connection per
 # thread that uses the store), the broker, InfluxDB, the listening socket, logs. An idle daemon holds ~20.
 FD_RESERVE = 256
+MAX_HEAD_BYTES = 16 * 1024  # the request line and headers (h11's and uvicorn's default; nginx's 4 x 8k)
 _REFUSED_BODY = b'{"error": "too many connections"}'
 REFUSED_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
                     b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_REFUSED_BODY), _REFUSED_BODY))
@@ -91,6 +92,7 @@ class ConnectionGuard:
         self.body_timeout = float(settings.body_timeout)
         self.refused = 0
         self.timed_out = {("header",): 0, ("body",): 0}
+        self.heads_too_large = 0
         self.open = 0
 
     def metrics(self) -> Iterable[Metric]:
@@ -102,6 +104,8 @@ class ConnectionGuard:
                       "max_connections were open.", (), {(): float(self.refused)})
         yield counter("ioc_http_connections_timed_out", "Connections closed because their request headers "
                       "(header) or body (body) did not arrive in time.", ("phase",), self.timed_out)
+        yield counter("ioc_http_heads_too_large", f"Requests refused (431, closed) because their request line "
+                      f"and headers passed {MAX_HEAD_BYTES} bytes.", (), {(): float(self.heads_too_large)})
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -119,6 +123,8 @@ class GuardedH11Protocol(H11Protocol):
         self._timed_out = False
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0  # received while the request's line and headers are incomplete
+        self._head_tail = b""  # the last bytes of that, for a blank line split between two reads
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         guard = self.guard
@@ -145,7 +151,24 @@ class GuardedH11Protocol(H11Protocol):
         if self._header_timer is None and self.conn.their_state is h11.IDLE:
             # The first byte of the next request on a kept-alive connection: its headers have this long.
             self._header_timer = self.loop.call_later(self.guard.header_timeout, self._header_timed_out)
+        if self.conn.their_state is h11.IDLE and self._head_too_large(data):
+            self._refuse_head()
+            return
         super().data_received(data)
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """Whether the request line and headers, of which `data` is the next piece, pass MAX_HEAD_BYTES.
+        Looked at before h11 parses, so a head too large never reaches the application; one `find` per
+        piece while a head is incomplete (a request's first piece, as a rule)."""
+        seen = self._head_bytes
+        end = (self._head_tail + data).find(b"\r\n\r\n")
+        if end >= 0:
+            size = seen - len(self._head_tail) + end + 4
+            self._head_bytes, self._head_tail = 0, b""
+            return size > MAX_HEAD_BYTES
+        self._head_bytes = seen + len(data)
+        self._head_tail = data[-3:]
+        return self._head_bytes > MAX_HEAD_BYTES
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -169,6 +192,16 @@ class GuardedH11Protocol(H11Protocol):
             if timer is not None:
                 timer.cancel()
         self._header_timer = self._body_timer = None
+
+    def _refuse_head(self) -> None:
+        """431 with a JSON reason, as every other refusal of the API, then close (h11's own limit, on an
+        incomplete head only, would answer a plain-text 400 "Invalid HTTP request received.")."""
+        self.guard.heads_too_large += 1
+        self._cancel_timers()
+        body = b'{"error": "request line and headers over %d bytes"}' % MAX_HEAD_BYTES
+        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                             b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
 
     def _header_timed_out(self) -> None:
         self._header_timer = None

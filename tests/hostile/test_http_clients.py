@@ -504,3 +504,57 @@ def test_a_request_broken_mid_body_is_a_400_never_an_internal_error(daemon: Limi
     assert post_event(daemon, f"after-broken-{len(request_bytes)}-{token}").status_code == 202
     time.sleep(0.3)  # the application's side of the cut-off request has finished by now
     assert daemon.log_path.read_bytes().count(b"api.internal_error") == before
+
+
+# --- request heads --------------------------------------------------------------------------------------
+
+def _send_and_read(daemon: DaemonProcess, data: bytes) -> bytes:
+    sock = connect(daemon)
+    with contextlib.suppress(OSError):
+        sock.sendall(data)
+    answer = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            answer += chunk
+    sock.close()
+    return answer
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_a_request_head_over_16_kib_is_a_431_in_json_and_one_at_the_limit_is_served(
+        daemon: LimitedDaemon, split: bool) -> None:
+    """A head past the limit was answered by uvicorn's plain-text 400 "Invalid HTTP request received."; it is
+    a 431 with a JSON reason like every refusal of the API, whether it comes in one read or dribbles in.
+    A head just under the limit, and a body far bigger than it, are served."""
+    before = daemon.metric_sum("ioc_http_heads_too_large_total")
+    line = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+    filler = b"X-Filler: " + b"a" * 200 + b"\r\n"
+    big = line + filler * (17 * 1024 // len(filler)) + b"\r\n"
+    if split:
+        sock = connect(daemon)
+        for start in range(0, len(big), 4096):
+            with contextlib.suppress(OSError):
+                sock.sendall(big[start:start + 4096])
+            time.sleep(0.02)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+        sock.close()
+    else:
+        answer = _send_and_read(daemon, big)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert b"application/json" in head and orjson.loads(body) == {"error": "request line and headers over 16384 bytes"}
+    assert daemon.metric_sum("ioc_http_heads_too_large_total") == before + 1
+
+    under = line + filler * (15 * 1024 // len(filler)) + b"Connection: close\r\n\r\n"
+    assert _send_and_read(daemon, under).startswith(b"HTTP/1.1 200")
+    event = {"id": f"big-body-head-{split}", "source": "qtmt-aqi", "type": "telemetry",
+             "time": "2026-01-05T08:00:00+07:00", "metric": "env.aqi", "value": 42.0, "area": "60",
+             "tags": {"note": "n" * 200}}
+    body = orjson.dumps([event] + [{**event, "id": f"big-body-head-{split}-{i}"} for i in range(400)])
+    assert len(body) > 64 * 1024
+    response = httpx.post(f"{daemon.api}/api/v1/events", content=body, timeout=10,
+                          headers={"Authorization": f"Bearer {VENDOR_TOKEN}", "Content-Type": "application/json"})
+    assert response.status_code == 202 and response.json()["accepted"] == 401
