@@ -19,7 +19,7 @@ from fastapi import APIRouter, Path, Query, Response
 from starlette.exceptions import HTTPException
 
 from ioc.areas import REFORM_DAY, AreaRegistry, local_date
-from ioc.areas.model import Area
+from ioc.areas.units import Area
 
 __all__ = ["areas_router", "province_units"]
 

@@ -7,7 +7,7 @@ conversion of former codes, CSV overrides, KPI targets by level.
 """
 
 from ioc.areas.dates import LOCAL_ZONE, REFORM_DAY, REFORM_NS, local_date, parse_day
-from ioc.areas.model import LEVELS, Area
+from ioc.areas.units import LEVELS, Area
 from ioc.areas.national import Former, Source, artefact_path
 from ioc.areas.registry import AreaRegistry, default_targets_path, registry_from_settings
 

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from ioc.areas.dates import REFORM_DAY, local_date, parse_day
-from ioc.areas.model import Area
+from ioc.areas.units import Area
 from ioc.areas.registry import AreaRegistry, registry_from_settings
 from ioc.errors import ConfigError
 

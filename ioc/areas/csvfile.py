@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import cast
 
 from ioc.areas.dates import parse_day
-from ioc.areas.model import LEVELS, RANK, Area, Span, Target, covered, describe_span, overlap, span
+from ioc.areas.units import LEVELS, RANK, Area, Span, Target, covered, describe_span, overlap, span
 from ioc.envelope import METRIC_PATTERN, AreaLevel
 
 __all__ = ["AREA_COLUMNS", "check_relations", "load_areas", "load_targets", "read_areas"]

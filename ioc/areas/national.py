@@ -16,7 +16,7 @@ from typing import Any
 
 from ioc.areas.csvfile import check_relations, read_areas
 from ioc.areas.dates import REFORM_DAY
-from ioc.areas.model import Area, Span, overlap, span
+from ioc.areas.units import Area, Span, overlap, span
 from ioc.envelope import AreaLevel
 from ioc.errors import ConfigError
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from ioc.areas import AreaRegistry
-from ioc.areas.model import Area
+from ioc.areas.units import Area
 
 __all__ = ["Cell", "english_name", "province_map", "short_name", "voronoi_cells"]
 
