@@ -88,20 +88,6 @@ class DossierCounts:
                 self.near[node] += sign
         self.dirty.add(chain)
 
-    def moved(self, chain: int, old: int, new: int) -> None:
-        """An open dossier went from phase `old` to `new` (the clock passed its near-due start or due)."""
-        near, overdue = self.near, self.overdue
-        for node in self.nodes.chains[chain]:
-            if old == NEAR:
-                near[node] -= 1
-            elif old == OVERDUE:
-                overdue[node] -= 1
-            if new == NEAR:
-                near[node] += 1
-            elif new == OVERDUE:
-                overdue[node] += 1
-        self.dirty.add(chain)
-
     def start_period(self, period: int) -> None:
         """The clock entered `period`: periods before the previous one are dropped; all is emitted again."""
         self.current = period

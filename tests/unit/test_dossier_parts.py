@@ -41,7 +41,8 @@ def test_counts_tell_every_node_first_then_only_the_changed_ones() -> None:
     counts.opened(chain, OVERDUE, 1)
     assert counts.take_changed() == {commune, province}
     assert (counts.open[province], counts.overdue[province], counts.near[province]) == (1, 1, 0)
-    counts.moved(chain, OVERDUE, NEAR)
+    counts.opened(chain, OVERDUE, -1)
+    counts.opened(chain, NEAR, 1)
     assert (counts.open[commune], counts.overdue[commune], counts.near[commune]) == (1, 0, 1)
     counts.opened(other, NORMAL, 1)
     assert counts.take_changed() == {commune, neighbour, province}
