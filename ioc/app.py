@@ -194,13 +194,16 @@ class Daemon:
         self._reload_failures = 0
         self._last_reload_ok = True
         self._rounds = 0
+        self._hot = False
 
     def _leads(self) -> bool:
         return self.cluster.leader
 
     def _role_changed(self, leading: bool) -> None:
-        """CONTRACT §8: a new leader makes the store's alerts its view, takes the outbox over, then aligns
-        the rule engine with the stored alerts (as at start: `adopt`)."""
+        """CONTRACT §8: a new leader makes the store's alerts its view and takes the outbox over. At start
+        the stored alerts are the truth (the engine adopts them); a node that evaluated as a hot follower
+        knows better than the store what changed since the old leader last wrote (it died, or the store
+        was away): its engine's view is recorded (`_record_engine_view`)."""
         if not leading:
             return
         try:
@@ -208,7 +211,26 @@ class Daemon:
         except StoreError as error:  # the lease was just renewed, so this is rare: the next sync catches up
             log.error("cluster.promote_failed", error=str(error))
             return
-        self.engine.adopt(self.alerts.active())
+        if self._hot:
+            self._record_engine_view()
+        else:
+            self.engine.adopt(self.alerts.active())
+
+    def _record_engine_view(self) -> None:
+        # Under the engine's lock (as its own evaluation holds it when it tells a change), so no change of
+        # the evaluation thread comes between the snapshot and its recording.
+        with self.engine._lock:  # next: a public RuleEngine method for this
+            live = self.engine.active()
+            held = {update.fingerprint for update in live}
+            now = time.time()
+            for alert in self.alerts.active():
+                if alert.fingerprint not in held:
+                    self.alerts.apply(AlertUpdate(
+                        rule=alert.rule, labels=dict(alert.labels), severity=alert.severity, state="resolved",
+                        summary=alert.summary, value=alert.value, at=now, runbook=alert.runbook,
+                        fingerprint=alert.fingerprint))
+            for update in live:  # a repeat of the stored state changes nothing
+                self.alerts.apply(update)
 
     def _alert_changed(self, update: AlertUpdate) -> None:
         self.alerts.apply(update)
@@ -271,6 +293,7 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in the order that keeps every event."""
         await asyncio.to_thread(self.cluster.start)  # the first round at once: the leader is known from here
+        self._hot = True  # from now on a promotion finds an engine that evaluated as a follower
         for sink in self.sinks:
             sink.start()
         self.evaluator.start()

@@ -25,7 +25,7 @@ import pytest
 from tests.e2e.daemon import OPERATOR_TOKEN, VENDOR_TOKEN, DaemonProcess, assert_counting_rule, make_daemon
 from tests.e2e.test_postgres_store import RULES, alerts, aqi, wait_for
 from tests.mqtt_tools import Collector, publish_all
-from tests.postgres_server import Postgres
+from tests.postgres_server import Postgres, start_postgres
 from tests.servers import Server
 
 pytestmark = pytest.mark.slow
@@ -37,6 +37,14 @@ VENDOR = {"Authorization": f"Bearer {VENDOR_TOKEN}", "Content-Type": "applicatio
 @pytest.fixture
 def nodes(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str,
           postgres: Postgres) -> Iterator[dict[str, tuple[DaemonProcess, dict[str, str]]]]:
+    found = two_nodes(tmp_path, mosquitto, influxdb, database, unique, postgres)
+    yield found
+    for daemon, _ in found.values():
+        daemon.stop()
+
+
+def two_nodes(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str,
+              postgres: Postgres) -> dict[str, tuple[DaemonProcess, dict[str, str]]]:
     name = f"e2e_{unique}"
     postgres.psql(f"CREATE DATABASE {name}")
     found: dict[str, tuple[DaemonProcess, dict[str, str]]] = {}
@@ -49,9 +57,7 @@ def nodes(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, un
                              client_id=f"{node}-{unique}",
                              extra=f'\n[cluster]\nlease = "{LEASE:g}s"\n\n[rules]\npaths = ["{rules}"]\n')
         found[node] = (daemon, {"IOC_STORE__URL": postgres.url(name), "IOC_CLUSTER__NODE": node})
-    yield found
-    for daemon, _ in found.values():
-        daemon.stop()
+    return found
 
 
 def roster(daemon: DaemonProcess) -> dict[str, str]:
@@ -62,6 +68,10 @@ def roster(daemon: DaemonProcess) -> dict[str, str]:
 
 def role(daemon: DaemonProcess) -> str:
     return str(httpx.get(f"{daemon.api}/readyz", timeout=5).json()["role"])
+
+
+def leader(*daemons: DaemonProcess) -> DaemonProcess | None:
+    return next((daemon for daemon in daemons if role(daemon) == "leader"), None)
 
 
 def test_one_leader_and_a_follower_that_takes_over_after_a_sigkill(
@@ -155,3 +165,37 @@ def notified(collector: Collector) -> dict[tuple[str, str], int]:
         body = orjson.loads(payload)
         ids.setdefault((body["id"], body["change"]), set()).add(body.get("notification_id", ""))
     return {key: len(found) for key, found in ids.items()}
+
+
+def test_postgresql_away_and_back_no_leader_meanwhile_and_the_change_made_meanwhile_sent_once(
+        tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str) -> None:
+    server = start_postgres()  # this test's own: it stops it
+    found = two_nodes(tmp_path, mosquitto, influxdb, database, unique, server)
+    (a, a_env), (b, b_env) = found["ioc-a"], found["ioc-b"]
+    collector = Collector("127.0.0.1", mosquitto.port, "ioc/v1/alerts/aqi-bad")
+    try:
+        a.start(env=a_env)
+        b.start(env=b_env)
+        publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-1", 180)], qos=1)
+        [fired] = wait_for("the alert firing", lambda: alerts(a, state="firing"))
+        server.stop()
+        for daemon in (a, b):  # cut from the store: not ready, and nobody leads
+            wait_for("not ready", lambda daemon=daemon: httpx.get(f"{daemon.api}/readyz", timeout=5).status_code
+                     == 503 and role(daemon) == "follower", timeout=LEASE + 30)
+        publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-2", 100)], qos=1)  # it resolves meanwhile
+        for daemon in (a, b):  # both ingest on
+            wait_for("the event taken", lambda daemon=daemon: daemon.metric_sum(
+                "ioc_events_accepted_total", source="qtmt-aqi") == 2)
+        server.start()
+        now_leading = wait_for("a leader again", lambda: leader(a, b), timeout=LEASE + 30)
+        wait_for("the resolution recorded and sent", lambda: (fired["id"], "resolved") in notified(collector))
+        assert [alert["id"] for alert in alerts(now_leading, state="resolved")] == [fired["id"]]
+        time.sleep(1.0)  # a grace in which a duplicate (under a new notification id) would arrive
+        assert notified(collector) == {(fired["id"], "firing"): 1, (fired["id"], "resolved"): 1}
+        for daemon in (a, b):
+            assert_counting_rule(daemon)
+    finally:
+        collector.close()
+        for daemon, _ in found.values():
+            daemon.stop()
+        server.close()
