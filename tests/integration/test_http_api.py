@@ -470,5 +470,5 @@ def _pipeline(settings: Settings, sinks: list[SlowSink] | None = None) -> Pipeli
 
 
 def test_the_http_push_sample_config_parses() -> None:
-    settings = load_settings(ROOT / "connectors" / "http_push" / "sample.conf")
+    settings = load_settings(ROOT / "deploy" / "http-push.sample.conf")
     assert settings.vendors and settings.vendors[0].sources
