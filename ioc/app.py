@@ -101,15 +101,17 @@ class Daemon:
         # intake on the session, which feeds the pipeline.
         mqtt_session = MqttSession(settings.mqtt) if settings.mqtt.enabled else None
         self.mqtt_publisher = MqttPublisher(mqtt_session) if mqtt_session is not None else None
+        self._build_evaluation(settings)
         self.pipeline = Pipeline(sinks=self.sinks, dedup=self.dedup, max_bytes=settings.http.max_body,
                                  max_items=settings.intake.max_items,
                                  max_future=settings.intake.max_future,
-                                 dead_letters=[self.mqtt_publisher] if self.mqtt_publisher is not None else [])
+                                 dead_letters=[self.mqtt_publisher] if self.mqtt_publisher is not None else [],
+                                 evaluation=self.evaluator)
+        self.pipeline.convert_areas(self.areas.former, REFORM_NS)
         self.mqtt = MqttConnector(mqtt_session, self.pipeline, publisher=self.mqtt_publisher,
                                   vendors=settings.vendors, state_path=settings.store.path,
                                   max_deliveries=settings.intake.max_deliveries) if mqtt_session is not None else None
         self.poller = HttpPoller(settings.poll, self.pipeline) if settings.poll else None
-        self._build_evaluation(settings)
         self.metrics.add(self.pipeline.metrics)
         for sink in self.sinks:
             self.metrics.add(sink.metrics())
@@ -143,7 +145,6 @@ class Daemon:
         self.areas = registry_from_settings(settings.areas)
         # CONTRACT §10: former area codes no longer in use are converted at the intake (events dated
         # from 2025-07-01), so sinks, rules and KPIs only ever see the unit of the event's era.
-        self.pipeline.convert_areas(self.areas.former, REFORM_NS)
         self.kpis = KpiBoard()
         self.stream = Broadcaster(queue_max=settings.alerts.stream_queue_max,
                                   heartbeat=settings.alerts.stream_heartbeat, retry=settings.alerts.stream_retry,
@@ -159,7 +160,7 @@ class Daemon:
                                 areas=self.areas, default_area=default_province(self.areas))
         self.alerts = AlertManager(
             AlertStore(self.database, node=self.node), settings=settings.alerts, areas=self.areas, resume=False,
-            leader=self._leads,
+            leader=self._leads if self.cluster.clustered else None,
             notifiers=[*build_notifiers(settings.alerts, mqtt=self.mqtt_publisher, sink=self.sinks[0], stream=self.stream),
                        *self.pushers, self.cap])
         self.clock = EventClock()
@@ -187,9 +188,6 @@ class Daemon:
         self.evaluator = Evaluator([*self.aggregators, self.engine, self.watch], self.clock,
                                    on_tick=[self.alerts.tick], around_batch=self.alerts.batch,
                                    persist=[aggregator.persist for aggregator in self.aggregators])
-        # The pipeline is built before the evaluation (the MQTT connector, which alerts publish through,
-        # needs the pipeline), so the seam is set here rather than passed to Pipeline().
-        self.pipeline.evaluation = self.evaluator
         self._kpi_points_dropped = 0
         self._reload_failures = 0
         self._last_reload_ok = True
