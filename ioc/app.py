@@ -107,6 +107,8 @@ class Daemon:
                                  max_future=settings.intake.max_future,
                                  dead_letters=[self.mqtt_publisher] if self.mqtt_publisher is not None else [],
                                  evaluation=self.evaluator)
+        # docs/events.md: former area codes no longer in use are converted at the intake (events dated
+        # from 2025-07-01), so sinks, rules and KPIs only ever see the unit of the event's era.
         self.pipeline.convert_areas(self.areas.former, REFORM_NS)
         self.mqtt = MqttConnector(mqtt_session, self.pipeline, publisher=self.mqtt_publisher,
                                   vendors=settings.vendors, state_path=settings.store.path,
@@ -143,12 +145,11 @@ class Daemon:
         """Areas, aggregators, rules and alerts: what the evaluation thread drives. Every file is read
         and validated here, so a bad rule or registry file stops the start with its `file:line`."""
         self.areas = registry_from_settings(settings.areas)
-        # CONTRACT §10: former area codes no longer in use are converted at the intake (events dated
-        # from 2025-07-01), so sinks, rules and KPIs only ever see the unit of the event's era.
-        self.kpis = KpiBoard()
         self.stream = Broadcaster(queue_max=settings.alerts.stream_queue_max,
                                   heartbeat=settings.alerts.stream_heartbeat, retry=settings.alerts.stream_retry,
                                   max_clients=settings.http.max_streams, replay=settings.http.sse_replay)
+        # KPIs are published in the evaluation thread (by the aggregators), so the engine sees them in order.
+        self.kpis = KpiBoard(listeners=[self._kpi_to_rules, self.stream.publish_kpi, self._kpi_to_sinks])
         # There is always a sink (InfluxDB, else the local one): alert points go to the first. Deliveries
         # wait (in the outbox) until `run` has started the connector and the sinks.
         # CONTRACT §9; in a cluster only the leader posts (§8).
@@ -182,8 +183,6 @@ class Daemon:
         if saved_kpis is not None:  # the wall's tiles right after a restart, before the first emission
             self.kpis.restore(saved_kpis)
         self.aggregators = build_aggregators(self.areas, settings.kpis, self.database, self.kpis.publish)
-        # KPIs are published in the evaluation thread (by the aggregators), so the engine sees them in order.
-        self.kpis.listeners += [self._kpi_to_rules, self.stream.publish_kpi, self._kpi_to_sinks]
         self.watch = SourceWatch()  # what the wall shows of each subsystem: last seen, rate
         self.evaluator = Evaluator([*self.aggregators, self.engine, self.watch], self.clock,
                                    on_tick=[self.alerts.tick], around_batch=self.alerts.batch,

@@ -8,7 +8,7 @@ and feeds it back into the rule engine as telemetry of `source = "ioc"` (`Kpi.as
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -76,10 +76,10 @@ class KpiBoard:
     Aggregators call `publish`; listeners (the SSE stream, the InfluxDB writer, the rule engine's feed)
     are called in the publisher's thread, in order, and a failing listener never stops the others."""
 
-    def __init__(self) -> None:
+    def __init__(self, listeners: Sequence[KpiListener] = ()) -> None:
         self._latest: dict[tuple[str, str], Kpi] = {}
         self._lock = threading.Lock()
-        self.listeners: list[KpiListener] = []
+        self.listeners: list[KpiListener] = list(listeners)  # given by the assembly (app.py)
 
     def publish(self, kpi: Kpi) -> None:
         with self._lock:
