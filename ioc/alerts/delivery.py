@@ -79,6 +79,12 @@ class Delivery:
         for alert, change, notification_id, seqs in held:
             self.chain.dispatch(alert, change, notification_id, seqs, self.outbox.settle, plain=False)
 
+    def keep_unsaved(self, keep: bool) -> None:
+        """At a promotion: the alert rows this node could not store while it led last are written (`keep`:
+        it held the lease itself in between) or dropped (another node led and wrote since)."""
+        if not keep:
+            self._unsaved = {}
+
     def take_over(self, term: int) -> None:
         """This node leads from now (lease term `term`): what the outbox holds is delivered again (StoreError:
         the store does not answer; the caller tries again)."""
@@ -120,7 +126,9 @@ class Delivery:
         if not self._untold and not self._unsaved:
             return
         if not self.leader():  # a follower: its own stream hears of it, nothing is stored or sent
-            untold, self._unsaved, self._untold = self._untold, {}, []
+            # Rows a leader could not store before it stopped leading stay: written if it leads again
+            # before anyone else did (`keep_unsaved`), else dropped.
+            untold, self._untold = self._untold, []
             self._tell([(alert, change, self._new_id(), {}) for alert, change in untold])
             return
         alerts = list(self._unsaved.values())

@@ -84,6 +84,7 @@ class AlertManager:
         self.muting = Muting(self.silences, inhibitor)
         self.leader: Callable[[], bool] = leader or (lambda: True)
         self.delivery = Delivery(store, NotifierChain(notifiers), leader=self.leader)
+        self._term: int | None = None  # the lease term this node last led in
         self.chain, self.outbox = self.delivery.chain, self.delivery.outbox
         self._active = ActiveAlerts(store)
         self._resolved = store.count_resolved()
@@ -283,9 +284,13 @@ class AlertManager:
 
     def promote(self, term: int) -> None:
         """This node leads from now: the store's alerts are the truth, and the outbox is taken over."""
+        with self._lock:
+            # The same term: nobody else led since this node did, so what it could not store is still true.
+            self.delivery.keep_unsaved(term == self._term)
+            self._term = term
+            self.delivery.flush()
         stored = self.store.active_alerts()
         with self._lock:
-            self.delivery.flush()
             for alert in list(self._active):
                 self._active.drop(alert)
             for alert in stored:
