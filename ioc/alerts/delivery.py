@@ -84,6 +84,7 @@ class Delivery:
         it held the lease itself in between) or dropped (another node led and wrote since)."""
         if not keep:
             self._unsaved = {}
+        self._outage.retry_now()  # the lease was just taken: the store answers
 
     def take_over(self, term: int) -> None:
         """This node leads from now (lease term `term`): what the outbox holds is delivered again (StoreError:
