@@ -9,7 +9,9 @@
   under one id; an ack and a silence made on the follower hold on the leader (LISTEN/NOTIFY) and the ack
   is notified once; the leader is killed
   and the new one resolves the alert and notifies it: each (alert, change) on the broker exactly once
-  (repeats of one notification id, from an outbox taken over, count once).
+  and at a webhook receiver (repeats of one notification id, from an outbox taken over, count once);
+- PostgreSQL away and back: nobody leads meanwhile, both nodes are not ready and ingest on; the alert
+  resolved meanwhile is recorded and sent once by the next leader.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import orjson
 import pytest
 
 from tests.e2e.daemon import OPERATOR_TOKEN, VENDOR_TOKEN, DaemonProcess, assert_counting_rule, make_daemon
+from tests.e2e.test_alertmanager_push import Receiver
 from tests.e2e.test_postgres_store import RULES, alerts, aqi, wait_for
 from tests.mqtt_tools import Collector, publish_all
 from tests.postgres_server import Postgres, start_postgres
@@ -35,16 +38,23 @@ VENDOR = {"Authorization": f"Bearer {VENDOR_TOKEN}", "Content-Type": "applicatio
 
 
 @pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    found = Receiver()
+    yield found
+    found.close()
+
+
+@pytest.fixture
 def nodes(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str,
-          postgres: Postgres) -> Iterator[dict[str, tuple[DaemonProcess, dict[str, str]]]]:
-    found = two_nodes(tmp_path, mosquitto, influxdb, database, unique, postgres)
+          postgres: Postgres, receiver: Receiver) -> Iterator[dict[str, tuple[DaemonProcess, dict[str, str]]]]:
+    found = two_nodes(tmp_path, mosquitto, influxdb, database, unique, postgres, webhook=receiver.url)
     yield found
     for daemon, _ in found.values():
         daemon.stop()
 
 
 def two_nodes(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str,
-              postgres: Postgres) -> dict[str, tuple[DaemonProcess, dict[str, str]]]:
+              postgres: Postgres, *, webhook: str = "") -> dict[str, tuple[DaemonProcess, dict[str, str]]]:
     name = f"e2e_{unique}"
     postgres.psql(f"CREATE DATABASE {name}")
     found: dict[str, tuple[DaemonProcess, dict[str, str]]] = {}
@@ -55,7 +65,8 @@ def two_nodes(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str
         rules.write_text(RULES, encoding="utf-8")
         daemon = make_daemon(folder, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
                              client_id=f"{node}-{unique}",
-                             extra=f'\n[cluster]\nlease = "{LEASE:g}s"\n\n[rules]\npaths = ["{rules}"]\n')
+                             extra=f'\n[cluster]\nlease = "{LEASE:g}s"\n\n[rules]\npaths = ["{rules}"]\n'
+                             + (f'\n[[alerts.webhooks]]\nurl = "{webhook}"\n' if webhook else ""))
         found[node] = (daemon, {"IOC_STORE__URL": postgres.url(name), "IOC_CLUSTER__NODE": node})
     return found
 
@@ -121,7 +132,8 @@ def test_one_leader_and_a_follower_that_takes_over_after_a_sigkill(
 
 
 def test_only_the_leader_notifies_and_the_next_one_takes_over(
-        nodes: dict[str, tuple[DaemonProcess, dict[str, str]]], mosquitto: Server, unique: str) -> None:
+        nodes: dict[str, tuple[DaemonProcess, dict[str, str]]], mosquitto: Server, unique: str,
+        receiver: Receiver) -> None:
     (a, a_env), (b, b_env) = nodes["ioc-a"], nodes["ioc-b"]
     collector = Collector("127.0.0.1", mosquitto.port, "ioc/v1/alerts/aqi-bad")
     try:
@@ -151,9 +163,17 @@ def test_only_the_leader_notifies_and_the_next_one_takes_over(
         publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-2", 100)], qos=1)
         wait_for("the alert resolved on b", lambda: alerts(b, state="resolved"))
         wait_for("resolved sent", lambda: (fired["id"], "resolved") in changes())
+        wait_for("resolved at the webhook", lambda: any(
+            call["change"] == "resolved" for call in list(receiver.notifications)))
         time.sleep(1.0)  # a grace in which a duplicate (under a new notification id) would arrive
         assert sorted(changes().items()) == sorted({(fired["id"], "firing"): 1, (fired["id"], "acknowledged"): 1,
                                                     (fired["id"], "resolved"): 1}.items())
+        # The webhook (firing and resolved by default): each once, repeats of one notification id aside.
+        calls: dict[tuple[str, str], set[str]] = {}
+        for call in list(receiver.notifications):
+            calls.setdefault((call["alert"]["id"], call["change"]), set()).add(call["notification_id"])
+        assert {key: len(ids) for key, ids in calls.items()} == {(fired["id"], "firing"): 1,
+                                                                 (fired["id"], "resolved"): 1}
     finally:
         collector.close()
 
