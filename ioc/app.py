@@ -28,6 +28,7 @@ from prometheus_client.core import Metric
 
 from ioc import __version__, failpoints
 from ioc.aggregators import build_aggregators
+from ioc.alerts.alert import Alert, Change
 from ioc.alerts.alertmanager_push import alertmanager_pushers
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.notify import build_notifiers
@@ -163,7 +164,8 @@ class Daemon:
             AlertStore(self.database, node=self.node), settings=settings.alerts, areas=self.areas, resume=False,
             leader=self._leads if self.cluster.clustered else None,
             notifiers=[*build_notifiers(settings.alerts, mqtt=self.mqtt_publisher, sink=self.sinks[0], stream=self.stream),
-                       *self.pushers, self.cap])
+                       *self.pushers, self.cap,
+                       *([FollowerCap(self.cap, self._leads)] if self.cluster.clustered else [])])
         self.clock = EventClock()
         self.rules = load_rules(settings.rules.resolved_paths())
         self.engine = RuleEngine(self.rules, areas=self.areas,
@@ -380,6 +382,22 @@ class Daemon:
                 pass  # the cluster's readiness says so; the next round tries again
         if self._rounds % RULE_STATE_EVERY == 0:  # a crash then loses at most this much of `for` timing
             self._save_state()
+
+
+class FollowerCap:
+    """CONTRACT §8: every node serves the CAP feed, which is node-local. The leader's CAP publisher is told
+    as a durable notifier; on a follower (told only of what it hears from the store) this plain notifier
+    tells it. A message told twice is published once (`CapPublisher`)."""
+
+    name = "cap-follower"
+
+    def __init__(self, cap: CapPublisher, leading: Callable[[], bool]) -> None:
+        self.cap = cap
+        self.leading = leading
+
+    def notify(self, alert: Alert, change: Change) -> None:
+        if not self.leading():
+            self.cap.notify(alert, change)
 
 
 def tune_gc() -> None:

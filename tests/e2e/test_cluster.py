@@ -62,7 +62,7 @@ def two_nodes(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str
         folder = tmp_path / node
         folder.mkdir()
         rules = folder / "rules.yaml"
-        rules.write_text(RULES, encoding="utf-8")
+        rules.write_text(RULES + "    public: true\n", encoding="utf-8")  # its alerts in the CAP feed too
         daemon = make_daemon(folder, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
                              client_id=f"{node}-{unique}",
                              extra=f'\n[cluster]\nlease = "{LEASE:g}s"\n\n[rules]\npaths = ["{rules}"]\n'
@@ -144,6 +144,9 @@ def test_only_the_leader_notifies_and_the_next_one_takes_over(
         [fired] = wait_for("the alert firing on a", lambda: alerts(a, state="firing"))
         wait_for("the alert on b, same id", lambda: [alert["id"] for alert in alerts(b, state="firing")] == [
             fired["id"]])
+        for daemon in (a, b):  # every node serves the (node-local) CAP feed
+            wait_for("the CAP message", lambda daemon=daemon: httpx.get(
+                f"{daemon.api}/api/v1/cap", timeout=5).text.count("<entry") == 1)
         acked = httpx.post(f"{b.api}/api/v1/alerts/{fired['id']}/ack", timeout=5,
                            headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
         assert acked.status_code == 200, acked.text
