@@ -131,14 +131,18 @@ class Daemon:
         self.metrics.add(self.cluster.metrics)
         for pusher in self.pushers:
             self.metrics.add(pusher.metrics)
+        # CONTRACT §8: in a cluster what HTTP takes goes to the broker too, for the other nodes.
+        self.republisher = Republisher(self.mqtt_publisher.session) \
+            if self.cluster.clustered and self.mqtt_publisher is not None else None
+        if self.republisher is not None:
+            self.metrics.add(self.republisher.metrics)
         wall = web_router(self.areas, default_province(self.areas), pipeline=self.pipeline, watch=self.watch)
         self.app = create_app(settings=settings, pipeline=self.pipeline, metrics=self.metrics,
                               readiness=self.problems, alerts=self.alerts, kpis=self.kpis, stream=self.stream,
                               web=wall, cap=cap_router(self.cap.store, settings.cap), areas=self.areas,
                               cluster=cluster_router(self.cluster),
                               role=lambda: self.cluster.role if self.cluster.clustered else None,
-                              republish=Republisher(self.mqtt_publisher.session)
-                              if self.cluster.clustered and self.mqtt_publisher is not None else None)
+                              republish=self.republisher)
         self.http = HttpServer(self.app, settings.http)
         self.metrics.add(self.http.metrics)
 

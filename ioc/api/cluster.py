@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
 import structlog
 from fastapi import APIRouter
+from prometheus_client.core import Metric
 from pydantic import BaseModel, Field
 
 from ioc.cluster import ClusterNode
 from ioc.connectors.mqtt.session import MqttSession
 from ioc.connectors.mqtt.topics import EVENTS_PREFIX
 from ioc.ingest.decode import Accepted
+from ioc.metrics import counter
 
 log = structlog.get_logger("ioc.cluster")
 
@@ -90,3 +92,8 @@ class Republisher:
             await asyncio.sleep(POLL)
         self.failed += len(items)
         return False
+
+    def metrics(self) -> Iterable[Metric]:
+        yield counter("ioc_cluster_republished", "Events taken over HTTP and published to the broker for the other "
+                      "nodes (CONTRACT §8), by outcome (failed: not acknowledged in time, answered 503).",
+                      ("outcome",), {("published",): float(self.published), ("failed",): float(self.failed)})

@@ -115,6 +115,7 @@ def test_one_leader_and_a_follower_that_takes_over_after_a_sigkill(
     assert b.metric_sum("ioc_events_accepted_total", source="qtmt-aqi") == 5
     assert a.metric_sum("ioc_events_rejected_total", source="qtmt-aqi") == 0
     assert b.metric_sum("ioc_events_rejected_total", source="qtmt-aqi") == 1
+    assert b.metric_sum("ioc_cluster_republished_total", outcome="published") == 2
     for daemon in (a, b):
         assert_counting_rule(daemon)
 
