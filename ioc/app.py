@@ -28,8 +28,8 @@ from prometheus_client.core import Metric
 
 from ioc import __version__, failpoints
 from ioc.aggregators import build_aggregators
-from ioc.alerts.alert import Alert, Change
 from ioc.alerts.alertmanager_push import alertmanager_pushers
+from ioc.alerts.leadership import Leadership
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.notify import build_notifiers
 from ioc.alerts.store import AlertStore
@@ -40,6 +40,7 @@ from ioc.api.stream import Broadcaster
 from ioc.api.web import default_province, web_router
 from ioc.areas import REFORM_NS, registry_from_settings
 from ioc.cap.api import cap_router
+from ioc.cap.follower import FollowerCap
 from ioc.cap.publisher import CapPublisher
 from ioc.cap.store import CapStore
 from ioc.clock import EventClock
@@ -183,7 +184,8 @@ class Daemon:
         # The saved state may be older than the alert store (saved every RULE_STATE_EVERY rounds, the
         # store at every change): after a crash the store is the truth of what is pending and firing.
         self.engine.adopt(self.alerts.active())
-        self.cluster.on_role.append(self._role_changed)
+        self.leadership = Leadership(self.alerts, self.engine, lambda: self.cluster.term)
+        self.cluster.on_role.append(self.leadership.role_changed)
         self.cluster.on_store_change.append(self.alerts.store_changed)
         saved_kpis = load_state(self.database, KPI_STATE)
         if saved_kpis is not None:  # the wall's tiles right after a restart, before the first emission
@@ -197,43 +199,9 @@ class Daemon:
         self._reload_failures = 0
         self._last_reload_ok = True
         self._rounds = 0
-        self._hot = False
 
     def _leads(self) -> bool:
         return self.cluster.leader
-
-    def _role_changed(self, leading: bool) -> None:
-        """CONTRACT §8: a new leader makes the store's alerts its view and takes the outbox over. At start
-        the stored alerts are the truth (the engine adopts them); a node that evaluated as a hot follower
-        knows better than the store what changed since the old leader last wrote (it died, or the store
-        was away): its engine's view is recorded (`_record_engine_view`)."""
-        if not leading:
-            return
-        try:
-            self.alerts.promote(self.cluster.term or 0)
-        except StoreError as error:  # the lease was just renewed, so this is rare: the next sync catches up
-            log.error("cluster.promote_failed", error=str(error))
-            return
-        if self._hot:
-            self._record_engine_view()
-        else:
-            self.engine.adopt(self.alerts.active())
-
-    def _record_engine_view(self) -> None:
-        # Under the engine's lock (as its own evaluation holds it when it tells a change), so no change of
-        # the evaluation thread comes between the snapshot and its recording.
-        with self.engine._lock:  # next: a public RuleEngine method for this
-            live = self.engine.active()
-            held = {update.fingerprint for update in live}
-            now = time.time()
-            for alert in self.alerts.active():
-                if alert.fingerprint not in held:
-                    self.alerts.apply(AlertUpdate(
-                        rule=alert.rule, labels=dict(alert.labels), severity=alert.severity, state="resolved",
-                        summary=alert.summary, value=alert.value, at=now, runbook=alert.runbook,
-                        fingerprint=alert.fingerprint))
-            for update in live:  # a repeat of the stored state changes nothing
-                self.alerts.apply(update)
 
     def _alert_changed(self, update: AlertUpdate) -> None:
         self.alerts.apply(update)
@@ -296,7 +264,7 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in the order that keeps every event."""
         await asyncio.to_thread(self.cluster.start)  # the first round at once: the leader is known from here
-        self._hot = True  # from now on a promotion finds an engine that evaluated as a follower
+        self.leadership.hot = True  # from now on a promotion finds an engine that evaluated as a follower
         for sink in self.sinks:
             sink.start()
         self.evaluator.start()
@@ -386,22 +354,6 @@ class Daemon:
                 pass  # the cluster's readiness says so; the next round tries again
         if self._rounds % RULE_STATE_EVERY == 0:  # a crash then loses at most this much of `for` timing
             self._save_state()
-
-
-class FollowerCap:
-    """CONTRACT §8: every node serves the CAP feed, which is node-local. The leader's CAP publisher is told
-    as a durable notifier; on a follower (told only of what it hears from the store) this plain notifier
-    tells it. A message told twice is published once (`CapPublisher`)."""
-
-    name = "cap-follower"
-
-    def __init__(self, cap: CapPublisher, leading: Callable[[], bool]) -> None:
-        self.cap = cap
-        self.leading = leading
-
-    def notify(self, alert: Alert, change: Change) -> None:
-        if not self.leading():
-            self.cap.notify(alert, change)
 
 
 def tune_gc() -> None:

@@ -30,6 +30,7 @@ import itertools
 import math
 import threading
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -165,6 +166,10 @@ class RuleEngine:
                         self._emit(runtime, group, "resolved", at)
             log.info("rules.replaced", rules=len(self._runtimes), kept=kept,
                      removed=sum(1 for rule_id in old if rule_id not in self._runtimes))
+
+    def still(self) -> AbstractContextManager[Any]:
+        """Hold the engine still: no event or timer is judged, and no change told, until the block ends."""
+        return self._lock
 
     def active(self) -> list[AlertUpdate]:
         """The current pending and firing alerts (`at` = when they became pending, or fired)."""

@@ -313,20 +313,9 @@ class AlertManager:
                 self.delivery.flush()
             if now >= self._next_purge:
                 self._next_purge = now + PURGE_INTERVAL
-                self._purge(now)
-
-    def _purge(self, now: float) -> None:
-        gone = self.silences.purge()
-        try:
-            removed = self.store.purge_resolved(before=now - self.settings.resolved_retention,
-                                                keep=self.settings.resolved_max)
-            audited = self.store.purge_audit(before=now - self.settings.audit_retention)
-            self._resolved = self.store.count_resolved()
-        except StoreError as error:
-            log.error("alerts.purge_failed", error=str(error))
-            return
-        if gone or removed or audited:
-            log.info("alerts.purged", silences=len(gone), resolved=removed, audit=audited)
+                resolved = purge(self.store, self.silences, self.settings, now)
+                if resolved is not None:
+                    self._resolved = resolved
 
     # --- internals ---------------------------------------------------------------------------------------
 
@@ -367,10 +356,7 @@ class AlertManager:
             by_state["resolved"] = self._resolved
             changes = {(change,): self._changes.get((change,), 0) for change in CHANGES}
             silences = {(status,): float(count) for status, count in self.silences.counts().items()}
-        yield gauge("ioc_alerts", "Alerts by state (acknowledged ones are also counted as firing; resolved: "
-                    "those kept).", ("state",), {(state,): float(n) for state, n in by_state.items()})
-        yield counter("ioc_alert_changes", "Alert changes, by kind.", ("change",), changes)
-        yield gauge("ioc_silences", "Silences by status (expired ones until purged).", ("status",), silences)
+        yield from alert_metrics(by_state, changes, silences)
         yield from self.delivery.metrics()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -409,3 +395,27 @@ def _differences(memory: list[Alert], stored: dict[str, Alert], *,
         found += [(replace(alert, state="resolved"), "resolved") for fingerprint, alert in known.items()
                   if fingerprint not in stored]
     return found
+
+
+def purge(store: AlertStore, silences: Silences, settings: AlertsSettings, now: float) -> int | None:
+    """Forget expired silences, resolved alerts past their retention and old audit entries; the number of
+    resolved alerts kept, or None when the store failed (the next purge tries again)."""
+    gone = silences.purge()
+    try:
+        removed = store.purge_resolved(before=now - settings.resolved_retention, keep=settings.resolved_max)
+        audited = store.purge_audit(before=now - settings.audit_retention)
+        resolved = store.count_resolved()
+    except StoreError as error:
+        log.error("alerts.purge_failed", error=str(error))
+        return None
+    if gone or removed or audited:
+        log.info("alerts.purged", silences=len(gone), resolved=removed, audit=audited)
+    return resolved
+
+
+def alert_metrics(by_state: dict[str, int], changes: dict[tuple[str], int],
+                  silences: dict[tuple[str], float]) -> Iterable[Metric]:
+    yield gauge("ioc_alerts", "Alerts by state (acknowledged ones are also counted as firing; resolved: "
+                "those kept).", ("state",), {(state,): float(n) for state, n in by_state.items()})
+    yield counter("ioc_alert_changes", "Alert changes, by kind.", ("change",), changes)
+    yield gauge("ioc_silences", "Silences by status (expired ones until purged).", ("status",), silences)

@@ -1,0 +1,62 @@
+"""What a node does when it starts leading (docs/operations.md, "A cluster: high availability").
+
+A new leader makes the store's alerts its view and takes the outbox over (`AlertManager.promote`). At
+start the stored alerts are the truth (the engine adopts them); a node that evaluated as a hot follower
+knows better than the store what changed since the old leader last wrote (it died, or the store was
+away): its engine's view is recorded, so an alert that resolved while nobody led is recorded and told
+once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+
+from ioc.alerts.manager import AlertManager
+from ioc.rules.engine import RuleEngine
+from ioc.rules.updates import AlertUpdate
+from ioc.store import StoreError
+
+log = structlog.get_logger("ioc.cluster")
+
+
+class Leadership:
+    """`role_changed` is the cluster node's listener; `hot` is set once the node evaluates (after start)."""
+
+    def __init__(self, alerts: AlertManager, engine: RuleEngine, term: Callable[[], int | None]) -> None:
+        self.alerts = alerts
+        self.engine = engine
+        self.term = term
+        self.hot = False
+
+    def role_changed(self, leading: bool) -> None:
+        if not leading:
+            return
+        try:
+            self.alerts.promote(self.term() or 0)
+        except StoreError as error:  # the lease was just renewed, so this is rare: the next sync catches up
+            log.error("cluster.promote_failed", error=str(error))
+            return
+        if self.hot:
+            self.record_engine_view()
+        else:
+            self.engine.adopt(self.alerts.active())
+
+    def record_engine_view(self) -> None:
+        """Record what the engine holds: stored alerts it does not hold resolve, the rest are applied (a
+        repeat of the stored state changes nothing). The engine is held still meanwhile, as its own
+        evaluation is when it tells a change, so no change comes between the snapshot and its recording."""
+        with self.engine.still():
+            live = self.engine.active()
+            held = {update.fingerprint for update in live}
+            now = time.time()
+            for alert in self.alerts.active():
+                if alert.fingerprint not in held:
+                    self.alerts.apply(AlertUpdate(
+                        rule=alert.rule, labels=dict(alert.labels), severity=alert.severity, state="resolved",
+                        summary=alert.summary, value=alert.value, at=now, runbook=alert.runbook,
+                        fingerprint=alert.fingerprint))
+            for update in live:
+                self.alerts.apply(update)
