@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,10 +21,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, taken below the kernel's ephemeral range: a port the kernel
+    handed out (bind to 0) could be given again, between this call and the server's bind, as the local
+    port of some client's outgoing connection (seen in CI: "Address already in use"). Never the same port
+    twice in one test session."""
+    rng = random.Random()
+    low = 10_000 if _EPHEMERAL_LOW > 11_000 else 1_024
+    for _ in range(1000):
+        port = rng.randrange(low, _EPHEMERAL_LOW)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def wait_for_port(port: int, timeout: float = 15.0) -> None:
