@@ -156,7 +156,7 @@ def test_alert_ack_silence_language_and_a_lost_stream(
     open_wall(driver, wall)
     assert attribute(driver, "html", "lang") == "vi"
     assert text(driver, "[data-province-name]") == "Tỉnh Lâm Đồng"
-    assert text(driver, "[data-conn-text]") == "Trực tuyến"
+    wait(driver, "the live state", lambda: text(driver, "[data-conn-text]") == "Trực tuyến")
     assert text(driver, "[data-action=lang]") == "English"
     assert text(driver, "[data-action=login]") == "Đăng nhập trực ban"
     assert not css(driver, "[data-stale]").is_displayed()
@@ -282,7 +282,9 @@ def test_alert_ack_silence_language_and_a_lost_stream(
     assert text(driver, f"{selector} .state-text") == "Silenced"
     assert text(driver, f"{selector} .severity") == "Critical"
     assert text(driver, "[data-i18n=title]") == "Intelligent Operations Center"
-    assert text(driver, "[data-conn-text]") == "Live"
+    # The stream may have been stale for a moment on a loaded machine (a ping late by more than its
+    # interval): the English text of the live state is what is checked here, not the timing.
+    wait(driver, "the live state in English", lambda: text(driver, "[data-conn-text]") == "Live")
     assert text(driver, "[data-action=lang]") == "Tiếng Việt"
     assert text(driver, "[data-tile=online-province] .tile-target").startswith("Target ≥ 90")
     assert driver.current_url.endswith("?lang=en")
