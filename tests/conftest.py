@@ -56,9 +56,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ioc.db'}"
     server: Postgres = request.getfixturevalue("postgres")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    server.psql(f"CREATE DATABASE {name}")
-    return server.url(name)
+    return server.new_database()
 
 
 @pytest.fixture

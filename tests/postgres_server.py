@@ -14,6 +14,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,12 @@ class Postgres:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.datadir.parent, ignore_errors=True)
+
+    def new_database(self, prefix: str = "t") -> str:
+        """A fresh, empty database (`CREATE DATABASE <prefix>_<unique>`); its URL."""
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        self.psql(f"CREATE DATABASE {name}")
+        return self.url(name)
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL with `psql` (unaligned, tuples only); raises on an error."""

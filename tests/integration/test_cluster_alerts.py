@@ -5,7 +5,6 @@ same notification ids; a leader's row it could not store is written if it leads 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -53,9 +52,7 @@ def server() -> Iterator[Postgres]:
 @pytest.fixture
 def url(server: Postgres) -> str:
     server.start()
-    name = f"t_{time.monotonic_ns()}"
-    server.psql(f"CREATE DATABASE {name}")
-    return server.url(name)
+    return server.new_database()
 
 
 def fire(area: str, at: float) -> AlertUpdate:

@@ -45,9 +45,7 @@ def server() -> Iterator[Postgres]:
 @pytest.fixture
 def url(server: Postgres) -> str:
     server.start()
-    name = f"t_{time.monotonic_ns()}"
-    server.psql(f"CREATE DATABASE {name}")
-    return server.url(name)
+    return server.new_database()
 
 
 def wait_until(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
