@@ -17,76 +17,25 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
-from tests.e2e.daemon import OPERATOR_TOKEN, VENDOR_TOKEN, DaemonProcess, assert_counting_rule, make_daemon
+from tests.e2e.cluster_world import LEASE, VENDOR, Node, leader, notified, role, roster, two_nodes
+from tests.e2e.daemon import OPERATOR_TOKEN, assert_counting_rule
 from tests.e2e.test_alertmanager_push import Receiver
-from tests.e2e.test_postgres_store import RULES, alerts, aqi, wait_for
+from tests.e2e.test_postgres_store import alerts, aqi, wait_for
 from tests.mqtt_tools import Collector, publish_all
-from tests.postgres_server import Postgres, start_postgres
+from tests.postgres_server import start_postgres
 from tests.servers import Server
 
 pytestmark = pytest.mark.slow
 
-LEASE = 3.0
-VENDOR = {"Authorization": f"Bearer {VENDOR_TOKEN}", "Content-Type": "application/json"}
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    found = Receiver()
-    yield found
-    found.close()
-
-
-@pytest.fixture
-def nodes(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str,
-          postgres: Postgres, receiver: Receiver) -> Iterator[dict[str, tuple[DaemonProcess, dict[str, str]]]]:
-    found = two_nodes(tmp_path, mosquitto, influxdb, database, unique, postgres, webhook=receiver.url)
-    yield found
-    for daemon, _ in found.values():
-        daemon.stop()
-
-
-def two_nodes(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str,
-              postgres: Postgres, *, webhook: str = "") -> dict[str, tuple[DaemonProcess, dict[str, str]]]:
-    name = f"e2e_{unique}"
-    postgres.psql(f"CREATE DATABASE {name}")
-    found: dict[str, tuple[DaemonProcess, dict[str, str]]] = {}
-    for node in ("ioc-a", "ioc-b"):
-        folder = tmp_path / node
-        folder.mkdir()
-        rules = folder / "rules.yaml"
-        rules.write_text(RULES + "    public: true\n", encoding="utf-8")  # its alerts in the CAP feed too
-        daemon = make_daemon(folder, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
-                             client_id=f"{node}-{unique}",
-                             extra=f'\n[cluster]\nlease = "{LEASE:g}s"\n\n[rules]\npaths = ["{rules}"]\n'
-                             + (f'\n[[alerts.webhooks]]\nurl = "{webhook}"\n' if webhook else ""))
-        found[node] = (daemon, {"IOC_STORE__URL": postgres.url(name), "IOC_CLUSTER__NODE": node})
-    return found
-
-
-def roster(daemon: DaemonProcess) -> dict[str, str]:
-    response = httpx.get(f"{daemon.api}/api/v1/cluster", timeout=5)
-    assert response.status_code == 200, response.text
-    return {node["node"]: node["role"] for node in response.json()["nodes"]}
-
-
-def role(daemon: DaemonProcess) -> str:
-    return str(httpx.get(f"{daemon.api}/readyz", timeout=5).json()["role"])
-
-
-def leader(*daemons: DaemonProcess) -> DaemonProcess | None:
-    return next((daemon for daemon in daemons if role(daemon) == "leader"), None)
-
 
 def test_one_leader_and_a_follower_that_takes_over_after_a_sigkill(
-        nodes: dict[str, tuple[DaemonProcess, dict[str, str]]], mosquitto: Server, unique: str) -> None:
+        nodes: dict[str, Node], mosquitto: Server, unique: str) -> None:
     (a, a_env), (b, b_env) = nodes["ioc-a"], nodes["ioc-b"]
     a.start(env=a_env)
     b.start(env=b_env)
@@ -133,7 +82,7 @@ def test_one_leader_and_a_follower_that_takes_over_after_a_sigkill(
 
 
 def test_only_the_leader_notifies_and_the_next_one_takes_over(
-        nodes: dict[str, tuple[DaemonProcess, dict[str, str]]], mosquitto: Server, unique: str,
+        nodes: dict[str, Node], mosquitto: Server, unique: str,
         receiver: Receiver) -> None:
     (a, a_env), (b, b_env) = nodes["ioc-a"], nodes["ioc-b"]
     collector = Collector("127.0.0.1", mosquitto.port, "ioc/v1/alerts/aqi-bad")
@@ -180,15 +129,6 @@ def test_only_the_leader_notifies_and_the_next_one_takes_over(
                                                                  (fired["id"], "resolved"): 1}
     finally:
         collector.close()
-
-
-def notified(collector: Collector) -> dict[tuple[str, str], int]:
-    """(alert id, change) -> how many distinct notification ids told it on the broker."""
-    ids: dict[tuple[str, str], set[str]] = {}
-    for _, payload in list(collector.messages):
-        body = orjson.loads(payload)
-        ids.setdefault((body["id"], body["change"]), set()).add(body.get("notification_id", ""))
-    return {key: len(found) for key, found in ids.items()}
 
 
 def test_postgresql_away_and_back_no_leader_meanwhile_and_the_change_made_meanwhile_sent_once(
