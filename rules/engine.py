@@ -367,7 +367,7 @@ class RuleEngine:
                            # Vietnamese writes a decimal comma, English a point (docs/rules.md)
                            summary=runtime.template.render(values, decimal=","),
                            summary_en=runtime.template_en.render(values) if runtime.template_en else "",
-                           value=group.value, at=at,
+                           value=group.value, at=at, since=group.since,
                            runbook=rule.runbook, fingerprint=runtime.fingerprint(group))
 
     def _emit(self, runtime: _Runtime, group: Group, state: str, at: float) -> None:

@@ -31,7 +31,8 @@ class AlertUpdate:
     """One rule group's new state. `at` is the (event) time of the change, Unix seconds; `labels` are
     the group's labels (with `area` when grouped by it) plus the rule's own `labels`; `value` is the
     value the condition was judged on (None for absence). `summary` is the rule's (Vietnamese) summary,
-    `summary_en` its English one ("" when the rule has none)."""
+    `summary_en` its English one ("" when the rule has none). `since` is the (event) time the group's
+    episode began: the same on every node that saw the same events (the alert id is derived from it)."""
 
     rule: str
     labels: dict[str, str]
@@ -43,6 +44,7 @@ class AlertUpdate:
     runbook: str | None = None
     fingerprint: str = field(default="")
     summary_en: str = ""
+    since: float | None = None  # when the episode began (pending, or firing without `for`): its identity
 
     def __post_init__(self) -> None:
         if not self.fingerprint:
