@@ -271,6 +271,8 @@ class ClusterSettings(_Section):
     # The leader lease in PostgreSQL (ioc.cluster): renewed every lease/3; a leader that dies is replaced
     # within lease + 5 s. Ignored with SQLite (one node, always the leader).
     lease: Duration = Field(default=parse_duration("10s"), ge=1.0)
+    # A node silent this long is dropped from `GET /api/v1/cluster` (shown `down` after `lease` already).
+    forget_after: Duration = Field(default=parse_duration("24h"), ge=60.0)
 
     def node_name(self) -> str:
         return self.node or os.uname().nodename  # the host name, as `hostname` prints it
