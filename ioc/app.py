@@ -90,7 +90,8 @@ class Daemon:
         self.database = open_shared(settings.store.database_url(), password=settings.store.password(),
                                     node=self.node, version=__version__)
         # CONTRACT §8: the leader lease and heartbeats on PostgreSQL; with SQLite this node always leads.
-        self.cluster = ClusterNode(self.database, self.node, lease=settings.cluster.lease, version=__version__)
+        self.cluster = ClusterNode(self.database, self.node, lease=settings.cluster.lease, version=__version__,
+                                   forget_after=settings.cluster.forget_after)
         self.dedup = DedupIndex(self._store, window=settings.intake.dedup_window,
                                 max_keys=settings.intake.dedup_max_keys)
         self.sinks: list[Sink] = []
@@ -347,7 +348,8 @@ class Daemon:
         self.pipeline.expire_dedup()
         self.dedup.persist()
         self._rounds += 1
-        if self.cluster.clustered:  # CONTRACT §8: acks and alert changes made on other nodes
+        # CONTRACT §8: acks and alert changes made on other nodes (heard by LISTEN/NOTIFY: a safety net then)
+        if self.cluster.sync_due():
             try:
                 self.alerts.sync()
             except StoreError:
