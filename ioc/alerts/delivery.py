@@ -11,7 +11,9 @@ them to the durable notifiers; a follower tells its plain notifiers (its SSE str
 operator's change without outbox rows (the leader tells it once it sees it: `AlertManager.sync`). A node
 that becomes leader takes the outbox over (`take_over`): the rows the old leader left are delivered again
 with their notification ids, so a change the old leader delivered just before dying reaches a receiver
-twice under one id, which it de-duplicates on. Its own rows are numbered from `term << 40`, so a demoted
+twice under one id, which it de-duplicates on. A change a leader cut from the store told without a row,
+and the next leader tells again from its own evaluation, has one id too: ids are derived from the alert
+and the change, never drawn (`ioc.alerts.outbox`, "How a change is made idempotent across nodes"). Its own rows are numbered from `term << 40`, so a demoted
 leader's late settlement can never remove a row of the new one.
 
 Not thread-safe on its own: the `AlertManager` calls it under its lock.
@@ -26,6 +28,7 @@ import structlog
 from prometheus_client.core import Metric
 
 from ioc import failpoints
+from ioc.alerts import outbox as ids
 from ioc.alerts.alert import Alert, Change
 from ioc.alerts.audit import AuditEntry
 from ioc.alerts.notify import NotifierChain
@@ -40,6 +43,7 @@ log = structlog.get_logger("ioc.alerts")
 # A change ready to be told: the alert, the change, its notification id, and the outbox row's sequence
 # number for each durable notifier (by key) that wants it (0: the row could not be written).
 _Prepared: TypeAlias = tuple[Alert, Change, str, dict[str, int]]
+_MUTING = frozenset({"muted", "unmuted"})
 
 
 class Delivery:
@@ -53,7 +57,8 @@ class Delivery:
         self.outbox = Outbox(store)
         self.store_errors = 0
         self._outage = Outage("alerts")
-        self._new_id = new_ids()
+        self._new_id = new_ids()  # muting changes only
+        self._lookup_failed = False  # an episode id's lookup found the store away (until a flush stores)
         self._owed: list[OutboxRow] = store.outbox()  # what a crash left undelivered: sent first
         self._next_seq = (self._owed[-1].seq if self._owed else 0) + 1
         self._held: list[_Prepared] | None = []  # durable deliveries made before `resume()`
@@ -130,7 +135,7 @@ class Delivery:
             # Rows a leader could not store before it stopped leading stay: written if it leads again
             # before anyone else did (`keep_unsaved`), else dropped.
             untold, self._untold = self._untold, []
-            self._tell([(alert, change, self._new_id(), {}) for alert, change in untold])
+            self._tell([(alert, change, self._id(alert, change), {}) for alert, change in untold])
             return
         alerts = list(self._unsaved.values())
         prepared, rows = self._prepare(self._untold)
@@ -148,6 +153,7 @@ class Delivery:
                 self._outage.failed(error, buffered=len(alerts))
         if stored:
             self._outage.recovered(written=len(alerts))
+            self._lookup_failed = False
         else:
             self.store_errors += len(prepared)
             for alert in alerts:  # written with a later flush, unless a newer change replaces it
@@ -166,7 +172,7 @@ class Delivery:
         self.flush()
         if not self.leader():  # stored for every node to see; the leader notifies (`AlertManager.sync`)
             self.store.commit([alert], (), audit)
-            self._tell([(alert, change, self._new_id(), {})])
+            self._tell([(alert, change, self._id(alert, change), {})])
             return
         prepared, rows = self._prepare([(alert, change)])
         self.store.commit([alert], rows, audit)
@@ -179,7 +185,7 @@ class Delivery:
         wanting = self.chain.wanting
         for alert, change in changes:
             keys = wanting(alert, change)
-            notification_id = self._new_id()
+            notification_id = self._id(alert, change)
             seqs: dict[str, int] = {}
             if keys:
                 record = alert_record(alert)
@@ -189,6 +195,29 @@ class Delivery:
                     rows.append(OutboxRow(seq, key, notification_id, change, record))
             prepared.append((alert, change, notification_id, seqs))
         return prepared, rows
+
+    def episode_id(self, fingerprint: str, started_at: float) -> str:
+        """A new episode's id (`ioc.alerts.outbox.alert_id`), salted past the ids of other episodes the store
+        keeps (a late event began one at the very time an earlier one did; an active one is this episode).
+        Not looked up while the store is away: the unsalted id, as every node would choose then."""
+        salt = 0
+        while True:
+            candidate = ids.alert_id(fingerprint, started_at, salt)
+            if self._outage.down or self._lookup_failed:
+                return candidate
+            try:
+                taken = self.store.get_alert(candidate)
+            except StoreError:  # the next flush finds the store away and logs it; no lookup until it is back
+                self._lookup_failed = True
+                return candidate
+            if taken is None or taken.state != "resolved":
+                return candidate
+            salt += 1
+
+    def _id(self, alert: Alert, change: Change) -> str:
+        """The change's notification id: derived, the same on every node (`ioc.alerts.outbox`), but for a
+        muting change (a new leader never tells one again)."""
+        return self._new_id() if change in _MUTING else ids.notification_id(alert, change)
 
     def _tell(self, prepared: list[_Prepared]) -> None:
         """Tell stored changes, in order: the plain notifiers now; the durable ones now, or once resumed."""

@@ -4,7 +4,9 @@ A new leader makes the store's alerts its view and takes the outbox over (`Alert
 start the stored alerts are the truth (the engine adopts them); a node that evaluated as a hot follower
 knows better than the store what changed since the old leader last wrote (it died, or the store was
 away): its engine's view is recorded, so an alert that resolved while nobody led is recorded and told
-once.
+once. The alert ids and notification ids it records are those the old leader gave the same changes
+(derived from the events both evaluated: `ioc.alerts.outbox`), so what the old leader told without
+storing it (the store was away) is told again under the same ids, and receivers drop the repeat.
 """
 
 from __future__ import annotations
@@ -50,10 +52,13 @@ class Leadership:
         evaluation is when it tells a change, so no change comes between the snapshot and its recording."""
         with self.engine.still():
             live = self.engine.active()
-            held = {update.fingerprint for update in live}
+            # The episode the engine holds per fingerprint (None: unknown, taken as the stored one): a stored
+            # alert of an earlier episode resolves before the engine's begins (both while nobody recorded).
+            held = {update.fingerprint: update.since for update in live}
             now = time.time()
             for alert in self.alerts.active():
-                if alert.fingerprint not in held:
+                since = held.get(alert.fingerprint, alert.started_at)
+                if alert.fingerprint not in held or (since is not None and since != alert.started_at):
                     self.alerts.apply(AlertUpdate(
                         rule=alert.rule, labels=dict(alert.labels), severity=alert.severity, state="resolved",
                         summary=alert.summary, value=alert.value, at=now, runbook=alert.runbook,

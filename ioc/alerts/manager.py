@@ -2,8 +2,10 @@
 
 `apply(update)` takes every `AlertUpdate` of the rule engine. A fingerprint (rule + group labels) has at
 most one active alert, an *episode*: it starts pending (or firing, for a rule without `for`), fires, and
-resolves; the next episode is a new alert with a new `id` and the same fingerprint (docs/rules.md). Only a
-firing alert can be acknowledged; the acknowledgement ends with the episode.
+resolves; the next episode is a new alert with a new `id` and the same fingerprint (docs/rules.md). The id
+is derived from the fingerprint and the (event) time the episode began, so every node of a cluster gives
+one episode one id (`ioc.alerts.outbox`: how a change is made idempotent). Only a firing alert can be
+acknowledged; the acknowledgement ends with the episode.
 
 A change goes down the notification pipeline: the muting stages (`ioc.alerts.muting`: inhibition, then
 silences) write who mutes it; `ioc.alerts.delivery` stores it in SQLite with the outbox rows it owes, then
@@ -25,7 +27,6 @@ from __future__ import annotations
 import builtins
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -56,10 +57,6 @@ CHANGES: tuple[Change, ...] = ("pending", "firing", "resolved", "acknowledged", 
 _UPDATE_STATES = frozenset({"pending", "firing", "resolved"})
 PURGE_INTERVAL = 60.0  # seconds between purges of old resolved alerts, silences and audit entries
 Clock = Callable[[], float]
-
-
-def new_alert_id() -> str:
-    return uuid.uuid4().hex
 
 
 class AlertManager:
@@ -131,10 +128,12 @@ class AlertManager:
                                 value=update.value, updated_at=now)
                 change = "resolved"
             elif current is None:
-                alert = Alert(id=new_alert_id(), fingerprint=update.fingerprint, rule=update.rule,
+                started = update.at if update.since is None else update.since
+                alert = Alert(id=self.delivery.episode_id(update.fingerprint, started),
+                              fingerprint=update.fingerprint, rule=update.rule,
                               severity=update.severity, state=update.state, labels=dict(update.labels),
                               summary=update.summary, summary_en=update.summary_en or None,
-                              value=update.value, started_at=update.at,
+                              value=update.value, started_at=started,
                               fired_at=update.at if update.state == "firing" else None,
                               runbook=update.runbook, updated_at=now)
                 change = update.state

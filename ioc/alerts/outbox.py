@@ -12,12 +12,25 @@ in the delivery thread right after the 2xx; for MQTT and InfluxDB, whose settlem
 next look at the connector's unacknowledged publishes (every 5 ms) or the sink's callback, then `GATHER`
 (2 ms, so a burst costs one commit) and the commit. Receivers de-duplicate on the
 notification's `id`: the same on every re-send and for every receiver of the change (a webhook's
-`Idempotency-Key` header and `notification_id` field, the `notification_id` field on MQTT). For `pending`,
-`firing` and `resolved` the pair (alert `id`, `change`) is unique too, since a new episode is a new alert id.
+`Idempotency-Key` header and `notification_id` field, the `notification_id` field on MQTT).
+
+How a change is made idempotent across nodes (CONTRACT §8). A leader cut from its store still tells what
+changes (it cannot write an outbox row); if another node then leads, it records its own engine's view
+(`ioc.alerts.leadership`) and tells those changes again. So ids are not drawn, they are derived from
+what every node agrees on, having evaluated the same events:
+- an alert's id (`alert_id`) is a digest of its fingerprint (rule + group labels) and the (event) time its
+  episode began (`AlertUpdate.since`), salted only if the store already keeps another episode under it;
+- a change's notification id (`notification_id`) is a digest of the alert id and the change, plus, for an
+  acknowledgement, who and when (as stored: the ack is written before anyone is told), and for its
+  withdrawal, when. Each of `pending`, `firing` and `resolved` happens once per episode.
+Two nodes telling the same change thus give it the same id, and receivers de-duplicate it. `muted` and
+`unmuted` keep a per-process id (`new_ids`): a new leader takes the muting it finds as already told (it
+never tells a muting change again), so only the outbox repeats them, under their stored ids.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -30,7 +43,8 @@ import structlog
 from ioc.alerts.alert import Acknowledgement, Alert, Change
 from ioc.alerts.store import AlertStore
 
-__all__ = ["Durable", "Notification", "Outbox", "Settle", "alert_from_record", "alert_record", "new_ids"]
+__all__ = ["Durable", "Notification", "Outbox", "Settle", "alert_from_record", "alert_id", "alert_record", "new_ids",
+           "notification_id"]
 
 log = structlog.get_logger("ioc.alerts.outbox")
 
@@ -74,6 +88,26 @@ def new_ids() -> Callable[[], str]:
     prefix = os.urandom(6).hex()
     counter = iter(range(1, 1 << 62))
     return lambda: f"{prefix}-{next(counter):x}"
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
+def alert_id(fingerprint: str, started_at: float, salt: int = 0) -> str:
+    """The id of the episode of `fingerprint` that began at `started_at` (event time): the same on every
+    node (32 hex digits, as the random ids before it). `salt` > 0: the n-th other episode with that start
+    (a late event began a new episode at the very time an earlier one did)."""
+    return _digest("alert", fingerprint, repr(float(started_at)), str(salt) if salt else "")
+
+
+def notification_id(alert: Alert, change: Change) -> str:
+    """The idempotency key of `change` of `alert` (see the module doc); not for `muted`/`unmuted`."""
+    if change == "acknowledged" and alert.acknowledged is not None:
+        return _digest(alert.id, change, alert.acknowledged.by, repr(alert.acknowledged.at))
+    if change == "unacknowledged":
+        return _digest(alert.id, change, repr(alert.updated_at))
+    return _digest(alert.id, change)
 
 
 # --- the alert snapshot a row carries ------------------------------------------------------------------------

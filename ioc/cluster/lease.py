@@ -6,6 +6,10 @@ lease when nobody holds it or it has expired, and renews it while it holds it, i
 `INSERT ... ON CONFLICT DO UPDATE ... WHERE` that updates only under those conditions, so two nodes
 racing for an expired lease cannot both win (the row lock orders them; the loser's WHERE is then false).
 `term` grows at every change of holder.
+
+The roster is `cluster_nodes`, one row per node with its last heartbeat: a node silent for longer than the
+lease is shown `down`; after `[cluster] forget_after` (default 24 h) the leader forgets it; a node that
+stops gracefully leaves it at once.
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ _HEARTBEAT = f"""
 INSERT INTO cluster_nodes (node, version, started_at, seen_at) VALUES (?, ?, {_NOW}, {_NOW})
 ON CONFLICT (node) DO UPDATE SET version = excluded.version, seen_at = excluded.seen_at"""
 _MEMBERS = f"""
-SELECT n.node, n.seen_at, (CASE WHEN l.holder = n.node AND l.expires_at >= {_NOW} THEN 1 ELSE 0 END)
+SELECT n.node, n.seen_at, (CASE WHEN l.holder = n.node AND l.expires_at >= {_NOW} THEN 1 ELSE 0 END),
+       (CASE WHEN n.seen_at < {_NOW} - ? THEN 1 ELSE 0 END)
 FROM cluster_nodes n LEFT JOIN cluster_lease l ON l.name = ? ORDER BY n.node"""
+_FORGET = f"DELETE FROM cluster_nodes WHERE seen_at < {_NOW} - ?"
+_LEAVE = "DELETE FROM cluster_nodes WHERE node = ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +48,12 @@ class Member:
     node: str
     leader: bool
     heartbeat_at: float  # the database's clock, Unix seconds
+    down: bool = False  # no heartbeat for longer than the lease
+
+    @property
+    def role(self) -> str:
+        """`leader`, `follower`, or `down` (silent for longer than the lease)."""
+        return "leader" if self.leader else "down" if self.down else "follower"
 
 
 def acquire(db: Database, node: str, seconds: float) -> int | None:
@@ -60,6 +73,18 @@ def heartbeat(db: Database, node: str, version: str) -> None:
     db.execute(_HEARTBEAT, (node, version))
 
 
-def members(db: Database) -> list[Member]:
-    """Every node that ever joined, with its last heartbeat and whether it holds an unexpired lease."""
-    return [Member(str(node), bool(leader), float(seen)) for node, seen, leader in db.execute(_MEMBERS, (LEASE,))]
+def members(db: Database, lease: float) -> list[Member]:
+    """Every node in the roster, with its last heartbeat, whether it holds an unexpired lease, and whether it
+    is down (no heartbeat for `lease` seconds: it heartbeats every lease / 3)."""
+    return [Member(str(node), bool(leader), float(seen), bool(down))
+            for node, seen, leader, down in db.execute(_MEMBERS, (float(lease), LEASE))]
+
+
+def forget(db: Database, after: float) -> int:
+    """Drop the nodes silent for `after` seconds from the roster (they left without a word): how many."""
+    return max(0, db.execute(_FORGET, (float(after),)).rowcount or 0)
+
+
+def leave(db: Database, node: str) -> None:
+    """`node` stops for good (a graceful stop): out of the roster at once."""
+    db.execute(_LEAVE, (node,))

@@ -37,6 +37,7 @@ class ChangeListener:
         self._conn: psycopg.Connection[Any] | None = None
         self._thread = threading.Thread(target=self._run, name="cluster-listen", daemon=True)
         self.heard = 0
+        self.listening = False  # connected and LISTENing now: every write of another node is heard
 
     def start(self) -> None:
         self._thread.start()
@@ -52,6 +53,7 @@ class ChangeListener:
                 lost = True
                 self._stop.wait(RETRY)
                 continue
+            self.listening = True
             if lost:  # what was written meanwhile was not heard
                 log.info("cluster.listening_again")
                 self._tell(set(TABLES))
@@ -62,6 +64,7 @@ class ChangeListener:
                     log.warning("cluster.listen_lost", error=str(error).strip().splitlines()[0] if str(error) else "")
                 lost = True
             finally:
+                self.listening = False
                 self._conn.close()
 
     def _listen(self, conn: psycopg.Connection[Any]) -> None:

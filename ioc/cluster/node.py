@@ -5,7 +5,15 @@ A leader that cannot renew (PostgreSQL gone, a cut, a hung statement) stops lead
 before the lease can expire in the database: the lease it last renewed runs until at least the moment the
 renewal was *sent* plus `lease` (the database stamped it later), and the node stops believing it leads
 `lease / 5` earlier than that. So two nodes never both lead, and `leader` is right even while the lease
-thread is stuck in a statement. With SQLite there is no cluster: the one node always leads, no thread runs.
+thread is stuck in a statement. No statement on the lease's connection may take longer than `lease / 5`
+(`statement_timeout`, `lock_timeout`): a hung server (a lock held on the lease's row) fails the round, the
+node steps down in time and says so (`/readyz`). The leader forgets nodes silent for `forget_after`
+(`GET /api/v1/cluster` shows them `down` after `lease`); a graceful stop leaves the roster at once.
+
+While LISTEN/NOTIFY hears the other nodes' writes (`ioc.cluster.listen`), the daemon's store sync runs
+only every SAFETY_SYNC seconds, as a safety net; while it does not, every second (`sync_due`).
+
+With SQLite there is no cluster: the one node always leads, no thread runs.
 """
 
 from __future__ import annotations
@@ -18,13 +26,15 @@ from typing import Any
 import structlog
 from prometheus_client.core import Metric
 
-from ioc.cluster.lease import Member, acquire, heartbeat, members, release
+from ioc.cluster.lease import Member, acquire, forget, heartbeat, leave, members, release
 from ioc.metrics import gauge
 from ioc.store import Database, StoreError
 
 log = structlog.get_logger("ioc.cluster")
 
 MARGIN = 0.2  # of the lease: how long before its expiry (by the renewal's send time) a leader steps down
+FORGET_EVERY = 60.0  # seconds between the leader's prunings of the roster
+SAFETY_SYNC = 30.0  # seconds between store syncs while LISTEN/NOTIFY hears every change (a safety net)
 
 
 class ClusterNode:
@@ -33,16 +43,17 @@ class ClusterNode:
     (tables)` ones of the alerts and silences any node wrote (LISTEN/NOTIFY, `ioc.cluster.listen`)."""
 
     def __init__(self, database: Database, node: str, *, lease: float = 10.0, version: str = "",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 forget_after: float = 86400.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.node = node
         self.lease = lease
         self.version = version
+        self.forget_after = forget_after
         self.clustered = database.dialect == "postgresql"
         self.on_role: list[Callable[[bool], None]] = []
         self.on_store_change: list[Callable[[set[str]], None]] = []
         self._listener: Any = None  # a ChangeListener once started
         self._clock = clock
-        self._db = database.reopen() if self.clustered else None
+        self._db = _lease_connection(database, lease) if self.clustered else None
         self._lock = threading.Lock()  # one connection, used by the lease thread and the API's reads
         self._valid_until = float("inf") if not self.clustered else 0.0
         self._leading = not self.clustered
@@ -50,6 +61,8 @@ class ClusterNode:
         self.store_error: str | None = None  # why the last heartbeat failed, None once it works
         self.elections = 0
         self._next_round = 0.0
+        self._next_forget = 0.0
+        self._next_sync = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -121,6 +134,21 @@ class ClusterNode:
         self.term = term
         if not self._leading:
             self._changed(True, reason="lease taken")
+        if self._clock() >= self._next_forget:
+            self._next_forget = self._clock() + FORGET_EVERY
+            self._forget()
+
+    def _forget(self) -> None:
+        """The leader drops the nodes silent for `forget_after` from the roster (a failure: the next time)."""
+        assert self._db is not None
+        try:
+            with self._lock:
+                gone = forget(self._db, self.forget_after)
+        except StoreError as error:
+            log.warning("cluster.forget_failed", error=str(error))
+            return
+        if gone:
+            log.info("cluster.nodes_forgotten", nodes=gone, silent_for=self.forget_after)
 
     def _changed(self, leading: bool, *, reason: str) -> None:
         self._leading = leading
@@ -139,7 +167,25 @@ class ClusterNode:
         if self._db is None:
             return [Member(self.node, True, time.time())]
         with self._lock:
-            return members(self._db)
+            return members(self._db, self.lease)
+
+    def sync_due(self) -> bool:
+        """Whether the periodic store sync (`AlertManager.sync`, the daemon's 1 s round) runs now: always
+        while LISTEN/NOTIFY does not hear the other nodes' writes (not connected yet, or lost), only every
+        SAFETY_SYNC seconds while it does (then it is a safety net: a change it missed). Never without a
+        cluster."""
+        if not self.clustered:
+            return False
+        now = self._clock()
+        if self.listening and now < self._next_sync:
+            return False
+        self._next_sync = now + SAFETY_SYNC
+        return True
+
+    @property
+    def listening(self) -> bool:
+        """Whether LISTEN/NOTIFY is connected now (`ioc.cluster.listen`)."""
+        return self._listener is not None and self._listener.listening
 
     def problems(self) -> list[str]:
         """Readiness: a node cut from the shared store is not ready (it ingests on, but leads nothing)."""
@@ -164,7 +210,20 @@ class ClusterNode:
             with self._lock:
                 if self.leader:
                     release(self._db, self.node)
+                leave(self._db, self.node)
         except StoreError as error:
-            log.warning("cluster.release_failed", error=str(error), effect="the lease lapses by itself")
+            log.warning("cluster.release_failed", error=str(error),
+                        effect="the lease lapses by itself; the roster shows the node down")
         self._valid_until = 0.0
         self._db.close()
+
+
+def _lease_connection(database: Database, lease: float) -> Database:
+    """The lease's own connection, on which no statement (nor its wait for a lock) may take longer than
+    `lease * MARGIN` (at least 0.5 s): a hung PostgreSQL fails the round in time, so the node steps down
+    and tells it, instead of hanging in a statement past its lease."""
+    from ioc.store.postgres import PostgresDatabase  # psycopg only with PostgreSQL
+
+    if isinstance(database, PostgresDatabase):
+        return database.reopen(timeout=max(0.5, lease * MARGIN))
+    return database.reopen()

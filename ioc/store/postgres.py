@@ -12,6 +12,7 @@ keepalives make a silent cut (no RST) fail within ~25 s instead of the kernel's 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -41,10 +42,14 @@ class PostgresDatabase:
 
     dialect: Literal["postgresql"] = "postgresql"
 
-    def __init__(self, url: str, *, password: str = "", node: str = "") -> None:
+    def __init__(self, url: str, *, password: str = "", node: str = "", timeout: float | None = None) -> None:
+        """`timeout`: seconds any statement (`statement_timeout`) or its wait for a lock (`lock_timeout`)
+        may take before it fails with StoreError (the cluster's lease: a hung server must not hang it past
+        the lease); None: PostgreSQL's default, no limit."""
         self._url = url
         self._password = password
         self._node = node
+        self._timeout = timeout
         self._conn: psycopg.Connection[Any] | None = None
         self._in_transaction = False
         self.closed = False
@@ -54,8 +59,9 @@ class PostgresDatabase:
     def url(self) -> str:
         return redact_url(self._url)
 
-    def reopen(self) -> PostgresDatabase:
-        return PostgresDatabase(self._url, password=self._password, node=self._node)
+    def reopen(self, *, timeout: float | None = None) -> PostgresDatabase:
+        """A new connection to the same database; `timeout` as for the constructor."""
+        return PostgresDatabase(self._url, password=self._password, node=self._node, timeout=timeout)
 
     def listening(self, channel: str) -> psycopg.Connection[Any]:
         """A new connection of its own (autocommit) that LISTENs on `channel`: read it with
@@ -83,6 +89,11 @@ class PostgresDatabase:
                                    "application_name": f"ioc {self._node}".strip()}
         if self._password:
             options["password"] = self._password
+        if self._timeout is not None:
+            ms = max(1, round(self._timeout * 1000))
+            options["options"] = f"-c statement_timeout={ms} -c lock_timeout={ms}"
+            # libpq's least connect timeout is 2 s; a connection that cannot be made in time fails as well
+            options["connect_timeout"] = max(2, min(CONNECT_TIMEOUT, math.ceil(self._timeout)))
         try:
             self._conn = conn = psycopg.connect(self._url, **options)
         except psycopg.Error as error:

@@ -143,5 +143,5 @@ def test_with_sqlite_the_one_node_always_leads(tmp_path: Any) -> None:
 
 def test_the_roster_lists_every_node_with_its_heartbeat(url: str) -> None:
     db = open_shared(url, node="old", version="0.1")
-    assert [(member.node, member.leader) for member in members(db)] == [("old", False)]
+    assert [(member.node, member.leader, member.role) for member in members(db, 10.0)] == [("old", False, "follower")]
     db.close()
