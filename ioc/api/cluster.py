@@ -30,7 +30,8 @@ EXAMPLE = {"nodes": [{"node": "ioc-a", "role": "leader", "heartbeat_at": "2026-0
 
 class NodeView(BaseModel):
     node: str
-    role: str = Field(description="`leader` (holds an unexpired lease) or `follower`.")
+    role: str = Field(description="`leader` (holds an unexpired lease), `follower`, or `down` (no heartbeat "
+                                  "for longer than the lease).")
     heartbeat_at: str = Field(description="The node's last heartbeat (RFC 3339, UTC, by PostgreSQL's clock).")
 
 
@@ -44,12 +45,13 @@ def cluster_router(node: ClusterNode) -> APIRouter:
     # Plain `def`: the roster is read from PostgreSQL (a store that fails is the app's 503).
     @router.get("/api/v1/cluster", response_model=ClusterView, summary="The nodes of the cluster",
                 responses={200: {"content": {"application/json": {"example": EXAMPLE}}}},
-                description="Every node that has joined the shared store, by name: `leader` or `follower`, and "
-                            "its last heartbeat (every `[cluster] lease / 3`; a node silent for longer than the "
-                            "lease is down). With SQLite, this daemon alone, the leader.")
+                description="Every node that has joined the shared store, by name: `leader`, `follower` or `down`, "
+                            "and its last heartbeat (every `[cluster] lease / 3`; a node silent for longer than the "
+                            "lease is `down`, forgotten after `[cluster] forget_after`; a node that stops "
+                            "gracefully leaves at once). With SQLite, this daemon alone, the leader.")
     def cluster() -> ClusterView:
         return ClusterView(nodes=[
-            NodeView(node=member.node, role="leader" if member.leader else "follower",
+            NodeView(node=member.node, role=member.role,
                      heartbeat_at=datetime.fromtimestamp(member.heartbeat_at, UTC).isoformat())
             for member in node.members()])
 
