@@ -205,8 +205,13 @@ def test_the_simulators_speak_only_the_public_contract() -> None:
 def test_every_package_folder_is_installed() -> None:
     """pyproject lists packages by hand (setuptools does not discover the mapped folders): none forgotten."""
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
-    packages = {name for name, path in modules().items() if path.name == "__init__.py"}
-    assert packages == listed
+    found = modules()
+    packages = {name for name, path in found.items() if path.name == "__init__.py"}
+    assert packages <= listed, f"not installed: {sorted(packages - listed)}"
+    for name in listed - packages:  # data folders (rule packs, the CAP schema): no code, only files to ship
+        parent, _, last = name.rpartition(".")
+        folder = found[parent].parent / last
+        assert folder.is_dir() and not any(folder.glob("*.py")), f"{name}: not a data folder"
 
 
 def test_the_checker_sees_a_cycle_and_an_upward_import() -> None:
