@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from itertools import chain
 from pathlib import Path
 
+from ioc.connectors.mqtt.echoes import Echoes
 from ioc.connectors.mqtt.intake import MqttIntake
 from ioc.connectors.mqtt.publisher import MqttPublisher
 from ioc.connectors.mqtt.session import MqttSession
@@ -32,13 +33,14 @@ class MqttConnector:
 
     def __init__(self, session: MqttSession, intake: Intake, *, publisher: MqttPublisher | None = None,
                  vendors: Sequence[VendorSettings] = (), state_path: str | Path | None = None,
-                 max_deliveries: int = 3) -> None:
+                 max_deliveries: int = 3, echoes: Echoes | None = None) -> None:
         """`vendors`: whose `rate` holds on MQTT. `state_path`: the daemon's store, for the poison guard
-        (quarantine after `max_deliveries` crashes); without it (tests) there is no such guard."""
+        (quarantine after `max_deliveries` crashes); without it (tests) there is no such guard. `echoes`:
+        in a cluster on MQTT 3.1.1, this node's own HTTP republish, recognised when it comes back."""
         self.session = session
         self.publisher = publisher
         self.intake = MqttIntake(session, intake, vendors=vendors, state_path=state_path,
-                                 max_deliveries=max_deliveries)
+                                 max_deliveries=max_deliveries, echoes=echoes)
         self.name = session.name
         self.url = session.url
 

@@ -8,7 +8,9 @@ unacknowledged, and the pipeline's dedup recognises the repeats.
 Messages are gathered while more wait in the socket and handed over as one burst (see
 Pipeline.ingest_batch for why). Hostile vendors (docs/operations.md): a vendor's `rate` holds here too (the
 excess is refused before it is decoded: acknowledged, dead-lettered `rate_limited`, counted), and a message
-whose handling kills the process is quarantined after `max_deliveries` crashes (see poison.py).
+whose handling kills the process is quarantined after `max_deliveries` crashes (see poison.py). In a
+cluster on MQTT 3.1.1, the node's own HTTP republish coming back is recognised and acknowledged, not
+counted again (see echoes.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from operator import itemgetter
 from pathlib import Path
 
 import structlog
+from ioc.connectors.mqtt.echoes import Echoes
 from ioc.connectors.mqtt.poison import FAILPOINT_MARKER, PoisonGuard
 from ioc.connectors.mqtt.session import Ack, MqttSession
 from ioc.connectors.mqtt.topics import topic_source
@@ -52,12 +55,15 @@ class MqttIntake:
     """The session's `Receiver`: bursts of messages into `intake`, acknowledged through the session."""
 
     def __init__(self, session: MqttSession, intake: Intake, *, vendors: Sequence[VendorSettings] = (),
-                 state_path: str | Path | None = None, max_deliveries: int = 3) -> None:
+                 state_path: str | Path | None = None, max_deliveries: int = 3,
+                 echoes: Echoes | None = None) -> None:
         """`vendors`: whose `rate` holds on MQTT, by the sources each owns (none: no limit).
         `state_path`: the daemon's store; with it, poison messages are quarantined after `max_deliveries`
-        crashes (the in-flight journal lives beside it). Without it (tests), there is no such guard."""
+        crashes (the in-flight journal lives beside it). Without it (tests), there is no such guard.
+        `echoes`: in a cluster on MQTT 3.1.1, what this node republished, recognised when it comes back."""
         self.session = session
         self.intake = intake
+        self._echoes = echoes
         self.name = session.name
         self._timer_stop: threading.Event | None = None  # set: the burst timer of the last start ends
         self._paused = False
@@ -169,6 +175,9 @@ class MqttIntake:
         try:
             if failpoints.ACTIVE:
                 failpoints.hit("mqtt.handle")  # before the journal: a crash here is no message's fault
+            echo_acks: list[Ack] = []
+            if self._echoes is not None and self._echoes.waiting:
+                burst = self._drop_echoes(burst, self._echoes, echo_acks)
             if self._limiter is not None:
                 burst = self._limit_rates(burst)
             guard = self._guard
@@ -176,8 +185,24 @@ class MqttIntake:
                 self._hand_over_with_suspects(burst, guard)
             elif burst:
                 self._hand_over(burst)
+            if echo_acks:  # acknowledged behind what came before, as a refusal is
+                self.intake.admit((), on_durable=self._acker(echo_acks))
         except Exception:  # a bug here must not kill paho's thread; the messages stay unacknowledged
             log.exception("mqtt.message_failed", connector=self.name, messages=len(burst))
+
+    def _drop_echoes(self, burst: list[Entry], echoes: Echoes, acks: list[Ack]) -> list[Entry]:
+        """The burst without this node's own republished messages (their acks into `acks`): it counted
+        those events when it took them over HTTP, so they are neither received nor duplicates again."""
+        kept: list[Entry] = []
+        guard = self._guard
+        for entry in burst:
+            if not echoes.take(entry[1], entry[0]):
+                kept.append(entry)
+            elif entry[4]:
+                acks.append((entry[2], entry[3], entry[4]))
+                if guard is not None and guard.suspects:  # not handled: its packet id is free again
+                    guard.take_suspect(entry[3])
+        return kept
 
     def _hand_over(self, burst: list[Entry]) -> None:
         """One intake call for the burst, journaled (QoS 1 packet ids) while it runs."""

@@ -55,8 +55,14 @@ class MqttPublisher:
         return self._publish(topic, payload, qos, retain, dead_letter=False)
 
     def publish_dead_letter(self, source: str, reason: str, payload: bytes) -> None:
-        """The pipeline's dead-letter target: `{"reason", "payload"}` on `ioc/v1/deadletter/{source}`, QoS 1."""
-        self._publish(DEAD_LETTER_PREFIX + source, dead_letter_body(reason, payload), 1, False, dead_letter=True)
+        """The pipeline's dead-letter target: `{"id", "reason", "payload"}` on `ioc/v1/deadletter/{source}`,
+        QoS 1."""
+        self.publish_dead_letter_body(source, dead_letter_body(reason, payload, source=source))
+
+    def publish_dead_letter_body(self, source: str, body: bytes) -> None:
+        """A dead letter's finished body (ioc.ingest.letter_gate's, a cluster's follower held it) on
+        `ioc/v1/deadletter/{source}`, QoS 1."""
+        self._publish(DEAD_LETTER_PREFIX + source, body, 1, False, dead_letter=True)
 
     def pending(self) -> int:
         """QoS 1 publishes (dead letters, alerts) not yet acknowledged by the broker."""

@@ -254,6 +254,12 @@ class MqttSession:
     # --- state -----------------------------------------------------------------------------------------
 
     @property
+    def no_local(self) -> bool:
+        """Whether the broker keeps this session's own publishes from it (MQTT 5 No Local): protocol 5,
+        not a shared subscription. Otherwise a cluster recognises their echoes (echoes.py)."""
+        return self._v5 and not self.settings.share_group
+
+    @property
     def client(self) -> mqtt.Client | None:
         """paho's client of the current (or last) start; None before the first."""
         return self._client
@@ -349,7 +355,10 @@ class MqttSession:
             return
         if self._v5:
             # retainHandling=1: retained messages only when the subscription is new, not on each reconnect.
-            options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+            # No Local: what this node publishes (a cluster's HTTP republish) is not sent back to it; it
+            # counted those events already (CONTRACT §8). MQTT 5 forbids it on a shared subscription.
+            options = SubscribeOptions(qos=1, noLocal=self.no_local,
+                                       retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
             result, mid = client.subscribe([(topic, options) for topic in topics])
         else:
             result, mid = client.subscribe([(topic, 1) for topic in topics])

@@ -15,6 +15,7 @@ from prometheus_client.core import Metric
 from pydantic import BaseModel, Field
 
 from ioc.cluster import ClusterNode
+from ioc.connectors.mqtt.echoes import Echoes
 from ioc.connectors.mqtt.session import MqttSession
 from ioc.connectors.mqtt.topics import EVENTS_PREFIX
 from ioc.ingest.decode import Accepted
@@ -61,11 +62,14 @@ def cluster_router(node: ClusterNode) -> APIRouter:
 class Republisher:
     """In a cluster, what a node accepted over HTTP is published on its MQTT session to
     `ioc/v1/events/{source}` at QoS 1 (CONTRACT §8), each event as it was posted: every node receives it as
-    any MQTT event (this one sees it again as a duplicate). `publish` is true once the broker acknowledged
-    every one (the HTTP answer waits for it), false when the session is down or the time is up."""
+    any MQTT event. This one counted them already: on MQTT 5 the broker does not send them back (No Local,
+    connectors/mqtt/session.py); on 3.1.1 `echoes` is told of each before it is published, and the MQTT
+    intake recognises it when it comes back. `publish` is true once the broker acknowledged every one (the
+    HTTP answer waits for it), false when the session is down or the time is up."""
 
-    def __init__(self, session: MqttSession) -> None:
+    def __init__(self, session: MqttSession, *, echoes: Echoes | None = None) -> None:
         self.session = session
+        self.echoes = echoes
         self.published = 0
         self.failed = 0
 
@@ -75,7 +79,10 @@ class Republisher:
             self.failed += len(items)
             return False
         infos = []
+        echoes = self.echoes
         for item in items:
+            if echoes is not None:  # before the publish: the echo may come back before it returns
+                echoes.expect(item.event.source, item.raw)
             info = client.publish(EVENTS_PREFIX + item.event.source, item.raw, qos=1)
             if info.rc == mqtt.MQTT_ERR_NO_CONN:
                 info.rc = mqtt.MQTT_ERR_SUCCESS  # queued by paho, sent on reconnect: `is_published` tells
@@ -99,3 +106,5 @@ class Republisher:
         yield counter("ioc_cluster_republished", "Events taken over HTTP and published to the broker for the other "
                       "nodes (CONTRACT §8), by outcome (failed: not acknowledged in time, answered 503).",
                       ("outcome",), {("published",): float(self.published), ("failed",): float(self.failed)})
+        if self.echoes is not None:
+            yield from self.echoes.collect()

@@ -3,13 +3,20 @@ per source (`ioc_dead_letters_total`), sent to every target (the MQTT publisher 
 
 A message of 10,000 bad items costs one publish, not 10,000 (which the connector could not queue: it
 would count them dropped). A target that fails is logged at most once per 10 s, whatever the flood.
+
+In a cluster every node receives every MQTT message, so its dead letters are the cluster's and only the
+leader publishes them (ioc/ingest/letter_gate.py); the HTTP intake's are the receiving node's alone (the
+vendor got its answer from it, and the rejected items are not republished): it sends them inside
+`node_local()`, which a gate reads with `node_local_letters()`.
 """
 
 from __future__ import annotations
 
 import bisect
+import threading
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 import structlog
@@ -25,6 +32,26 @@ _LETTER_REASONS = 20  # a dead letter of several items names this many (with the
 # A rejected item on its way to a dead letter: (its message's number, source, index in the message,
 # reason, its bytes).
 Letter = tuple[int, str, int, str, bytes]
+
+
+_here = threading.local()  # `node_local`: set in the thread of an HTTP intake call while it runs
+
+
+@contextmanager
+def node_local() -> Iterator[None]:
+    """Dead letters sent in this thread meanwhile are this node's alone (the HTTP intake's): a gate
+    publishes them at once, leader or not."""
+    previous = getattr(_here, "local", False)
+    _here.local = True
+    try:
+        yield
+    finally:
+        _here.local = previous
+
+
+def node_local_letters() -> bool:
+    """Whether the dead letter being sent in this thread is this node's alone (see `node_local`)."""
+    return getattr(_here, "local", False)
 
 
 class DeadLetterTarget(Protocol):
