@@ -33,7 +33,8 @@ from ioc.config import HttpSettings
 from ioc.envelope import Event
 from ioc.ingest import memory
 from ioc.ingest.decode import TOO_MANY_ITEMS, Accepted, Decoded, Rejection
-from ioc.ingest.pipeline import Pipeline
+from ioc.ingest.letters import node_local
+from ioc.ingest.pipeline import IngestResult, Pipeline
 from ioc.metrics import counter
 from ioc.ratelimit import RateLimiter
 
@@ -242,10 +243,13 @@ class EventIntake:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, durable)
 
-        result = await run_in_threadpool(
-            self.pipeline.admit, items, fallback_source=vendor.default_source, on_durable=on_durable,
-            timeout=max(0.0, deadline - time.monotonic()), payload=body,
-        )
+        def admit() -> IngestResult:
+            # CONTRACT §8: this node answers the vendor, so its dead letters are its own (leader or not).
+            with node_local():
+                return self.pipeline.admit(items, fallback_source=vendor.default_source, on_durable=on_durable,
+                                           timeout=max(0.0, deadline - time.monotonic()), payload=body)
+
+        result = await run_in_threadpool(admit)
         is_durable = True
         if result.accepted or result.duplicates:  # duplicates: their first copy may still be in flight
             try:
