@@ -31,6 +31,7 @@ from ioc.connectors.mqtt import MqttConnector, MqttPublisher, MqttSession
 
 from ioc.config import MqttSettings, Settings, VendorSettings, load_settings, token_sha256
 from ioc.envelope import AnyEvent
+from ioc.ingest.deadletter import letter_id
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import DeadLetterTarget, Pipeline
 from ioc.mosquitto_acl import write_mosquitto_files
@@ -439,7 +440,8 @@ def test_a_poison_message_is_quarantined_after_max_deliveries(
         assert 1 <= deaths <= MAX_DELIVERIES, deaths  # it did crash, and not forever
         assert influx_count(influxdb.url, database, "env.aqi") == len(goods)  # all good ones, once each
         letters = [orjson.loads(body) for _, body in dead.messages]
-        assert letters == [{"reason": "poison", "payload": poison.decode()}]
+        assert letters == [{"id": letter_id("qtmt-aqi", "poison", poison), "reason": "poison",
+                            "payload": poison.decode()}]
         assert dead.messages[0][0] == "ioc/v1/deadletter/qtmt-aqi"
         assert daemon.metric_sum("ioc_events_rejected_total", source="qtmt-aqi", reason="poison") == 1
         assert daemon.metric_sum("ioc_mqtt_poison_quarantined_total") == 1
