@@ -172,6 +172,10 @@ class DossierTracker:
                           "Dossier events applied for an area the registry does not know (no roll-up), by "
                           "source.", ("source",),
                           {(source,): count for source, count in self._unknown_area_events.copy().items()})
+            yield counter("ioc_aggregator_dossier_unknown_areas_folded",
+                          "Dossier events of an unknown area code counted on the one node `unknown`, past "
+                          "the bound of distinct unknown codes with series of their own (10,000).", (),
+                          {(): self._nodes.folded})
             yield gauge("ioc_aggregator_dossier_sweep_seconds", "Duration of the last clock sweep.", (),
                         {(): self._opened.last_sweep_seconds})
         return collect

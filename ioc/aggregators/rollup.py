@@ -5,7 +5,8 @@ is counted along a *chain*: its own area then each ancestor in the registry on t
 event (a commune's dossier counts in its district before 2025-07-01 and in its province). The chain is
 kept with the item, so it is uncounted along the same nodes it was counted on even if the registry's
 structure changed in between; its next event moves it to the chain of that event's date. An area the
-registry does not know is a chain of itself alone (no roll-up) with the level the event gave.
+registry does not know is a chain of itself alone (no roll-up) with the level the event gave; past
+`MAX_UNKNOWN_AREAS` distinct unknown codes, a new one is counted on the one node `unknown`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ log = structlog.get_logger("ioc.aggregators")
 # with a count (the first at once), and the trackers count the events per source in /metrics.
 UNKNOWN_AREA_LOG_EVERY = 60.0  # seconds
 _UNKNOWN_REMEMBERED = 10_000  # distinct unknown codes remembered to tell a new one from a repeat
+# Each unknown code is a node with its own KPI series, which the trackers keep for the daemon's life: a
+# vendor sending a million made-up codes would grow memory without bound. Past this many, a new unknown
+# code is counted on one shared node, `UNKNOWN_AREA`, instead of a node of its own.
+MAX_UNKNOWN_AREAS = 10_000
+UNKNOWN_AREA = "unknown"
 
 
 class AreaNodes:
@@ -47,6 +53,8 @@ class AreaNodes:
         self._unknown_logged_at = -UNKNOWN_AREA_LOG_EVERY
         self._unknown_unlogged = 0  # new unknown codes since the last line
         self._unknown_example: tuple[str, str] = ("", "")  # (code, level) of the latest
+        self.unknown_nodes = 0  # nodes made for unknown codes (bounded by MAX_UNKNOWN_AREAS)
+        self.folded = 0  # events of an unknown code counted on UNKNOWN_AREA, past the bound
 
     def node(self, code: str, level: AreaLevel) -> int:
         index = self._node.get(code)
@@ -81,6 +89,12 @@ class AreaNodes:
                     self._unknown_unlogged += 1
                     self._unknown_example = (code, level)
                     self.log_unknown_areas()
+                if code not in self._node:
+                    if self.unknown_nodes >= MAX_UNKNOWN_AREAS:
+                        self.folded += 1
+                        # Not cached: the next event of this code is folded (and counted) again.
+                        return self._intern((self.node(UNKNOWN_AREA, level),), known=False)
+                    self.unknown_nodes += 1
                 chain = self._intern((self.node(code, level),), known=False)
             else:
                 nodes = [self.node(area.code, area.level)]
@@ -102,7 +116,8 @@ class AreaNodes:
             return
         code, level = self._unknown_example
         log.warning("aggregator.unknown_area", codes=self._unknown_unlogged, example=code, level=level,
-                    effect="counted alone, no roll-up", every_s=UNKNOWN_AREA_LOG_EVERY)
+                    effect="counted alone, no roll-up", every_s=UNKNOWN_AREA_LOG_EVERY,
+                    folded=self.folded, max_unknown_areas=MAX_UNKNOWN_AREAS)
         self._unknown_logged_at = now
         self._unknown_unlogged = 0
 

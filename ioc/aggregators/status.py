@@ -120,6 +120,10 @@ class StatusTracker:
                           "Status events applied for an area the registry does not know (no roll-up), by "
                           "source.", ("source",),
                           {(source,): count for source, count in self._unknown_area_events.copy().items()})
+            yield counter("ioc_aggregator_status_unknown_areas_folded",
+                          "Status events of an unknown area code counted on the one node `unknown`, past "
+                          "the bound of distinct unknown codes with series of their own (10,000).", (),
+                          {(): self._nodes.folded})
         return collect
 
     def _grow(self) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ioc.aggregators import Aggregator, DossierTracker, StatusTracker, build_aggregators
+from ioc.aggregators import Aggregator, DossierTracker, StatusTracker, build_aggregators, rollup
 from ioc.aggregators.calendar import WorkCalendar, load_holidays, local_midnight
 from ioc.aggregators.dossiers import grade
 from ioc.areas import AreaRegistry
@@ -227,6 +227,23 @@ def test_unknown_area_is_tracked_alone_and_counted(board: Board) -> None:
     events = {s.labels["outcome"]: s.value
               for s in {f.name: f for f in dossiers.metrics()()}["ioc_aggregator_dossier_events"].samples}
     assert events["no_area"] == 1
+
+
+def test_made_up_area_codes_past_the_bound_share_one_node(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vendor sending ever new codes cannot grow the trackers' nodes and series without bound: past
+    `MAX_UNKNOWN_AREAS` distinct unknown codes, a new one counts on the one node `unknown` (and says so)."""
+    monkeypatch.setattr(rollup, "MAX_UNKNOWN_AREAS", 3)
+    dossiers = tracker(board)
+    for number in range(6):
+        dossiers.observe(dossier(f"d{number}", area=f"9900{number}", level="commune"))
+    dossiers.observe(dossier("d9", area="99001", level="commune"))  # a code already with its node
+    assert [board.value("kpi.dossier.open", f"9900{number}") for number in range(6)] == [1, 2, 1, None, None, None]
+    assert board.value("kpi.dossier.open", rollup.UNKNOWN_AREA) == 3
+    unknown = [code for code in dossiers._nodes.codes if code.startswith("990") or code == rollup.UNKNOWN_AREA]
+    assert len(unknown) == 4
+    families = {family.name: family for family in dossiers.metrics()()}
+    assert families["ioc_aggregator_dossier_unknown_areas_folded"].samples[0].value == 3
+    assert families["ioc_aggregator_dossier_unknown_area_events"].samples[0].value == 7
 
 
 def test_duplicates_and_out_of_order_events_do_not_double_count(board: Board) -> None:
