@@ -9,9 +9,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from ioc.cluster import ClusterNode, acquire, members
+from ioc.cluster import node as cluster_node
 from ioc.store import open_shared
 from tests.postgres_server import Postgres, start_postgres
 
@@ -145,3 +147,59 @@ def test_the_roster_lists_every_node_with_its_heartbeat(url: str) -> None:
     db = open_shared(url, node="old", version="0.1")
     assert [(member.node, member.leader, member.role) for member in members(db, 10.0)] == [("old", False, "follower")]
     db.close()
+
+
+def test_a_lock_held_on_the_lease_fails_the_renewal_in_time_and_the_leader_steps_down(url: str) -> None:
+    """The lease's connection has statement_timeout and lock_timeout (lease / 5): a renewal stuck behind a
+    lock (a hung PostgreSQL, as far as the node can tell) fails, and the node steps down and says so
+    within its lease instead of hanging in the statement."""
+    db = open_shared(url)
+    node = ClusterNode(db, "a", lease=3.0)
+    roles: list[bool] = []
+    node.on_role.append(roles.append)
+    node.start()
+    blocker = psycopg.connect(url)  # not autocommit: the row lock is held until the rollback
+    try:
+        assert node.leader
+        blocker.execute("SELECT * FROM cluster_lease WHERE name = 'leader' FOR UPDATE")
+        locked = time.monotonic()
+        wait_until("a steps down", lambda: roles == [True, False], timeout=15)
+        assert time.monotonic() - locked < 3.0 + 1.5  # within its lease (it renewed at most lease/3 before)
+        wait_until("a is not ready", node.problems, timeout=5)
+        assert "timeout" in node.problems()[0], node.problems()
+        blocker.rollback()
+        wait_until("a leads again", lambda: node.leader, timeout=15)
+        assert roles == [True, False, True] and node.problems() == []
+    finally:
+        blocker.close()
+        node.close()
+        db.close()
+
+
+def test_the_roster_shows_silent_nodes_down_forgets_them_and_a_graceful_stop_leaves_at_once(
+        url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster_node, "FORGET_EVERY", 0.2)
+    db = open_shared(url)
+    a = ClusterNode(db, "a", lease=1.5, forget_after=5.0)
+    b = ClusterNode(db, "b", lease=1.5)
+    c = ClusterNode(db, "c", lease=1.5)
+    for node in (a, b, c):
+        node.start()
+
+    def roster() -> dict[str, str]:
+        return {member.node: member.role for member in a.members()}
+
+    try:
+        assert roster() == {"a": "leader", "b": "follower", "c": "follower"}
+        b._stop.set()  # b dies without a word: no heartbeat from now
+        b._thread.join()  # type: ignore[union-attr]
+        stopped = time.monotonic()
+        wait_until("b down", lambda: roster() == {"a": "leader", "b": "down", "c": "follower"}, timeout=10)
+        c.close()  # a graceful stop: out of the roster at once
+        assert roster() == {"a": "leader", "b": "down"}
+        wait_until("b forgotten", lambda: roster() == {"a": "leader"}, timeout=20)
+        assert time.monotonic() - stopped >= 5.0 - 1.5 / 3  # not before forget_after (from its last heartbeat)
+    finally:
+        for node in (b, c, a):
+            node.close()
+        db.close()
