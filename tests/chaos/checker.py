@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ import paho.mqtt.client as mqtt
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.chaos.generator import Stream, Toggle
-from tests.chaos.world import ALARM_RULE, DATABASE, World
+from tests.chaos.world import ALARM_RULE, DATABASE, Node
 
 
 @dataclass
@@ -90,7 +91,9 @@ def metric_total(text: str, name: str) -> float:
 
 
 class Monitor:
-    def __init__(self, world: World, *, scrape_every: float = 1.0, rss_every: float = 0.25,
+    """Watches one node (the one-daemon world is one)."""
+
+    def __init__(self, world: Node, *, scrape_every: float = 1.0, rss_every: float = 0.25,
                  rss_kill_mib: float = 2048.0) -> None:
         self.world = world
         self.scrape_every = scrape_every
@@ -99,6 +102,8 @@ class Monitor:
         self.rss: list[tuple[float, float]] = []  # (monotonic, MiB)
         self.scrapes = 0
         self.violations: list[Violation] = []
+        # The broker link as /metrics tells it at each scrape, changes only: (monotonic, pid, connected).
+        self.link: list[tuple[float, int, bool]] = []
         self.restarts_after_crash = 0
         self._stop = threading.Event()
         self._log_offset = 0
@@ -157,8 +162,12 @@ class Monitor:
         if response.status_code != 200:
             return
         self.scrapes += 1
+        now = time.monotonic()
         for problem in counting_rule_problems(response.text):
-            self.violations.append(Violation(time.monotonic(), "counting-rule", f"pid {pid}: {problem}"))
+            self.violations.append(Violation(now, "counting-rule", f"{self.world.name} pid {pid}: {problem}"))
+        connected = metric_total(response.text, "ioc_mqtt_connected") > 0
+        if not self.link or self.link[-1][1:] != (pid, connected):
+            self.link.append((now, pid, connected))
 
     def max_rss(self, start: float = 0.0, end: float = float("inf")) -> float:
         return max((mib for at, mib in self.rss if start <= at < end), default=0.0)
@@ -247,9 +256,18 @@ def influx_series(url: str, query: str) -> list[dict[str, Any]]:
     return list(result.get("series", []))
 
 
-def influx_count(url: str, measurement: str) -> int:
-    series = influx_series(url, f'SELECT count("value") FROM "{measurement}"')
+def influx_count(url: str, measurement: str, where: str = "") -> int:
+    series = influx_series(url, f'SELECT count("value") FROM "{measurement}"' + (f" WHERE {where}" if where else ""))
     return int(series[0]["values"][0][1]) if series else 0
+
+
+def backlog(url: str, stream: Stream, *, look_back: int = 50_000) -> int:
+    """Of the stream's last `look_back` events sent, how many have no point yet: how far the daemon is
+    behind (acknowledged or not). One count over a time range, cheap at any size of the measurement."""
+    sent = len(stream.sent_at)
+    first = max(0, sent - look_back)
+    low, high = stream.base_ns + first * 1000, stream.base_ns + sent * 1000
+    return (sent - first) - influx_count(url, stream.metric, f"time >= {low} AND time < {high}")
 
 
 @dataclass
@@ -289,37 +307,81 @@ def read_stream(url: str, stream: Stream, *, chunk: int = 100_000) -> StreamResu
 @dataclass
 class AlertFinding:
     toggle: Toggle | None  # the toggle it is about (None: a change no toggle explains)
-    kind: str  # "lost" | "twice" | "unexpected"
+    kind: str  # "lost" | "twice" | "unexpected" | "stale" (a note: see check_alerts)
     detail: str
+    at: float | None = None  # when the change came (monotonic), for a change no toggle explains
+
+    @property
+    def failure(self) -> bool:
+        return self.kind != "stale"
 
 
-def check_alerts(toggles: list[Toggle], changes: list[tuple[float, dict[str, Any]]]) -> list[AlertFinding]:
+def check_alerts(toggles: list[Toggle], changes: list[tuple[float, dict[str, Any]]], *,
+                 leaderless: Sequence[tuple[float, float]] = (), by_notification_id: bool = False,
+                 slack: float = 1.0) -> list[AlertFinding]:
     """Each acknowledged over-threshold toggle must be notified `firing` once, and each acknowledged
     under-threshold toggle that follows one `resolved` once (the rule has no `for`: a new episode, with a
-    new alert id, per toggle). A toggle never acknowledged may or may not have been seen: not judged."""
+    new alert id, per toggle). A toggle never acknowledged may or may not have been seen: not judged.
+
+    A cluster (CONTRACT §8): only the leader notifies, and while nobody leads (the `leaderless` intervals:
+    from a leader's death or PostgreSQL's stop until a leader is seen again) nothing is recorded; the next
+    leader records what its engine holds then, so the changes of toggles made meanwhile (within `slack`
+    seconds of an interval: the old leader may have died before recording, the new one's promotion may
+    trail the role it shows) may be folded into one and are not judged lost; twice is still twice. With `by_notification_id` a change is counted once per
+    notification id: a new leader resends what the old one stored and had not settled under the same id,
+    and receivers drop the repeat (docs/operations.md).
+
+    A cluster's new leader resolves an alert that ended while nobody led with the value the store holds,
+    the firing one (ioc.alerts.leadership records the engine's view, which no longer holds the alert): such
+    a `resolved` is taken as its episode's resolution (the toggle after the one that fired it) and noted
+    as "stale" (a note, not a failure: the contract names no value for a resolution)."""
+
+    def without_leader(toggle: Toggle) -> bool:
+        end = toggle.acked_at if toggle.acked_at is not None else toggle.sent_at
+        return any(toggle.sent_at - slack < stop and end > start - slack for start, stop in leaderless)
+
     expected: dict[tuple[str, float], Toggle] = {}
     previous: Toggle | None = None
     unsure: set[tuple[str, float]] = set()
     for toggle in toggles:
         key = ("firing" if toggle.high else "resolved", toggle.value)
-        if toggle.acked_at is None or (not toggle.high and (previous is None or previous.acked_at is None)):
+        if (toggle.acked_at is None or without_leader(toggle)
+                or (not toggle.high and (previous is None or previous.acked_at is None))):
             unsure.add(key)
         elif toggle.high or previous is not None:
             expected[key] = toggle
         previous = toggle
     got: Counter[tuple[str, float]] = Counter()
     ids: dict[tuple[str, float], set[str]] = {}
+    seen: set[tuple[str, float, str]] = set()
+    fired: dict[str, float] = {}  # alert id -> the value it fired with
+    after = {toggle.value: toggles[index + 1] for index, toggle in enumerate(toggles[:-1]) if toggle.high}
     findings = []
-    for _, body in changes:
+    for at, body in changes:
         alert = body.get("alert", {})
         if alert.get("rule") != ALARM_RULE:
             continue
         key = (str(body.get("change")), float(alert.get("value")))
+        alert_id = str(alert.get("id"))
+        if by_notification_id:
+            notification = (key[0], key[1], str(body.get("notification_id")))
+            if notification in seen:
+                continue
+            seen.add(notification)
+        if key[0] == "firing":
+            fired.setdefault(alert_id, key[1])
+        elif (key[0] == "resolved" and key not in expected and key not in unsure and by_notification_id
+              and fired.get(alert_id) == key[1] and key[1] in after
+              and ("resolved", after[key[1]].value) in unsure):
+            resolver = after[key[1]]
+            findings.append(AlertFinding(resolver, "stale", f"resolved of toggle {resolver.number} told with the "
+                                                            f"firing value {key[1]:g} (alert {alert_id})", at))
+            key = ("resolved", resolver.value)
         got[key] += 1
-        ids.setdefault(key, set()).add(str(alert.get("id")))
+        ids.setdefault(key, set()).add(alert_id)
         if key not in expected and key not in unsure:
             findings.append(AlertFinding(None, "unexpected", f"{key[0]} at value {key[1]:g} "
-                                                             f"(alert {alert.get('id')})"))
+                                                             f"(alert {alert_id})", at))
     for key, toggle in expected.items():
         if got[key] == 0:
             findings.append(AlertFinding(toggle, "lost", f"no {key[0]} for toggle {toggle.number} "

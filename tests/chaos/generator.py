@@ -12,7 +12,8 @@ and no point that is not an event's.
   paho re-sends unacknowledged publishes after a reconnect (the broker may then deliver a duplicate).
 - HTTP: NDJSON batches to `POST /api/v1/events`; acknowledged when answered 202 with `"durable": true`
   (except items rejected). Anything else (connection refused or reset, timeout, 503, 429, `durable:
-  false`) is retried with the same events, as a vendor would, until acknowledged.
+  false`) is retried with the same events, as a vendor would, until acknowledged. With several nodes
+  (a cluster, any of which takes events) the batches go to each in turn, and a retry goes to the next.
 - Alarms: one event at a time on `chaos.alarm`, alternately over and under the rule's threshold, with
   values unique per toggle (over: 1000 + k, under: k / 1000) so each alert change the webhook receives names the
   toggle that caused it.
@@ -167,13 +168,17 @@ class HttpStats:
         self.statuses[key] = self.statuses.get(key, 0) + 1
 
 
-def post_until_durable(client: httpx.Client, url: str, token: str, body: bytes, *, ndjson: bool,
-                       stop: Callable[[], bool], stats: HttpStats) -> dict[str, Any] | None:
-    """POST until the answer is 202 with `durable: true` (the answer), or `stop()` (None)."""
+def post_until_durable(client: httpx.Client, urls: list[str], token: str, body: bytes, *, ndjson: bool,
+                       stop: Callable[[], bool], stats: HttpStats, first: int = 0) -> dict[str, Any] | None:
+    """POST until the answer is 202 with `durable: true` (the answer), or `stop()` (None). The first try
+    goes to `urls[first]`, each retry to the next URL (another node of a cluster)."""
     headers = {"Authorization": f"Bearer {token}",
                "Content-Type": "application/x-ndjson" if ndjson else "application/json"}
     delay = 0.1
+    attempt = first
     while True:
+        url = urls[attempt % len(urls)]
+        attempt += 1
         try:
             response = client.post(url, content=body, headers=headers)
         except httpx.HTTPError as error:
@@ -197,10 +202,12 @@ def post_until_durable(client: httpx.Client, url: str, token: str, body: bytes, 
 
 
 class HttpGenerator:
-    """Posts `stream` in NDJSON batches of `batch` at `rate` events/s, each batch until durable."""
+    """Posts `stream` in NDJSON batches of `batch` at `rate` events/s, each batch until durable, to each
+    of `apis` in turn."""
 
-    def __init__(self, api: str, token: str, stream: Stream, *, rate: float, batch: int = 50) -> None:
-        self.url = api + EVENTS_PATH
+    def __init__(self, apis: str | list[str], token: str, stream: Stream, *, rate: float, batch: int = 50) -> None:
+        self.urls = [api + EVENTS_PATH for api in ([apis] if isinstance(apis, str) else apis)]
+        self._batches = 0
         self.token = token
         self.stream = stream
         self.rate = rate
@@ -223,8 +230,9 @@ class HttpGenerator:
     def _send(self, client: httpx.Client, indexes: list[int]) -> None:
         while indexes:
             body = b"\n".join(self.stream.event(index) for index in indexes)
-            answer = post_until_durable(client, self.url, self.token, body, ndjson=True,
-                                        stop=self._give_up.is_set, stats=self.stats)
+            self._batches += 1
+            answer = post_until_durable(client, self.urls, self.token, body, ndjson=True,
+                                        stop=self._give_up.is_set, stats=self.stats, first=self._batches)
             if answer is None:
                 return
             rejected = {item["index"]: item["error"] for item in answer.get("rejected", [])}
@@ -255,10 +263,11 @@ class Toggle:
 
 
 class AlarmDriver:
-    """Drives the alarm rule: a toggle every `period` seconds, each posted until durable."""
+    """Drives the alarm rule: a toggle every `period` seconds, each posted until durable (to each of
+    `apis` in turn)."""
 
-    def __init__(self, api: str, token: str, source: str, *, period: float) -> None:
-        self.url = api + EVENTS_PATH
+    def __init__(self, apis: str | list[str], token: str, source: str, *, period: float) -> None:
+        self.urls = [api + EVENTS_PATH for api in ([apis] if isinstance(apis, str) else apis)]
         self.token = token
         self.source = source
         self.period = period
@@ -285,8 +294,8 @@ class AlarmDriver:
         self.toggles.append(toggle)
         body = orjson.dumps({"id": f"alarm-{number}", "source": self.source, "type": "telemetry",
                              "time": datetime.now(UTC).isoformat(), "metric": "chaos.alarm", "value": value})
-        if post_until_durable(client, self.url, self.token, body, ndjson=False, stop=self._give_up.is_set,
-                              stats=self.stats) is not None:
+        if post_until_durable(client, self.urls, self.token, body, ndjson=False, stop=self._give_up.is_set,
+                              stats=self.stats, first=number) is not None:
             toggle.acked_at = time.monotonic()
 
     def stop(self, drain: float) -> None:

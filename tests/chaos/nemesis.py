@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -33,11 +34,16 @@ import orjson
 
 from ioc import failpoints
 from tests.chaos.checker import DeadLetters, payload_bytes
+from tests.chaos.linklog import LinkLog, describe
 from tests.chaos.world import HTTP_TOKEN, MQTT_SOURCE, World
 from tests.mqtt_tools import publish_all
 
 POISON_MARKER = "IOC-FAILPOINT-POISON"  # what the `mqtt.poison` failpoint looks for in a payload
 MAX_DELIVERIES = 3  # [intake] max_deliveries, the default the world's config keeps
+# How long one start of the poison fault waits for the crash or the dead letter. The poison reaches the
+# daemon after the backlog the broker holds for it (seconds of traffic after a broker fault) and its start.
+POISON_WINDOW = 60.0
+LINK_LOOK_BACK = 30.0  # seconds of the link's record shown before a fault
 INFLUX_PROXY_FAULTS = ("latency", "reset", "blackhole", "slowclose", "500", "503", "400")
 BROKER_PROXY_FAULTS = ("latency", "reset", "blackhole", "slowclose")
 # Points that are only reached while InfluxDB cannot take the points.
@@ -61,10 +67,26 @@ class Injection:
     problems: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Links:
+    """The daemon's broker link from its log (`linklog.py`), described around a fault."""
+
+    log: LinkLog
+
+    def describe_before(self, moment: float, look_back: float = LINK_LOOK_BACK) -> str:
+        return describe(self.log.between(moment - look_back, moment), moment)
+
+    def describe_during(self, start: float, end: float) -> str:
+        return describe(self.log.between(start, end), start)
+
+
 class Nemesis:
     def __init__(self, world: World, rng: random.Random, dead_letters: DeadLetters, *,
-                 hold: tuple[float, float] = (2.0, 4.0), poison_bytes: int = 8 * 1024 * 1024) -> None:
+                 hold: tuple[float, float] = (2.0, 4.0), poison_bytes: int = 8 * 1024 * 1024,
+                 backlog: Callable[[], int] | None = None) -> None:
         self.world = world
+        self.links = Links(LinkLog(world.daemon.log_path))
+        self.backlog = backlog  # how many MQTT events have no point yet (checker.backlog)
         self.rng = rng
         self.dead_letters = dead_letters
         self.hold = hold  # how long a fault lasts, seconds (uniform)
@@ -84,6 +106,14 @@ class Nemesis:
             injection.problems.append(f"{kind}: {type(error).__name__}: {error}"[:2000])
         injection.healed = time.monotonic()
         return injection
+
+    def annotate(self, injections: list[Injection]) -> None:
+        """After the run: each fault on the broker link gets the link's record from its start to the next
+        fault's (the daemon's disconnects and reconnects, from its log)."""
+        ends = [injection.started for injection in injections[1:]] + [float("inf")]
+        for injection, end in zip(injections, ends, strict=True):
+            if injection.kind.startswith(("broker-", "failpoint:mqtt.poison")):
+                injection.detail += f"; link from the fault's start: {self.links.describe_during(injection.started, end)}"
 
     def _pause(self, low: float | None = None, high: float | None = None) -> float:
         seconds = self.rng.uniform(low if low is not None else self.hold[0],
@@ -125,32 +155,68 @@ class Nemesis:
 
     def _mqtt_poison(self, injection: Injection) -> None:
         """A message whose handling kills the daemon (`mqtt.poison=abort` and the marker in it): the daemon
-        must die on it at most `max_deliveries` (3) times, then quarantine it as a `poison` dead letter."""
+        must die on it at most `max_deliveries` (3) times, then quarantine it as a `poison` dead letter.
+
+        Each start is watched until the daemon dies, the dead letter comes, or `POISON_WINDOW` passes: the
+        poison waits in the broker behind whatever the daemon had not acknowledged when it was killed (after
+        a black hole on the broker link, seconds of the generator's traffic), so the time it takes to reach
+        the daemon is not a fixed few seconds. The detail records the link (the daemon's own log) before the
+        fault, the backlog, and each start: when it connected and when it died or quarantined."""
         world = self.world
+        links = self.links.describe_before(injection.started)
         world.kill_daemon()
         self._poisons += 1
         event_id = f"chaos-poison-{self._poisons}"
         before = len(self.dead_letters.all())
+        behind = self._backlog()
         self._publish([orjson.dumps({"id": event_id, "source": MQTT_SOURCE, "type": "telemetry",
                                      "time": datetime.now(UTC).isoformat(), "metric": "chaos.poison",
                                      "value": 1, "tags": {"note": POISON_MARKER}})])
-        crashes = 0
-        for _ in range(MAX_DELIVERIES + 3):
+        crashes, record, outcome = 0, [], "timeout"
+        for number in range(1, MAX_DELIVERIES + 4):
+            started = time.monotonic()
             world.start_daemon("mqtt.poison=abort", wait=False)
-            deadline = time.monotonic() + 8.0
-            while world.daemon_running() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if world.daemon_running():
-                break  # it stayed up: the message was quarantined (or never crashed it)
+            outcome, took = self._await_poison(event_id, before, POISON_WINDOW)
+            connected = self.links.log.first("mqtt.connected", started)
+            record.append(f"start {number}: " + (f"connected +{connected.at - started:.1f}s, " if connected
+                                                 else "not connected, ") + f"{outcome} +{took:.1f}s")
+            if outcome != "crash":
+                break
             crashes += 1
         injection.hit = crashes > 0
         letters = self._expect_letters(injection, 1, event_id, timeout=20.0, since=before, reason="poison")
+        late = not world.daemon_running()  # it died after its window: a crash no window saw
         world.kill_daemon()
         world.start_daemon()
-        injection.detail = f"mqtt.poison=abort: {crashes} crashes, then {letters} dead letter(s) 'poison'"
+        injection.detail = (f"mqtt.poison=abort: {crashes} crashes, then {letters} dead letter(s) 'poison'; "
+                            f"link before: {links}; backlog {behind}; " + "; ".join(record)
+                            + ("; died after its window" if late else ""))
         if crashes > MAX_DELIVERIES:
             injection.problems.append(f"{injection.kind}: the daemon died {crashes} times on one message, "
                                       f"over max_deliveries = {MAX_DELIVERIES}")
+        if outcome == "timeout":
+            injection.problems.append(f"{injection.kind}: neither a crash nor a dead letter {POISON_WINDOW:g}s "
+                                      f"after a start ({injection.detail})")
+
+    def _await_poison(self, marker: str, since: int, timeout: float) -> tuple[str, float]:
+        """Until the daemon dies ("crash"), its `poison` dead letter for `marker` comes ("letter"), or
+        `timeout` ("timeout"); with the seconds it took."""
+        started = time.monotonic()
+        while (took := time.monotonic() - started) < timeout:
+            if not self.world.daemon_running():
+                return "crash", took
+            if self._letters(marker, since, "poison"):
+                return "letter", took
+            time.sleep(0.05)
+        return "timeout", took
+
+    def _backlog(self) -> str:
+        if self.backlog is None:
+            return "unknown"
+        try:
+            return f"{self.backlog()} MQTT events without a point"
+        except Exception as error:  # noqa: BLE001 - InfluxDB busy: the record says so, the fault goes on
+            return f"unknown ({type(error).__name__})"
 
     def _spool_error(self, injection: Injection, _: str) -> None:
         world = self.world
@@ -261,11 +327,15 @@ class Nemesis:
         deadline = time.monotonic() + timeout
         found = 0
         while time.monotonic() < deadline:
-            found = sum(1 for _, _, letter in self.dead_letters.all()[since:]
-                        if marker.encode() in payload_bytes(letter) and reason in str(letter.get("reason")))
+            found = self._letters(marker, since, reason)
             if found >= count:
                 return found
             time.sleep(0.2)
         injection.problems.append(f"{injection.kind}: {found} of {count} dead letters with {marker!r} "
                                   f"within {timeout:g}s")
         return found
+
+    def _letters(self, marker: str, since: int, reason: str = "") -> int:
+        """Dead letters since the `since`-th whose payload holds `marker` and whose reason holds `reason`."""
+        return sum(1 for _, _, letter in self.dead_letters.all()[since:]
+                   if marker.encode() in payload_bytes(letter) and reason in str(letter.get("reason")))

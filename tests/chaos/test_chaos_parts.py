@@ -1,5 +1,6 @@
 """The chaos suite's own parts, each shown to catch what it is there to catch: the fault proxy's modes,
-the counting-rule check, the alert-change check, and the mapping of InfluxDB points back to events."""
+the counting-rule check, the alert-change check (one node, and a cluster's), the mapping of InfluxDB
+points back to events, and the broker link's record read from the daemon's log."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
-from tests.chaos.checker import check_alerts, counting_rule_problems, read_stream, refused_points
+from tests.chaos.checker import backlog, check_alerts, counting_rule_problems, read_stream, refused_points
 from tests.chaos.generator import Stream, Toggle
+from tests.chaos.linklog import LinkLog, describe, parse_line
 from tests.chaos.proxy import ProxyProcess
 from tests.chaos.world import ALARM_RULE, DATABASE
 from tests.servers import Server
@@ -147,6 +150,43 @@ def test_alert_check_finds_lost_twice_and_unexpected_changes() -> None:
     assert check_alerts(toggles(4, unacked=(2,)), good) == []
 
 
+def test_alert_check_in_a_cluster() -> None:
+    """While nobody leads the next leader may fold changes into one (not lost), never tell one twice; a
+    repeat of one notification id (an outbox taken over) is one change, two ids are two."""
+    four = [Toggle(n, 1000.0 + n if n % 2 == 0 else n / 1000, n % 2 == 0, 10.0 * n, 10.0 * n + 1)
+            for n in range(4)]
+
+    def told(kind: str, value: float, notification: str) -> tuple[float, dict[str, object]]:
+        return (0.0, {"change": kind, "notification_id": notification,
+                      "alert": {"rule": ALARM_RULE, "value": value, "id": "x"}})
+
+    first = [told("firing", 1000, "n1"), told("resolved", 0.001, "n2")]
+    # Toggles 2 and 3 (sent at 20 s and 30 s) while nobody led: folded away, not lost.
+    assert check_alerts(four, first, leaderless=[(19.5, 35.0)], by_notification_id=True) == []
+    assert [(f.kind, f.toggle.number if f.toggle else None) for f in check_alerts(four, first)] == [
+        ("lost", 2), ("lost", 3)]
+    # Told twice while nobody led is still twice.
+    twice = [*first, told("firing", 1002, "n3"), told("firing", 1002, "n4")]
+    assert [f.kind for f in check_alerts(four, twice, leaderless=[(19.5, 35.0)], by_notification_id=True)] == [
+        "twice"]
+    # The same notification id again (the new leader resends the outbox): once.
+    resent = [*first, first[1], told("firing", 1002, "n3"), told("resolved", 0.003, "n5")]
+    assert check_alerts(four, resent, by_notification_id=True) == []
+    assert [f.kind for f in check_alerts(four, resent)] == ["twice"]
+    # A resolution told by the next leader with the firing value: a note when its toggle came while
+    # nobody led, else a change no toggle explains.
+    stale = [first[0], told("resolved", 1000, "n2")]
+    findings = check_alerts(four[:2], stale, leaderless=[(9.5, 12.0)], by_notification_id=True)
+    assert [(f.kind, f.failure, f.toggle.number if f.toggle else None) for f in findings] == [
+        ("stale", False, 1)]
+    assert [f.kind for f in check_alerts(four[:2], stale, by_notification_id=True)] == ["unexpected", "lost"]
+    # Within a second of an interval: the old leader may have died before recording it (toggle 2, acked
+    # 0.5 s before), the new one's promotion may trail the role it shows (toggle 3, sent 0.5 s after).
+    assert check_alerts(four, first, leaderless=[(21.5, 29.5)], by_notification_id=True) == []
+    assert [f.toggle.number for f in check_alerts(four, first, leaderless=[(22.5, 28.5)],
+                                                  by_notification_id=True) if f.toggle] == [2, 3]
+
+
 # --- InfluxDB points back to events ---------------------------------------------------------------------
 
 
@@ -167,3 +207,39 @@ def test_points_map_back_to_events(influxdb: Server, tmp_path: Path) -> None:
     letter = {"reason": "influx refused the point: HTTP 400: x",
               "payload": f"chaos.parts,source=chaos-t value=2.0 {base + 2000}"}
     assert refused_points([(0.0, "ioc/v1/deadletter/chaos-t", letter)], stream) == {2}
+    assert backlog(influxdb.url, stream) == 1  # event 2 has no point (4's is a foreign one, but a point)
+    assert backlog(influxdb.url, stream, look_back=2) == 0  # events 3 and 4
+
+
+# --- the broker link from the daemon's log ----------------------------------------------------------------
+
+
+def log_line(event: str, second: float, **fields: object) -> bytes:
+    stamp = datetime.fromtimestamp(1_800_000_000 + second, UTC).isoformat().replace("+00:00", "Z")
+    return orjson.dumps({"event": event, "timestamp": stamp, "level": "info", **fields})
+
+
+def test_link_events_from_the_log(tmp_path: Path) -> None:
+    assert parse_line(log_line("sink.flushed", 1.0), 0.0) is None
+    assert parse_line(b"Traceback (most recent call last):", 0.0) is None
+    event = parse_line(log_line("mqtt.connected", 5.0, session_present=True), 1_800_000_000.0)
+    assert event is not None and event.event == "mqtt.connected" and abs(event.at - 5.0) < 1e-3
+    assert event.fields["session_present"] is True
+    lines = [log_line("mqtt.disconnected", 0.0, repeated=2), *(log_line("mqtt.reconnecting", 0.1 + n)
+                                                               for n in range(3)),
+             log_line("mqtt.connected", 9.6, session_present=False), log_line("mqtt.crash_recovery", 11.0,
+                                                                              in_flight=7)]
+    events = [parse_line(line, 1_800_000_000.0) for line in lines]
+    assert describe([e for e in events if e is not None], 10.0) == (
+        "disconnected -10.0s (after 2 more held back), reconnecting x3 -9.9s..-7.9s, connected -0.4s "
+        "(NO session), crash recovery +1.0s (7 in flight)")
+    assert describe([], 0.0) == "nothing logged"
+    # Read as the file grows; a line being written waits for its end.
+    path = tmp_path / "ioc.log"
+    links = LinkLog(path)
+    assert links.read() == []
+    path.write_bytes(lines[0] + b"\n" + b"not json\n" + lines[4][:20])
+    assert [e.event for e in links.read()] == ["mqtt.disconnected"]
+    with open(path, "ab") as log:
+        log.write(lines[4][20:] + b"\n")
+    assert [e.event for e in links.read()] == ["mqtt.disconnected", "mqtt.connected"]

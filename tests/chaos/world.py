@@ -6,9 +6,8 @@ through them), a webhook receiver, and `ioc run` as a subprocess.
     generator ──HTTP──────────────────────> ioc run ──webhooks──> receiver
 
 The generator, the dead-letter collector and the checker talk to the servers directly: only the daemon's
-own connections go through the proxies. Everything the nemesis does to the daemon goes through
-`stop_daemon` / `start_daemon`, which tell the watchdog (in the checker) that the process is meant to be
-down, so any other exit is a crash.
+own connections go through the proxies. A `Node` is one `ioc run` as the nemesis drives it (the world is
+one node; `cluster.py` has a world of two on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -49,7 +47,7 @@ rules:
 
 
 def daemon_config(*, http_port: int, mqtt_port: int, influx_port: int, store: Path, rules: Path,
-                  webhook_url: str) -> str:
+                  webhook_url: str, client_id: str = "ioc-chaos", extra: str = "") -> str:
     """Short timeouts so every fault is noticed within its few seconds: MQTT keepalive 5 s, InfluxDB
     request timeout 2 s, retries from 100 ms to 1 s. A small sink queue (2000 points, a second or two
     of the generator's traffic) so a fault that stops the sink (a failing spool disk) reaches the queue's
@@ -61,7 +59,7 @@ durable_wait = "5s"
 
 [mqtt]
 url = "mqtt://127.0.0.1:{mqtt_port}"
-client_id = "ioc-chaos"
+client_id = "{client_id}"
 keepalive = 5
 reconnect_min = "100ms"
 reconnect_max = "1s"
@@ -107,7 +105,7 @@ timeout = "2s"
 max_attempts = 20
 backoff_min = "100ms"
 backoff_max = "1s"
-"""
+{extra}"""
 
 
 class WebhookReceiver:
@@ -146,42 +144,21 @@ class WebhookReceiver:
         self.server.server_close()
 
 
-@dataclass
-class World:
-    workdir: Path
-    mosquitto: Server
-    influxdb: Server
-    influx_proxy: ProxyProcess
-    broker_proxy: ProxyProcess
-    webhook: WebhookReceiver
-    daemon: DaemonProcess
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    expect_down: bool = False  # the nemesis is stopping or starting the daemon: an exit is no crash
-    failpoints: str = ""  # IOC_FAILPOINTS of the running daemon
-    doing: str = "start"  # what the run is doing (the fault being injected), for the record of starts
-    starts: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, doing) of each daemon start
+class Node:
+    """One `ioc run` as the nemesis drives it. Everything done to the process goes through `start_daemon` /
+    `kill_daemon` / `terminate_daemon`, which tell the watchdog (`Monitor` in the checker) that the process
+    is meant to be down, so any other exit is a crash. `env` is added to every start (a cluster node's
+    store URL and name)."""
 
-    @classmethod
-    def start(cls, workdir: Path) -> World:
-        workdir.mkdir(parents=True, exist_ok=True)
-        mosquitto = start_mosquitto(workdir / "mosquitto")
-        influxdb = start_influxdb(workdir / "influxdb")
-        influx_proxy = ProxyProcess("influx", influxdb.port, workdir)
-        broker_proxy = ProxyProcess("broker", mosquitto.port, workdir)
-        webhook = WebhookReceiver()
-        rules = workdir / "rules.yaml"
-        rules.write_text(RULES, encoding="utf-8")
-        http_port = free_port()
-        config = workdir / "ioc.toml"
-        config.write_text(daemon_config(http_port=http_port, mqtt_port=broker_proxy.listen_port,
-                                        influx_port=influx_proxy.listen_port, store=workdir / "var" / "ioc.db",
-                                        rules=rules, webhook_url=webhook.url), encoding="utf-8")
-        daemon = DaemonProcess(config, http_port, workdir / "ioc.log")
-        world = cls(workdir, mosquitto, influxdb, influx_proxy, broker_proxy, webhook, daemon)
-        world.start_daemon()
-        return world
-
-    # --- the daemon, as the nemesis drives it --------------------------------------------------------
+    def __init__(self, name: str, daemon: DaemonProcess, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.daemon = daemon
+        self.env = dict(env or {})
+        self.lock = threading.RLock()
+        self.expect_down = False  # the nemesis is stopping or starting the daemon: an exit is no crash
+        self.failpoints = ""  # IOC_FAILPOINTS of the running daemon
+        self.doing = "start"  # what the run is doing (the fault being injected), for the record of starts
+        self.starts: list[tuple[float, str]] = []  # (monotonic, doing) of each daemon start
 
     def start_daemon(self, failpoints: str = "", *, wait: bool = True) -> None:
         """Start `ioc run` (with IOC_FAILPOINTS=`failpoints` for this run only); wait for /healthz."""
@@ -189,7 +166,8 @@ class World:
             self.expect_down = True
             self.failpoints = failpoints
             self.starts.append((time.monotonic(), self.doing))
-            self.daemon.start(wait_ready=False, env={"IOC_FAILPOINTS": failpoints} if failpoints else None)
+            env = {**self.env, **({"IOC_FAILPOINTS": failpoints} if failpoints else {})}
+            self.daemon.start(wait_ready=False, env=env or None)
         if wait:
             self.wait_daemon()
 
@@ -220,6 +198,56 @@ class World:
         process = self.daemon.process
         return process is not None and process.poll() is None
 
+    def stop_for_good(self) -> None:
+        with self.lock:
+            self.expect_down = True
+        self.daemon.stop()
+
+
+class World(Node):
+    """One daemon and its servers (the module's picture)."""
+
+    def __init__(self, workdir: Path, mosquitto: Server, influxdb: Server, influx_proxy: ProxyProcess,
+                 broker_proxy: ProxyProcess, webhook: WebhookReceiver, daemon: DaemonProcess) -> None:
+        super().__init__("ioc", daemon)
+        self.workdir = workdir
+        self.mosquitto = mosquitto
+        self.influxdb = influxdb
+        self.influx_proxy = influx_proxy
+        self.broker_proxy = broker_proxy
+        self.webhook = webhook
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [self]
+
+    @property
+    def apis(self) -> list[str]:
+        return [self.daemon.api]
+
+    @classmethod
+    def start(cls, workdir: Path) -> World:
+        workdir.mkdir(parents=True, exist_ok=True)
+        mosquitto = start_mosquitto(workdir / "mosquitto")
+        influxdb = start_influxdb(workdir / "influxdb")
+        influx_proxy = ProxyProcess("influx", influxdb.port, workdir)
+        broker_proxy = ProxyProcess("broker", mosquitto.port, workdir)
+        webhook = WebhookReceiver()
+        rules = workdir / "rules.yaml"
+        rules.write_text(RULES, encoding="utf-8")
+        http_port = free_port()
+        config = workdir / "ioc.toml"
+        config.write_text(daemon_config(http_port=http_port, mqtt_port=broker_proxy.listen_port,
+                                        influx_port=influx_proxy.listen_port, store=workdir / "var" / "ioc.db",
+                                        rules=rules, webhook_url=webhook.url), encoding="utf-8")
+        daemon = DaemonProcess(config, http_port, workdir / "ioc.log")
+        world = cls(workdir, mosquitto, influxdb, influx_proxy, broker_proxy, webhook, daemon)
+        world.start_daemon()
+        return world
+
+    def set_doing(self, doing: str) -> None:
+        self.doing = doing
+
     # --- healing -------------------------------------------------------------------------------------
 
     def heal(self) -> None:
@@ -233,9 +261,7 @@ class World:
             self.start_daemon()
 
     def close(self) -> None:
-        with self.lock:
-            self.expect_down = True
-        self.daemon.stop()
+        self.stop_for_good()
         for proxy in (self.influx_proxy, self.broker_proxy):
             proxy.close()
         self.webhook.close()
