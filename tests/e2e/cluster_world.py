@@ -6,12 +6,21 @@ and, if given, a webhook.
 {node: (DaemonProcess, env)}, `env` being what each start of that node needs (its store URL and node name).
 The fixtures `nodes` (with the webhook of the fixture `receiver`) and `receiver` reach every module of
 tests/e2e through tests/e2e/conftest.py. `roster`, `role`, `leader` read a node's view of the cluster;
-`notified` counts the alert changes told on the broker.
+`notified` counts the alert changes told on the broker; `StreamTap` keeps the alert changes of a node's SSE
+stream.
+
+`World` is what a test of one daemon talks to, so that it can run on one node or two (issue 11: a
+representative set of the e2e tests runs on two nodes, docs/operations.md lists them): a module gives a
+module-scoped `cluster` fixture (`yield from running_cluster(...)`, one two-node world per module) and a `world`
+fixture parametrised `one` / `two` (`world_of(request, database)`) next to its `daemon` fixture.
 """
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -27,6 +36,10 @@ from tests.servers import Server
 
 LEASE = 3.0
 VENDOR = {"Authorization": f"Bearer {VENDOR_TOKEN}", "Content-Type": "application/json"}
+
+PUBLIC_RULES = RULES + "    public: true\n"  # the aqi rule, its alerts in the CAP feed too
+
+RULE_FILE = "rules.yaml"  # a node's rule file, next to its config
 
 Node = tuple[DaemonProcess, dict[str, str]]
 
@@ -51,21 +64,24 @@ def nodes(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, un
 
 
 def two_nodes(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str,
-              postgres: Postgres, *, webhook: str = "", extra: str = "") -> dict[str, Node]:
-    """`ioc-a` and `ioc-b` on a fresh database of `postgres`, writing to InfluxDB's `database`; `extra` is
-    added to each node's config."""
+              postgres: Postgres, *, webhook: str = "", extra: str = "", rules: str = PUBLIC_RULES
+              ) -> dict[str, Node]:
+    """`ioc-a` and `ioc-b` on a fresh database of `postgres`, writing to InfluxDB's `database`, with the
+    rule file `rules`; `extra` is added to each node's config. Each node's `env` is also its DaemonProcess's,
+    so a plain `start()` starts it as that node."""
     url = postgres.new_database("e2e")
     found: dict[str, Node] = {}
     for node in ("ioc-a", "ioc-b"):
         folder = tmp_path / node
         folder.mkdir()
-        rules = folder / "rules.yaml"
-        rules.write_text(RULES + "    public: true\n", encoding="utf-8")  # its alerts in the CAP feed too
+        rule_file = folder / RULE_FILE
+        rule_file.write_text(rules, encoding="utf-8")
         daemon = make_daemon(folder, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
                              client_id=f"{node}-{unique}",
-                             extra=f'\n[cluster]\nlease = "{LEASE:g}s"\n\n[rules]\npaths = ["{rules}"]\n'
+                             extra=f'\n[cluster]\nlease = "{LEASE:g}s"\n\n[rules]\npaths = ["{rule_file}"]\n'
                              + (f'\n[[alerts.webhooks]]\nurl = "{webhook}"\n' if webhook else "") + extra)
-        found[node] = (daemon, {"IOC_STORE__URL": url, "IOC_CLUSTER__NODE": node})
+        daemon.env = {"IOC_STORE__URL": url, "IOC_CLUSTER__NODE": node}
+        found[node] = (daemon, daemon.env)
     return found
 
 
@@ -92,3 +108,100 @@ def notified(collector: Collector) -> dict[tuple[str, str], int]:
         body = orjson.loads(payload)
         ids.setdefault((body["id"], body["change"]), set()).add(body.get("notification_id", ""))
     return {key: len(found) for key, found in ids.items()}
+
+
+def rule_file(daemon: DaemonProcess) -> Path:
+    """The rule file of a node of `two_nodes` (or of any daemon whose rule file is `rules.yaml` by its
+    config)."""
+    return daemon.config.parent / RULE_FILE
+
+
+@dataclass(frozen=True)
+class World:
+    """The daemon or daemons a test of `ioc run` talks to, for tests parametrised `one` / `two` (issue 11:
+    two nodes on one PostgreSQL behave as one daemon).
+
+    `writer` takes what the test changes (events posted over HTTP, acks, silences, amtool's changes),
+    `reader` serves what it checks; `nodes` are every node (checks that must hold on each: the counting
+    rule, the alert on each node's API and stream). With one node both are the daemon. With two, the
+    writer is the follower `ioc-b` (what it takes must reach the leader: the HTTP republish through the
+    broker, the operators' changes through PostgreSQL's LISTEN/NOTIFY) and the reader the leader `ioc-a`.
+    `database` is the InfluxDB database the nodes write to."""
+
+    nodes: tuple[DaemonProcess, ...]
+    database: str
+
+    @property
+    def writer(self) -> DaemonProcess:
+        return self.nodes[-1]
+
+    @property
+    def reader(self) -> DaemonProcess:
+        return self.nodes[0]
+
+    @property
+    def clustered(self) -> bool:
+        return len(self.nodes) > 1
+
+
+def running_cluster(tmp_path: Path, mosquitto: Server, influxdb: Server, postgres: Postgres, *,
+            rules: str = PUBLIC_RULES, extra: str = "") -> Iterator[World]:
+    """A two-node World on its own InfluxDB and PostgreSQL databases, started (`ioc-a` leads), killed after:
+    the body of a module-scoped fixture (`yield from running_cluster(...)`), one world per module."""
+    unique = uuid.uuid4().hex[:8]
+    found = two_nodes(tmp_path, mosquitto, influxdb, f"t_{unique}", unique, postgres, rules=rules, extra=extra)
+    daemons = tuple(daemon for daemon, _ in found.values())
+    try:
+        for daemon in daemons:  # in order: the first leads
+            daemon.start()
+        assert [role(daemon) for daemon in daemons] == ["leader", "follower"]
+        yield World(daemons, f"t_{unique}")
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+
+
+def world_of(request: pytest.FixtureRequest, database: str) -> World:
+    """The body of a module's `world` fixture (params `one`, `two`): its `daemon` fixture alone, or its
+    module-scoped `cluster` fixture."""
+    if request.param == "one":
+        return World((request.getfixturevalue("daemon"),), database)
+    found: World = request.getfixturevalue("cluster")
+    return found
+
+
+class StreamTap:
+    """Reads a node's `GET /api/v1/stream` in a thread and keeps the (alert id, change) of its alert events."""
+
+    def __init__(self, daemon: DaemonProcess) -> None:
+        self.changes: list[tuple[str, str]] = []
+        self._client = httpx.Client(timeout=httpx.Timeout(5.0, read=None))
+        self._opened = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(f"{daemon.api}/api/v1/stream",), daemon=True)
+        self._thread.start()
+        if not self._opened.wait(10):
+            raise AssertionError(f"no stream from {daemon.api}")
+
+    def _read(self, url: str) -> None:
+        try:
+            with self._client.stream("GET", url) as response:
+                self._opened.set()
+                event = ""
+                for line in response.iter_lines():
+                    if line.startswith("event:"):
+                        event = line.removeprefix("event:").strip()
+                    elif line.startswith("data:") and event == "alert":
+                        body = orjson.loads(line.removeprefix("data:"))
+                        self.changes.append((body["id"], body["change"]))
+                    elif not line:
+                        event = ""
+        except (httpx.HTTPError, RuntimeError):
+            return  # closed by close(), or the daemon went away: a test then finds the changes it lacks
+
+    def of(self, alert_id: str) -> list[str]:
+        """The changes of one alert, in order."""
+        return [change for found, change in list(self.changes) if found == alert_id]
+
+    def close(self) -> None:
+        self._client.close()
+        self._thread.join(5)

@@ -72,16 +72,18 @@ class DaemonProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     runs: int = field(default=0)
+    env: dict[str, str] = field(default_factory=dict)  # added to every start's (a cluster node's store, name)
 
     @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, *, wait_ready: bool = True, env: dict[str, str] | None = None) -> None:
-        """Start `ioc run`; `env` adds to the environment (e.g. IOC_FAILPOINTS for this run only)."""
+        """Start `ioc run`; `env` adds to the environment and to `self.env` (e.g. IOC_FAILPOINTS for this run
+        only)."""
         self.runs += 1
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env, **(env or {})}
         self.process = subprocess.Popen([sys.executable, "-m", "ioc.cli", "run", "--config", str(self.config)],
                                         stdout=log, stderr=subprocess.STDOUT, env=env)
         if wait_ready:
