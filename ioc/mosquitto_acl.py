@@ -64,7 +64,8 @@ def _header(origin: str | None) -> list[str]:
 
 def render_acl(settings: Settings, *, daemon_user: str, origin: str | None = None) -> str:
     """The Mosquitto `acl_file`: each vendor writes only its own sources' event topics and reads alerts and
-    its own dead letters; the daemon reads every event and writes dead letters and alerts.
+    its own dead letters; the daemon reads every event and writes dead letters and alerts (and, with a
+    PostgreSQL store, events: a cluster's node republishes what it took over HTTP).
 
     Anything not granted is denied by Mosquitto: a publish outside it is dropped silently, and a
     subscription delivers only the messages the reader may read (Mosquitto 2.0's acl_file checks each
@@ -80,6 +81,9 @@ def render_acl(settings: Settings, *, daemon_user: str, origin: str | None = Non
         f"topic write {DEAD_LETTER_TOPIC}/#",
         f"topic write {ALERTS_TOPIC}/#",
     ]
+    if settings.store.database_url().startswith(("postgresql:", "postgres:")):
+        # A cluster (CONTRACT §8): a node publishes what it took over HTTP, so that every node receives it.
+        lines.append(f"topic write {EVENTS_TOPIC}/#")
     for vendor in settings.vendors:
         lines += ["", f"# Vendor {vendor.name}: sources {', '.join(vendor.sources)}.", f"user {vendor.name}"]
         for source in vendor.sources:
