@@ -48,9 +48,11 @@ from ioc.cluster import ClusterNode
 from ioc.config import Settings, check_runtime
 from ioc.connectors.http_poll import HttpPoller
 from ioc.connectors.mqtt import MqttConnector, MqttPublisher, MqttSession
+from ioc.connectors.mqtt.echoes import Echoes
 from ioc.errors import ConfigError, SinkFull
 from ioc.evaluation import Evaluator
 from ioc.ingest.dedup import DedupIndex, open_dedup_store
+from ioc.ingest.letter_gate import LeaderGate
 from ioc.ingest.pipeline import Pipeline
 from ioc.kpis import Kpi, KpiBoard
 from ioc.lineproto import render_kpi
@@ -105,18 +107,28 @@ class Daemon:
         # intake on the session, which feeds the pipeline.
         mqtt_session = MqttSession(settings.mqtt) if settings.mqtt.enabled else None
         self.mqtt_publisher = MqttPublisher(mqtt_session) if mqtt_session is not None else None
+        # CONTRACT §8: every node rejects a bad MQTT message alike; only the leader publishes its dead
+        # letter (a follower holds it for a promotion), and what a node republished from HTTP is not
+        # counted again when it comes back (MQTT 5: No Local; 3.1.1: its echoes recognised).
+        clustered = self.cluster.clustered
+        self.letter_gate = LeaderGate(self.mqtt_publisher, leader=self._leads, hold=2 * settings.cluster.lease + 5.0,
+                                      settled=lambda: self.cluster.store_error is None) \
+            if clustered and self.mqtt_publisher is not None else None
+        self.echoes = Echoes() if clustered and mqtt_session is not None and not mqtt_session.no_local else None
         self._build_evaluation(settings)
         self.pipeline = Pipeline(sinks=self.sinks, dedup=self.dedup, max_bytes=settings.http.max_body,
                                  max_items=settings.intake.max_items,
                                  max_future=settings.intake.max_future,
-                                 dead_letters=[self.mqtt_publisher] if self.mqtt_publisher is not None else [],
+                                 dead_letters=[self.letter_gate or self.mqtt_publisher]
+                                 if self.mqtt_publisher is not None else [],
                                  evaluation=self.evaluator)
         # docs/events.md: former area codes no longer in use are converted at the intake (events dated
         # from 2025-07-01), so sinks, rules and KPIs only ever see the unit of the event's era.
         self.pipeline.convert_areas(self.areas.former, REFORM_NS)
         self.mqtt = MqttConnector(mqtt_session, self.pipeline, publisher=self.mqtt_publisher,
                                   vendors=settings.vendors, state_path=settings.store.path,
-                                  max_deliveries=settings.intake.max_deliveries) if mqtt_session is not None else None
+                                  max_deliveries=settings.intake.max_deliveries,
+                                  echoes=self.echoes) if mqtt_session is not None else None
         self.poller = HttpPoller(settings.poll, self.pipeline) if settings.poll else None
         self.metrics.add(self.pipeline.metrics)
         for sink in self.sinks:
@@ -135,10 +147,13 @@ class Daemon:
         for pusher in self.pushers:
             self.metrics.add(pusher.metrics)
         # CONTRACT §8: in a cluster what HTTP takes goes to the broker too, for the other nodes.
-        self.republisher = Republisher(self.mqtt_publisher.session) \
+        self.republisher = Republisher(self.mqtt_publisher.session, echoes=self.echoes) \
             if self.cluster.clustered and self.mqtt_publisher is not None else None
         if self.republisher is not None:
             self.metrics.add(self.republisher.metrics)
+        if self.letter_gate is not None:
+            self.cluster.on_role.append(self.letter_gate.role_changed)
+            self.metrics.add(self.letter_gate.metrics)
         wall = web_router(self.areas, default_province(self.areas), pipeline=self.pipeline, watch=self.watch)
         self.app = create_app(settings=settings, pipeline=self.pipeline, metrics=self.metrics,
                               readiness=self.problems, alerts=self.alerts, kpis=self.kpis, stream=self.stream,
