@@ -1,6 +1,7 @@
-"""End to end through `ioc run`: events -> aggregators and rules -> alerts on the API, MQTT and InfluxDB;
-an operator's ack; SIGHUP with a bad rule file keeps the old rules; a restart keeps alerts and acks and
-notifies nobody again."""
+"""End to end through `ioc run`: events -> aggregators and rules -> alerts on the API, the SSE stream, MQTT
+and InfluxDB; an operator's ack; SIGHUP with a bad rule file keeps the old rules; a restart keeps alerts
+and acks and notifies nobody again. On one daemon and on two nodes on one PostgreSQL (tests/e2e/
+cluster_world.py's World)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,19 @@ import httpx
 import orjson
 import pytest
 
+from tests.e2e.cluster_world import (
+    LEASE,
+    RULE_FILE,
+    StreamTap,
+    World,
+    role,
+    rule_file,
+    running_cluster,
+    world_of,
+)
 from tests.e2e.daemon import OPERATOR_TOKEN, VENDOR_TOKEN, DaemonProcess, assert_counting_rule, make_daemon
 from tests.mqtt_tools import Collector, publish_all
+from tests.postgres_server import Postgres
 from tests.servers import Server, influx_query
 
 RULES = """\
@@ -69,8 +81,7 @@ def alerts(daemon: DaemonProcess, **params: str) -> list[dict[str, Any]]:
 @pytest.fixture
 def daemon(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str
            ) -> Iterator[DaemonProcess]:
-    rules = tmp_path / "rules" / "e2e.yaml"
-    rules.parent.mkdir()
+    rules = tmp_path / RULE_FILE
     rules.write_text(RULES, encoding="utf-8")
     process = make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
                           client_id=f"ioc-{unique}", extra=f'\n[rules]\npaths = ["{rules}"]\n')
@@ -79,8 +90,25 @@ def daemon(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, u
     process.stop()
 
 
-def test_alert_lifecycle_through_the_daemon(daemon: DaemonProcess, mosquitto: Server, influxdb: Server,
-                                            database: str, unique: str, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, mosquitto: Server, influxdb: Server, postgres: Postgres
+            ) -> Iterator[World]:
+    yield from running_cluster(tmp_path_factory.mktemp("cluster"), mosquitto, influxdb, postgres, rules=RULES)
+
+
+@pytest.fixture(params=["one", "two"])
+def world(request: pytest.FixtureRequest, database: str) -> World:
+    return world_of(request, database)
+
+
+def test_alert_lifecycle_through_the_daemon(world: World, mosquitto: Server, influxdb: Server,
+                                            unique: str) -> None:
+    """On two nodes: the events come over MQTT to both (the dossier posted to the follower), the operator
+    acks on the follower; the alert, its ack and its resolution are on both nodes' API and stream, paged
+    once by whoever leads; the leader is restarted (the follower takes over, the restarted node comes
+    back as a follower) and nobody pages again."""
+    daemon = world.reader
+    taps = {node.http_port: StreamTap(node) for node in world.nodes}
     pages = Collector("127.0.0.1", mosquitto.port, "ioc/v1/alerts/aqi-bad")
     try:
         publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-1", 180)], qos=1)
@@ -89,6 +117,9 @@ def test_alert_lifecycle_through_the_daemon(daemon: DaemonProcess, mosquitto: Se
         assert alert["severity"] == "critical" and alert["value"] == 180
         assert alert["summary"] == "Chất lượng không khí xấu tại Phường Phan Thiết: VN_AQI 180"
         assert alert["acknowledged"] is None and alert["silenced"] is False
+        for node in world.nodes:  # one alert, one id, on every node
+            wait_for("the alert on each node", lambda node=node: [a["id"] for a in alerts(node, state="firing")]
+                     == [alert["id"]])
         [(topic, body)] = pages.wait_for(1)
         assert topic == "ioc/v1/alerts/aqi-bad" and orjson.loads(body)["id"] == alert["id"]
 
@@ -101,20 +132,25 @@ def test_alert_lifecycle_through_the_daemon(daemon: DaemonProcess, mosquitto: Se
             late.close()
 
         # A vendor may not acknowledge; an operator may, and is recorded.
-        ack = f"{daemon.api}/api/v1/alerts/{alert['id']}/ack"
+        ack = f"{world.writer.api}/api/v1/alerts/{alert['id']}/ack"
         assert httpx.post(ack, headers={"Authorization": f"Bearer {VENDOR_TOKEN}"}).status_code == 403
         assert httpx.post(ack).status_code == 401
         acked = httpx.post(ack, headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
         assert acked.status_code == 200, acked.text
         assert acked.json()["acknowledged"]["by"] == "truc-ban-1"
-        assert [a["id"] for a in alerts(daemon, state="acknowledged")] == [alert["id"]]
+        for node in world.nodes:  # on every node within a second (CONTRACT §8)
+            wait_for("the ack on each node", lambda node=node: [a["id"] for a in alerts(
+                node, state="acknowledged")] == [alert["id"]], timeout=5)
+        for tap in taps.values():
+            wait_for("firing and acknowledged on each stream", lambda tap=tap: tap.of(alert["id"]) == [
+                "firing", "acknowledged"])
 
         # A dossier makes KPIs for its commune and the province, served and fed back into the rules.
         dossier = {"id": f"{unique}-d1", "source": "qtmt-aqi", "type": "dossier", "time": now_iso(),
                    "area": "22945", "dossier_id": f"HS-{unique}", "procedure": "1.001612",
                    "status": "received", "received_at": now_iso(), "due_at": now_iso(3 * 86400),
                    "channel": "online", "level": "commune"}
-        posted = httpx.post(f"{daemon.api}/api/v1/events", content=orjson.dumps(dossier),
+        posted = httpx.post(f"{world.writer.api}/api/v1/events", content=orjson.dumps(dossier),
                             headers={"Authorization": f"Bearer {VENDOR_TOKEN}",
                                      "Content-Type": "application/json"})
         assert posted.status_code == 202 and posted.json()["accepted"] == 1, posted.text
@@ -131,7 +167,7 @@ def test_alert_lifecycle_through_the_daemon(daemon: DaemonProcess, mosquitto: Se
 
         # InfluxDB holds the alert's state change and the KPI points.
         def rows(query: str) -> list[Any]:
-            series = influx_query(influxdb.url, database, query)
+            series = influx_query(influxdb.url, world.database, query)
             return list(series[0]["values"]) if series else []
 
         assert wait_for("the alert point", lambda: rows(
@@ -140,38 +176,50 @@ def test_alert_lifecycle_through_the_daemon(daemon: DaemonProcess, mosquitto: Se
             "SELECT value FROM kpi WHERE kpi = 'kpi.dossier.open' AND area = '68'"))[-1][1] == 1.0
 
         # SIGHUP with a broken rule file: refused, counted, old rules kept.
-        rule_file = tmp_path / "rules" / "e2e.yaml"
-        rule_file.write_text(RULES + "  - id: broken\n    kind: nonsense\n", encoding="utf-8")
+        rules = rule_file(daemon)
+        rules.write_text(RULES + "  - id: broken\n    kind: nonsense\n", encoding="utf-8")
         assert daemon.process is not None
         daemon.process.send_signal(signal.SIGHUP)
         wait_for("the reload failure", lambda: daemon.metric_sum("ioc_rules_reload_failures_total") == 1)
-        assert "rules.reload_failed" in daemon.log() and "e2e.yaml:" in daemon.log()
+        assert "rules.reload_failed" in daemon.log() and f"{RULE_FILE}:" in daemon.log()
         assert [a["id"] for a in alerts(daemon, state="firing") if a["rule"] == "aqi-bad"] == [alert["id"]]
-        rule_file.write_text(RULES, encoding="utf-8")
+        rules.write_text(RULES, encoding="utf-8")
 
-        # A restart keeps the alert and its ack, and pages nobody again.
+        # A restart keeps the alert and its ack, and pages nobody again. On two nodes it is the leader's: it
+        # gives the lease up, the follower leads (and pages nobody either), the node comes back a follower.
         pages_before = len(pages.messages)
+        taps.pop(daemon.http_port).close()
         assert daemon.terminate() == 0
         daemon.start()
+        taps[daemon.http_port] = StreamTap(daemon)
         [kept] = [a for a in alerts(daemon, state="firing") if a["rule"] == "aqi-bad"]
         assert kept["id"] == alert["id"] and kept["acknowledged"]["by"] == "truc-ban-1"
         assert open_kpi("22945") == 1 and open_kpi("68") == 1  # the KPIs are served at once after it
+        if world.clustered:
+            wait_for("the follower leads", lambda: role(world.writer) == "leader", timeout=LEASE + 5)
         time.sleep(1.5)
         assert len(pages.messages) == pages_before
 
         # Clean air resolves it; the retained state is cleared.
         publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-2", 100)], qos=1)
-        [resolved] = wait_for("the alert resolved", lambda: [
-            a for a in alerts(daemon, state="resolved") if a["rule"] == "aqi-bad"])
-        assert resolved["id"] == alert["id"] and resolved["resolved_at"]
+        for node in world.nodes:
+            [resolved] = wait_for("the alert resolved", lambda node=node: [
+                a for a in alerts(node, state="resolved") if a["rule"] == "aqi-bad"])
+            assert resolved["id"] == alert["id"] and resolved["resolved_at"]
         assert orjson.loads(pages.wait_for(pages_before + 1)[-1][1])["state"] == "resolved"
         assert not [a for a in alerts(daemon) if a["rule"] == "aqi-bad"]
+        for tap in taps.values():
+            wait_for("the resolution on each stream", lambda tap=tap: tap.of(alert["id"])[-1:] == ["resolved"])
         cleared = Collector("127.0.0.1", mosquitto.port, f"ioc/v1/alerts/state/{alert['fingerprint']}")
         try:
             time.sleep(0.5)
             assert cleared.messages == []
         finally:
             cleared.close()
-        assert_counting_rule(daemon)
+        assert len(pages.messages) == pages_before + 1  # the resolution paged once
+        for node in world.nodes:
+            assert_counting_rule(node)
     finally:
         pages.close()
+        for tap in taps.values():
+            tap.close()

@@ -1,6 +1,8 @@
 """The real `amtool` (Debian `prometheus-alertmanager`) against `ioc run` (CONTRACT §9): `alert query`,
 `silence add|query|expire` with the operator's token through `--http.config.file`; a change without a
-token is refused (amtool exits non-zero, the daemon answers 401)."""
+token is refused (amtool exits non-zero, the daemon answers 401). On one daemon and on two nodes on one
+PostgreSQL (tests/e2e/cluster_world.py's World): amtool talks to the follower, the v1 API of the leader shows
+its silences."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ import httpx
 import orjson
 import pytest
 
+from tests.e2e.cluster_world import World, running_cluster, world_of
 from tests.e2e.daemon import OPERATOR_TOKEN, DaemonProcess, make_daemon
 from tests.e2e.test_alertmanager_push import NO_MQTT, RULES, post_aqi, wait_for
+from tests.postgres_server import Postgres
 from tests.servers import Server
 
 
@@ -73,9 +77,24 @@ def daemon(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, u
     process.stop()
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, mosquitto: Server, influxdb: Server, postgres: Postgres
+            ) -> Iterator[World]:
+    amtool_binary()
+    # With MQTT: an event posted to a node reaches the others through the broker.
+    yield from running_cluster(tmp_path_factory.mktemp("cluster"), mosquitto, influxdb, postgres, rules=RULES)
+
+
+@pytest.fixture(params=["one", "two"])
+def world(request: pytest.FixtureRequest, database: str) -> World:
+    return world_of(request, database)
+
+
 @pytest.fixture
-def amtool(daemon: DaemonProcess, tmp_path: Path) -> Amtool:
-    return Amtool(daemon, tmp_path / "home")
+def amtool(world: World, tmp_path: Path) -> Amtool:
+    """amtool against the writer: on two nodes the follower serves the Alertmanager API and takes amtool's
+    changes; the tests check them on the leader's API (`world.reader`)."""
+    return Amtool(world.writer, tmp_path / "home")
 
 
 def v1(daemon: DaemonProcess, path: str) -> Any:
@@ -84,14 +103,15 @@ def v1(daemon: DaemonProcess, path: str) -> Any:
     return response.json()
 
 
-def test_amtool_queries_alerts_and_adds_queries_and_expires_silences(daemon: DaemonProcess, amtool: Amtool,
+def test_amtool_queries_alerts_and_adds_queries_and_expires_silences(world: World, amtool: Amtool,
                                                                      unique: str) -> None:
-    post_aqi(daemon, f"{unique}-1", 180)
+    daemon = world.reader
+    post_aqi(world.writer, f"{unique}-1", 180)
     [firing] = wait_for("aqi-bad firing", lambda: [a for a in v1(daemon, "/api/v1/alerts?state=firing")
                                                    if a["rule"] == "aqi-bad"])
     area = firing["labels"]["area"]  # the registry's code for the event's area
 
-    [listed] = amtool.json("alert", "query")
+    [listed] = wait_for("the alert on amtool's node", lambda: amtool.json("alert", "query"))
     assert listed["labels"] == {"alertname": "aqi-bad", "area": area, "severity": "critical"}
     assert listed["status"]["state"] == "active" and listed["fingerprint"] == firing["fingerprint"]
     assert listed["annotations"]["summary"] == firing["summary"]
@@ -101,7 +121,8 @@ def test_amtool_queries_alerts_and_adds_queries_and_expires_silences(daemon: Dae
 
     silence_id = amtool.ok("silence", "add", "alertname=aqi-bad", f'area=~"{area[:3]}.*"', "--comment=bảo trì trạm",
                            "--author=truc-ban-1", "--duration=2h", token=amtool.operator).strip()
-    [made] = [s for s in v1(daemon, "/api/v1/silences") if s["id"] == silence_id]  # one set of silences
+    [made] = wait_for("the silence on the v1 API", lambda: [  # one set of silences, on every node
+        s for s in v1(daemon, "/api/v1/silences") if s["id"] == silence_id], timeout=5)
     assert made["status"] == "active" and made["author"] == "truc-ban-1" and made["comment"] == "bảo trì trạm"
     assert made["matchers"] == [{"name": "alertname", "value": "aqi-bad", "op": "="},
                                 {"name": "area", "value": f"{area[:3]}.*", "op": "=~"}]
@@ -118,23 +139,31 @@ def test_amtool_queries_alerts_and_adds_queries_and_expires_silences(daemon: Dae
     assert amtool.json("silence", "query", "alertname=other") == []
 
     amtool.ok("silence", "expire", silence_id, token=amtool.operator)
-    assert [s["status"] for s in v1(daemon, "/api/v1/silences") if s["id"] == silence_id] == ["expired"]
+    wait_for("the silence expired on the v1 API", lambda: [
+        s["status"] for s in v1(daemon, "/api/v1/silences") if s["id"] == silence_id] == ["expired"], timeout=5)
     assert amtool.ok("silence", "query", "-q").split() == []
-    assert amtool.ok("silence", "query", "--expired", "-q").split() == [silence_id]
+    assert silence_id in amtool.ok("silence", "query", "--expired", "-q").split()
     wait_for("the alert unmuted", lambda: amtool.json("alert", "query"))
 
 
-def test_a_change_without_the_operators_token_is_refused(daemon: DaemonProcess, amtool: Amtool) -> None:
+def test_a_change_without_the_operators_token_is_refused(world: World, amtool: Amtool) -> None:
+    daemon = world.writer  # the node amtool talks to: its refusals are counted there
+    refusals = lambda route: daemon.metric_sum("ioc_http_requests_total", route=route, status="401")
+    silences_before = v1(world.reader, "/api/v1/silences")
+    refused_before = refusals("/api/v2/silences"), refusals("/api/v2/silence/{silence_id}")
     for token in (None, amtool.wrong):
         refused = amtool("silence", "add", "alertname=aqi-bad", "--comment=x", "--duration=1h", token=token)
         assert refused.returncode != 0, refused.stdout
-    assert v1(daemon, "/api/v1/silences") == []
-    assert daemon.metric_sum("ioc_http_requests_total", route="/api/v2/silences", status="401") == 2
+    assert v1(world.reader, "/api/v1/silences") == silences_before
+    assert refusals("/api/v2/silences") == refused_before[0] + 2
 
     silence_id = amtool.ok("silence", "add", "area=22723", "--comment=x", "--duration=1h",
                            token=amtool.operator).strip()
     refused = amtool("silence", "expire", silence_id)
     assert refused.returncode != 0
-    assert daemon.metric_sum("ioc_http_requests_total", route="/api/v2/silence/{silence_id}", status="401") == 1
-    assert [s["status"] for s in v1(daemon, "/api/v1/silences")] == ["active"]
+    assert refusals("/api/v2/silence/{silence_id}") == refused_before[1] + 1
+    wait_for("the silence on the v1 API", lambda: [s["status"] for s in v1(world.reader, "/api/v1/silences")
+                                                   if s["id"] == silence_id] == ["active"], timeout=5)
+    assert [s["status"] for s in v1(daemon, "/api/v1/silences") if s["id"] == silence_id] == ["active"]
     amtool.ok("alert", "query")  # reads need no token ([http] public_read, the default)
+    amtool.ok("silence", "expire", silence_id, token=amtool.operator)  # a world shared by the module
