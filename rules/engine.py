@@ -39,7 +39,7 @@ from ioc.rules.index import RuleIndex
 from ioc.rules.kinds import Context, Kind, make_kind
 from ioc.rules.labels import GroupKey, key_function, key_labels
 from ioc.rules.spec import RuleBase, RuleSet
-from ioc.rules.state import StateError, StoredAlert, align, dump_groups, parse_groups
+from ioc.rules.state import StateError, StoredAlert, align, encode_groups, parse_groups, snapshot_groups
 from ioc.rules.timing import Change, Group
 from ioc.rules.updates import AlertListener, AlertUpdate, fingerprint
 from prometheus_client.core import Metric
@@ -184,9 +184,11 @@ class RuleEngine:
             return alerts
 
     def dump_state(self) -> bytes:
-        """Every rule's groups as JSON, to survive a restart (`load_state`)."""
+        """Every rule's groups as JSON, to survive a restart (`load_state`). Copied under the lock, encoded
+        after it (the daemon saves it every 30 s from another thread: the evaluation goes on meanwhile)."""
         with self._lock:
-            return dump_groups(self._runtimes, self._now)
+            snapshot = snapshot_groups(self._runtimes, self._now)
+        return encode_groups(snapshot)
 
     def load_state(self, data: bytes) -> None:
         """Restore what `dump_state` saved, for the rules whose definition is unchanged; the rest start

@@ -88,6 +88,16 @@ class Kind(Generic[R]):
         """`Group.data` as JSON-ready values (state that survives a restart)."""
         return data
 
+    def snapshot(self, data: Any) -> Any:
+        """`Group.data` as it is now, taken under the engine's lock: a cheap copy that later changes do not
+        reach, which `encode` turns into `dump`'s values after the lock is released (a big state, a
+        window's samples, must not hold the evaluation up while it is encoded). Default: `dump` itself."""
+        return self.dump(data)
+
+    def encode(self, snapshot: Any) -> Any:
+        """`dump`'s values from a `snapshot` (outside the engine's lock)."""
+        return snapshot
+
     def load(self, raw: Any) -> Any:
         return raw
 

@@ -135,8 +135,14 @@ class WindowKind(Kind[WindowRule]):
         return judge_comparison(self.rule, self.context, group, self._aggregate(group.data), metric, now)
 
     def dump(self, data: Any) -> Any:
+        return self.encode(self.snapshot(data))
+
+    def snapshot(self, data: Any) -> Any:
         samples: _Samples = data
-        return [[time, value] for _, time, value in samples.items]
+        return tuple(samples.items)  # a copy at C speed (the items are immutable tuples)
+
+    def encode(self, snapshot: Any) -> Any:
+        return [[time, value] for _, time, value in snapshot]
 
     def load(self, raw: Any) -> Any:
         samples = _Samples()

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from ioc.rules.engine import RuleEngine, StateError
 from ioc.rules.index import RuleIndex
 from ioc.rules.kinds import RULE_ADAPTER
+from ioc.rules.kinds.window import WindowKind
 from ioc.rules.loader import parse_rules
 from ioc.rules.spec import Pattern, RuleBase
 
@@ -189,6 +190,35 @@ def test_dump_and_load_round_trip_continues_exactly_as_if_never_stopped() -> Non
         engine.advance("3h")
     assert [repr(u) for u in a.updates[before:]] == [repr(u) for u in b.updates]
     assert len(b.updates) >= 4
+
+
+def test_the_state_is_encoded_after_the_engine_is_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon saves the state every 30 s from another thread: a window's samples (up to a million) are
+    encoded while the engine judges events, and what is saved is the state when it was copied."""
+    r = Recorder(MIXED)
+    r.feed(*_script(0))
+    expected = r.engine.dump_state()
+    encode = WindowKind.encode
+    seen: list[bool] = []
+
+    def encoding_meanwhile(kind: WindowKind, snapshot: Any) -> Any:
+        def evaluation() -> None:  # the evaluation thread, with an event for the window being encoded
+            free = r.engine.still().acquire(blocking=False)
+            seen.append(free)
+            if free:
+                r.engine.still().release()
+                r.feed(tel(100, 99, area="1"))
+
+        thread = threading.Thread(target=evaluation)
+        thread.start()
+        thread.join()
+        return encode(kind, snapshot)
+
+    monkeypatch.setattr(WindowKind, "encode", encoding_meanwhile)
+    assert r.engine.dump_state() == expected
+    assert seen and all(seen)
+    monkeypatch.undo()
+    assert r.engine.dump_state() != expected  # the event of the meantime is in the next save
 
 
 def test_state_of_a_changed_rule_is_not_restored() -> None:
