@@ -64,21 +64,23 @@ def nodes(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, un
 
 
 def two_nodes(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str,
-              postgres: Postgres, *, webhook: str = "", extra: str = "", rules: str = PUBLIC_RULES
+              postgres: Postgres, *, webhook: str = "", extra: str = "", rules: str | None = PUBLIC_RULES
               ) -> dict[str, Node]:
     """`ioc-a` and `ioc-b` on a fresh database of `postgres`, writing to InfluxDB's `database`, with the
-    rule file `rules`; `extra` is added to each node's config. Each node's `env` is also its DaemonProcess's,
-    so a plain `start()` starts it as that node."""
+    rule file `rules` (None: the shipped rule packs); `extra` is added to each node's config. Each node's
+    `env` is also its DaemonProcess's, so a plain `start()` starts it as that node."""
     url = postgres.new_database("e2e")
     found: dict[str, Node] = {}
     for node in ("ioc-a", "ioc-b"):
         folder = tmp_path / node
         folder.mkdir()
         rule_file = folder / RULE_FILE
-        rule_file.write_text(rules, encoding="utf-8")
+        if rules is not None:
+            rule_file.write_text(rules, encoding="utf-8")
         daemon = make_daemon(folder, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
                              client_id=f"{node}-{unique}",
-                             extra=f'\n[cluster]\nlease = "{LEASE:g}s"\n\n[rules]\npaths = ["{rule_file}"]\n'
+                             extra=f'\n[cluster]\nlease = "{LEASE:g}s"\n'
+                             + (f'\n[rules]\npaths = ["{rule_file}"]\n' if rules is not None else "")
                              + (f'\n[[alerts.webhooks]]\nurl = "{webhook}"\n' if webhook else "") + extra)
         daemon.env = {"IOC_STORE__URL": url, "IOC_CLUSTER__NODE": node}
         found[node] = (daemon, daemon.env)
@@ -145,9 +147,10 @@ class World:
 
 
 def running_cluster(tmp_path: Path, mosquitto: Server, influxdb: Server, postgres: Postgres, *,
-            rules: str = PUBLIC_RULES, extra: str = "") -> Iterator[World]:
+                    rules: str | None = PUBLIC_RULES, extra: str = "") -> Iterator[World]:
     """A two-node World on its own InfluxDB and PostgreSQL databases, started (`ioc-a` leads), killed after:
-    the body of a module-scoped fixture (`yield from running_cluster(...)`), one world per module."""
+    the body of a fixture (`yield from running_cluster(...)`), module-scoped where the tests allow: one world
+    per module."""
     unique = uuid.uuid4().hex[:8]
     found = two_nodes(tmp_path, mosquitto, influxdb, f"t_{unique}", unique, postgres, rules=rules, extra=extra)
     daemons = tuple(daemon for daemon, _ in found.values())
