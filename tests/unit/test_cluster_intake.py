@@ -10,7 +10,9 @@ import orjson
 import pytest
 from ioc.connectors.mqtt.echoes import Echoes
 from ioc.connectors.mqtt.intake import MqttIntake
+from ioc.connectors.mqtt.session import MqttSession
 
+from ioc.config import MqttSettings
 from ioc.ingest.deadletter import dead_letter_body, letter_id
 from ioc.ingest.letter_gate import HeldLetters, LeaderGate
 from ioc.ingest.letters import DeadLetterOffice, node_local, node_local_letters
@@ -208,3 +210,9 @@ def test_the_mqtt_intake_acknowledges_an_echo_and_hands_over_the_rest(raw: bool)
     (messages, on_durable), = intake.batches
     assert messages == [(b'{"id": "1"}', "src-a")] and on_durable is not None
     assert echoes.recognised == 1 and echoes.waiting == 0
+
+
+def test_no_local_is_asked_for_on_mqtt_5_without_a_shared_subscription() -> None:
+    assert MqttSession(MqttSettings(protocol="5")).no_local
+    assert not MqttSession(MqttSettings(protocol="3.1.1")).no_local  # no such option: echoes recognised
+    assert not MqttSession(MqttSettings(protocol="5", share_group="ioc")).no_local  # forbidden there by MQTT 5
