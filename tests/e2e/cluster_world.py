@@ -28,8 +28,8 @@ import orjson
 import pytest
 
 from tests.e2e.daemon import VENDOR_TOKEN, DaemonProcess, make_daemon
-from tests.e2e.test_alertmanager_push import Receiver
 from tests.e2e.test_postgres_store import RULES
+from tests.e2e.webhook import Receiver
 from tests.mqtt_tools import Collector
 from tests.postgres_server import Postgres
 from tests.servers import Server

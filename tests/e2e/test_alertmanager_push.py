@@ -1,13 +1,11 @@
 """`ioc run` pushing its alerts to a real Alertmanager (Debian `prometheus-alertmanager`, CONTRACT §9):
 a firing alert is listed in Alertmanager's own `/api/v2/alerts` with its labels and routed to a receiver;
 it ends there when the alert resolves; an Alertmanager that was away gets the alert once it is back; a
-restarted daemon keeps Alertmanager hearing of what still fires."""
+restarted daemon keeps Alertmanager hearing of what still fires. The first also on two nodes on one
+PostgreSQL (tests/e2e/cluster_world.py's World): the leader pushes, the follower does not."""
 
 from __future__ import annotations
 
-import http.server
-import json
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,7 +17,9 @@ import orjson
 import pytest
 
 from tests.alertmanager_server import am_alerts, start_alertmanager
+from tests.e2e.cluster_world import World, running_cluster
 from tests.e2e.daemon import VENDOR_TOKEN, DaemonProcess, make_daemon
+from tests.e2e.webhook import Receiver
 from tests.servers import Server
 
 RULES = """\
@@ -46,34 +46,6 @@ def wait_for(what: str, probe: Any, timeout: float = 30.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-class Receiver:
-    """Alertmanager's webhook receiver: records every notification it sends."""
-
-    def __init__(self) -> None:
-        self.notifications: list[dict[str, Any]] = []
-        received = self.notifications
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def statuses(self) -> list[str]:
-        return [n["status"] for n in list(self.notifications)]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     found = Receiver()
@@ -93,10 +65,14 @@ def daemon_for(tmp_path: Path, alertmanager: Server, mosquitto: Server, influxdb
     rules = tmp_path / "rules" / "aqi.yaml"
     rules.parent.mkdir(exist_ok=True)
     rules.write_text(RULES, encoding="utf-8")
-    extra = f"""
-[rules]
-paths = ["{rules}"]
+    return make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
+                       client_id=f"ioc-{unique}", extra=f'\n[rules]\npaths = ["{rules}"]\n'
+                       + pushing_to(alertmanager, resend=resend))
 
+
+def pushing_to(alertmanager: Server, *, resend: str = "2s") -> str:
+    """The config that pushes alerts to `alertmanager`."""
+    return f"""
 [alerts]
 external_url = "http://ioc.test:8080"
 
@@ -107,8 +83,6 @@ backoff_min = "100ms"
 backoff_max = "1s"
 labels = {{province = "60"}}
 """
-    return make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
-                       client_id=f"ioc-{unique}", extra=extra)
 
 
 NO_MQTT = {"IOC_MQTT__ENABLED": "false"}  # events come over HTTP; the push needs no broker
@@ -131,47 +105,64 @@ def ours(alertmanager: Server) -> list[dict[str, Any]]:
     return [a for a in am_alerts(alertmanager) if a["labels"].get("alertname") == "aqi-bad"]
 
 
-def test_alerts_reach_a_real_alertmanager_and_end_there(tmp_path: Path, alertmanager: Server, receiver: Receiver,
-                                                         mosquitto: Server, influxdb: Server, database: str,
-                                                         unique: str) -> None:
-    daemon = daemon_for(tmp_path, alertmanager, mosquitto, influxdb, database, unique)
-    daemon.start(env=NO_MQTT)
-    try:
-        post_aqi(daemon, f"{unique}-1", 180)
-        [alert] = wait_for("the alert firing", lambda: daemon_alert(daemon, "firing"))
-        [listed] = wait_for("the alert in Alertmanager", lambda: ours(alertmanager))
-        assert listed["labels"] == {"alertname": "aqi-bad", "severity": "critical", "province": "60",
-                                    **alert["labels"]}  # the group labels: `area`
-        assert listed["annotations"]["summary"] == alert["summary"]
-        assert listed["annotations"]["ioc_alert_id"] == alert["id"]
-        assert listed["annotations"]["value"] == "180"
-        assert listed["generatorURL"] == f"http://ioc.test:8080/api/v1/alerts/{alert['id']}"
-        assert listed["status"]["state"] == "active"
-        ends = datetime.fromisoformat(listed["endsAt"])
-        assert ends > datetime.now(UTC)  # firing: valid for a few resend intervals ahead
-        assert wait_for("the firing notification", lambda: "firing" in receiver.statuses())
-
-        # Re-sent while firing: Alertmanager's endsAt moves ahead.
-        wait_for("a re-send", lambda: [a for a in ours(alertmanager)
-                                       if datetime.fromisoformat(a["endsAt"]) > ends])
-
-        post_aqi(daemon, f"{unique}-2", 100)
-        wait_for("the alert resolved", lambda: daemon_alert(daemon, "resolved"))
-        wait_for("the alert gone from Alertmanager's active alerts", lambda: not ours(alertmanager))
-        resolved = wait_for("the resolved notification", lambda: [
-            n for n in list(receiver.notifications) if n["status"] == "resolved"])
-        assert resolved[0]["alerts"][0]["labels"]["area"] == alert["labels"]["area"]
-
-        assert daemon.metric_sum("ioc_alertmanager_posts_total", outcome="ok") >= 3
-        assert daemon.metric_sum("ioc_alertmanager_posts_total", outcome="error") == 0
-        assert daemon.metric_sum("ioc_alertmanager_alerts_sent_total") >= 3
-        assert daemon.metric_sum("ioc_alertmanager_last_success_timestamp_seconds") > 0
-        assert daemon.metric_sum("ioc_alert_notifications_total", notifier=f"alertmanager:127.0.0.1:"
-                                 f"{alertmanager.port}", outcome="sent") >= 2
-    finally:
+@pytest.fixture(params=["one", "two"])
+def world(request: pytest.FixtureRequest, tmp_path: Path, alertmanager: Server, mosquitto: Server,
+          influxdb: Server, database: str, unique: str) -> Iterator[World]:
+    """A daemon pushing to `alertmanager`, or two nodes on one PostgreSQL configured alike (the leader
+    pushes)."""
+    if request.param == "one":
+        daemon = daemon_for(tmp_path, alertmanager, mosquitto, influxdb, database, unique)
+        daemon.start(env=NO_MQTT)
+        yield World((daemon,), database)
         daemon.stop()
+        return
+    (tmp_path / "cluster").mkdir()
+    yield from running_cluster(tmp_path / "cluster", mosquitto, influxdb, request.getfixturevalue("postgres"),
+                               rules=RULES, extra=pushing_to(alertmanager))
 
 
+def test_alerts_reach_a_real_alertmanager_and_end_there(world: World, alertmanager: Server, receiver: Receiver,
+                                                         unique: str) -> None:
+    """On two nodes the events are posted to the follower; the leader pushes, the follower posts nothing."""
+    daemon = world.reader
+    post_aqi(world.writer, f"{unique}-1", 180)
+    [alert] = wait_for("the alert firing", lambda: daemon_alert(daemon, "firing"))
+    [listed] = wait_for("the alert in Alertmanager", lambda: ours(alertmanager))
+    assert listed["labels"] == {"alertname": "aqi-bad", "severity": "critical", "province": "60",
+                                **alert["labels"]}  # the group labels: `area`
+    assert listed["annotations"]["summary"] == alert["summary"]
+    assert listed["annotations"]["ioc_alert_id"] == alert["id"]
+    assert listed["annotations"]["value"] == "180"
+    assert listed["generatorURL"] == f"http://ioc.test:8080/api/v1/alerts/{alert['id']}"
+    assert listed["status"]["state"] == "active"
+    ends = datetime.fromisoformat(listed["endsAt"])
+    assert ends > datetime.now(UTC)  # firing: valid for a few resend intervals ahead
+    assert wait_for("the firing notification", lambda: "firing" in receiver.statuses())
+
+    # Re-sent while firing: Alertmanager's endsAt moves ahead.
+    wait_for("a re-send", lambda: [a for a in ours(alertmanager)
+                                   if datetime.fromisoformat(a["endsAt"]) > ends])
+
+    post_aqi(world.writer, f"{unique}-2", 100)
+    wait_for("the alert resolved", lambda: daemon_alert(daemon, "resolved"))
+    wait_for("the alert gone from Alertmanager's active alerts", lambda: not ours(alertmanager))
+    resolved = wait_for("the resolved notification", lambda: [
+        n for n in list(receiver.notifications) if n["status"] == "resolved"])
+    assert resolved[0]["alerts"][0]["labels"]["area"] == alert["labels"]["area"]
+
+    assert daemon.metric_sum("ioc_alertmanager_posts_total", outcome="ok") >= 3
+    assert daemon.metric_sum("ioc_alertmanager_posts_total", outcome="error") == 0
+    assert daemon.metric_sum("ioc_alertmanager_alerts_sent_total") >= 3
+    assert daemon.metric_sum("ioc_alertmanager_last_success_timestamp_seconds") > 0
+    assert daemon.metric_sum("ioc_alert_notifications_total", notifier=f"alertmanager:127.0.0.1:"
+                             f"{alertmanager.port}", outcome="sent") >= 2
+    for follower in world.nodes[1:]:  # only the leader notifies (CONTRACT §8)
+        assert follower.metric_sum("ioc_alertmanager_posts_total") == 0
+        assert follower.metric_sum("ioc_alertmanager_alerts_sent_total") == 0
+
+
+# One daemon only: it counts on a stopped daemon leaving the alert to expire in Alertmanager; with two
+# nodes the other one leads and goes on pushing.
 def test_an_alertmanager_away_gets_the_alert_when_back_and_a_restart_keeps_it_active(
         tmp_path: Path, alertmanager: Server, mosquitto: Server, influxdb: Server, database: str,
         unique: str) -> None:

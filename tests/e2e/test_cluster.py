@@ -26,8 +26,8 @@ import pytest
 
 from tests.e2e.cluster_world import LEASE, VENDOR, Node, leader, notified, role, roster, two_nodes
 from tests.e2e.daemon import OPERATOR_TOKEN, assert_counting_rule
-from tests.e2e.test_alertmanager_push import Receiver
 from tests.e2e.test_postgres_store import alerts, aqi, wait_for
+from tests.e2e.webhook import Receiver
 from tests.mqtt_tools import Collector, publish_all
 from tests.postgres_server import start_postgres
 from tests.servers import Server
