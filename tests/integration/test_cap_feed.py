@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from importlib import resources
@@ -22,11 +22,11 @@ import pytest
 import xmlschema
 from ioc.rules.engine import RuleEngine
 from ioc.rules.loader import parse_rules
+from ioc.rules.updates import AlertUpdate
 
 from ioc import failpoints
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.store import AlertStore
-from ioc.rules.updates import AlertUpdate
 from ioc.api import create_app, serve
 from ioc.areas import AreaRegistry
 from ioc.cap.api import cap_router
@@ -39,6 +39,8 @@ from ioc.envelope import EVENT_ADAPTER
 from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
 from ioc.metrics import Metrics
+from tests.e2e.cluster_world import World, running_cluster
+from tests.e2e.daemon import VENDOR_TOKEN, DaemonProcess, make_daemon
 from tests.servers import free_port
 
 ATOM = "http://www.w3.org/2005/Atom"
@@ -246,52 +248,64 @@ rules:
 """
 
 
-def test_the_daemon_publishes_its_public_rules_on_the_feed(
-        tmp_path: Path, mosquitto: Any, influxdb: Any, database: str, unique: str,
-        schema: xmlschema.XMLSchema) -> None:
-    """`ioc run` wires it: events over HTTP fire and resolve a public rule; its feed holds the Alert and
-    the Cancel, valid CAP, and keeps them across a restart of the daemon."""
-    from tests.e2e.daemon import VENDOR_TOKEN, make_daemon
-
+@pytest.fixture(params=["one", "two"])
+def world(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Any, influxdb: Any, database: str,
+          unique: str) -> Iterator[World]:
+    """`ioc run` with DAEMON_RULES, or two nodes on one PostgreSQL (tests/e2e/cluster_world.py)."""
+    extra = '\n[cap]\nsender = "ioc.test"\n'
+    if request.param == "two":
+        (tmp_path / "cluster").mkdir()
+        yield from running_cluster(tmp_path / "cluster", mosquitto, influxdb, request.getfixturevalue("postgres"),
+                                   rules=DAEMON_RULES, extra=extra)
+        return
     rules = tmp_path / "rules.yaml"
     rules.write_text(DAEMON_RULES, encoding="utf-8")
     daemon = make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
-                         client_id=f"ioc-cap-{unique}",
-                         extra=f'\n[rules]\npaths = ["{rules}"]\n[cap]\nsender = "ioc.test"\n')
+                         client_id=f"ioc-cap-{unique}", extra=f'\n[rules]\npaths = ["{rules}"]\n' + extra)
     daemon.start()
-    try:
-        commune = next(a for a in httpx.get(f"{daemon.api}/api/v1/areas", timeout=10).json()
-                       if a["level"] == "commune")
+    yield World((daemon,), database)
+    daemon.stop()
 
-        def post(n: int, value: float) -> None:
-            event = {"id": f"{unique}-{n}", "source": "qtmt-aqi", "type": "telemetry", "metric": "env.aqi",
-                     "value": value, "area": commune["code"],
-                     "time": (datetime.now(VN) + timedelta(seconds=n)).isoformat()}
-            answer = httpx.post(f"{daemon.api}/api/v1/events", json=event, timeout=10,
-                                headers={"Authorization": f"Bearer {VENDOR_TOKEN}"})
-            assert answer.status_code == 202 and answer.json()["accepted"] == 1, answer.text
 
-        def feed_entries(count: int) -> list[ET.Element]:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                found = entries(httpx.get(f"{daemon.api}/api/v1/cap", timeout=10).content)
-                if len(found) >= count:
-                    return found
-                time.sleep(0.1)
-            raise AssertionError(f"the feed has not {count} entries")
+def test_the_daemon_publishes_its_public_rules_on_the_feed(world: World, unique: str,
+                                                          schema: xmlschema.XMLSchema) -> None:
+    """`ioc run` wires it: events over HTTP fire and resolve a public rule; its feed holds the Alert and
+    the Cancel, valid CAP, and keeps them across a restart of the daemon. On two nodes the events are posted
+    to the follower, every node's feed holds both (the follower's from what it hears from the store), and
+    the follower keeps them across its restart."""
+    daemon = world.writer
+    commune = next(a for a in httpx.get(f"{daemon.api}/api/v1/areas", timeout=10).json()
+                   if a["level"] == "commune")
 
-        post(1, 180.0)
-        assert field(cap_of(feed_entries(1)[0]), "cap:msgType") == "Alert"
-        post(2, 100.0)
-        cancel, alert = (cap_of(each) for each in feed_entries(2))
+    def post(n: int, value: float) -> None:
+        event = {"id": f"{unique}-{n}", "source": "qtmt-aqi", "type": "telemetry", "metric": "env.aqi",
+                 "value": value, "area": commune["code"],
+                 "time": (datetime.now(VN) + timedelta(seconds=n)).isoformat()}
+        answer = httpx.post(f"{daemon.api}/api/v1/events", json=event, timeout=10,
+                            headers={"Authorization": f"Bearer {VENDOR_TOKEN}"})
+        assert answer.status_code == 202 and answer.json()["accepted"] == 1, answer.text
+
+    def feed_entries(node: DaemonProcess, count: int) -> list[ET.Element]:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = entries(httpx.get(f"{node.api}/api/v1/cap", timeout=10).content)
+            if len(found) >= count:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(f"the feed of {node.api} has not {count} entries")
+
+    post(1, 180.0)
+    for node in world.nodes:
+        assert field(cap_of(feed_entries(node, 1)[0]), "cap:msgType") == "Alert"
+    post(2, 100.0)
+    for node in world.nodes:
+        cancel, alert = (cap_of(each) for each in feed_entries(node, 2))
         assert [field(alert, "cap:msgType"), field(cancel, "cap:msgType")] == ["Alert", "Cancel"]
         for message in (alert, cancel):
             schema.validate(ET.tostring(message, encoding="unicode"))
             assert field(message, "cap:sender") == "ioc.test"
             assert field(message, "cap:info/cap:area/cap:geocode/cap:value") == commune["code"]
             assert field(message, "cap:info/cap:area/cap:areaDesc").startswith(commune["name"])
-        assert daemon.terminate() == 0
-        daemon.start()
-        assert len(entries(httpx.get(f"{daemon.api}/api/v1/cap", timeout=10).content)) == 2
-    finally:
-        daemon.stop()
+    assert daemon.terminate() == 0
+    daemon.start()
+    assert len(entries(httpx.get(f"{daemon.api}/api/v1/cap", timeout=10).content)) == 2
