@@ -77,6 +77,7 @@ def test_mqtt_and_http_events_land_in_influxdb_with_dead_letters(
     once (by the leader), the HTTP item refused by the follower once (by the follower)."""
     daemon, database = world.writer, world.database
     rejected_before = [node.metric_sum("ioc_events_rejected_total") for node in world.nodes]
+    accepted_before = [node.metric_sum("ioc_events_accepted_total") for node in world.nodes]
     dead = Collector("127.0.0.1", mosquitto.port, "ioc/v1/deadletter/#")
     try:
         good = [("ioc/v1/events/qtmt-aqi", telemetry(i, run="mqtt", tags={"station": "Phan Thiết 1"}))
@@ -128,6 +129,9 @@ def test_mqtt_and_http_events_land_in_influxdb_with_dead_letters(
                             'SELECT "value", "station" FROM "env.aqi" WHERE "station" = \'Phan Thiết 1\'')
     assert len(series["values"]) == 50
     assert series["values"][0][2] == "Phan Thiết 1"
+    # Every node took every good event: none ignores one because another node saw it first.
+    assert [node.metric_sum("ioc_events_accepted_total") - before for node, before in zip(
+        world.nodes, accepted_before, strict=True)] == [80] * len(world.nodes)
     for node in world.nodes:
         assert_counting_rule(node)
 
