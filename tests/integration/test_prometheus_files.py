@@ -1,6 +1,7 @@
 """deploy/prometheus/ with the real promtool (Debian `prometheus`, CONTRACT §9): the scrape config and the
 rule file pass `promtool check`, the rule tests pass `promtool test rules`, the daemon's live /metrics
-passes `promtool check metrics`, and every metric the rules use is one the daemon exports."""
+passes `promtool check metrics`, and every metric the rules use is one the daemon exports (on one daemon, and
+on each of two nodes on one PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.e2e.cluster_world import World, running_cluster
 from tests.e2e.daemon import DaemonProcess, make_daemon
 from tests.servers import Server, find_binary, free_port
 
@@ -72,11 +74,25 @@ def daemon(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, u
     process.stop()
 
 
-def test_live_metrics_pass_promtool_and_cover_the_rules(daemon: DaemonProcess) -> None:
-    text = httpx.get(f"{daemon.api}/metrics", timeout=10).text
-    checked = promtool("check", "metrics", stdin=text)
-    assert checked.returncode == 0, f"promtool check metrics:\n{checked.stdout}{checked.stderr}"
-    exported = set(re.findall(r"^# TYPE (\S+) ", text, flags=re.MULTILINE))
-    used = {name for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]
-            for name in re.findall(r"\b(ioc_[a-z_]+)\b", rule["expr"])}
-    assert used - NOT_YET <= exported, f"rules use metrics the daemon does not export: {sorted(used - exported)}"
+@pytest.fixture(params=["one", "two"])
+def world(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Server, influxdb: Server,
+          database: str) -> Iterator[World]:
+    """The daemon, or two nodes on one PostgreSQL configured alike (their cluster metrics too)."""
+    if request.param == "one":
+        yield World((request.getfixturevalue("daemon"),), database)
+        return
+    (tmp_path / "cluster").mkdir()
+    yield from running_cluster(tmp_path / "cluster", mosquitto, influxdb, request.getfixturevalue("postgres"),
+                               extra=f'\n[[alerts.alertmanagers]]\nurl = "http://127.0.0.1:{free_port()}"\n')
+
+
+def test_live_metrics_pass_promtool_and_cover_the_rules(world: World) -> None:
+    for daemon in world.nodes:  # the leader's and the follower's
+        text = httpx.get(f"{daemon.api}/metrics", timeout=10).text
+        checked = promtool("check", "metrics", stdin=text)
+        assert checked.returncode == 0, f"promtool check metrics:\n{checked.stdout}{checked.stderr}"
+        exported = set(re.findall(r"^# TYPE (\S+) ", text, flags=re.MULTILINE))
+        used = {name for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]
+                for name in re.findall(r"\b(ioc_[a-z_]+)\b", rule["expr"])}
+        assert used - NOT_YET <= exported, (
+            f"rules use metrics the daemon does not export: {sorted(used - exported)}")
