@@ -8,12 +8,16 @@ a key that Mosquitto 2.0 does not know is caught."""
 from __future__ import annotations
 
 import configparser
+import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,26 +182,30 @@ def test_the_readme_says_docker_was_not_tested() -> None:
         assert step in readme, step
 
 
-def test_a_real_mosquitto_accepts_the_sample_config(tmp_path: Path) -> None:
+def mosquitto_binary() -> str:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not os.path.exists(binary):
         pytest.skip("mosquitto is not installed (Debian package mosquitto)")
-    from ioc.config import Settings
+    return binary
 
-    settings = Settings.model_validate(
-        {"vendors": [{"name": "qtmt", "token_sha256": token_sha256("vendor-token"), "sources": ["qtmt-aqi"]}]}
-    )
-    (tmp_path / "passwords").write_text(render_password_file({"ioc": "daemon-pw", "qtmt": "vendor-token"}))
-    (tmp_path / "acl").write_text(render_acl(settings, daemon_user="ioc"))
+
+@contextlib.contextmanager
+def sample_mosquitto(folder: Path, acl: str, credentials: dict[str, str], extra: str = "") -> Iterator[int]:
+    """deploy/mosquitto.conf (and `extra` after it) run by a real Mosquitto on a free loopback port, with
+    `acl` and these users; yields the port, and checks the broker is gone after."""
+    binary = mosquitto_binary()
+    (folder / "passwords").write_text(render_password_file(credentials))
+    (folder / "acl").write_text(acl)
     for name in ("passwords", "acl"):
-        (tmp_path / name).chmod(0o600)
+        (folder / name).chmod(0o600)
     port = free_port()
     text = (DEPLOY / "mosquitto.conf").read_text(encoding="utf-8")
-    text = text.replace("/etc/mosquitto/ioc/", f"{tmp_path}/").replace("/var/lib/mosquitto/", f"{tmp_path}/")
+    text = text.replace("/etc/mosquitto/ioc/", f"{folder}/").replace("/var/lib/mosquitto/", f"{folder}/")
     text = re.sub(r"^listener 1883$", f"listener {port} 127.0.0.1", text, flags=re.MULTILINE)
     if os.geteuid() == 0:
         text += "\nuser root\n"  # else mosquitto drops to `mosquitto` and cannot read the temp dir
-    conf = tmp_path / "mosquitto.conf"
+    text += extra
+    conf = folder / "mosquitto.conf"
     conf.write_text(text)
     process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -206,29 +214,42 @@ def test_a_real_mosquitto_accepts_the_sample_config(tmp_path: Path) -> None:
         except TimeoutError:
             process.kill()
             raise AssertionError(process.communicate()[0].decode(errors="replace")) from None
-
-        def connect(username: str | None, password: str | None) -> ReasonCode:
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-            if username is not None:
-                client.username_pw_set(username, password)
-            got: list[ReasonCode] = []
-            client.on_connect = lambda _c, _u, _f, reason, _p: got.append(reason)
-            client.connect("127.0.0.1", port)
-            deadline = time.monotonic() + 5
-            while not got and time.monotonic() < deadline:
-                client.loop(0.1)
-            client.disconnect()
-            assert got, "no CONNACK"
-            return got[0]
-
-        assert not connect("qtmt", "vendor-token").is_failure
-        assert connect("qtmt", "wrong").is_failure
-        assert connect(None, None).is_failure  # allow_anonymous false
+        yield port
     finally:
         process.terminate()
         process.wait(10)
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def mqtt_client(port: int, username: str | None, password: str | None) -> tuple[mqtt.Client, ReasonCode]:
+    """An MQTT 5 client connected (or refused) to the broker on `port`, and the CONNACK's reason."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if username is not None:
+        client.username_pw_set(username, password)
+    got: list[ReasonCode] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: got.append(reason)
+    client.connect("127.0.0.1", port)
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        client.loop(0.1)
+    assert got, "no CONNACK"
+    return client, got[0]
+
+
+def test_a_real_mosquitto_accepts_the_sample_config(tmp_path: Path) -> None:
+    from ioc.config import Settings
+
+    settings = Settings.model_validate(
+        {"vendors": [{"name": "qtmt", "token_sha256": token_sha256("vendor-token"), "sources": ["qtmt-aqi"]}]}
+    )
+    credentials = {"ioc": "daemon-pw", "qtmt": "vendor-token"}
+    with sample_mosquitto(tmp_path, render_acl(settings, daemon_user="ioc"), credentials) as port:
+        for username, password, refused in (("qtmt", "vendor-token", False), ("qtmt", "wrong", True),
+                                            (None, None, True)):  # allow_anonymous false
+            client, reason = mqtt_client(port, username, password)
+            client.disconnect()
+            assert reason.is_failure is refused, (username, password)
 
 
 # --- the reverse proxy ------------------------------------------------------------------------------------
@@ -327,20 +348,27 @@ def test_compose_puts_the_proxy_in_front_of_the_daemon() -> None:
     assert all(port.startswith("127.0.0.1:") for port in services["ioc"]["ports"])
 
 
-def test_nginx_accepts_the_proxy_config(tmp_path: Path) -> None:
+def nginx_check(folder: Path, conf: str, upstreams: list[str]) -> None:
+    """`nginx -t` of the http-level file nginx/`conf`, its upstream servers (compose services, which do not
+    resolve here) pointed at loopback ports, inside a main config that writes only into `folder`."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     if not os.path.exists(binary):
         pytest.skip("nginx is not installed (Debian package nginx)")
-    # The file is an http-level include; `ioc` (the compose service) does not resolve here.
-    text = (DEPLOY / "nginx" / "ioc.conf").read_text(encoding="utf-8")
-    text = text.replace("server ioc:8080;", "server 127.0.0.1:8080;")
+    text = (DEPLOY / "nginx" / conf).read_text(encoding="utf-8")
+    for upstream in upstreams:
+        assert f"server {upstream}" in text, upstream
+        text = text.replace(f"server {upstream}", f"server 127.0.0.1:{free_port()}")
     text = re.sub(r"listen 80;", f"listen 127.0.0.1:{free_port()};", text)
-    (tmp_path / "ioc.conf").write_text(text)
-    (tmp_path / "nginx.conf").write_text(nginx_main_conf(tmp_path))
-    result = subprocess.run([binary, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+    (folder / "ioc.conf").write_text(text)
+    (folder / "nginx.conf").write_text(nginx_main_conf(folder))
+    result = subprocess.run([binary, "-t", "-p", str(folder), "-c", str(folder / "nginx.conf")],
                             check=False, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert "syntax is ok" in result.stderr
+
+
+def test_nginx_accepts_the_proxy_config(tmp_path: Path) -> None:
+    nginx_check(tmp_path, "ioc.conf", ["ioc:8080"])
 
 
 def nginx_main_conf(folder: Path) -> str:
@@ -360,3 +388,278 @@ http {{
     include {folder}/ioc.conf;
 }}
 """
+
+
+# --- high availability: two nodes on one PostgreSQL (docker-compose.ha.yml) -------------------------------
+
+NODES = ("ioc-a", "ioc-b")
+HA_CONFIG = "./compose/ioc-ha.toml"
+
+
+def ha_compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((DEPLOY / "docker-compose.ha.yml").read_text(encoding="utf-8")))
+
+
+def ha_proxy_directives() -> list[Directive]:
+    return nginx_directives((DEPLOY / "nginx" / "ioc-ha.conf").read_text(encoding="utf-8"))
+
+
+def node_config(folder: Path, node: str) -> tuple[Path, dict[str, str]]:
+    """The HA config as `node` sees it: its compose environment, and the file with the Docker secrets and
+    the node's volume moved into `folder` (the secrets hold what `ioc check` will accept)."""
+    stack = ha_compose()
+    environment = {name: str(value) for name, value in stack["services"][node]["environment"].items()}
+    text = (DEPLOY / "compose" / "ioc-ha.toml").read_text(encoding="utf-8")
+    for secret in re.findall(r'"/run/secrets/([\w.-]+)"', text):
+        secret_file = folder / "secrets" / secret
+        secret_file.parent.mkdir(exist_ok=True)
+        secret_file.write_text("a-password\n" if secret.endswith("password") else token_sha256(secret))
+    volume = folder / node
+    volume.mkdir()
+    text = text.replace("/run/secrets/", f"{folder}/secrets/").replace("/var/lib/ioc/", f"{volume}/")
+    environment = {name: value.replace("/var/lib/ioc/", f"{volume}/") for name, value in environment.items()}
+    config = folder / f"{node}.toml"
+    config.write_text(text, encoding="utf-8")
+    return config, environment
+
+
+def test_ha_compose_runs_two_nodes_on_one_postgres() -> None:
+    stack = ha_compose()
+    services = stack["services"]
+    assert set(services) == {"mosquitto-acl", "mosquitto", "influxdb", "postgres", "ioc-migrate", *NODES,
+                             "nginx", "grafana"}
+    postgres = services["postgres"]
+    assert postgres["image"] == "postgres:15"
+    assert postgres["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/pg_password"
+    assert "pg_password" in postgres["secrets"]
+    # The migrations once, before the nodes; the nodes after the broker, InfluxDB and PostgreSQL.
+    assert services["ioc-migrate"]["command"][:2] == ["store", "migrate"]
+    assert services["ioc-migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    names, client_ids, paths, volumes = set(), set(), set(), set()
+    for node in NODES:
+        service = services[node]
+        assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+        assert service["depends_on"]["ioc-migrate"] == {"condition": "service_completed_successfully"}
+        assert {"mosquitto", "influxdb", "postgres"} <= set(service["depends_on"])
+        assert f"{HA_CONFIG}:/etc/ioc/ioc.toml:ro" in service["volumes"]
+        assert all(port.startswith("127.0.0.1:") for port in service["ports"])
+        environment = service["environment"]
+        names.add(environment["IOC_CLUSTER__NODE"])
+        client_ids.add(environment["IOC_MQTT__CLIENT_ID"])
+        paths.add(environment["IOC_STORE__PATH"])
+        [volume] = [v.split(":")[0] for v in service["volumes"] if v.endswith(":/var/lib/ioc")]
+        volumes.add(volume)
+        assert volume in stack["volumes"]
+    # Each node its own name, broker session, node-local file and volume (nothing node-local is shared).
+    assert names == set(NODES) and len(client_ids) == len(paths) == len(volumes) == len(NODES)
+    # Every secret a service uses is declared, each declared file lives under deploy/secrets.
+    declared = stack["secrets"]
+    for name, service in services.items():
+        for secret in service.get("secrets", []):
+            assert secret in declared, (name, secret)
+    assert all(spec["file"].startswith("./secrets/") for spec in declared.values())
+    # Everything that loads the config has every secret it names (else it exits at start).
+    wanted = set(re.findall(r'"/run/secrets/([\w.-]+)"', (DEPLOY / "compose" / "ioc-ha.toml").read_text()))
+    assert "pg_password" in wanted
+    for name, service in services.items():
+        if f"{HA_CONFIG}:/etc/ioc/ioc.toml:ro" in service.get("volumes", []):
+            assert wanted <= set(service["secrets"]), name
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (DEPLOY / source).exists(), source
+    # The proxy in front of both nodes, with the HA proxy config naming exactly them.
+    nginx = services["nginx"]
+    assert "./nginx/ioc-ha.conf:/etc/nginx/conf.d/default.conf:ro" in nginx["volumes"]
+    assert set(nginx["depends_on"]) == set(NODES)
+    upstream = [args[0] for blocks, name, args in ha_proxy_directives()
+                if blocks == ("upstream ioc_api",) and name == "server"]
+    assert upstream == [f"{node}:8080" for node in NODES]
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_each_ha_node_passes_ioc_check(tmp_path: Path, node: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    config, environment = node_config(tmp_path, node)
+    for name in [name for name in os.environ if name.startswith("IOC_")]:
+        monkeypatch.delenv(name)
+    result = subprocess.run([sys.executable, "-m", "ioc.cli", "check", "--config", str(config)],
+                            env={**os.environ, **environment}, check=False, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(config)
+    assert settings.cluster.node_name() == node and settings.mqtt.client_id == node
+    assert settings.store.path.endswith(f"/{node}/{node}.db")
+    assert settings.store.database_url() == "postgresql://ioc@postgres:5432/ioc"
+    assert settings.store.password() == "a-password"
+    assert settings.mqtt.share_group == ""  # every node must receive every event (CONTRACT §8)
+
+
+def test_the_ha_acl_lets_the_nodes_republish_http_events(tmp_path: Path) -> None:
+    """With PostgreSQL, `ioc mosquitto-acl` lets the daemon's user publish events (a node republishes its
+    HTTP intake for the other nodes); a real Mosquitto with the sample config acknowledges such a publish,
+    and refuses it (MQTT 5 "not authorized") under a single node's ACL."""
+    mosquitto_binary()
+    config, environment = node_config(tmp_path, "ioc-a")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        ha = load_settings(config)
+    single = ha.model_copy(update={"store": ha.store.model_copy(update={"url": ""})})
+    for settings, allowed in ((ha, True), (single, False)):
+        folder = tmp_path / f"broker-{allowed}"
+        folder.mkdir()
+        acl = render_acl(settings, daemon_user=ha.mqtt.username)
+        with sample_mosquitto(folder, acl, {ha.mqtt.username: "daemon-pw"}) as port:
+            reason = puback(port, ha.mqtt.username, "daemon-pw", "ioc/v1/events/qtmt-aqi")
+        assert reason.is_failure is not allowed, reason
+
+
+def puback(port: int, username: str, password: str, topic: str) -> ReasonCode:
+    """The reason code of the broker's PUBACK to one QoS 1 publish (MQTT 5)."""
+    client, reason = mqtt_client(port, username, password)
+    assert not reason.is_failure, reason
+    acks: list[ReasonCode] = []
+    client.on_publish = lambda _c, _u, _mid, code, _p: acks.append(code)
+    client.publish(topic, b'{"id": "x"}', qos=1)
+    deadline = time.monotonic() + 10
+    while not acks and time.monotonic() < deadline:
+        client.loop(0.1)
+    client.disconnect()
+    assert acks, "no PUBACK"
+    return acks[0]
+
+
+def test_nginx_accepts_the_ha_proxy_config(tmp_path: Path) -> None:
+    nginx_check(tmp_path, "ioc-ha.conf", [f"{node}:8080" for node in NODES])
+
+
+def test_the_ha_proxy_is_the_single_proxy_with_two_upstreams_and_retries() -> None:
+    single, ha = proxy_directives(), ha_proxy_directives()
+    # Every client limit, timeout and stream setting of ioc.conf holds here too (the files cannot drift).
+    for directive in single:
+        if directive[0] != ("upstream ioc_api",):
+            assert directive in ha, directive
+    upstream = [name for blocks, name, _ in ha if blocks == ("upstream ioc_api",)]
+    assert upstream.index("hash") < upstream.index("keepalive")  # nginx wants the method first
+    conf = {(blocks, name): args for blocks, name, args in ha}
+    # Idempotent requests and unsent ones go to the other node; a sent POST does not, except events.
+    assert "non_idempotent" not in conf[SERVER, "proxy_next_upstream"]
+    assert {"error", "timeout", "http_502"} <= set(conf[SERVER, "proxy_next_upstream"])
+    events = ("server", "location = /api/v1/events")
+    assert "non_idempotent" in conf[events, "proxy_next_upstream"]
+    assert "http_503" not in conf[events, "proxy_next_upstream"]  # backpressure: the vendor waits
+    assert conf[events, "proxy_pass"] == ["http://ioc_api"]
+    assert int(conf[SERVER, "proxy_next_upstream_tries"][0]) == len(NODES)
+
+
+def test_keepalived_accepts_the_sample(tmp_path: Path) -> None:
+    text = (DEPLOY / "keepalived" / "keepalived.conf").read_text(encoding="utf-8")
+    # The VIP follows a proxy that answers /readyz (through nginx: at least one daemon ready).
+    [script] = re.findall(r"vrrp_script (\w+) \{", text)
+    assert re.search(rf"track_script \{{\s*{script}\s*\}}", text)
+    assert "http://127.0.0.1/readyz" in text and "nopreempt" in text and "virtual_ipaddress" in text
+    binary = shutil.which("keepalived") or "/usr/sbin/keepalived"
+    if not os.path.exists(binary):
+        pytest.skip("keepalived is not installed (Debian package keepalived)")
+
+    def config_test(conf: Path) -> tuple[int, str]:
+        # keepalived 2.2 ends its config test by SIGTERM to its own process group (a session of its own
+        # here), whatever it found: its findings are the output, one line each, none for a clean file.
+        result = subprocess.run([binary, "--config-test", "-f", str(conf)], check=False, capture_output=True,
+                                text=True, timeout=30, start_new_session=True, cwd=tmp_path)
+        return result.returncode, result.stdout + result.stderr
+
+    code, output = config_test(DEPLOY / "keepalived" / "keepalived.conf")
+    assert code in (0, -signal.SIGTERM) and not output.strip(), (code, output)
+    broken = tmp_path / "broken.conf"
+    broken.write_text(text.replace("priority 150", "priority 999"))
+    code, output = config_test(broken)
+    assert "number '999' outside range" in output, (code, output)
+
+
+def test_the_readme_says_how_to_run_and_check_a_cluster() -> None:
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## High availability"):]
+    for needle in ("docker-compose.ha.yml", "not tested", "ioc store migrate", "GET /api/v1/cluster",
+                   "ioc_cluster_leader", "/readyz", "Patroni", "EMQX", "keepalived", "share_group"):
+        assert needle.lower() in section.lower(), needle
+
+
+def collect(port: int, filters: list[str], seconds: float) -> list[mqtt.MQTTMessage]:
+    """The messages an anonymous MQTT 5 subscriber to `filters` receives on `port` within `seconds`."""
+    client, reason = mqtt_client(port, None, None)
+    assert not reason.is_failure, reason
+    got: list[mqtt.MQTTMessage] = []
+    client.on_message = lambda _c, _u, message: got.append(message)
+    client.subscribe([(topic, 1) for topic in filters])
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        client.loop(0.1)
+    client.disconnect()
+    return got
+
+
+def test_the_national_bridge_carries_alerts_and_dossier_events(tmp_path: Path) -> None:
+    """deploy/mosquitto-national-bridge.conf on a group's broker (the sample mosquitto.conf, real Mosquitto)
+    forwards alert changes and the retained alert state under national/south/, and the bridged sources'
+    events as they are, to a national broker; other events stay in the group."""
+    binary = mosquitto_binary()
+    national_port = free_port()
+    national_conf = tmp_path / "national.conf"
+    national_conf.write_text(f"listener {national_port} 127.0.0.1\nallow_anonymous true\n"
+                             + ("user root\n" if os.geteuid() == 0 else ""))
+    national = subprocess.Popen([binary, "-c", str(national_conf)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    bridge = (DEPLOY / "mosquitto-national-bridge.conf").read_text(encoding="utf-8")
+    bridge = bridge.replace("national-broker.example.vn:8883", f"127.0.0.1:{national_port}")
+    bridge = re.sub(r"^bridge_cafile .*$", "", bridge, flags=re.MULTILINE)  # no TLS between loopback ports
+    from ioc.config import Settings
+
+    settings = Settings.model_validate({"vendors": [
+        {"name": "dvc", "token_sha256": token_sha256("dvc-token"), "sources": ["dvc-binhthuan"]},
+        {"name": "qtmt", "token_sha256": token_sha256("qtmt-token"), "sources": ["qtmt-aqi"]}]})
+    credentials = {"ioc": "daemon-pw", "dvc": "dvc-token", "qtmt": "qtmt-token"}
+    group_folder = tmp_path / "group"
+    group_folder.mkdir()
+    try:
+        wait_for_port(national_port, timeout=10)
+        with sample_mosquitto(group_folder, render_acl(settings, daemon_user="ioc"), credentials,
+                              extra="\n" + bridge) as group_port:
+            listener, _ = mqtt_client(national_port, None, None)
+            heard: list[mqtt.MQTTMessage] = []
+            listener.on_message = lambda _c, _u, message: heard.append(message)
+            listener.subscribe([("national/south/ioc/v1/alerts/#", 1), ("ioc/v1/events/#", 1)])
+            daemon, _ = mqtt_client(group_port, "ioc", "daemon-pw")
+            for client in (listener, daemon):
+                client.loop_start()
+            try:
+                # The bridge connects in its own time: publish alert changes until one reaches the national side.
+                deadline = time.monotonic() + 30
+                while not heard and time.monotonic() < deadline:
+                    daemon.publish("ioc/v1/alerts/aqi-bad", b'{"notification_id": "n-probe"}', qos=1)
+                    time.sleep(0.5)
+                assert heard, "the bridge carried nothing within 30 s"
+                daemon.publish("ioc/v1/alerts/state/fp-1", b'{"state": "firing"}', qos=1, retain=True)
+                for vendor, source in (("dvc", "dvc-binhthuan"), ("qtmt", "qtmt-aqi")):
+                    topic = f"ioc/v1/events/{source}"
+                    assert not puback(group_port, vendor, credentials[vendor], topic).is_failure
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and not any(m.topic.startswith("ioc/v1/events/") for m in heard):
+                    time.sleep(0.1)
+                time.sleep(1.0)  # room for a message that should not come
+                seen = collect(national_port, ["national/south/ioc/v1/alerts/state/#"], 3.0)
+            finally:
+                for client in (listener, daemon):
+                    client.loop_stop()
+                    client.disconnect()
+    finally:
+        national.terminate()
+        national.wait(10)
+    # The retained state arrives retained for a subscriber that comes later, under the group's prefix.
+    [state] = [message for message in seen if message.topic == "national/south/ioc/v1/alerts/state/fp-1"]
+    assert state.retain
+    # The bridged source's event as it was published; the other source stays in its group.
+    assert [m.topic for m in heard if m.topic.startswith("ioc/v1/events/")] == ["ioc/v1/events/dvc-binhthuan"]
