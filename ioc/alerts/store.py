@@ -116,6 +116,13 @@ class AlertStore:
         with self._lock:
             return [_alert(row) for row in self._db.execute(query, args)]
 
+    def latest_start(self) -> float | None:
+        """The latest `started_at` of any alert kept (None: none): a new episode that begins later cannot
+        take a kept one's derived id (`ioc.alerts.outbox.alert_id`), so its id is not looked up."""
+        with self._lock:
+            row = self._db.execute("SELECT max(started_at) FROM alerts").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def count_resolved(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM alerts WHERE state = 'resolved'").fetchone()[0])
