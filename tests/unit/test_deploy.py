@@ -29,6 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from ioc.config import HttpSettings, load_settings, token_sha256
 from ioc.mosquitto_acl import render_acl, render_password_file
+from tests.postgres_server import Postgres
 from tests.servers import free_port, wait_for_port
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -663,3 +664,18 @@ def test_the_national_bridge_carries_alerts_and_dossier_events(tmp_path: Path) -
     assert state.retain
     # The bridged source's event as it was published; the other source stays in its group.
     assert [m.topic for m in heard if m.topic.startswith("ioc/v1/events/")] == ["ioc/v1/events/dvc-binhthuan"]
+
+
+def test_a_multi_host_postgresql_url_reaches_the_primary(tmp_path: Path, postgres: Postgres) -> None:
+    """README "PostgreSQL's own high availability": libpq's multi-host URL in `[store] url` (the hosts in
+    turn, the first that accepts writes). Here the first host is down and the second is a real PostgreSQL."""
+    database = postgres.new_database("ha").rsplit("/", 1)[1]
+    url = (f"postgresql://postgres@127.0.0.1,127.0.0.1/{database}"
+           f"?port={free_port()},{postgres.port}&target_session_attrs=read-write")
+    config = tmp_path / "ioc.toml"
+    config.write_text(f'[store]\npath = "{tmp_path}/local.db"\nurl = "{url}"\n', encoding="utf-8")
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("IOC_")}
+    result = subprocess.run([sys.executable, "-m", "ioc.cli", "store", "migrate", "--config", str(config)],
+                            env=environment, check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert postgres.psql("SELECT count(*) FROM schema_migrations", database=database) != "0"
