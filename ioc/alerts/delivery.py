@@ -21,6 +21,7 @@ Not thread-safe on its own: the `AlertManager` calls it under its lock.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import TypeAlias
 
@@ -59,6 +60,9 @@ class Delivery:
         self._outage = Outage("alerts")
         self._new_id = new_ids()  # muting changes only
         self._lookup_failed = False  # an episode id's lookup found the store away (until a flush stores)
+        self._latest_start = -math.inf  # no kept episode began later (`episode_id`)
+        self._at_latest: set[str] | None = set()  # the fingerprints whose episode began then (None: unknown)
+        self._know_starts()
         self._owed: list[OutboxRow] = store.outbox()  # what a crash left undelivered: sent first
         self._next_seq = (self._owed[-1].seq if self._owed else 0) + 1
         self._held: list[_Prepared] | None = []  # durable deliveries made before `resume()`
@@ -95,6 +99,7 @@ class Delivery:
         """This node leads from now (lease term `term`): what the outbox holds is delivered again (StoreError:
         the store does not answer; the caller tries again)."""
         owed = self.store.outbox()
+        self._know_starts()  # the episodes the other leaders recorded
         self._next_seq = max(self._next_seq, (owed[-1].seq + 1) if owed else 0, term << 40)
         if self._held is not None:  # not resumed yet: `resume` delivers them first
             self._owed = owed
@@ -196,10 +201,26 @@ class Delivery:
             prepared.append((alert, change, notification_id, seqs))
         return prepared, rows
 
+    def _know_starts(self) -> None:
+        try:
+            latest = self.store.latest_start()
+        except StoreError:
+            latest = math.inf  # unknown: every new episode's id is looked up
+        latest = -math.inf if latest is None else latest
+        if latest >= self._latest_start:
+            self._latest_start, self._at_latest = latest, (set() if latest == -math.inf else None)
+
     def episode_id(self, fingerprint: str, started_at: float) -> str:
         """A new episode's id (`ioc.alerts.outbox.alert_id`), salted past the ids of other episodes the store
         keeps (a late event began one at the very time an earlier one did; an active one is this episode).
-        Not looked up while the store is away: the unsalted id, as every node would choose then."""
+        Looked up only for an episode that does not begin after every kept one (a late event: rare), and not
+        while the store is away (the unsalted id, as every node would choose then)."""
+        if started_at > self._latest_start:  # the usual case: time moves on, no kept episode began then
+            self._latest_start, self._at_latest = started_at, {fingerprint}
+            return ids.alert_id(fingerprint, started_at)
+        if started_at == self._latest_start and self._at_latest is not None and fingerprint not in self._at_latest:
+            self._at_latest.add(fingerprint)  # a storm's alerts of one event time
+            return ids.alert_id(fingerprint, started_at)
         salt = 0
         while True:
             candidate = ids.alert_id(fingerprint, started_at, salt)

@@ -102,3 +102,27 @@ def test_an_update_without_since_starts_its_episode_at_its_time(tmp_path: Path) 
     alert = manager.apply(update("pending", 100.0))
     assert alert is not None and alert.started_at == 100.0 and alert.id == alert_id(alert.fingerprint, 100.0)
     manager.close()
+
+
+def test_an_id_is_looked_up_only_for_an_episode_not_beginning_after_every_kept_one(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path / "ioc.db")
+    manager = AlertManager(store)
+    lookups: list[str] = []
+    get_alert = store.get_alert
+    store.get_alert = lambda alert_id: lookups.append(alert_id) or get_alert(alert_id)  # type: ignore[method-assign]
+    for area in ("1", "2", "3"):  # a storm: one event time, many groups
+        manager.apply(update("firing", 100.0, since=100.0, area=area))
+    manager.apply(update("firing", 150.0, since=150.0, area="4"))
+    manager.apply(update("resolved", 200.0, area="1"))
+    manager.apply(update("firing", 250.0, since=250.0, area="1"))  # time moved on: the next episode
+    assert lookups == []
+    manager.apply(update("firing", 120.0, since=120.0, area="5"))  # a late event: looked up, not taken
+    assert len(lookups) == 1
+    manager.close()
+    # After a restart the kept episodes' starts are read again: a late episode of area 1 at 100 is salted.
+    restarted = AlertManager(AlertStore(tmp_path / "ioc.db"))
+    restarted.apply(update("resolved", 300.0, area="1"))
+    late = restarted.apply(update("firing", 100.0, since=100.0, area="1"))
+    assert late is not None and late.id != alert_id(late.fingerprint, 100.0)
+    assert late.id == alert_id(late.fingerprint, 100.0, 1)
+    restarted.close()
