@@ -1,5 +1,5 @@
-"""End to end through `ioc run`: events -> aggregators and rules -> alerts on the API, the SSE stream, MQTT
-and InfluxDB; an operator's ack; SIGHUP with a bad rule file keeps the old rules; a restart keeps alerts
+"""End to end through `ioc run`: events -> aggregators and rules -> alerts (pending, firing, acknowledged,
+resolved) on the API, the SSE stream, MQTT and InfluxDB; an operator's ack; SIGHUP with a bad rule file keeps the old rules; a restart keeps alerts
 and acks and notifies nobody again. On one daemon and on two nodes on one PostgreSQL (tests/e2e/
 cluster_world.py's World)."""
 
@@ -41,6 +41,7 @@ rules:
     op: ">="
     threshold: 151
     clear: 120
+    for: 1m
     summary: "Chất lượng không khí xấu tại {{ area_name }}: VN_AQI {{ value }}"
   - id: backlog-open
     kind: threshold
@@ -56,9 +57,9 @@ def now_iso(offset: float = 0.0) -> str:
     return (datetime.now(UTC) + timedelta(seconds=offset)).isoformat()
 
 
-def aqi(event_id: str, value: float) -> tuple[str, bytes]:
+def aqi(event_id: str, value: float, offset: float = 0.0) -> tuple[str, bytes]:
     return ("ioc/v1/events/qtmt-aqi", orjson.dumps({
-        "id": event_id, "source": "qtmt-aqi", "type": "telemetry", "time": now_iso(), "metric": "env.aqi",
+        "id": event_id, "source": "qtmt-aqi", "type": "telemetry", "time": now_iso(offset), "metric": "env.aqi",
         "value": value, "area": "22945"}))
 
 
@@ -111,8 +112,15 @@ def test_alert_lifecycle_through_the_daemon(world: World, mosquitto: Server, inf
     taps = {node.http_port: StreamTap(node) for node in world.nodes}
     pages = Collector("127.0.0.1", mosquitto.port, "ioc/v1/alerts/aqi-bad")
     try:
+        # Bad air 90 s ago: pending (`for: 1m`, by event time); still bad now: firing, the same alert.
+        publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-0", 180, offset=-90)], qos=1)
+        [pending] = wait_for("the alert pending", lambda: alerts(daemon, state="pending"))
+        for node in world.nodes:
+            wait_for("the pending alert on each node", lambda node=node: [
+                a["id"] for a in alerts(node, state="pending")] == [pending["id"]])
         publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-1", 180)], qos=1)
         [alert] = wait_for("the alert firing", lambda: alerts(daemon, state="firing"))
+        assert alert["id"] == pending["id"]
         assert alert["rule"] == "aqi-bad" and alert["labels"] == {"area": "22945"}
         assert alert["severity"] == "critical" and alert["value"] == 180
         assert alert["summary"] == "Chất lượng không khí xấu tại Phường Phan Thiết: VN_AQI 180"
@@ -120,8 +128,9 @@ def test_alert_lifecycle_through_the_daemon(world: World, mosquitto: Server, inf
         for node in world.nodes:  # one alert, one id, on every node
             wait_for("the alert on each node", lambda node=node: [a["id"] for a in alerts(node, state="firing")]
                      == [alert["id"]])
-        [(topic, body)] = pages.wait_for(1)
-        assert topic == "ioc/v1/alerts/aqi-bad" and orjson.loads(body)["id"] == alert["id"]
+        paged = pages.wait_for(2)
+        assert [(topic, orjson.loads(body)["id"], orjson.loads(body)["change"]) for topic, body in paged] == [
+            ("ioc/v1/alerts/aqi-bad", alert["id"], "pending"), ("ioc/v1/alerts/aqi-bad", alert["id"], "firing")]
 
         # The retained state, for a subscriber that comes late.
         late = Collector("127.0.0.1", mosquitto.port, f"ioc/v1/alerts/state/{alert['fingerprint']}")
@@ -142,8 +151,8 @@ def test_alert_lifecycle_through_the_daemon(world: World, mosquitto: Server, inf
             wait_for("the ack on each node", lambda node=node: [a["id"] for a in alerts(
                 node, state="acknowledged")] == [alert["id"]], timeout=5)
         for tap in taps.values():
-            wait_for("firing and acknowledged on each stream", lambda tap=tap: tap.of(alert["id"]) == [
-                "firing", "acknowledged"])
+            wait_for("pending, firing and acknowledged on each stream", lambda tap=tap: tap.of(alert["id"]) == [
+                "pending", "firing", "acknowledged"])
 
         # A dossier makes KPIs for its commune and the province, served and fed back into the rules.
         dossier = {"id": f"{unique}-d1", "source": "qtmt-aqi", "type": "dossier", "time": now_iso(),
@@ -170,8 +179,12 @@ def test_alert_lifecycle_through_the_daemon(world: World, mosquitto: Server, inf
             series = influx_query(influxdb.url, world.database, query)
             return list(series[0]["values"]) if series else []
 
-        assert wait_for("the alert point", lambda: rows(
-            "SELECT state, fingerprint FROM alert WHERE rule = 'aqi-bad'"))[0][1:] == ["firing", alert["fingerprint"]]
+        def changes() -> list[Any] | None:
+            found = rows("SELECT state, fingerprint FROM alert WHERE rule = 'aqi-bad'")
+            return found if len(found) >= 2 else None
+
+        assert [row[1:] for row in wait_for("the alert points", changes)] == [
+            ["pending", alert["fingerprint"]], ["firing", alert["fingerprint"]]]
         assert wait_for("the KPI points", lambda: rows(
             "SELECT value FROM kpi WHERE kpi = 'kpi.dossier.open' AND area = '68'"))[-1][1] == 1.0
 
