@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import http.server
 import os
 import re
 import shutil
@@ -16,11 +17,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
@@ -679,3 +682,103 @@ def test_a_multi_host_postgresql_url_reaches_the_primary(tmp_path: Path, postgre
                             env=environment, check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert postgres.psql("SELECT count(*) FROM schema_migrations", database=database) != "0"
+
+
+class Upstream:
+    """A stand-in for one node behind the HA proxy: records each request (method, path, body) and answers
+    202 with its name, or, while `dies` holds a path, reads that request whole and closes the connection
+    without an answer, as a node SIGKILLed in the middle of it; `busy` paths are answered 503."""
+
+    def __init__(self, name: str, log: list[tuple[str, str, str, bytes]], dies: set[str], busy: set[str]) -> None:
+        upstream = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # quiet
+                pass
+
+            def handle_one(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                log.append((name, self.command, self.path, body))
+                if self.path in dies:
+                    dies.discard(self.path)  # the next node lives
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                answer = b'{"node": "%s"}' % name.encode()
+                self.send_response(503 if self.path in busy else 202)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            do_GET = do_POST = handle_one
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = upstream.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextlib.contextmanager
+def ha_proxy(folder: Path, dies: set[str], busy: set[str]) -> Iterator[tuple[str, list[Any]]]:
+    """nginx/ioc-ha.conf run by a real nginx in front of two `Upstream`s: its URL and the upstreams' log."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(binary):
+        pytest.skip("nginx is not installed (Debian package nginx)")
+    log: list[tuple[str, str, str, bytes]] = []
+    upstreams = [Upstream(node, log, dies, busy) for node in NODES]
+    port = free_port()
+    text = (DEPLOY / "nginx" / "ioc-ha.conf").read_text(encoding="utf-8")
+    for node, upstream in zip(NODES, upstreams, strict=True):
+        text = text.replace(f"server {node}:8080", f"server 127.0.0.1:{upstream.port}")
+    (folder / "ioc.conf").write_text(text.replace("listen 80;", f"listen 127.0.0.1:{port};"))
+    main = nginx_main_conf(folder)
+    if os.geteuid() == 0:
+        main = "user root;\n" + main  # workers would run as nobody, who cannot enter the temp dir
+    (folder / "nginx.conf").write_text(main)
+    process = subprocess.Popen([binary, "-p", str(folder), "-c", str(folder / "nginx.conf")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, timeout=10)
+        yield f"http://127.0.0.1:{port}", log
+    finally:
+        process.terminate()
+        process.wait(10)
+        for upstream in upstreams:
+            upstream.close()
+
+
+@pytest.mark.parametrize(("method", "path", "resent"), [
+    ("POST", "/api/v1/events", True),                 # idempotent by the dedup: the other node takes it
+    ("POST", "/api/v1/alerts/a-1/ack", False),        # not safe twice: the operator gets the 502
+    ("GET", "/api/v1/alerts", True),                  # reads go to the other node
+])
+def test_the_ha_proxy_moves_a_request_from_a_node_that_dies_under_it(
+        tmp_path: Path, method: str, path: str, resent: bool) -> None:
+    body = b'{"id": "e-1", "source": "qtmt-aqi"}' if method == "POST" else b""
+    with ha_proxy(tmp_path, dies={path}, busy=set()) as (url, log):
+        answer = httpx.request(method, url + path, content=body, timeout=30)
+    first, *others = log
+    assert first[1:] == (method, path, body)
+    if resent:
+        assert answer.status_code == 202, answer.text
+        # The same request, whole, reached the other node, and its answer is the client's.
+        [(node, *request)] = others
+        assert node != first[0] and tuple(request) == (method, path, body)
+        assert answer.json() == {"node": node}
+    else:
+        assert answer.status_code == 502 and not others
+
+
+def test_the_ha_proxy_leaves_backpressure_to_the_vendor(tmp_path: Path) -> None:
+    """A 503 on events is the daemon's backpressure: answered to the vendor (who honours Retry-After), not
+    resent to the other node of a busy cluster."""
+    with ha_proxy(tmp_path, dies=set(), busy={"/api/v1/events"}) as (url, log):
+        answer = httpx.post(url + "/api/v1/events", content=b"{}", timeout=30)
+    assert answer.status_code == 503 and len(log) == 1
