@@ -690,8 +690,6 @@ class Upstream:
     without an answer, as a node SIGKILLed in the middle of it; `busy` paths are answered 503."""
 
     def __init__(self, name: str, log: list[tuple[str, str, str, bytes]], dies: set[str], busy: set[str]) -> None:
-        upstream = self
-
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
@@ -716,7 +714,7 @@ class Upstream:
             do_GET = do_POST = handle_one
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = upstream.server.server_address[1]
+        self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
