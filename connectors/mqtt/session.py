@@ -20,6 +20,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,10 +38,13 @@ from prometheus_client.core import Metric
 
 from ioc.config import MqttSettings
 from ioc.errors import ConfigError
+from ioc.logs import RepeatLimiter
 from ioc.metrics import counter, gauge
 from ioc.retry import Backoff
 
 log = structlog.get_logger("ioc.mqtt")
+
+REFUSALS_KEPT = 4096  # refused publishes remembered by message id
 
 PUBLISH_WINDOW = 20  # QoS 1 publishes in flight at once
 _MAX_SESSION_EXPIRY = 0xFFFFFFFF  # MQTT 5: a four-byte integer (0xFFFFFFFF = never expires)
@@ -184,6 +188,11 @@ class MqttSession:
         self._disconnects = 0
         self._acks_sent = 0
         self._acks_skipped = 0
+        # MQTT 5 PUBACKs with a failure reason (0x87 not authorized: the broker's ACL), by message id, for
+        # whoever must not take such a publish as done (the cluster's republish); the latest REFUSALS_KEPT.
+        self.refused: OrderedDict[int, tuple[str, float]] = OrderedDict()
+        self._refused_total = 0
+        self._refusal_logs = RepeatLimiter(10.0)
 
     # --- life cycle ------------------------------------------------------------------------------------
 
@@ -224,6 +233,7 @@ class MqttSession:
         client.on_pre_connect = self._on_pre_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message  # messages paho decodes itself (QoS 2, MQTT 5 properties)
+        client.on_publish = self._on_publish
         if isinstance(client, FastClient):
             client.on_raw_message = receiver.on_raw_message
         return client
@@ -380,6 +390,29 @@ class MqttSession:
                 log.error("mqtt.subscribe_failed", connector=self.name, topic=topic, reason=str(reason),
                           reason_code=reason.value, hint="the broker's ACL may deny it")
 
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
+                    properties: Properties | None) -> None:
+        # paho counts a refused publish as published (`is_published()`); only MQTT 5 says it was refused
+        # (Mosquitto drops a publish its ACL denies and acknowledges it as usual on 3.1.1).
+        if not reason.is_failure:
+            return
+        self.refused[mid] = (str(reason), time.monotonic())
+        while len(self.refused) > REFUSALS_KEPT:
+            self.refused.popitem(last=False)
+        self._refused_total += 1
+        if (suppressed := self._refusal_logs.check("refused")) is not None:
+            log.error("mqtt.publish_refused", connector=self.name, reason=str(reason), reason_code=reason.value,
+                      suppressed=suppressed, hint="the broker's ACL may deny the daemon's user this topic")
+
+    def refusal(self, mids: Iterable[int], since: float) -> str | None:
+        """The broker's reason if it refused one of `mids` (publishes made at `since`, monotonic, or later:
+        message ids are reused), else None."""
+        for mid in mids:
+            found = self.refused.get(mid)
+            if found is not None and found[1] >= since:
+                return found[0]
+        return None
+
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if self._receiver is not None:  # paho decodes the payload as bytes (its annotation allows bytearray)
             self._receiver.on_message(message.topic, message.payload, message.mid, message.qos)  # type: ignore[arg-type]
@@ -432,6 +465,8 @@ class MqttSession:
                       {(): float(self._connects)})
         yield counter("ioc_mqtt_disconnects", "Established connections lost or closed.", (),
                       {(): float(self._disconnects)})
+        yield counter("ioc_mqtt_publishes_refused", "Publishes the broker acknowledged with a failure reason "
+                      "(MQTT 5; e.g. not authorized by its ACL).", (), {(): float(self._refused_total)})
         yield counter("ioc_mqtt_acks_sent", "QoS 1 messages acknowledged once their points were durable.", (),
                       {(): float(acks_sent)})
         yield counter("ioc_mqtt_acks_skipped",

@@ -66,7 +66,8 @@ class Republisher:
     any MQTT event. This one counted them already: on MQTT 5 the broker does not send them back (No Local,
     connectors/mqtt/session.py); on 3.1.1 `echoes` is told of each before it is published, and the MQTT
     intake recognises it when it comes back. `publish` is true once the broker acknowledged every one (the
-    HTTP answer waits for it), false when the session is down or the time is up."""
+    HTTP answer waits for it), false when the session is down, the time is up or the broker refused one (an
+MQTT 5 PUBACK with a failure reason, e.g. its ACL: a 3.1.1 broker drops such a publish without a word)."""
 
     def __init__(self, session: MqttSession, *, echoes: Echoes | None = None) -> None:
         self.session = session
@@ -81,6 +82,7 @@ class Republisher:
             return False
         infos = []
         echoes = self.echoes
+        started = time.monotonic()
         # FastClient: one wake-up of paho's network thread for the request's publishes, not one each.
         with getattr(client, "batched", contextlib.nullcontext)():
             for item in items:
@@ -97,8 +99,14 @@ class Republisher:
                 while done < len(infos) and infos[done].is_published():
                     done += 1
                 if done == len(infos):
-                    self.published += len(items)
-                    return True
+                    refusal = self.session.refusal((info.mid for info in infos), started)
+                    if refusal is None:
+                        self.published += len(items)
+                        return True
+                    # Acknowledged, but refused (MQTT 5): the other nodes will never see it; a 202 would lie.
+                    log.warning("cluster.republish_refused", reason=refusal,
+                                hint="the broker's ACL must let the daemon's user write ioc/v1/events/#")
+                    break
             except (ValueError, RuntimeError) as error:  # refused for good by paho
                 log.warning("cluster.republish_failed", error=str(error))
                 break
