@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -230,6 +231,8 @@ def test_alert_lifecycle_through_the_daemon(world: World, mosquitto: Server, inf
         finally:
             cleared.close()
         assert len(pages.messages) == pages_before + 1  # the resolution paged once
+        told = Counter((orjson.loads(body)["id"], orjson.loads(body)["change"]) for _, body in pages.messages)
+        assert told == {(alert["id"], change): 1 for change in ("pending", "firing", "acknowledged", "resolved")}
         for node in world.nodes:
             assert_counting_rule(node)
     finally:
