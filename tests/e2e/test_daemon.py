@@ -58,10 +58,12 @@ def daemon(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, u
     process.stop()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, mosquitto: Server, influxdb: Server, postgres: Postgres
-            ) -> Iterator[World]:
-    yield from running_cluster(tmp_path_factory.mktemp("cluster"), mosquitto, influxdb, postgres)
+@pytest.fixture
+def cluster(tmp_path: Path, mosquitto: Server, influxdb: Server, postgres: Postgres) -> Iterator[World]:
+    # For one test, gone after it: two idle nodes on the session's broker would take the heavy loads of
+    # this module's later tests too.
+    (tmp_path / "cluster").mkdir()
+    yield from running_cluster(tmp_path / "cluster", mosquitto, influxdb, postgres)
 
 
 @pytest.fixture(params=["one", "two"])
@@ -136,8 +138,12 @@ def test_mqtt_and_http_events_land_in_influxdb_with_dead_letters(
         assert_counting_rule(node)
 
 
-def test_other_vendors_source_is_forbidden_over_http(world: World) -> None:
-    daemon = world.writer
+# The tests below run on one daemon only: a vendor's rights are the node's own config (nothing shared);
+# on two nodes the other node takes every event while one is stopped or killed, so nothing is left with the
+# broker for the restarted node to take (a node's restart and SIGKILL in a cluster: tests/e2e/
+# test_cluster.py, test_cluster_failover.py); the InfluxDB outage is a node's own spool; `ioc check` and a
+# taken port involve no store.
+def test_other_vendors_source_is_forbidden_over_http(daemon: DaemonProcess) -> None:
     response = httpx.post(f"{daemon.api}/api/v1/events", content=telemetry(1, run="x"),
                           headers={"Authorization": f"Bearer {OTHER_VENDOR_TOKEN}"}, timeout=10)
     assert response.status_code == 403
@@ -146,10 +152,6 @@ def test_other_vendors_source_is_forbidden_over_http(world: World) -> None:
                       ).status_code == 401
 
 
-# The tests below run on one daemon only: on two nodes the other node takes every event while one is
-# stopped or killed, so nothing is left with the broker for the restarted node to take (a node's restart and
-# SIGKILL in a cluster: tests/e2e/test_cluster.py, test_cluster_failover.py); the InfluxDB outage is a
-# node's own spool; `ioc check` and a taken port involve no store.
 def test_sigterm_flushes_and_exits_zero(daemon: DaemonProcess, mosquitto: Server, influxdb: Server,
                                         database: str) -> None:
     publish_all("127.0.0.1", mosquitto.port, [("ioc/v1/events/qtmt-aqi", telemetry(i, run="term"))
