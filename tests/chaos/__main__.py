@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep servers' data and logs here")
     parser.add_argument("--without", action="append", default=[], metavar="KIND",
                         help="leave a fault kind out of the schedule (to replay an older run's seed)")
+    parser.add_argument("--only", action="append", default=[], metavar="KIND",
+                        help="schedule only these kinds (repeatable), e.g. to play a pair of faults often")
     parser.add_argument("--two-nodes", action="store_true", help="the two-node world on PostgreSQL")
     args = parser.parse_args(argv)
     if args.two_nodes:
@@ -42,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         profile = SHORT if args.short else dataclasses.replace(LONG, minutes=args.minutes)
     overrides = {"mqtt_rate": args.mqtt_rate, "http_rate": args.http_rate, "rss_limit_mib": args.rss_limit,
-                 "poison_bytes": args.poison_bytes, "without": tuple(args.without)}
+                 "poison_bytes": args.poison_bytes, "without": tuple(args.without),
+                 "only": tuple(args.only)}
     profile = dataclasses.replace(profile, **{key: value for key, value in overrides.items() if value})
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     print(f"chaos: {profile.name} profile, seed {seed}", flush=True)

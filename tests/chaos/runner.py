@@ -60,6 +60,7 @@ class Profile:
     # Kinds left out of the schedule: a seed replays an older run's schedule when the kinds added since
     # are left out (e.g. failpoint:evaluation.before_batch, new after issue 9's seed-61 run).
     without: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()  # when given, the schedule's kinds (e.g. to repeat a pair of faults)
 
 
 # RSS bounds: the daemon starts near 80 MiB; an 8 MiB poison may cost a few times its size while it is
@@ -166,7 +167,7 @@ class Report:
 def schedule(profile: Profile, rng: random.Random) -> list[str]:
     """The first round has every kind once, shuffled; the long profile repeats rounds until time is up."""
     order = [kind for kind in (ClusterNemesis.kinds() if profile.nodes == 2 else kinds())
-             if kind not in profile.without]
+             if kind not in profile.without and (not profile.only or kind in profile.only)]
     rng.shuffle(order)
     return order
 

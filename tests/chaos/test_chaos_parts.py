@@ -18,6 +18,7 @@ import pytest
 from tests.chaos.checker import backlog, check_alerts, counting_rule_problems, read_stream, refused_points
 from tests.chaos.generator import Stream, Toggle
 from tests.chaos.linklog import LinkLog, describe, parse_line
+from tests.chaos.nemesis import Nemesis
 from tests.chaos.proxy import ProxyProcess
 from tests.chaos.world import ALARM_RULE, DATABASE
 from tests.servers import Server
@@ -243,3 +244,47 @@ def test_link_events_from_the_log(tmp_path: Path) -> None:
     with open(path, "ab") as log:
         log.write(lines[4][20:] + b"\n")
     assert [e.event for e in links.read()] == ["mqtt.disconnected", "mqtt.connected"]
+
+
+# --- the poison fault's watch ---------------------------------------------------------------------------
+
+
+class _Process:
+    """Stands in for a started daemon (pure logic: when it answers, when it dies, nothing else)."""
+
+    def __init__(self, dies_after: float | None, ready_after: float = 0.0) -> None:
+        now = time.monotonic()
+        self.dies_at = None if dies_after is None else now + dies_after
+        self.ready_at = now + ready_after
+
+    def daemon_running(self) -> bool:
+        return self.dies_at is None or time.monotonic() < self.dies_at
+
+
+def watcher(process: _Process, letters: list[tuple[float, str, dict[str, str]]]) -> Nemesis:
+    nemesis = Nemesis.__new__(Nemesis)
+    nemesis.world = process  # type: ignore[assignment]
+    nemesis.dead_letters = type("Letters", (), {"all": lambda self: list(letters)})()
+    nemesis._healthy = lambda: time.monotonic() >= process.ready_at  # type: ignore[method-assign]
+    return nemesis
+
+
+def test_a_start_is_watched_from_its_readiness_until_the_crash_or_the_dead_letter() -> None:
+    """Issue 9's seed-61 finding: a start took from 2 s to over 20 s on a shared box, so the crash came
+    after a fixed window counted from the start, unseen (0 crashes, no dead letter). The window now counts
+    from the first /healthz, and the watch ends at the crash or the dead letter, saying when."""
+    letters: list[tuple[float, str, dict[str, str]]] = []
+    slow = watcher(_Process(dies_after=1.2, ready_after=0.8), letters)
+    outcome, took, ready = slow._watch(lambda: None, after_ready=0.6)  # 0.6 s from the start would miss it
+    assert outcome == "crash" and 1.1 <= took < 3.0 and ready is not None and 0.7 <= ready < 1.2
+    outcome, took, ready = watcher(_Process(dies_after=None, ready_after=0.3), letters)._watch(
+        lambda: None, after_ready=0.3)
+    assert outcome == "timeout" and ready is not None and took >= ready + 0.3
+    never = watcher(_Process(dies_after=None, ready_after=99), letters)
+    assert never._watch(lambda: None, after_ready=0.1, limit=0.5)[::2] == ("timeout", None)
+    letters.append((0.0, "ioc/v1/deadletter/chaos-mqtt", {"reason": "poison",
+                                                          "payload": '{"id": "chaos-poison-1"}'}))
+    alive = watcher(_Process(dies_after=None), letters)
+    for marker, outcome in (("chaos-poison-1", "letter"), ("chaos-poison-2", "timeout")):  # another's letter
+        assert alive._watch(lambda marker=marker: "letter" if alive._letters(marker, 0, "poison") else None,
+                            after_ready=0.3)[0] == outcome
