@@ -2,6 +2,7 @@
 
     python bench/latency_bench.py --rate 5000 --seconds 60     # the issue's figure (target p99 <= 50 ms)
     python bench/latency_bench.py --rate 5000 --seconds 10     # a smoke run
+    python bench/latency_bench.py --rate 5000 --seconds 60 --gc --dump /tmp/lat.json   # where the tail comes from
 
 Method. `ioc run` (the shipped rule packs plus `latency_rules.yaml`: `bench-latency`, a threshold rule
 with no `for`, grouped by station) against the tests' Mosquitto and InfluxDB 1.6. Four publisher
@@ -14,7 +15,9 @@ publisher records the wall-clock time of each publish (`time.time()`); this proc
 when it is parsed. The n-th change of a station in a state is matched with the n-th trigger of that
 station for that state; latency = seen - published (one clock: same machine). Triggers of the first
 `--warmup` seconds are left out (connections, caches, the first flush). Prints p50 / p90 / p99 / max
-per channel, and how many changes were missing.
+per channel, and how many changes were missing, then the slowest triggers with their time into the run
+(stalls that come back every 1 s, 5 s or 30 s show as such). `--gc` logs every garbage collection of `ioc
+run` (a `sitecustomize` on its PYTHONPATH: generation, pause) and prints those made while publishing.
 """
 
 from __future__ import annotations
@@ -41,6 +44,21 @@ from livekit import SOURCES, percentile
 from tests.servers import start_influxdb, start_mosquitto
 
 HERE = Path(__file__).resolve().parent
+# Loaded by `ioc run` (and only by it: the variable names the log) when `--gc` puts its folder first on the
+# PYTHONPATH: one line per collection, "unix-time generation pause-seconds collected".
+_GC_PROBE = """
+import gc, os, time
+_log = os.environ.get("IOC_BENCH_GC_LOG")
+if _log:
+    _out, _start = open(_log, "a", buffering=1), [0.0]
+    def _probe(phase, info):
+        if phase == "start":
+            _start[0] = time.perf_counter()
+        else:
+            took = time.perf_counter() - _start[0]
+            _out.write(f"{time.time():.4f} {info['generation']} {took:.6f} {info['collected']}\\n")
+    gc.callbacks.append(_probe)
+"""
 RULE = "bench-latency"
 TRIGGER_SOURCE = "qtmt-aqi"
 
@@ -144,6 +162,51 @@ def by_fifths(triggers: list[tuple[float, str, str]], sse: Seen, over_mqtt: Seen
     return out[:5]
 
 
+def install_gc_probe(workdir: Path) -> Path:
+    """`--gc`: the probe as a `sitecustomize` on `ioc run`'s PYTHONPATH (the snapshot's folder with
+    `--commit`, else one of its own); returns the log it writes."""
+    folder = Path(livekit.IOC_ENV.get("PYTHONPATH") or workdir / "gc-probe")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(_GC_PROBE)
+    livekit.IOC_ENV.setdefault("PYTHONPATH", str(folder))
+    log = workdir / "gc.log"
+    os.environ["IOC_BENCH_GC_LOG"] = str(log)  # `ioc run` inherits it; this process has no probe
+    return log
+
+
+def report_gc(log: Path, start: float, end: float) -> None:
+    """The collections `ioc run` made between `start` and `end` (Unix time): count, total and longest
+    pause per generation, and the pauses over 5 ms with their time into the run."""
+    rows = []
+    for line in log.read_text().splitlines():
+        stamp, generation, took, _ = line.split()
+        if start <= float(stamp) <= end:
+            rows.append((float(stamp) - start, int(generation), float(took) * 1000))
+    parts = []
+    for generation in (0, 1, 2):
+        pauses = [took for _, g, took in rows if g == generation]
+        if pauses:
+            parts.append(f"gen{generation} {len(pauses)}x, {sum(pauses):.0f} ms in all, longest {max(pauses):.1f} ms")
+    print(f"  GC of ioc run while publishing: {'; '.join(parts) or 'none'}")
+    long = [f"{at:.1f}s gen{g} {took:.0f}ms" for at, g, took in rows if took > 5]
+    if long:
+        print(f"    pauses > 5 ms: {', '.join(long[:20])}{' ...' if len(long) > 20 else ''}")
+
+
+def slowest(triggers: list[tuple[float, str, str]], seen: Seen, first: float, after: float,
+            count: int = 8) -> str:
+    """The `count` slowest triggers as `time into the run: latency`, in time order."""
+    queues: dict[tuple[str, str], deque[float]] = {key: deque(times) for key, times in seen.times.items()}
+    found = []
+    for published, station, state in triggers:
+        queue = queues.get((station, state))
+        seen_at = queue.popleft() if queue else None
+        if seen_at is not None and published >= after:
+            found.append((seen_at - published, published - first))
+    worst = sorted(sorted(found, reverse=True)[:count], key=lambda item: item[1])
+    return ", ".join(f"{at:.1f}s {latency * 1000:.0f}ms" for latency, at in worst)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=5000.0, help="events/s, all publishers together")
@@ -155,6 +218,7 @@ def main() -> None:
                         help="py-spy raw stacks (wall clock, every thread) of `ioc run` while publishing")
     parser.add_argument("--dump", type=Path, help="write each trigger's publish time and latencies (JSON)")
     parser.add_argument("--commit", help="run `ioc run` from this commit (git archive), not the working tree")
+    parser.add_argument("--gc", action="store_true", help="log `ioc run`'s garbage collections and print them")
     args = parser.parse_args()
     livekit.exit_on_sigterm()
     per_source = int(args.rate * args.seconds / len(SOURCES))
@@ -163,6 +227,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ioc-latency-") as temp:
         workdir = Path(temp)
         measured = livekit.use_commit(args.commit, workdir)
+        gc_log = install_gc_probe(workdir) if args.gc else None
         areas = livekit.commune_codes()
         broker = start_mosquitto(workdir / "mosquitto", persistence=False)
         influx = start_influxdb(workdir / "influxdb")
@@ -256,6 +321,11 @@ def main() -> None:
                       f"p99 {percentile(found, 99) * 1000:7.1f} ms  "
                       f"max {max(found, default=float('nan')) * 1000:7.1f} ms  missing {missing}", flush=True)
             print("  target (issue 10): p99 <= 50 ms")
+            for name, seen in (("SSE", sse), ("MQTT", over_mqtt)):
+                print(f"  slowest {name} (time into the run, latency): "
+                      f"{slowest(triggers, seen, first, first + args.warmup)}")
+            if gc_log is not None and gc_log.exists():
+                report_gc(gc_log, first, max(publish_times))
             if args.dump is not None:
                 args.dump.write_bytes(orjson.dumps({
                     "triggers": triggers, "sse": {"/".join(k): v for k, v in sse.times.items()},
