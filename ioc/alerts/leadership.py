@@ -36,11 +36,16 @@ class Leadership:
     def role_changed(self, leading: bool) -> None:
         if not leading:
             return
-        try:
-            self.alerts.promote(self.term() or 0)
-        except StoreError as error:  # the lease was just renewed, so this is rare: the next sync catches up
-            log.error("cluster.promote_failed", error=str(error))
-            return
+        for attempt in (1, 2):
+            try:
+                self.alerts.promote(self.term() or 0)
+                break
+            except StoreError as error:
+                # The lease was just renewed, so the store answers: a connection PostgreSQL cut while it was
+                # away fails its next statement once, and the one after connects again.
+                if attempt == 2:
+                    log.error("cluster.promote_failed", error=str(error))
+                    return
         if self.hot:
             self.record_engine_view()
         else:

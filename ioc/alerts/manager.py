@@ -286,7 +286,6 @@ class AlertManager:
         with self._lock:
             # The same term: nobody else led since this node did, so what it could not store is still true.
             self.delivery.keep_unsaved(term == self._term)
-            self._term = term
             self.delivery.flush()
         stored = self.store.active_alerts()
         with self._lock:
@@ -296,6 +295,7 @@ class AlertManager:
                 self._active.put(alert)
             self._refresh(notify=False)
             self.delivery.take_over(term)
+            self._term = term  # once promoted: a promotion tried again decides as the first did
 
     # --- time --------------------------------------------------------------------------------------------
 
