@@ -46,6 +46,7 @@ class Leadership:
                 if attempt == 2:
                     log.error("cluster.promote_failed", error=str(error))
                     return
+                log.info("cluster.promote_retried", error=str(error))
         if self.hot:
             self.record_engine_view()
         else:
