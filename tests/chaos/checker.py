@@ -307,13 +307,13 @@ def read_stream(url: str, stream: Stream, *, chunk: int = 100_000) -> StreamResu
 @dataclass
 class AlertFinding:
     toggle: Toggle | None  # the toggle it is about (None: a change no toggle explains)
-    kind: str  # "lost" | "twice" | "unexpected" | "stale" (a note: see check_alerts)
+    kind: str  # "lost" | "twice" | "unexpected"; notes: "stale", "resent" (see check_alerts)
     detail: str
     at: float | None = None  # when the change came (monotonic), for a change no toggle explains
 
     @property
     def failure(self) -> bool:
-        return self.kind != "stale"
+        return self.kind not in ("stale", "resent")
 
 
 def check_alerts(toggles: list[Toggle], changes: list[tuple[float, dict[str, Any]]], *,
@@ -329,7 +329,9 @@ def check_alerts(toggles: list[Toggle], changes: list[tuple[float, dict[str, Any
     seconds of an interval: the old leader may have died before recording, the new one's promotion may
     trail the role it shows) may be folded into one and are not judged lost; twice is still twice. With `by_notification_id` a change is counted once per
     notification id: a new leader resends what the old one stored and had not settled under the same id,
-    and receivers drop the repeat (docs/operations.md).
+    and receivers drop the repeat (docs/operations.md); the same holds on one node, whose outbox resends
+    after a crash what it may have delivered just before (docs/http-api.md: at least once, de-duplicate on
+    `notification_id`). Each repeat is noted ("resent").
 
     A cluster's new leader resolves an alert that ended while nobody led with the value the store holds,
     the firing one (ioc.alerts.leadership records the engine's view, which no longer holds the alert): such
@@ -363,9 +365,11 @@ def check_alerts(toggles: list[Toggle], changes: list[tuple[float, dict[str, Any
             continue
         key = (str(body.get("change")), float(alert.get("value")))
         alert_id = str(alert.get("id"))
-        if by_notification_id:
+        if by_notification_id and body.get("notification_id"):  # without one, every call counts
             notification = (key[0], key[1], str(body.get("notification_id")))
             if notification in seen:
+                findings.append(AlertFinding(None, "resent", f"{key[0]} at value {key[1]:g} (alert {alert_id}) "
+                                                             f"again under notification id {notification[2]}", at))
                 continue
             seen.add(notification)
         if key[0] == "firing":

@@ -370,4 +370,4 @@ class Nemesis:
 
 
 def _ready(seconds: float | None) -> str:
-    return f"ready +{seconds:.1f}s" if seconds is not None else "never ready"
+    return f"serving +{seconds:.1f}s" if seconds is not None else "not serving yet"

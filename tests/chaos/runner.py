@@ -336,8 +336,7 @@ def _check(report: Report, world: World | ClusterWorld, monitors: list[Monitor],
         report.scrapes += monitor.scrapes
     changes = world.webhook.changes()
     report.alert_changes = len(changes)
-    report.alert_findings = check_alerts(alarm.toggles, changes, leaderless=leaderless,
-                                         by_notification_id=len(world.nodes) > 1)
+    report.alert_findings = check_alerts(alarm.toggles, changes, leaderless=leaderless, by_notification_id=True)
     daemon_starts = sorted((at, f"{node.name} {kind}" if len(world.nodes) > 1 else kind)
                            for node in world.nodes for at, kind in node.starts)
     for finding in report.alert_findings:
