@@ -21,6 +21,11 @@ Then, with the load played out and drained:
   notification id (an outbox resent under its old ids counts once), and every change recorded was told;
 - the acknowledgement and the silence made before the kills hold on both nodes;
 - the counting rule of CONTRACT §3 held on each node at every scrape (the chaos checker's), and at the end.
+
+Known bugs xfail the test (with the reason), only when the run met them and nothing else failed: a change
+sent while PostgreSQL was away and sent again under a new notification id; a resolution made while nobody
+led, recorded by the next leader at the wall-clock time of its promotion (past the play's last event time)
+instead of its event time.
 """
 
 from __future__ import annotations
