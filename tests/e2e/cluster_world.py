@@ -28,12 +28,22 @@ import orjson
 import pytest
 
 from tests.e2e.daemon import VENDOR_TOKEN, DaemonProcess, make_daemon
-from tests.e2e.test_postgres_store import RULES
 from tests.e2e.webhook import Receiver
 from tests.mqtt_tools import Collector
 from tests.postgres_server import Postgres
 from tests.servers import Server
 
+RULES = """\
+rules:
+  - id: aqi-bad
+    kind: threshold
+    severity: critical
+    match: {type: telemetry, metric: env.aqi}
+    group_by: [area]
+    op: ">="
+    threshold: 151
+    clear: 120
+"""
 LEASE = 3.0
 VENDOR = {"Authorization": f"Bearer {VENDOR_TOKEN}", "Content-Type": "application/json"}
 

@@ -2,7 +2,8 @@
 
 - Events in, an alert fires, an operator acknowledges it and makes a silence; the rows are in PostgreSQL
   (the audit entry names the node), the node-local SQLite file holds none of them; after a restart the
-  alert, its ack and the silence are still there and the rule state was saved.
+  alert, its ack and the silence are still there and the rule state was saved. On one daemon and on two
+  nodes (tests/e2e/cluster_world.py's World: the operator on the follower).
 - PostgreSQL restarts while the daemon runs: intake and InfluxDB points carry on, an alert fired meanwhile
   is served and sent, an operator's ack is refused whole (`503`), and once PostgreSQL is back the daemon
   writes what it could not (the alert, the dossier tracker's rows) with no restart of its own.
@@ -22,6 +23,7 @@ import orjson
 import pytest
 
 from ioc.store.migrations import LATEST
+from tests.e2e.cluster_world import RULES, World, running_cluster
 from tests.e2e.daemon import OPERATOR_TOKEN, VENDOR_TOKEN, DaemonProcess, assert_counting_rule, make_daemon
 from tests.mqtt_tools import Collector, publish_all
 from tests.postgres_server import Postgres, start_postgres
@@ -29,17 +31,6 @@ from tests.servers import Server, influx_query
 
 pytestmark = pytest.mark.slow
 
-RULES = """\
-rules:
-  - id: aqi-bad
-    kind: threshold
-    severity: critical
-    match: {type: telemetry, metric: env.aqi}
-    group_by: [area]
-    op: ">="
-    threshold: 151
-    clear: 120
-"""
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 VENDOR = {"Authorization": f"Bearer {VENDOR_TOKEN}", "Content-Type": "application/json"}
 
@@ -87,55 +78,68 @@ def postgres_daemon(tmp_path: Path, mosquitto: Server, influxdb: Server, databas
     return process, {"IOC_STORE__URL": url, "IOC_CLUSTER__NODE": "ioc-e2e"}
 
 
-@pytest.fixture
-def fresh_database(postgres: Postgres, unique: str) -> str:
-    name = f"e2e_{unique}"
-    postgres.psql(f"CREATE DATABASE {name}")
-    return name
+@pytest.fixture(params=["one", "two"])
+def world(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Server, influxdb: Server, database: str,
+          unique: str, postgres: Postgres) -> Iterator[World]:
+    """A daemon on a fresh database of the session's PostgreSQL, or two nodes on one."""
+    if request.param == "two":
+        (tmp_path / "cluster").mkdir()
+        yield from running_cluster(tmp_path / "cluster", mosquitto, influxdb, postgres, rules=RULES)
+        return
+    daemon, env = postgres_daemon(tmp_path, mosquitto, influxdb, database, unique, postgres.new_database("e2e"))
+    daemon.env = env
+    daemon.start()
+    yield World((daemon,), database)
+    daemon.stop()
 
 
 def test_alerts_acks_and_silences_live_in_postgresql_across_a_restart(
-        tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str, postgres: Postgres,
-        fresh_database: str) -> None:
-    daemon, env = postgres_daemon(tmp_path, mosquitto, influxdb, database, unique, postgres.url(fresh_database))
-    sql = lambda query: postgres.psql(query, database=fresh_database)
-    daemon.start(env=env)
-    try:
-        publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-1", 180)], qos=1)
-        [alert] = wait_for("the alert firing", lambda: alerts(daemon, state="firing"))
-        acked = httpx.post(f"{daemon.api}/api/v1/alerts/{alert['id']}/ack", headers=OPERATOR, timeout=5)
-        assert acked.status_code == 200, acked.text
-        made = httpx.post(f"{daemon.api}/api/v1/silences", headers=OPERATOR, timeout=5, json={
-            "matchers": [{"name": "area", "value": "22918"}], "duration": "2h", "comment": "bảo trì trạm"})
-        assert made.status_code in (200, 201), made.text
-        silence_id = made.json()["id"]
+        world: World, mosquitto: Server, unique: str, postgres: Postgres) -> None:
+    """On two nodes the ack and the silence are made on the follower (the audit names it), no node's own
+    SQLite file holds any of the shared state, and after both restart the follower serves them."""
+    daemon = world.writer
+    node = daemon.env["IOC_CLUSTER__NODE"]
+    name = daemon.env["IOC_STORE__URL"].rsplit("/", 1)[1]
+    sql = lambda query: postgres.psql(query, database=name)
+    publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-1", 180)], qos=1)
+    [alert] = wait_for("the alert firing", lambda: alerts(world.reader, state="firing"))
+    acked = httpx.post(f"{daemon.api}/api/v1/alerts/{alert['id']}/ack", headers=OPERATOR, timeout=5)
+    assert acked.status_code == 200, acked.text
+    made = httpx.post(f"{daemon.api}/api/v1/silences", headers=OPERATOR, timeout=5, json={
+        "matchers": [{"name": "area", "value": "22918"}], "duration": "2h", "comment": "bảo trì trạm"})
+    assert made.status_code in (200, 201), made.text
+    silence_id = made.json()["id"]
 
-        # In PostgreSQL at once (the operators' changes are committed before the answer).
-        assert sql(f"SELECT acknowledged_by FROM alerts WHERE id = '{alert['id']}'") == "truc-ban-1"
-        assert sql("SELECT action || ' ' || node FROM alert_audit ORDER BY seq").splitlines() == [
-            "alert.ack ioc-e2e", "silence.create ioc-e2e"]
-        assert sql("SELECT node FROM cluster_nodes") == "ioc-e2e"
-        assert sql("SELECT max(version) FROM schema_migrations") == str(LATEST)
-        assert daemon.terminate() == 0
-        assert sql("SELECT string_agg(name, ',' ORDER BY name) FROM component_state") == "kpis.latest,rules.engine"
-        local = sqlite3.connect(tmp_path / "var" / "ioc.db")
+    # In PostgreSQL at once (the operators' changes are committed before the answer).
+    assert sql(f"SELECT acknowledged_by FROM alerts WHERE id = '{alert['id']}'") == "truc-ban-1"
+    assert sql("SELECT action || ' ' || node FROM alert_audit ORDER BY seq").splitlines() == [
+        f"alert.ack {node}", f"silence.create {node}"]
+    assert sql("SELECT string_agg(node, ',' ORDER BY node) FROM cluster_nodes") == ",".join(
+        sorted(each.env["IOC_CLUSTER__NODE"] for each in world.nodes))
+    assert sql("SELECT max(version) FROM schema_migrations") == str(LATEST)
+    for each in reversed(world.nodes):  # the leader last: it saves the state (only the leader does)
+        assert each.terminate() == 0
+    assert sql("SELECT string_agg(name, ',' ORDER BY name) FROM component_state") == "kpis.latest,rules.engine"
+    for each in world.nodes:
+        local = sqlite3.connect(each.config.parent / "var" / "ioc.db")
         tables = {row[0] for row in local.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         local.close()
         assert not tables & {"alerts", "silences", "alert_audit", "agg_dossiers", "component_state"}, tables
 
-        daemon.start(env=env)
-        [kept] = alerts(daemon, state="firing")
-        assert kept["id"] == alert["id"] and kept["acknowledged"]["by"] == "truc-ban-1"
-        silences = httpx.get(f"{daemon.api}/api/v1/silences", timeout=5).json()
-        assert [(s["id"], s["comment"], s["status"]) for s in silences] == [(silence_id, "bảo trì trạm", "active")]
-        publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-2", 100)], qos=1)
-        [resolved] = wait_for("the alert resolved", lambda: alerts(daemon, state="resolved"))
+    for each in world.nodes:  # in order: the first leads again
+        each.start()
+    [kept] = alerts(daemon, state="firing")
+    assert kept["id"] == alert["id"] and kept["acknowledged"]["by"] == "truc-ban-1"
+    silences = httpx.get(f"{daemon.api}/api/v1/silences", timeout=5).json()
+    assert [(s["id"], s["comment"], s["status"]) for s in silences] == [(silence_id, "bảo trì trạm", "active")]
+    publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-2", 100)], qos=1)
+    for each in world.nodes:
+        [resolved] = wait_for("the alert resolved", lambda each=each: alerts(each, state="resolved"))
         assert resolved["id"] == alert["id"]
-        assert wait_for("the resolution stored", lambda: sql(
-            f"SELECT state FROM alerts WHERE id = '{alert['id']}'") == "resolved")
-        assert_counting_rule(daemon)
-    finally:
-        daemon.stop()
+    assert wait_for("the resolution stored", lambda: sql(
+        f"SELECT state FROM alerts WHERE id = '{alert['id']}'") == "resolved")
+    for each in world.nodes:
+        assert_counting_rule(each)
 
 
 @pytest.fixture
