@@ -61,13 +61,19 @@ class Leadership:
             # The episode the engine holds per fingerprint (None: unknown, taken as the stored one): a stored
             # alert of an earlier episode resolves before the engine's begins (both while nobody recorded).
             held = {update.fingerprint: update.since for update in live}
+            heard, self.alerts.heard_resolved = self.alerts.heard_resolved, {}
             now = time.time()
             for alert in self.alerts.active():
                 since = held.get(alert.fingerprint, alert.started_at)
                 if alert.fingerprint not in held or (since is not None and since != alert.started_at):
-                    self.alerts.apply(AlertUpdate(
-                        rule=alert.rule, labels=dict(alert.labels), severity=alert.severity, state="resolved",
-                        summary=alert.summary, value=alert.value, at=now, runbook=alert.runbook,
-                        fingerprint=alert.fingerprint))
+                    # At the (event) time and with the value the engine resolved it, as the old leader
+                    # would have; the wall clock only when this node did not see it resolve.
+                    resolve = heard.get(alert.fingerprint)
+                    if resolve is None or resolve.at < alert.started_at:
+                        resolve = AlertUpdate(
+                            rule=alert.rule, labels=dict(alert.labels), severity=alert.severity,
+                            state="resolved", summary=alert.summary, value=alert.value, at=now,
+                            runbook=alert.runbook, fingerprint=alert.fingerprint)
+                    self.alerts.apply(resolve)
             for update in live:
                 self.alerts.apply(update)

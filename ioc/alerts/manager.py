@@ -82,6 +82,8 @@ class AlertManager:
         self.leader: Callable[[], bool] = leader or (lambda: True)
         self.delivery = Delivery(store, NotifierChain(notifiers), leader=self.leader)
         self._term: int | None = None  # the lease term this node last led in
+        # A follower's engine's resolutions of alerts the store still has active (`ioc.alerts.leadership`).
+        self.heard_resolved: dict[str, AlertUpdate] = {}
         self.chain, self.outbox = self.delivery.chain, self.delivery.outbox
         self._active = ActiveAlerts(store)
         self._resolved = store.count_resolved()
@@ -113,8 +115,11 @@ class AlertManager:
         if update.state not in _UPDATE_STATES or update.severity not in SEVERITY_RANK:
             log.error("alerts.bad_update", rule=update.rule, state=update.state, severity=update.severity)
             return None
-        if not self.leader():
-            return None  # a follower: the leader records it (its view comes from the store, `sync`)
+        if not self.leader():  # a follower: the leader records it (its view comes from the store, `sync`)
+            if update.state == "resolved":  # its time and value, should this node record it (a promotion)
+                with self._lock:
+                    self.heard_resolved[update.fingerprint] = update
+            return None
         with self._lock:
             now = self._clock()
             current = self._active.get(update.fingerprint)
@@ -255,6 +260,8 @@ class AlertManager:
         stored = {alert.fingerprint: alert for alert in self.store.active_alerts()}
         with self._lock:
             leading = self.leader()
+            if not leading and self.heard_resolved:  # those the leader recorded are no longer needed
+                self.heard_resolved = {key: update for key, update in self.heard_resolved.items() if key in stored}
             for alert, change in _differences(list(self._active), stored, acks_only=leading):
                 current = self._active.get(alert.fingerprint)
                 if current is not None and current.id != alert.id:

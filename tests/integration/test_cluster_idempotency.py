@@ -2,7 +2,7 @@
 tells the changes it evaluates without storing them; once it is gone and another node leads, that node
 records its own engine's view and tells those changes again. Both derive the same alert ids and
 notification ids from the events they both evaluated, so a receiver that de-duplicates on
-`notification_id` sees each change once."""
+`notification_id` sees each change once; a resolution is recorded at the event time the engine made it."""
 
 from __future__ import annotations
 
@@ -111,6 +111,8 @@ def test_changes_told_by_a_leader_cut_from_the_store_are_told_again_under_the_sa
         # b records its engine's view: 22945 resolved (the store still had it pending), 22918 pending
         retold = [(note.alert.labels["area"], note.change) for note in b.hook.got]
         assert sorted(retold) == [("22918", "pending"), ("22945", "resolved")]
+        # Resolved at the event time b's engine resolved it (as a had), not at b's wall clock.
+        assert [note.alert.resolved_at for note in b.hook.got if note.change == "resolved"] == [at("7m")]
         notes = received(a.hook, b.hook)
         assert_one_id_per_change(notes)
         assert len({note.id for note in notes}) == 4  # what a receiver keeps: each change once
@@ -141,6 +143,7 @@ def test_a_new_episode_begun_while_nobody_stored_resolves_the_stored_one_first(s
         server.start()
         b.promote(2)
         assert [(note.alert.id, note.change) for note in b.hook.got] == [(first.id, "resolved"), (second.id, "pending")]
+        assert b.hook.got[0].alert.resolved_at == at("8m") and b.hook.got[0].alert.value == 100.0
         assert_one_id_per_change(received(a.hook, b.hook))
         assert [alert.id for alert in b.alerts.store.active_alerts()] == [second.id]
     finally:
