@@ -23,9 +23,14 @@ what every node agrees on, having evaluated the same events:
 - a change's notification id (`notification_id`) is a digest of the alert id and the change, plus, for an
   acknowledgement, who and when (as stored: the ack is written before anyone is told), and for its
   withdrawal, when. Each of `pending`, `firing` and `resolved` happens once per episode.
-Two nodes telling the same change thus give it the same id, and receivers de-duplicate it. `muted` and
-`unmuted` keep a per-process id (`new_ids`): a new leader takes the muting it finds as already told (it
-never tells a muting change again), so only the outbox repeats them, under their stored ids.
+Two nodes telling the same change thus give it the same id, and receivers de-duplicate it. This holds as
+far as the nodes' evaluations agree: change times are event times (or a timer's due time, never a
+node's clock), and every node gets each source's events in order; a late event that one node judges
+before a timer its wall clock ran, and the other after, can still make them differ.
+`muted` and `unmuted` keep a per-process id (`new_ids`): a new leader takes the muting it finds at its
+promotion as told, so mostly only the outbox repeats them, under their stored ids; a muting change that
+its own recording causes (an inhibiting alert it records firing) and the old leader told without storing
+reaches a receiver twice, under two ids (a known gap).
 """
 
 from __future__ import annotations
