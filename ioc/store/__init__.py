@@ -1,9 +1,10 @@
 """The daemon's store (docs/configuration.md `[store]`, CONTRACT §8).
 
 Two kinds of state:
-- node-local, always in the SQLite file `[store] path`: dedup keys, the sinks' spool and local points,
-  the MQTT poison ledger and session, CAP messages. Their code uses the plain sqlite3 helpers `connect`
-  and `transaction` (`ioc.store.sqlite`).
+- node-local, always in the SQLite file `[store] path`: the sinks' spool and local points, the MQTT
+  poison ledger and session, CAP messages; the dedup keys in a file of their own beside it (`ioc.db` ->
+  `ioc.dedup.db`, `ioc.ingest.dedup`). Their code uses the plain sqlite3 helpers `connect` and
+  `transaction` (`ioc.store.sqlite`).
 - shared, in the database of `[store] url` (SQLite by default, the same file; or PostgreSQL, where several
   nodes will share it): alerts, outbox, audit, silences, the dossier and status trackers' rows, component
   state (rule engine, KPI board). Their code uses the `Database` interface (`ioc.store.database`), with

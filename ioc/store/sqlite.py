@@ -1,7 +1,8 @@
 """The SQLite backend: the embedded default (`[store] url = "sqlite:///PATH"`, or just `[store] path`).
 
-Two faces. `connect` and `transaction` are the plain sqlite3 helpers the node-local tables use (dedup keys,
-the sinks' spool and local points, the MQTT poison ledger, CAP), always in the `[store] path` file. The
+Two faces. `connect` and `transaction` are the plain sqlite3 helpers the node-local tables use (the
+sinks' spool and local points, the MQTT poison ledger, CAP: the `[store] path` file; the dedup keys: a file
+of their own beside it). The
 `SqliteDatabase` is the same connection behind the `Database` interface, for the shared state (alerts,
 silences, audit, outbox, trackers, component state), which may live in PostgreSQL instead.
 
