@@ -33,7 +33,7 @@ from ioc.alerts import outbox as ids
 from ioc.alerts.alert import Alert, Change
 from ioc.alerts.audit import AuditEntry
 from ioc.alerts.notify import NotifierChain
-from ioc.alerts.outbox import Notification, Outbox, alert_from_record, alert_record, new_ids
+from ioc.alerts.outbox import FOREIGN, ForeignSeqs, Notification, Outbox, alert_from_record, alert_record
 from ioc.alerts.store import AlertStore, OutboxRow
 from ioc.metrics import counter, gauge
 from ioc.store import StoreError
@@ -44,7 +44,9 @@ log = structlog.get_logger("ioc.alerts")
 # A change ready to be told: the alert, the change, its notification id, and the outbox row's sequence
 # number for each durable notifier (by key) that wants it (0: the row could not be written).
 _Prepared: TypeAlias = tuple[Alert, Change, str, dict[str, int]]
-_MUTING = frozenset({"muted", "unmuted"})
+# A change recorded and not told yet: the alert, the change, what a muting change is about (`muting_cause`),
+# and whether another node wrote its outbox rows (its durable notifiers get them from there: `pick_up`).
+_Untold: TypeAlias = tuple[Alert, Change, str, bool]
 
 
 class Delivery:
@@ -58,17 +60,18 @@ class Delivery:
         self.outbox = Outbox(store)
         self.store_errors = 0
         self._outage = Outage("alerts")
-        self._new_id = new_ids()  # muting changes only
+        self._foreign_seq = ForeignSeqs(store.node)  # an operator's change stored while not leading
+        self._taken: set[int] = set()  # other nodes' rows handed to the notifiers, and still in the outbox
         self._lookup_failed = False  # an episode id's lookup found the store away (until a flush stores)
         self._latest_start = -math.inf  # no kept episode began later (`episode_id`)
         self._at_latest: set[str] | None = set()  # the fingerprints whose episode began then (None: unknown)
         self._know_starts()
         self._owed: list[OutboxRow] = store.outbox()  # what a crash left undelivered: sent first
-        self._next_seq = (self._owed[-1].seq if self._owed else 0) + 1
+        self._next_seq = _after_own(self._owed, 1)
         self._held: list[_Prepared] | None = []  # durable deliveries made before `resume()`
         # Changes made and not yet stored and told (`flush`), in order.
         self._unsaved: dict[str, Alert] = {}
-        self._untold: list[tuple[Alert, Change]] = []
+        self._untold: list[_Untold] = []
 
     @property
     def owed(self) -> int:
@@ -100,13 +103,30 @@ class Delivery:
         the store does not answer; the caller tries again)."""
         owed = self.store.outbox()
         self._know_starts()  # the episodes the other leaders recorded
-        self._next_seq = max(self._next_seq, (owed[-1].seq + 1) if owed else 0, term << 40)
+        self._next_seq = max(self._next_seq, _after_own(owed, 0), term << 40)
+        self._taken = {row.seq for row in owed if row.seq >= FOREIGN}
         if self._held is not None:  # not resumed yet: `resume` delivers them first
             self._owed = owed
             return
         self._redeliver(owed)
 
-    def _redeliver(self, owed: list[OutboxRow]) -> None:
+    def pick_up(self) -> None:
+        """The leader delivers the rows other nodes wrote (an operator's change on a follower) that it has
+        not handed over yet (StoreError: the store does not answer; the next call tries again). Called
+        when it hears the alerts change (`AlertManager.sync`), as such a row is written with the alert."""
+        rows = self.store.outbox(FOREIGN)
+        self._taken &= {row.seq for row in rows}  # those gone were delivered
+        new = [row for row in rows if row.seq not in self._taken]
+        if not new:
+            return
+        self._taken.update(row.seq for row in new)
+        if self._held is not None:  # not resumed yet: after what the outbox held at start-up
+            self._owed.extend(new)
+            return
+        log.info("alerts.outbox_picked_up", notifications=len(new))
+        self._redeliver(new, quiet=True)
+
+    def _redeliver(self, owed: list[OutboxRow], *, quiet: bool = False) -> None:
         settle = self.outbox.settle
         orphans = 0
         for row in owed:
@@ -118,16 +138,17 @@ class Delivery:
             if note is None or not self.chain.redeliver(row.notifier, note, settle):
                 orphans += 1
                 settle(row.seq)
-        if owed:
+        if owed and (orphans or not quiet):
             log.info("alerts.outbox_resent", notifications=len(owed) - orphans,
                      dropped=orphans, reason="a notifier no longer configured, or a damaged row")
 
-    def record(self, alert: Alert, change: Change, *, save: bool) -> None:
+    def record(self, alert: Alert, change: Change, *, save: bool, cause: str = "", elsewhere: bool = False) -> None:
         """A change to store (`save`: the alert's row; muting is never stored) and tell at the next
-        `flush`."""
+        `flush`. `cause`: what a muting change is about (`ioc.alerts.outbox.muting_cause`); `elsewhere`:
+        the node that stored it wrote its outbox rows too, so only the plain notifiers are told here."""
         if save:
             self._unsaved[alert.id] = alert
-        self._untold.append((alert, change))
+        self._untold.append((alert, change, cause, elsewhere))
 
     def flush(self) -> None:
         """Store what changed since the last flush, with its outbox rows, in one transaction; then tell.
@@ -140,7 +161,7 @@ class Delivery:
             # Rows a leader could not store before it stopped leading stay: written if it leads again
             # before anyone else did (`keep_unsaved`), else dropped.
             untold, self._untold = self._untold, []
-            self._tell([(alert, change, self._id(alert, change), {}) for alert, change in untold])
+            self._tell([(alert, change, _id(alert, change, cause), {}) for alert, change, cause, _ in untold])
             return
         alerts = list(self._unsaved.values())
         prepared, rows = self._prepare(self._untold)
@@ -173,31 +194,42 @@ class Delivery:
 
     def commit(self, alert: Alert, change: Change, audit: AuditEntry) -> None:
         """An operator's change: what is queued goes first; then this one is stored with its audit
-        entry (StoreError: refused, nothing told) and told."""
+        entry and its outbox rows (StoreError: refused, nothing told) and told. On a follower the rows
+        are numbered apart (`ForeignSeqs`) and only its plain notifiers are told: the leader, this one or
+        the next, delivers the rows (`pick_up`, `take_over`), so the change is told even if the leader
+        dies before it hears of it."""
         self.flush()
-        if not self.leader():  # stored for every node to see; the leader notifies (`AlertManager.sync`)
-            self.store.commit([alert], (), audit)
-            self._tell([(alert, change, self._id(alert, change), {})])
+        if not self.leader():
+            prepared, rows = self._prepare([(alert, change, "", False)], seq=self._foreign_seq)
+            self.store.commit([alert], rows, audit)
+            self._tell([(alert, change, notification_id, {}) for alert, change, notification_id, _ in prepared])
             return
-        prepared, rows = self._prepare([(alert, change)])
+        prepared, rows = self._prepare([(alert, change, "", False)])
         self.store.commit([alert], rows, audit)
         self._tell(prepared)
 
-    def _prepare(self, changes: Iterable[tuple[Alert, Change]]) -> tuple[list[_Prepared], list[OutboxRow]]:
-        """Give each change its notification id, and an outbox row for each durable notifier that wants it."""
+    def _own_seq(self) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def _prepare(self, changes: Iterable[_Untold], seq: Callable[[], int] | None = None,
+                 ) -> tuple[list[_Prepared], list[OutboxRow]]:
+        """Give each change its notification id, and an outbox row for each durable notifier that wants it
+        (none for a change whose rows another node wrote)."""
         prepared: list[_Prepared] = []
         rows: list[OutboxRow] = []
         wanting = self.chain.wanting
-        for alert, change in changes:
-            keys = wanting(alert, change)
-            notification_id = self._id(alert, change)
+        next_seq = seq or self._own_seq
+        for alert, change, cause, elsewhere in changes:
+            keys = () if elsewhere else wanting(alert, change)
+            notification_id = _id(alert, change, cause)
             seqs: dict[str, int] = {}
             if keys:
                 record = alert_record(alert)
                 for key in keys:
-                    seq = seqs[key] = self._next_seq
-                    self._next_seq += 1
-                    rows.append(OutboxRow(seq, key, notification_id, change, record))
+                    number = seqs[key] = next_seq()
+                    rows.append(OutboxRow(number, key, notification_id, change, record))
             prepared.append((alert, change, notification_id, seqs))
         return prepared, rows
 
@@ -234,11 +266,6 @@ class Delivery:
             if taken is None or taken.state != "resolved":
                 return candidate
             salt += 1
-
-    def _id(self, alert: Alert, change: Change) -> str:
-        """The change's notification id: derived, the same on every node (`ioc.alerts.outbox`), but for a
-        muting change (a new leader never tells one again)."""
-        return self._new_id() if change in _MUTING else ids.notification_id(alert, change)
 
     def _tell(self, prepared: list[_Prepared]) -> None:
         """Tell stored changes, in order: the plain notifiers now; the durable ones now, or once resumed."""
@@ -278,3 +305,15 @@ class Delivery:
         """Give deliveries up to `timeout` seconds; what is not delivered stays in the outbox."""
         self.chain.close(timeout)
         self.outbox.close(timeout)
+
+
+def _id(alert: Alert, change: Change, cause: str) -> str:
+    """The change's notification id: derived, the same on every node (`ioc.alerts.outbox`)."""
+    return ids.notification_id(alert, change, cause)
+
+
+def _after_own(rows: list[OutboxRow], floor: int) -> int:
+    """The number after the last row a leader wrote among `rows` (`floor` when none): other nodes' rows
+    (FOREIGN up) are not in its sequence."""
+    own = [row.seq for row in rows if row.seq < FOREIGN]
+    return max(own) + 1 if own else floor

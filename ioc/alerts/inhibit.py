@@ -25,8 +25,8 @@ import structlog
 
 from ioc.alerts.alert import Alert
 from ioc.alerts.config import InhibitRuleSettings
-from ioc.matchers import Matcher, matches_all
 from ioc.errors import ConfigError
+from ioc.matchers import Matcher, matches_all
 
 log = structlog.get_logger("ioc.alerts.inhibit")
 
@@ -104,6 +104,11 @@ class Inhibitor:
             labels = alert.match_labels()
             for index in source_of:
                 sources[index][_key(self.rules[index], labels)].append((alert, labels))
+        # The earliest fired first (then by fingerprint): `inhibited_by` names the same source on every node
+        # whatever order it holds its alerts in, so a muting change gets the same id (`muting_cause`).
+        for by_key in sources:
+            for found in by_key.values():
+                found.sort(key=lambda source: (source[0].fired_at or 0.0, source[0].fingerprint))
         self._sources = [dict(by_key) for by_key in sources]
 
     def inhibited_by(self, alert: Alert) -> str | None:
@@ -146,7 +151,7 @@ class Inhibitor:
             return False
         try:
             return self._areas.is_within(code, ancestor)
-        except Exception as error:  # an unknown code is "not within", never a crash of the alert path
+        except Exception as error:  # noqa: BLE001 - an unknown code is "not within", never a crash of the alert path
             log.warning("alerts.area_lookup_failed", code=code, ancestor=ancestor, error=repr(error))
             return False
 

@@ -41,9 +41,11 @@ from ioc.alerts.alert import Acknowledgement, Alert, Change
 from ioc.alerts.audit import AuditEntry
 from ioc.alerts.config import AlertsSettings
 from ioc.alerts.delivery import Delivery
+from ioc.alerts.errors import SilenceNotFound
 from ioc.alerts.inhibit import AreaTree, Inhibitor, InhibitRule
 from ioc.alerts.muting import Muting
 from ioc.alerts.notify import AnyNotifier, NotifierChain
+from ioc.alerts.outbox import muting_cause
 from ioc.alerts.silence import Silence, SilenceRequest, Silences, SilenceStatus, SilenceStore
 from ioc.alerts.store import AlertStore
 from ioc.metrics import counter, gauge
@@ -163,7 +165,8 @@ class AlertManager:
             self._changes[(change,)] += 1
             self.delivery.record(alert, change, save=True)
             if self.muting.sources_changed(alert, self._active):
-                self._refresh(silences=False)  # the alerts a source covers may change their muting
+                # the alerts a source covers may change their muting (a resolved one: what it muted)
+                self._refresh(silences=False, gone=alert if change == "resolved" else None)
             if not self._deferring():
                 self.delivery.flush()
             return alert
@@ -271,9 +274,14 @@ class AlertManager:
                 else:
                     self._active.put(self.muting.apply(alert, self._clock()))
                 self._changes[(change,)] += 1
-                self.delivery.record(self._active.get(alert.fingerprint) or alert, change, save=False)
+                # The leader hears an operator's change another node stored with its outbox rows: those
+                # are delivered from the outbox (`pick_up`), only its own stream is told here.
+                self.delivery.record(self._active.get(alert.fingerprint) or alert, change, save=False,
+                                     elsewhere=leading)
             if not self._deferring():
                 self.delivery.flush()
+            if leading:
+                self.delivery.pick_up()
 
     def store_changed(self, tables: set[str]) -> None:
         """Some node wrote these tables (LISTEN/NOTIFY): silences are read again (the alerts they mute
@@ -342,16 +350,38 @@ class AlertManager:
             with self._lock:
                 self.delivery.flush()
 
-    def _refresh(self, *, notify: bool = True, silences: bool = True) -> None:
+    def _refresh(self, *, notify: bool = True, silences: bool = True, gone: Alert | None = None) -> None:
         """Work out every active alert's muting again (only inhibition when `silences` is false: the
-        silences did not change); tell of those that became muted or unmuted."""
+        silences did not change); tell of those that became muted or unmuted. `gone`: an alert that just
+        resolved (what it inhibited is unmuted because of it)."""
         for updated in self.muting.refresh(list(self._active), self._clock(), silences=silences):
             was = self._active.get(updated.fingerprint)
             self._active.put(updated)
             if notify and was is not None and updated.silenced != was.silenced:
                 change: Change = "muted" if updated.silenced else "unmuted"
                 self._changes[(change,)] += 1
-                self.delivery.record(updated, change, save=False)
+                cause = self._muting_cause(updated if updated.silenced else was, change, gone)
+                self.delivery.record(updated, change, save=False, cause=cause)
+
+    def _muting_cause(self, muted: Alert, change: Change, gone: Alert | None) -> str:
+        """What mutes `muted` (or muted it, for `unmuted`), as every node names it (`muting_cause`): its
+        silences with their start (end), and the episode of the alert that inhibits it."""
+        silences = []
+        for silence_id in muted.silenced_by:
+            try:
+                silence = self.silences.get(silence_id)
+            except SilenceNotFound:  # purged meanwhile: its id alone
+                silences.append((silence_id, ""))
+                continue
+            at = silence.starts_at if change == "muted" else silence.ends_at
+            silences.append((silence_id, f"{at!r}/{silence.updated_at!r}"))
+        inhibiting = muted.inhibited_by
+        if inhibiting is not None:
+            source = self._active.get(inhibiting)
+            if source is None and gone is not None and gone.fingerprint == inhibiting:
+                source = gone
+            inhibiting = source.id if source is not None else inhibiting
+        return muting_cause(silences, inhibiting)
 
     # --- metrics and life cycle --------------------------------------------------------------------------
 

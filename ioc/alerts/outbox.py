@@ -38,7 +38,8 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -48,11 +49,12 @@ import structlog
 from ioc.alerts.alert import Acknowledgement, Alert, Change
 from ioc.alerts.store import AlertStore
 
-__all__ = ["Durable", "Notification", "Outbox", "Settle", "alert_from_record", "alert_id", "alert_record", "new_ids",
-           "notification_id"]
+__all__ = ["FOREIGN", "Durable", "ForeignSeqs", "Notification", "Outbox", "Settle", "alert_from_record", "alert_id",
+           "alert_record", "muting_cause", "new_ids", "notification_id"]
 
 log = structlog.get_logger("ioc.alerts.outbox")
 
+FOREIGN = 1 << 62  # outbox rows from here up were written by a node that did not lead (`ForeignSeqs`)
 GATHER = 0.002  # seconds settlements are gathered before their rows are removed in one transaction
 
 class Settle(Protocol):
@@ -106,13 +108,42 @@ def alert_id(fingerprint: str, started_at: float, salt: int = 0) -> str:
     return _digest("alert", fingerprint, repr(float(started_at)), str(salt) if salt else "")
 
 
-def notification_id(alert: Alert, change: Change) -> str:
-    """The idempotency key of `change` of `alert` (see the module doc); not for `muted`/`unmuted`."""
+def notification_id(alert: Alert, change: Change, cause: str = "") -> str:
+    """The idempotency key of `change` of `alert` (see the module doc). For `muted` and `unmuted`, `cause`
+    names what mutes the alert, or muted it until now (`muting_cause`)."""
     if change == "acknowledged" and alert.acknowledged is not None:
         return _digest(alert.id, change, alert.acknowledged.by, repr(alert.acknowledged.at))
     if change == "unacknowledged":
         return _digest(alert.id, change, repr(alert.updated_at))
+    if change in ("muted", "unmuted"):
+        return _digest(alert.id, change, cause)
     return _digest(alert.id, change)
+
+
+def muting_cause(silences: Iterable[tuple[str, str]], inhibiting: str | None) -> str:
+    """What a muting change is about, as every node names it: the silences (id, and a version: the stored
+    start of a `muted` or end of an `unmuted`, and the silence's last update, so a silence updated to
+    mute again is another change) and the episode id of the inhibiting alert, sorted."""
+    parts = sorted(f"s:{silence_id}@{version}" for silence_id, version in silences)
+    if inhibiting is not None:
+        parts.append(f"i:{inhibiting}")
+    return ",".join(parts)
+
+
+class ForeignSeqs:
+    """Sequence numbers for the outbox rows a node writes while it does not lead (an operator's change:
+    `Delivery.commit`): from FOREIGN up, apart from every leader's (`term << 40` up, terms below 2**22),
+    microseconds of the wall clock shifted past a byte of the node's name, so two nodes do not collide
+    and each row comes after every row that was there when it was written."""
+
+    def __init__(self, node: str) -> None:
+        self._byte = hashlib.sha256(node.encode("utf-8")).digest()[0]
+        self._last = 0
+
+    def __call__(self) -> int:
+        now = FOREIGN + (int(time.time() * 1e6) << 8) + self._byte
+        self._last = max(now, self._last + 256)
+        return self._last
 
 
 # --- the alert snapshot a row carries ------------------------------------------------------------------------

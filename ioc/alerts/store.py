@@ -139,10 +139,11 @@ class AlertStore:
 
     # --- the outbox --------------------------------------------------------------------------------------
 
-    def outbox(self) -> list[OutboxRow]:
-        """Every notification still owed, oldest first."""
+    def outbox(self, since: int = 0) -> list[OutboxRow]:
+        """Every notification still owed (from row `since` up), oldest first."""
         with self._lock:
-            cursor = self._db.execute("SELECT seq, notifier, id, change, alert FROM alert_outbox ORDER BY seq")
+            cursor = self._db.execute("SELECT seq, notifier, id, change, alert FROM alert_outbox WHERE seq >= ? "
+                                      "ORDER BY seq", (since,))
             return [OutboxRow(seq, notifier, nid, change, bytes(alert)) for seq, notifier, nid, change, alert
                     in cursor]
 
