@@ -47,6 +47,8 @@ _Prepared: TypeAlias = tuple[Alert, Change, str, dict[str, int]]
 # A change recorded and not told yet: the alert, the change, what a muting change is about (`muting_cause`),
 # and whether another node wrote its outbox rows (its durable notifiers get them from there: `pick_up`).
 _Untold: TypeAlias = tuple[Alert, Change, str, bool]
+_MUTING = frozenset({"muted", "unmuted"})
+HANDED_MAX = 10_000  # (notifier, notification id) pairs remembered as handed over (`_handed`)
 
 
 class Delivery:
@@ -62,6 +64,9 @@ class Delivery:
         self._outage = Outage("alerts")
         self._foreign_seq = ForeignSeqs(store.node)  # an operator's change stored while not leading
         self._taken: set[int] = set()  # other nodes' rows handed to the notifiers, and still in the outbox
+        # (notifier, notification id) this node handed over lately, from a row: a change heard twice (a
+        # silence made on a follower: its rows, and the muting this node works out itself) is sent once.
+        self._handed: dict[tuple[str, str], None] = {}
         self._lookup_failed = False  # an episode id's lookup found the store away (until a flush stores)
         self._latest_start = -math.inf  # no kept episode began later (`episode_id`)
         self._at_latest: set[str] | None = set()  # the fingerprints whose episode began then (None: unknown)
@@ -120,6 +125,12 @@ class Delivery:
         if not new:
             return
         self._taken.update(row.seq for row in new)
+        handed = [row for row in new if (row.notifier, row.id) in self._handed]
+        for row in handed:  # this node sent that change already, from a row of its own
+            self.outbox.settle(row.seq)
+        new = [row for row in new if (row.notifier, row.id) not in self._handed]
+        if not new:
+            return
         if self._held is not None:  # not resumed yet: after what the outbox held at start-up
             self._owed.extend(new)
             return
@@ -129,6 +140,7 @@ class Delivery:
     def _redeliver(self, owed: list[OutboxRow], *, quiet: bool = False) -> None:
         settle = self.outbox.settle
         orphans = 0
+        self._hand(owed)
         for row in owed:
             try:
                 note = Notification(alert_from_record(row.alert), row.change, row.id,  # type: ignore[arg-type]
@@ -150,17 +162,20 @@ class Delivery:
             self._unsaved[alert.id] = alert
         self._untold.append((alert, change, cause, elsewhere))
 
-    def flush(self) -> None:
+    def flush(self, *, operator: bool = False) -> None:
         """Store what changed since the last flush, with its outbox rows, in one transaction; then tell.
         A store that cannot be written loses no alert: it is still told (without the outbox: a crash may
         then lose those notifications), and counted; its row is written again with a later flush (the
-        store's outage logged once, retried every few seconds: `ioc.store.outage`)."""
+        store's outage logged once, retried every few seconds: `ioc.store.outage`). `operator`: the muting
+        changes are those of an operator's silence made on this node (a follower writes their rows)."""
         if not self._untold and not self._unsaved:
             return
         if not self.leader():  # a follower: its own stream hears of it, nothing is stored or sent
             # Rows a leader could not store before it stopped leading stay: written if it leads again
             # before anyone else did (`keep_unsaved`), else dropped.
             untold, self._untold = self._untold, []
+            if operator:
+                self._write_foreign([item for item in untold if item[1] in _MUTING])
             self._tell([(alert, change, _id(alert, change, cause), {}) for alert, change, cause, _ in untold])
             return
         alerts = list(self._unsaved.values())
@@ -180,6 +195,7 @@ class Delivery:
         if stored:
             self._outage.recovered(written=len(alerts))
             self._lookup_failed = False
+            self._hand(rows)
         else:
             self.store_errors += len(prepared)
             for alert in alerts:  # written with a later flush, unless a newer change replaces it
@@ -206,7 +222,27 @@ class Delivery:
             return
         prepared, rows = self._prepare([(alert, change, "", False)])
         self.store.commit([alert], rows, audit)
+        self._hand(rows)
         self._tell(prepared)
+
+    def _write_foreign(self, changes: list[_Untold]) -> None:
+        """A follower writes the outbox rows of the muting its operator's silence caused, right after the
+        silence (not in its transaction: a crash between the two commits loses them if the leader dies
+        too before it hears of the silence). The leader sends each change once (`_handed`)."""
+        if not changes:
+            return
+        _, rows = self._prepare(changes, seq=self._foreign_seq)
+        try:
+            self.store.commit((), rows)
+        except StoreError as error:  # the leader tells them when it hears of the silence
+            log.warning("alerts.muting_rows_failed", notifications=len(rows), error=str(error))
+
+    def _hand(self, rows: Iterable[OutboxRow]) -> None:
+        handed = self._handed
+        for row in rows:
+            handed[(row.notifier, row.id)] = None
+        while len(handed) > HANDED_MAX:
+            del handed[next(iter(handed))]
 
     def _own_seq(self) -> int:
         seq = self._next_seq
@@ -222,8 +258,10 @@ class Delivery:
         wanting = self.chain.wanting
         next_seq = seq or self._own_seq
         for alert, change, cause, elsewhere in changes:
-            keys = () if elsewhere else wanting(alert, change)
             notification_id = _id(alert, change, cause)
+            keys = () if elsewhere else wanting(alert, change)
+            if seq is None and keys and self._handed:  # not again what this node sent already
+                keys = [key for key in keys if (key, notification_id) not in self._handed]
             seqs: dict[str, int] = {}
             if keys:
                 record = alert_record(alert)

@@ -208,18 +208,20 @@ class AlertManager:
         """A new silence (InvalidSilence when it makes no sense); matching alerts are muted at once.
         `silence_id`: update that silence as Alertmanager does (`Silences.create`); SilenceNotFound."""
         with self._lock:
+            self.delivery.flush()  # what is pending first: the flush after it has this silence's muting alone
             silence = self.silences.create(request, actor=actor, silence_id=silence_id)
             self._refresh()
-            self.delivery.flush()
+            self.delivery.flush(operator=True)
             return silence
 
     def expire_silence(self, silence_id: str, *, actor: str) -> Silence:
         """End a silence now (DELETE); SilenceNotFound. Its alerts are unmuted at once."""
         with self._lock:
+            self.delivery.flush()
             silence, changed = self.silences.expire(silence_id, actor=actor)
             if changed:
                 self._refresh()
-                self.delivery.flush()
+                self.delivery.flush(operator=True)
             return silence
 
     # --- reading -----------------------------------------------------------------------------------------
@@ -293,6 +295,8 @@ class AlertManager:
                 self._refresh()
                 if not self._deferring():
                     self.delivery.flush()
+                if self.leader() and "alerts" not in tables:  # the muting rows of a follower's silence
+                    self.delivery.pick_up()
         if "alerts" in tables:
             self.sync()
 

@@ -14,6 +14,7 @@ from ioc.rules.updates import AlertUpdate
 from ioc.alerts.alert import Alert, Change
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.outbox import FOREIGN, notification_id
+from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore
 from tests.integration.test_cluster_alerts import Flag, Hook
 from tests.integration.test_cluster_store_sync import Node, wait_until
@@ -148,3 +149,54 @@ def test_an_ack_on_the_follower_survives_the_leaders_stop_with_real_leases_and_l
         assert changes(a.hook) == [(fired.id, "firing")]  # one notification id per change at the receiver
     finally:
         b.close()
+
+
+def silence_area(manager: Manager, area: str) -> str:
+    request = SilenceRequest.parse({"matchers": [{"name": "area", "value": area}], "duration": "1h"})
+    return manager.alerts.create_silence(request, actor="truc-ban").id
+
+
+def muting(hook: Hook) -> list[tuple[str, str, str]]:
+    return [(note.alert.id, note.change, note.id) for note in hook.got if note.change in ("muted", "unmuted")]
+
+
+def test_a_silence_on_a_follower_is_told_by_the_next_leader_when_the_leader_died_first(url: str) -> None:
+    a, b = Manager(url, "a", True), Manager(url, "b", False)
+    try:
+        fired = a.alerts.apply(fire("22945", 100.0))
+        assert fired is not None and a.alerts.outbox.flush()
+        b.alerts.sync()
+        silence_id = silence_area(b, "22945")
+        assert b.hook.got == [] and b.stream.got[-1] == (fired.id, "muted")
+        a.leads.value = False  # it dies before it hears of the silence
+        a.alerts.close()
+        b.leads.value = True
+        b.alerts.promote(2)
+        assert [(alert_id, change) for alert_id, change, _ in muting(b.hook)] == [(fired.id, "muted")]
+        assert b.hook.got[0].alert.silenced_by == (silence_id,)
+        assert b.alerts.outbox.flush() and b.alerts.store.outbox() == []
+        b.alerts.store_changed({"silences", "alerts"})  # heard late: nothing more to tell
+        assert len(b.hook.got) == 1
+    finally:
+        b.alerts.close()
+
+
+def test_a_silence_on_a_follower_while_the_leader_lives_is_told_once(url: str) -> None:
+    a, b = Manager(url, "a", True), Manager(url, "b", False)
+    try:
+        fired = a.alerts.apply(fire("22945", 100.0))
+        assert fired is not None
+        b.alerts.sync()
+        silence_id = silence_area(b, "22945")
+        a.alerts.store_changed({"silences"})  # the leader works the muting out itself, and sends it
+        a.alerts.sync()  # then finds b's rows of the same change: settled, not sent again
+        a.alerts.store_changed({"silences", "alerts"})
+        assert [(alert_id, change) for alert_id, change, _ in muting(a.hook)] == [(fired.id, "muted")]
+        assert a.alerts.outbox.flush() and a.alerts.store.outbox() == []
+        a.alerts.expire_silence(silence_id, actor="truc-ban")  # on the leader: its own rows, as ever
+        assert [change for _, change, _ in muting(a.hook)] == ["muted", "unmuted"]
+        b.alerts.store_changed({"silences"})
+        assert [change for _, change in b.stream.got] == ["firing", "muted", "unmuted"]
+    finally:
+        a.alerts.close()
+        b.alerts.close()
