@@ -8,7 +8,8 @@ start-up is delivered again (`resume`) before any new change (`ioc.alerts.outbox
 
 In a cluster (CONTRACT §8) only the leader (`leader()`) stores alert changes with outbox rows and hands
 them to the durable notifiers; a follower tells its plain notifiers (its SSE stream) only, and stores an
-operator's change without outbox rows (the leader tells it once it sees it: `AlertManager.sync`). A node
+operator's change with outbox rows numbered apart, which the leader, this one or the next, delivers
+(`pick_up`, `take_over`; `ioc.alerts.outbox`, "An operator's change made on any node is told once"). A node
 that becomes leader takes the outbox over (`take_over`): the rows the old leader left are delivered again
 with their notification ids, so a change the old leader delivered just before dying reaches a receiver
 twice under one id, which it de-duplicates on. A change a leader cut from the store told without a row,

@@ -15,9 +15,11 @@ Within `batch()` (the evaluation thread's batch of events) changes are stored an
 in one transaction; an operator's action on another thread first stores and tells what is pending.
 
 In a cluster (CONTRACT §8) `leader()` says whether this node leads: a follower records no rule update
-(its engine evaluates on, hot), and `sync()` (every second) brings its view to the store's, telling its own
-stream; the leader's `sync()` takes the acknowledgements made on other nodes and notifies them. A node that
-becomes leader calls `promote(term)`: the store's alerts become its view and it takes the outbox over.
+(its engine evaluates on, hot), and `sync()` (when LISTEN/NOTIFY tells of a write, or the daemon's safety
+sync) brings its view to the store's, telling its own stream; the leader's `sync()` takes the
+acknowledgements made on other nodes, tells its stream, and delivers the outbox rows those nodes wrote
+with them (`Delivery.pick_up`). A node that becomes leader calls `promote(term)`: the store's alerts
+become its view and it takes the outbox over, the other nodes' rows included.
 
 Thread-safe: one re-entrant lock serialises updates, operator actions and reads.
 """
@@ -259,9 +261,10 @@ class AlertManager:
     # --- cluster -----------------------------------------------------------------------------------------
 
     def sync(self) -> None:
-        """In a cluster, every second: a follower's view becomes the store's (its stream told of each
-        difference); the leader takes the acknowledgements other nodes stored, and notifies them.
-        StoreError: the store does not answer (tried again at the next call)."""
+        """In a cluster, when a node wrote the alerts (LISTEN/NOTIFY) and at the daemon's safety sync: a
+        follower's view becomes the store's (its stream told of each difference); the leader takes the
+        acknowledgements other nodes stored (its stream told) and delivers the outbox rows they wrote with
+        them (`Delivery.pick_up`). StoreError: the store does not answer (tried again at the next call)."""
         stored = {alert.fingerprint: alert for alert in self.store.active_alerts()}
         with self._lock:
             leading = self.leader()

@@ -27,10 +27,28 @@ Two nodes telling the same change thus give it the same id, and receivers de-dup
 far as the nodes' evaluations agree: change times are event times (or a timer's due time, never a
 node's clock), and every node gets each source's events in order; a late event that one node judges
 before a timer its wall clock ran, and the other after, can still make them differ.
-`muted` and `unmuted` keep a per-process id (`new_ids`): a new leader takes the muting it finds at its
-promotion as told, so mostly only the outbox repeats them, under their stored ids; a muting change that
-its own recording causes (an inhibiting alert it records firing) and the old leader told without storing
-reaches a receiver twice, under two ids (a known gap).
+`muted` and `unmuted` are derived too (`muting_cause`): from what mutes the alert, or muted it until then,
+as every node names it: each silence's id and version (its stored start for `muted`, its end for
+`unmuted`, and its last update), and the episode id of the inhibiting alert (the earliest fired of those
+that could: `Inhibitor.set_sources`). A new leader whose recording re-mutes what the old one told while
+the store was away tells it under the old id.
+
+An operator's change made on any node is told once (CONTRACT §8). Only the leader sends, so a change made
+on a follower must reach whichever node leads next, even if the leader dies before it hears of it:
+- an ack or unack made on a follower is stored with its outbox rows in one transaction (`Delivery.commit`),
+  numbered apart from every leader's rows (FOREIGN up: `ForeignSeqs`). The leader delivers such rows when
+  it hears the alert change (`Delivery.pick_up`, from `AlertManager.sync`: LISTEN/NOTIFY, or the safety
+  sync), and tells only its own stream of the change it heard; a new leader takes them over with the rest
+  of the outbox (`Delivery.take_over`). So the ack reaches a receiver once, under the id the follower gave
+  it, whichever leader sends it;
+- a silence made (or expired) on a follower: the rows of the muting changes it causes are written right
+  after the silence (not in its transaction; a follower killed between the two commits, with the leader
+  dying before it hears of the silence, loses them). The leader also works the muting out when it hears the
+  silence; it remembers the (notifier, id) pairs it handed over lately (its own rows and those it picked
+  up), so each change is sent once: a row of a change it already sent is settled unsent, a change it
+  already sent from a row is not written again.
+Left: muting that a silence's start or end causes by the clock while no node leads is taken as told by the
+next leader (it works muting out again at its promotion without telling).
 """
 
 from __future__ import annotations
