@@ -147,7 +147,8 @@ class Daemon:
         for pusher in self.pushers:
             self.metrics.add(pusher.metrics)
         # CONTRACT §8: in a cluster what HTTP takes goes to the broker too, for the other nodes.
-        self.republisher = Republisher(self.mqtt_publisher.session, echoes=self.echoes) \
+        self.republisher = Republisher(self.mqtt_publisher.session, echoes=self.echoes,
+                                       max_items=settings.intake.max_items) \
             if self.cluster.clustered and self.mqtt_publisher is not None else None
         if self.republisher is not None:
             self.metrics.add(self.republisher.metrics)

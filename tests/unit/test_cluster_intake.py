@@ -216,3 +216,30 @@ def test_no_local_is_asked_for_on_mqtt_5_without_a_shared_subscription() -> None
     assert MqttSession(MqttSettings(protocol="5")).no_local
     assert not MqttSession(MqttSettings(protocol="3.1.1")).no_local  # no such option: echoes recognised
     assert not MqttSession(MqttSettings(protocol="5", share_group="ioc")).no_local  # forbidden there by MQTT 5
+
+
+def test_republished_messages_are_arrays_per_source_within_the_bounds() -> None:
+    """A request's events go out as one JSON array per source (a lone event as itself), split past
+    `max_items` events or `max_bytes`, in the order posted; every event once."""
+    from ioc.api.cluster import messages
+    from ioc.envelope import EVENT_ADAPTER
+    from ioc.ingest.decode import Accepted
+
+    def item(number: int, source: str) -> Accepted:
+        raw = orjson.dumps({"id": f"e{number}", "source": source, "time": "2026-03-02T08:00:00+07:00",
+                            "type": "telemetry", "metric": "env.aqi", "value": number})
+        return Accepted(EVENT_ADAPTER.validate_json(raw), raw)
+
+    items = [item(number, "qtmt-aqi" if number % 3 else "dvc") for number in range(10)]
+    sent = list(messages(items, max_items=4, max_bytes=1 << 20))
+    assert [source for source, _ in sent] == ["dvc", "qtmt-aqi", "qtmt-aqi"]
+    decoded = {source: [] for source, _ in sent}
+    for source, payload in sent:
+        body = orjson.loads(payload)
+        assert isinstance(body, list) and len(body) <= 4
+        decoded[source] += [event["id"] for event in body]
+    assert decoded == {"qtmt-aqi": [f"e{n}" for n in range(10) if n % 3], "dvc": ["e0", "e3", "e6", "e9"]}
+    one = list(messages(items[:1], max_items=4, max_bytes=1 << 20))
+    assert one == [("dvc", items[0].raw)]
+    small = list(messages(items[1:3], max_items=100, max_bytes=len(items[1].raw) + 2))  # one event fits
+    assert [payload for _, payload in small] == [items[1].raw, items[2].raw]
