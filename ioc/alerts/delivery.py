@@ -48,7 +48,6 @@ _Prepared: TypeAlias = tuple[Alert, Change, str, dict[str, int]]
 # A change recorded and not told yet: the alert, the change, what a muting change is about (`muting_cause`),
 # and whether another node wrote its outbox rows (its durable notifiers get them from there: `pick_up`).
 _Untold: TypeAlias = tuple[Alert, Change, str, bool]
-_MUTING = frozenset({"muted", "unmuted"})
 HANDED_MAX = 10_000  # (notifier, notification id) pairs remembered as handed over (`_handed`)
 
 
@@ -163,20 +162,17 @@ class Delivery:
             self._unsaved[alert.id] = alert
         self._untold.append((alert, change, cause, elsewhere))
 
-    def flush(self, *, operator: bool = False) -> None:
+    def flush(self) -> None:
         """Store what changed since the last flush, with its outbox rows, in one transaction; then tell.
         A store that cannot be written loses no alert: it is still told (without the outbox: a crash may
         then lose those notifications), and counted; its row is written again with a later flush (the
-        store's outage logged once, retried every few seconds: `ioc.store.outage`). `operator`: the muting
-        changes are those of an operator's silence made on this node (a follower writes their rows)."""
+        store's outage logged once, retried every few seconds: `ioc.store.outage`)."""
         if not self._untold and not self._unsaved:
             return
         if not self.leader():  # a follower: its own stream hears of it, nothing is stored or sent
             # Rows a leader could not store before it stopped leading stay: written if it leads again
             # before anyone else did (`keep_unsaved`), else dropped.
             untold, self._untold = self._untold, []
-            if operator:
-                self._write_foreign([item for item in untold if item[1] in _MUTING])
             self._tell([(alert, change, _id(alert, change, cause), {}) for alert, change, cause, _ in untold])
             return
         alerts = list(self._unsaved.values())
@@ -226,17 +222,13 @@ class Delivery:
         self._hand(rows)
         self._tell(prepared)
 
-    def _write_foreign(self, changes: list[_Untold]) -> None:
-        """A follower writes the outbox rows of the muting its operator's silence caused, right after the
-        silence (not in its transaction: a crash between the two commits loses them if the leader dies
-        too before it hears of the silence). The leader sends each change once (`_handed`)."""
-        if not changes:
-            return
-        _, rows = self._prepare(changes, seq=self._foreign_seq)
-        try:
-            self.store.commit((), rows)
-        except StoreError as error:  # the leader tells them when it hears of the silence
-            log.warning("alerts.muting_rows_failed", notifications=len(rows), error=str(error))
+    def foreign_rows(self, changes: Iterable[tuple[Alert, Change, str]]) -> list[OutboxRow]:
+        """The outbox rows a follower writes for muting changes (alert, change, cause) its operator's
+        silence causes, in the silence's transaction (`Silences.owed`), numbered apart as an ack's. The
+        leader also works the muting out when it hears of the silence, and sends each change once
+        (`_handed`)."""
+        return self._prepare([(alert, change, cause, False) for alert, change, cause in changes],
+                             seq=self._foreign_seq)[1]
 
     def _hand(self, rows: Iterable[OutboxRow]) -> None:
         handed = self._handed

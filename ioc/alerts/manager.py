@@ -49,7 +49,7 @@ from ioc.alerts.muting import Muting
 from ioc.alerts.notify import AnyNotifier, NotifierChain
 from ioc.alerts.outbox import muting_cause
 from ioc.alerts.silence import Silence, SilenceRequest, Silences, SilenceStatus, SilenceStore
-from ioc.alerts.store import AlertStore
+from ioc.alerts.store import AlertStore, OutboxRow
 from ioc.metrics import counter, gauge
 from ioc.rules.updates import SEVERITY_RANK, AlertUpdate
 from ioc.store import StoreError
@@ -81,6 +81,7 @@ class AlertManager:
         self._batching = threading.local()  # `batch()` on this thread: store and tell when it ends
         self._silence_store = silences or SilenceStore(store.database, node=store.node)
         self.silences = Silences(self._silence_store, clock=clock, retention=self.settings.silence_retention)
+        self.silences.owed = self._silence_rows
         inhibitor = Inhibitor([InhibitRule.from_settings(rule) for rule in self.settings.inhibit], areas)
         self.muting = Muting(self.silences, inhibitor)
         self.leader: Callable[[], bool] = leader or (lambda: True)
@@ -210,21 +211,34 @@ class AlertManager:
         """A new silence (InvalidSilence when it makes no sense); matching alerts are muted at once.
         `silence_id`: update that silence as Alertmanager does (`Silences.create`); SilenceNotFound."""
         with self._lock:
-            self.delivery.flush()  # what is pending first: the flush after it has this silence's muting alone
             silence = self.silences.create(request, actor=actor, silence_id=silence_id)
             self._refresh()
-            self.delivery.flush(operator=True)
+            self.delivery.flush()
             return silence
 
     def expire_silence(self, silence_id: str, *, actor: str) -> Silence:
         """End a silence now (DELETE); SilenceNotFound. Its alerts are unmuted at once."""
         with self._lock:
-            self.delivery.flush()
             silence, changed = self.silences.expire(silence_id, actor=actor)
             if changed:
                 self._refresh()
-                self.delivery.flush(operator=True)
+                self.delivery.flush()
             return silence
+
+    def _silence_rows(self) -> builtins.list[OutboxRow]:
+        """On a follower, the outbox rows of the muting changes an operator's silence causes (the silences
+        hold it already), written in the silence's transaction: the leader, this one or the next, sends
+        them (`Delivery.pick_up`, `take_over`). None on the leader: it stores and sends its own."""
+        if self.leader():
+            return []
+        now = self._clock()
+        changes: builtins.list[tuple[Alert, Change, str]] = []
+        for updated in self.muting.refresh(list(self._active), now):
+            was = self._active.get(updated.fingerprint)
+            if was is not None and updated.silenced != was.silenced:
+                change: Change = "muted" if updated.silenced else "unmuted"
+                changes.append((updated, change, self._muting_cause(updated if updated.silenced else was, change, None)))
+        return self.delivery.foreign_rows(changes)
 
     # --- reading -----------------------------------------------------------------------------------------
 

@@ -41,12 +41,11 @@ on a follower must reach whichever node leads next, even if the leader dies befo
   sync), and tells only its own stream of the change it heard; a new leader takes them over with the rest
   of the outbox (`Delivery.take_over`). So the ack reaches a receiver once, under the id the follower gave
   it, whichever leader sends it;
-- a silence made (or expired) on a follower: the rows of the muting changes it causes are written right
-  after the silence (not in its transaction; a follower killed between the two commits, with the leader
-  dying before it hears of the silence, loses them). The leader also works the muting out when it hears the
-  silence; it remembers the (notifier, id) pairs it handed over lately (its own rows and those it picked
-  up), so each change is sent once: a row of a change it already sent is settled unsent, a change it
-  already sent from a row is not written again.
+- a silence made (or expired) on a follower: the rows of the muting changes it causes (worked out with the
+  silence in place: `Silences.owed`) are written in the silence's transaction, numbered apart too. The
+  leader also works the muting out when it hears of the silence; it remembers the (notifier, id) pairs it
+  handed over lately (its own rows and those it picked up), so each change is sent once: a row of a change
+  it already sent is settled unsent, a change it already sent from a row is not written again.
 Left: muting that a silence's start or end causes by the clock while no node leads is taken as told by the
 next leader (it works muting out again at its promotion without telling).
 """

@@ -34,6 +34,7 @@ from ioc.alerts.alert import Alert, rfc3339
 from ioc.alerts.audit import AuditEntry
 from ioc.alerts.errors import InvalidSilence, SilenceNotFound
 from ioc.alerts.silence_request import MAX_AHEAD, MAX_AHEAD_DAYS, SilenceRequest
+from ioc.alerts.store import ADD_OUTBOX, OutboxRow
 from ioc.matchers import Matcher, matches_all
 from ioc.store import StoreTarget, ensure_schema, open_database, upsert
 
@@ -95,8 +96,10 @@ class SilenceStore:
         self._lock = threading.Lock()
         ensure_schema(self._db)
 
-    def save(self, silences: Sequence[Silence], audits: Sequence[AuditEntry] = ()) -> None:
-        """Insert or replace silences, with the audit entries of the change, in one transaction."""
+    def save(self, silences: Sequence[Silence], audits: Sequence[AuditEntry] = (),
+             outbox: Sequence[OutboxRow] = ()) -> None:
+        """Insert or replace silences, with the audit entries of the change and the notifications it owes
+        (`Silences.owed`), in one transaction."""
         rows = [(silence.id, orjson.dumps([matcher.as_json() for matcher in silence.matchers]).decode(),
                  silence.starts_at, silence.ends_at, silence.comment, silence.author, silence.created_at,
                  silence.updated_at) for silence in silences]
@@ -104,6 +107,8 @@ class SilenceStore:
             self._db.executemany(_SAVE, rows)
             for entry in audits:
                 audit_log.insert(self._db, entry, self._node)
+            if outbox:
+                self._db.executemany(ADD_OUTBOX, outbox)
 
     def load(self) -> list[Silence]:
         """Every stored silence, the oldest first."""
@@ -144,6 +149,9 @@ class Silences:
         self._clock = clock
         self.retention = retention
         self._silences: dict[str, Silence] = {}
+        # The outbox rows a change of the silences owes, worked out with it in place (a follower's muting
+        # changes: `AlertManager`), written in its transaction.
+        self.owed: Callable[[], Sequence[OutboxRow]] | None = None
         if store is not None:
             self._silences = {silence.id: silence for silence in store.load()}
 
@@ -185,11 +193,17 @@ class Silences:
         return expired, True
 
     def _save(self, silences: builtins.list[Silence], audits: builtins.list[AuditEntry]) -> None:
-        """Store the changed silences with the audit entries, in one transaction; then keep them."""
-        if self._store is not None:
-            self._store.save(silences, audits)
+        """Store the changed silences with the audit entries (and the rows they owe), in one transaction;
+        then keep them (StoreError: kept as they were)."""
+        before = dict(self._silences)
         for silence in silences:
             self._silences[silence.id] = silence
+        if self._store is not None:
+            try:
+                self._store.save(silences, audits, self.owed() if self.owed is not None else ())
+            except BaseException:
+                self._silences = before
+                raise
 
     def reload(self, silences: Iterable[Silence]) -> None:
         """The store's silences replace these (another node made or ended one: CONTRACT §8)."""

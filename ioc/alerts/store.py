@@ -31,7 +31,7 @@ _ALERT_COLUMNS = ("id, fingerprint, rule, severity, state, labels, summary, valu
 
 
 _SAVE_ALERT = upsert("alerts", _ALERT_COLUMNS.split(", "), ("id",))
-_ADD_OUTBOX = "INSERT INTO alert_outbox (seq, notifier, id, change, alert) VALUES (?, ?, ?, ?, ?)"
+ADD_OUTBOX = "INSERT INTO alert_outbox (seq, notifier, id, change, alert) VALUES (?, ?, ?, ?, ?)"
 
 
 class OutboxRow(NamedTuple):
@@ -88,7 +88,7 @@ class AlertStore:
             if alerts:
                 self._db.executemany(_SAVE_ALERT, [_alert_row(alert) for alert in alerts])
             if outbox:
-                self._db.executemany(_ADD_OUTBOX, outbox)
+                self._db.executemany(ADD_OUTBOX, outbox)
             if audit is not None:
                 audit_log.insert(self._db, audit, self.node)
 

@@ -168,6 +168,8 @@ def test_a_silence_on_a_follower_is_told_by_the_next_leader_when_the_leader_died
         b.alerts.sync()
         silence_id = silence_area(b, "22945")
         assert b.hook.got == [] and b.stream.got[-1] == (fired.id, "muted")
+        # written with the silence, in its transaction
+        assert [(row.change, row.seq >= FOREIGN) for row in b.alerts.store.outbox()] == [("muted", True)]
         a.leads.value = False  # it dies before it hears of the silence
         a.alerts.close()
         b.leads.value = True
@@ -181,7 +183,7 @@ def test_a_silence_on_a_follower_is_told_by_the_next_leader_when_the_leader_died
         b.alerts.close()
 
 
-def test_a_silence_on_a_follower_while_the_leader_lives_is_told_once(url: str) -> None:
+def test_a_silence_made_and_ended_on_a_follower_while_the_leader_lives_is_told_once(url: str) -> None:
     a, b = Manager(url, "a", True), Manager(url, "b", False)
     try:
         fired = a.alerts.apply(fire("22945", 100.0))
@@ -193,10 +195,13 @@ def test_a_silence_on_a_follower_while_the_leader_lives_is_told_once(url: str) -
         a.alerts.store_changed({"silences", "alerts"})
         assert [(alert_id, change) for alert_id, change, _ in muting(a.hook)] == [(fired.id, "muted")]
         assert a.alerts.outbox.flush() and a.alerts.store.outbox() == []
-        a.alerts.expire_silence(silence_id, actor="truc-ban")  # on the leader: its own rows, as ever
+        b.alerts.expire_silence(silence_id, actor="truc-ban")  # ended on the follower too
+        a.alerts.store_changed({"silences"})
+        a.alerts.sync()
         assert [change for _, change, _ in muting(a.hook)] == ["muted", "unmuted"]
-        b.alerts.store_changed({"silences"})
+        assert a.alerts.outbox.flush() and a.alerts.store.outbox() == []
         assert [change for _, change in b.stream.got] == ["firing", "muted", "unmuted"]
+        assert len({nid for _, _, nid in muting(a.hook)}) == 2
     finally:
         a.alerts.close()
         b.alerts.close()
