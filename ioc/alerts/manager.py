@@ -43,11 +43,9 @@ from ioc.alerts.alert import Acknowledgement, Alert, Change
 from ioc.alerts.audit import AuditEntry
 from ioc.alerts.config import AlertsSettings
 from ioc.alerts.delivery import Delivery
-from ioc.alerts.errors import SilenceNotFound
 from ioc.alerts.inhibit import AreaTree, Inhibitor, InhibitRule
-from ioc.alerts.muting import Muting
+from ioc.alerts.muting import Muting, muting_change
 from ioc.alerts.notify import AnyNotifier, NotifierChain
-from ioc.alerts.outbox import muting_cause
 from ioc.alerts.silence import Silence, SilenceRequest, Silences, SilenceStatus, SilenceStore
 from ioc.alerts.store import AlertStore, OutboxRow
 from ioc.metrics import counter, gauge
@@ -231,13 +229,11 @@ class AlertManager:
         them (`Delivery.pick_up`, `take_over`). None on the leader: it stores and sends its own."""
         if self.leader():
             return []
-        now = self._clock()
-        changes: builtins.list[tuple[Alert, Change, str]] = []
-        for updated in self.muting.refresh(list(self._active), now):
-            was = self._active.get(updated.fingerprint)
-            if was is not None and updated.silenced != was.silenced:
-                change: Change = "muted" if updated.silenced else "unmuted"
-                changes.append((updated, change, self._muting_cause(updated if updated.silenced else was, change, None)))
+        changes = []
+        for updated in self.muting.refresh(list(self._active), self._clock()):
+            told = muting_change(updated, self._active.get(updated.fingerprint), self.silences, self._active.get)
+            if told is not None:
+                changes.append((updated, *told))
         return self.delivery.foreign_rows(changes)
 
     # --- reading -----------------------------------------------------------------------------------------
@@ -375,34 +371,21 @@ class AlertManager:
         """Work out every active alert's muting again (only inhibition when `silences` is false: the
         silences did not change); tell of those that became muted or unmuted. `gone`: an alert that just
         resolved (what it inhibited is unmuted because of it)."""
+        source = self._source(gone)
         for updated in self.muting.refresh(list(self._active), self._clock(), silences=silences):
             was = self._active.get(updated.fingerprint)
             self._active.put(updated)
-            if notify and was is not None and updated.silenced != was.silenced:
-                change: Change = "muted" if updated.silenced else "unmuted"
+            told = muting_change(updated, was, self.silences, source) if notify else None
+            if told is not None:
+                change, cause = told
                 self._changes[(change,)] += 1
-                cause = self._muting_cause(updated if updated.silenced else was, change, gone)
                 self.delivery.record(updated, change, save=False, cause=cause)
 
-    def _muting_cause(self, muted: Alert, change: Change, gone: Alert | None) -> str:
-        """What mutes `muted` (or muted it, for `unmuted`), as every node names it (`muting_cause`): its
-        silences with their start (end), and the episode of the alert that inhibits it."""
-        silences = []
-        for silence_id in muted.silenced_by:
-            try:
-                silence = self.silences.get(silence_id)
-            except SilenceNotFound:  # purged meanwhile: its id alone
-                silences.append((silence_id, ""))
-                continue
-            at = silence.starts_at if change == "muted" else silence.ends_at
-            silences.append((silence_id, f"{at!r}/{silence.updated_at!r}"))
-        inhibiting = muted.inhibited_by
-        if inhibiting is not None:
-            source = self._active.get(inhibiting)
-            if source is None and gone is not None and gone.fingerprint == inhibiting:
-                source = gone
-            inhibiting = source.id if source is not None else inhibiting
-        return muting_cause(silences, inhibiting)
+    def _source(self, gone: Alert | None) -> Callable[[str], Alert | None]:
+        """The active alert of a fingerprint, or `gone` (an alert that just resolved) for its own."""
+        if gone is None:
+            return self._active.get
+        return lambda fingerprint: gone if fingerprint == gone.fingerprint else self._active.get(fingerprint)
 
     # --- metrics and life cycle --------------------------------------------------------------------------
 

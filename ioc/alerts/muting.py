@@ -8,17 +8,21 @@ record-keepers take every change; the pagers skip muted alerts: docs/rules.md).
 
 Muting is derived, never stored. `Muting.refresh` works it out again for the active alerts when what the
 stages look at changes: a silence made, updated or expired, or passing its start or end (`due`), or an
-inhibiting alert starting or stopping to fire (`sources_changed`).
+inhibiting alert starting or stopping to fire (`sources_changed`). `muting_change` says whether an alert
+became muted or unmuted, and names the change's cause as every node of a cluster does (its notification
+id is derived from it: `ioc.alerts.outbox`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Protocol
 
-from ioc.alerts.alert import Alert
+from ioc.alerts.alert import Alert, Change
+from ioc.alerts.errors import SilenceNotFound
 from ioc.alerts.inhibit import Inhibitor
+from ioc.alerts.outbox import muting_cause
 from ioc.alerts.silence import Silences
 
 
@@ -97,3 +101,29 @@ class Muting:
         if silences:
             self._next_check = self.silences.next_transition(now)
         return changed
+
+
+def muting_change(updated: Alert, was: Alert | None, silences: Silences,
+                  source: Callable[[str], Alert | None]) -> tuple[Change, str] | None:
+    """Whether `updated` (its muting worked out again) became muted or unmuted against `was`, and what
+    that change is about, as every node names it (`ioc.alerts.outbox.muting_cause`): the silences that
+    mute it (muted it, for `unmuted`) with their start (end) and last update, and the episode of the
+    alert that inhibits it (`source`: the alert of a fingerprint, if still known). None: no change."""
+    if was is None or updated.silenced == was.silenced:
+        return None
+    change: Change = "muted" if updated.silenced else "unmuted"
+    muted = updated if updated.silenced else was
+    found = []
+    for silence_id in muted.silenced_by:
+        try:
+            silence = silences.get(silence_id)
+        except SilenceNotFound:  # purged meanwhile: its id alone
+            found.append((silence_id, ""))
+            continue
+        at = silence.starts_at if change == "muted" else silence.ends_at
+        found.append((silence_id, f"{at!r}/{silence.updated_at!r}"))
+    inhibiting = muted.inhibited_by
+    if inhibiting is not None:
+        alert = source(inhibiting)
+        inhibiting = alert.id if alert is not None else inhibiting
+    return change, muting_cause(found, inhibiting)
