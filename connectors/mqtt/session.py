@@ -188,11 +188,7 @@ class MqttSession:
         self._disconnects = 0
         self._acks_sent = 0
         self._acks_skipped = 0
-        # MQTT 5 PUBACKs with a failure reason (0x87 not authorized: the broker's ACL), by message id, for
-        # whoever must not take such a publish as done (the cluster's republish); the latest REFUSALS_KEPT.
-        self.refused: OrderedDict[int, tuple[str, float]] = OrderedDict()
-        self._refused_total = 0
-        self._refusal_logs = RepeatLimiter(10.0)
+        self.refusals = Refusals(name)
 
     # --- life cycle ------------------------------------------------------------------------------------
 
@@ -233,7 +229,7 @@ class MqttSession:
         client.on_pre_connect = self._on_pre_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message  # messages paho decodes itself (QoS 2, MQTT 5 properties)
-        client.on_publish = self._on_publish
+        client.on_publish = self.refusals.on_publish
         if isinstance(client, FastClient):
             client.on_raw_message = receiver.on_raw_message
         return client
@@ -390,28 +386,9 @@ class MqttSession:
                 log.error("mqtt.subscribe_failed", connector=self.name, topic=topic, reason=str(reason),
                           reason_code=reason.value, hint="the broker's ACL may deny it")
 
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
-                    properties: Properties | None) -> None:
-        # paho counts a refused publish as published (`is_published()`); only MQTT 5 says it was refused
-        # (Mosquitto drops a publish its ACL denies and acknowledges it as usual on 3.1.1).
-        if not reason.is_failure:
-            return
-        self.refused[mid] = (str(reason), time.monotonic())
-        while len(self.refused) > REFUSALS_KEPT:
-            self.refused.popitem(last=False)
-        self._refused_total += 1
-        if (suppressed := self._refusal_logs.check("refused")) is not None:
-            log.error("mqtt.publish_refused", connector=self.name, reason=str(reason), reason_code=reason.value,
-                      suppressed=suppressed, hint="the broker's ACL may deny the daemon's user this topic")
-
     def refusal(self, mids: Iterable[int], since: float) -> str | None:
-        """The broker's reason if it refused one of `mids` (publishes made at `since`, monotonic, or later:
-        message ids are reused), else None."""
-        for mid in mids:
-            found = self.refused.get(mid)
-            if found is not None and found[1] >= since:
-                return found[0]
-        return None
+        """The broker's reason if it refused one of `mids` (published at `since` or later), else None."""
+        return self.refusals.find(mids, since)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if self._receiver is not None:  # paho decodes the payload as bytes (its annotation allows bytearray)
@@ -466,9 +443,44 @@ class MqttSession:
         yield counter("ioc_mqtt_disconnects", "Established connections lost or closed.", (),
                       {(): float(self._disconnects)})
         yield counter("ioc_mqtt_publishes_refused", "Publishes the broker acknowledged with a failure reason "
-                      "(MQTT 5; e.g. not authorized by its ACL).", (), {(): float(self._refused_total)})
+                      "(MQTT 5; e.g. not authorized by its ACL).", (), {(): float(self.refusals.total)})
         yield counter("ioc_mqtt_acks_sent", "QoS 1 messages acknowledged once their points were durable.", (),
                       {(): float(acks_sent)})
         yield counter("ioc_mqtt_acks_skipped",
                       "Acknowledgements skipped: their connection was gone, the broker redelivers.", (),
                       {(): float(acks_skipped)})
+
+
+class Refusals:
+    """MQTT 5 PUBACKs with a failure reason (0x87 not authorized: the broker's ACL), by message id, for
+    whoever must not take such a publish as done (the cluster's republish); the latest REFUSALS_KEPT.
+
+    paho counts a refused publish as published (`is_published()`); only MQTT 5 says it was refused
+    (Mosquitto drops a publish its ACL denies and acknowledges it as usual on 3.1.1)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.by_mid: OrderedDict[int, tuple[str, float]] = OrderedDict()  # mid -> (reason, monotonic time)
+        self.total = 0
+        self._logs = RepeatLimiter(10.0)
+
+    def on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
+                   properties: Properties | None) -> None:
+        """paho's `on_publish` (its network thread)."""
+        if not reason.is_failure:
+            return
+        self.by_mid[mid] = (str(reason), time.monotonic())
+        while len(self.by_mid) > REFUSALS_KEPT:
+            self.by_mid.popitem(last=False)
+        self.total += 1
+        if (suppressed := self._logs.check("refused")) is not None:
+            log.error("mqtt.publish_refused", connector=self.name, reason=str(reason), reason_code=reason.value,
+                      suppressed=suppressed, hint="the broker's ACL may deny the daemon's user this topic")
+
+    def find(self, mids: Iterable[int], since: float) -> str | None:
+        """The reason if one of `mids` was refused at `since` (monotonic) or later (message ids are reused)."""
+        for mid in mids:
+            found = self.by_mid.get(mid)
+            if found is not None and found[1] >= since:
+                return found[0]
+        return None

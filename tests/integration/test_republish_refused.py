@@ -89,6 +89,6 @@ def test_a_republish_the_broker_refuses_fails(tmp_path: Path, session_to, grante
             assert ok and refused == 0 and outcomes == {"published": 2, "failed": 0}
         else:
             assert not ok and refused == 1 and outcomes == {"published": 0, "failed": 2}  # one message: an array
-            assert all("authori" in reason.lower() for reason, _ in session.refused.values())
+            assert all("authori" in reason.lower() for reason, _ in session.refusals.by_mid.values())
     finally:
         server.stop()
