@@ -51,5 +51,5 @@ def test_two_nodes_lose_nothing_through_failovers_and_a_store_outage(tmp_path: P
     assert all("led after" in injection.detail for injection in report.injections
                if injection.kind == "kill-leader")
     assert total.acked > 5_000 and total.found_once == total.acked
-    assert report.scrapes > 60  # both nodes', about one a second each
+    assert report.scrapes >= report.seconds / 2  # both nodes', about one a second each while up
     assert report.alert_changes >= 10  # the alarm fired and resolved through the faults
