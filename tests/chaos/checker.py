@@ -333,10 +333,11 @@ def check_alerts(toggles: list[Toggle], changes: list[tuple[float, dict[str, Any
     after a crash what it may have delivered just before (docs/http-api.md: at least once, de-duplicate on
     `notification_id`). Each repeat is noted ("resent").
 
-    A cluster's new leader resolves an alert that ended while nobody led with the value the store holds,
-    the firing one (ioc.alerts.leadership records the engine's view, which no longer holds the alert): such
-    a `resolved` is taken as its episode's resolution (the toggle after the one that fired it) and noted
-    as "stale" (a note, not a failure: the contract names no value for a resolution)."""
+    A cluster's new leader that did not itself hear an alert resolve while nobody led (it was down then)
+    resolves it with the value the store holds, the firing one (ioc.alerts.leadership): such a `resolved`,
+    when the toggle after the one that fired it came while nobody led, is taken as that toggle's
+    resolution and noted as "stale" (a note, not a failure: the contract names no value for a
+    resolution)."""
 
     def without_leader(toggle: Toggle) -> bool:
         end = toggle.acked_at if toggle.acked_at is not None else toggle.sent_at
