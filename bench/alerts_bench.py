@@ -15,11 +15,12 @@ import time
 from datetime import date
 from pathlib import Path
 
+from ioc.rules.updates import AlertUpdate
+
 from ioc.alerts.config import AlertsSettings
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore
-from ioc.rules.updates import AlertUpdate
 
 
 class Areas:

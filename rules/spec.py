@@ -15,9 +15,9 @@ from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
 import orjson
 from ioc.rules.template import Template
+from ioc.rules.updates import Severity
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ioc.rules.updates import Severity
 from ioc.config import Duration
 from ioc.envelope import AreaLevel
 from ioc.regex import compile_regex

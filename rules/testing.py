@@ -27,10 +27,10 @@ from ioc.rules.engine import RuleEngine
 from ioc.rules.loader import describe_error, load_rules
 from ioc.rules.spec import RuleSet
 from ioc.rules.template import format_number
+from ioc.rules.updates import AlertUpdate
 from ioc.rules.yamlsrc import LineDict, line_of, read_yaml_file
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ioc.rules.updates import AlertUpdate
 from ioc.areas import AreaRegistry, default_targets_path, local_date
 from ioc.config import Duration, parse_duration
 from ioc.envelope import AnyEvent

@@ -23,8 +23,8 @@ from pydantic import (
 )
 
 from ioc.alerts.errors import InvalidSilence
-from ioc.matchers import MatcherSpec
 from ioc.config import parse_duration_unbounded
+from ioc.matchers import MatcherSpec
 
 # A silence starts and ends within [1970-01-01, now + MAX_AHEAD]: every time then fits a datetime, the
 # store and the API's RFC 3339 (an `ends_at` of year 9999 at -23:59, or `"duration": "99999999999d"`,

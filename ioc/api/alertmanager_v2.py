@@ -41,11 +41,11 @@ from ioc.alerts.alertmanager_push import am_alert, am_time
 from ioc.alerts.config import AlertsSettings
 from ioc.alerts.errors import InvalidSilence, SilenceNotFound
 from ioc.alerts.manager import AlertManager
-from ioc.matchers import Matcher, matches_all, parse_matcher
 from ioc.alerts.silence import Silence, SilenceRequest
 from ioc.alerts.silence_request import SilenceTime, describe
 from ioc.api.alerts import MAX_SILENCE_BODY, Operator, inline_refs, read_body
 from ioc.api.events import ErrorBody
+from ioc.matchers import Matcher, matches_all, parse_matcher
 from ioc.regex import compile_regex, fullmatches
 
 # `versionInfo.version`: the Alertmanager release whose API this one follows (and whose amtool the tests

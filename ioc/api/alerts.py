@@ -22,10 +22,10 @@ from ioc.alerts.active import LIST_STATES, ListState
 from ioc.alerts.errors import AlertConflict, AlertNotFound, InvalidSilence, SilenceNotFound
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.silence import STATUSES, SilenceRequest, SilenceStatus
-from ioc.rules.updates import Severity
 from ioc.api.events import ErrorBody
 from ioc.auth import Principal, require
 from ioc.kpis import KpiBoard
+from ioc.rules.updates import Severity
 
 MAX_SILENCE_BODY = 64 * 1024
 SEVERITIES: tuple[str, ...] = get_args(Severity)

@@ -7,9 +7,9 @@ conversion of former codes, CSV overrides, KPI targets by level.
 """
 
 from ioc.areas.dates import LOCAL_ZONE, REFORM_DAY, REFORM_NS, local_date, parse_day
-from ioc.areas.units import LEVELS, Area
 from ioc.areas.national import Former, Source, artefact_path
 from ioc.areas.registry import AreaRegistry, default_targets_path, registry_from_settings
+from ioc.areas.units import LEVELS, Area
 
 __all__ = ["LEVELS", "LOCAL_ZONE", "REFORM_DAY", "REFORM_NS", "Area", "AreaRegistry", "Former", "Source",
            "artefact_path", "default_targets_path", "local_date", "parse_day", "registry_from_settings"]

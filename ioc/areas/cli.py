@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 
 from ioc.areas.dates import REFORM_DAY, local_date, parse_day
-from ioc.areas.units import Area
 from ioc.areas.registry import AreaRegistry, registry_from_settings
+from ioc.areas.units import Area
 from ioc.errors import ConfigError
 
 areas_app = typer.Typer(help="The area registry (CONTRACT §10): info, show CODE, convert CODE --at DATE.",

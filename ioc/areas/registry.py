@@ -22,8 +22,8 @@ from typing import TypeAlias
 
 from ioc.areas.csvfile import load_areas, load_targets
 from ioc.areas.dates import REFORM_DAY, local_date
-from ioc.areas.units import LEVELS, Area, Target
 from ioc.areas.national import Former, Source, former_codes, load_national, with_overrides
+from ioc.areas.units import LEVELS, Area, Target
 from ioc.config import AreasSettings
 from ioc.envelope import AreaLevel
 from ioc.errors import ConfigError

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ioc.rules.updates import AlertUpdate
 
 from ioc.alerts.alertmanager_push import AlertmanagerPush
 from ioc.alerts.config import AlertmanagerSettings
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.silence_request import SilenceRequest
 from ioc.alerts.store import AlertStore
-from ioc.rules.updates import AlertUpdate
 from tests.alertmanager_server import am_alerts, start_alertmanager
 from tests.servers import Server, find_binary
 

@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from ioc.rules.updates import AlertUpdate
 
 from ioc.alerts.alert import Alert, Change
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.notify import StreamNotifier
 from ioc.alerts.store import AlertStore
-from ioc.rules.updates import AlertUpdate
 from ioc.api import create_app, serve
 from ioc.api.stream import Broadcaster
 from ioc.config import Settings, token_sha256

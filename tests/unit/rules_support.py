@@ -7,8 +7,8 @@ from typing import Any
 
 from ioc.rules.engine import RuleEngine
 from ioc.rules.loader import parse_rules
-
 from ioc.rules.updates import AlertUpdate
+
 from ioc.areas import AreaRegistry
 from ioc.config import parse_duration
 from ioc.envelope import EVENT_ADAPTER, AnyEvent

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from ioc.rules.engine import RuleEngine
 from ioc.rules.loader import parse_rules
+from ioc.rules.updates import AlertUpdate, fingerprint
 
 from ioc import failpoints
 from ioc.alerts.alert import Alert, Change
@@ -22,7 +23,6 @@ from ioc.alerts.manager import AlertManager
 from ioc.alerts.outbox import Notification
 from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore, OutboxRow
-from ioc.rules.updates import AlertUpdate, fingerprint
 from ioc.config import load_settings
 from ioc.envelope import AnyEvent
 from tests.unit import rules_support as rs

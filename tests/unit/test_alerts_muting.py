@@ -3,12 +3,13 @@ mutes an alert; a refresh after a silence or an inhibiting source changes. Pure 
 
 from __future__ import annotations
 
+from ioc.rules.updates import fingerprint
+
 from ioc.alerts.alert import Alert
 from ioc.alerts.config import InhibitRuleSettings
 from ioc.alerts.inhibit import Inhibitor, InhibitRule
 from ioc.alerts.muting import InhibitStage, Muter, Muting, SilenceStage
 from ioc.alerts.silence import SilenceRequest, Silences
-from ioc.rules.updates import fingerprint
 
 T0 = 1_772_409_600.0
 

@@ -7,6 +7,7 @@ from datetime import date
 from typing import ClassVar
 
 import pytest
+from ioc.rules.updates import AlertUpdate, fingerprint
 from pydantic import ValidationError
 
 from ioc.alerts.alert import Alert, Change
@@ -14,7 +15,6 @@ from ioc.alerts.config import AlertsSettings, InhibitRuleSettings
 from ioc.alerts.inhibit import Inhibitor, InhibitRule
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.store import AlertStore
-from ioc.rules.updates import AlertUpdate, fingerprint
 from ioc.errors import ConfigError
 
 T0 = 1_772_409_600.0

@@ -8,9 +8,9 @@ import pytest
 
 from ioc.alerts.alert import Alert, rfc3339
 from ioc.alerts.errors import InvalidSilence, SilenceNotFound
-from ioc.matchers import Matcher, parse_matcher
 from ioc.alerts.silence import SilenceRequest, Silences, SilenceStore
 from ioc.alerts.store import AlertStore
+from ioc.matchers import Matcher, parse_matcher
 
 T0 = 1_772_409_600.0  # 2026-03-02T00:00:00Z = 07:00 in Asia/Ho_Chi_Minh
 
