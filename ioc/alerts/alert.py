@@ -38,7 +38,7 @@ class Alert:
     """One episode of an alert. `started_at` is when it first became pending (or firing, without `for`),
     `fired_at` when it fired, `resolved_at` when it resolved: event times, Unix seconds. `silenced` is
     true while a silence or an inhibition mutes it (`inhibited` says which, `silenced_by` names the
-    silences); these are derived by the manager, never stored."""
+    silences); these are derived by the manager, and stored as what was last told (`ioc.alerts.manager`)."""
 
     id: str
     fingerprint: str

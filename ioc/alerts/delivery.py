@@ -76,6 +76,7 @@ class Delivery:
         self._held: list[_Prepared] | None = []  # durable deliveries made before `resume()`
         # Changes made and not yet stored and told (`flush`), in order.
         self._unsaved: dict[str, Alert] = {}
+        self._muting: dict[str, Alert] = {}  # alerts whose muting to record (that column alone)
         self._untold: list[_Untold] = []
 
     @property
@@ -100,7 +101,7 @@ class Delivery:
         """At a promotion: the alert rows this node could not store while it led last are written (`keep`:
         it held the lease itself in between) or dropped (another node led and wrote since)."""
         if not keep:
-            self._unsaved = {}
+            self._unsaved, self._muting = {}, {}
         self._outage.retry_now()  # the lease was just taken: the store answers
 
     def take_over(self, term: int) -> None:
@@ -155,33 +156,42 @@ class Delivery:
                      dropped=orphans, reason="a notifier no longer configured, or a damaged row")
 
     def record(self, alert: Alert, change: Change, *, save: bool, cause: str = "", elsewhere: bool = False) -> None:
-        """A change to store (`save`: the alert's row; muting is never stored) and tell at the next
-        `flush`. `cause`: what a muting change is about (`ioc.alerts.outbox.muting_cause`); `elsewhere`:
+        """A change to store (`save`: the alert's row; a muting change: its muting column alone) and tell at
+        the next `flush`. `cause`: what a muting change is about (`ioc.alerts.outbox.muting_cause`); `elsewhere`:
         the node that stored it wrote its outbox rows too, so only the plain notifiers are told here."""
         if save:
             self._unsaved[alert.id] = alert
+        elif change in ("muted", "unmuted"):  # what is told of muting is recorded with its outbox rows
+            self._muting[alert.id] = alert
         self._untold.append((alert, change, cause, elsewhere))
+
+    def record_muting(self, alert: Alert) -> None:
+        """The alert's muting changed without a change to tell (another silence beside one that mutes it):
+        recorded at the next `flush`, so a new leader names the silences the next change is about."""
+        self._muting[alert.id] = alert
 
     def flush(self) -> None:
         """Store what changed since the last flush, with its outbox rows, in one transaction; then tell.
         A store that cannot be written loses no alert: it is still told (without the outbox: a crash may
         then lose those notifications), and counted; its row is written again with a later flush (the
         store's outage logged once, retried every few seconds: `ioc.store.outage`)."""
-        if not self._untold and not self._unsaved:
+        if not self._untold and not self._unsaved and not self._muting:
             return
         if not self.leader():  # a follower: its own stream hears of it, nothing is stored or sent
             # Rows a leader could not store before it stopped leading stay: written if it leads again
             # before anyone else did (`keep_unsaved`), else dropped.
             untold, self._untold = self._untold, []
+            self._muting = {}  # a leader compares the store's with its own at promotion (`promote`)
             self._tell([(alert, change, _id(alert, change, cause), {}) for alert, change, cause, _ in untold])
             return
         alerts = list(self._unsaved.values())
+        muting = [alert for key, alert in self._muting.items() if key not in self._unsaved]
         prepared, rows = self._prepare(self._untold)
-        self._unsaved, self._untold = {}, []
+        self._unsaved, self._untold, self._muting = {}, [], {}
         stored = False
         if self._outage.ready():  # not a connection attempt per batch while the store is away
             try:
-                self.store.commit(alerts, rows)
+                self.store.commit(alerts, rows, muting=muting)
                 stored = True
             except StoreError as error:
                 if not self._outage.down:
@@ -197,6 +207,8 @@ class Delivery:
             self.store_errors += len(prepared)
             for alert in alerts:  # written with a later flush, unless a newer change replaces it
                 self._unsaved.setdefault(alert.id, alert)
+            for alert in muting:
+                self._muting.setdefault(alert.id, alert)
             prepared = [(alert, change, nid, dict.fromkeys(seqs, 0)) for alert, change, nid, seqs in prepared]
         self._tell(prepared)
 

@@ -30,7 +30,7 @@ import builtins
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -94,7 +94,11 @@ class AlertManager(Replica):
         self._changes: defaultdict[tuple[str], int] = defaultdict(int)
         self._next_purge = 0.0
         inhibitor.set_sources(self._active)
-        self._refresh(notify=False)  # muting is derived: work it out again, telling nobody
+        # Muting follows the silences by the clock: what changed while the daemon was down (or since its
+        # last record, if it died between a silence and its muting) is told now, under the ids it would
+        # have had (`ioc.alerts.outbox`); rows of an older release are worked out again in silence.
+        self._refresh(quiet=store.unrecorded_muting())
+        self.delivery.flush()
         log.info("alerts.loaded", active=len(self._active), resolved=self._resolved,
                  silences=len(self.silences.list()), outbox=self.delivery.owed)
         if resume:
@@ -307,19 +311,24 @@ class AlertManager(Replica):
             with self._lock:
                 self.delivery.flush()
 
-    def _refresh(self, *, notify: bool = True, silences: bool = True, gone: Alert | None = None) -> None:
+    def _refresh(self, *, notify: bool = True, silences: bool = True, gone: Alert | None = None,
+                 quiet: Container[str] = ()) -> None:
         """Work out every active alert's muting again (only inhibition when `silences` is false: the
-        silences did not change); tell of those that became muted or unmuted. `gone`: an alert that just
-        resolved (what it inhibited is unmuted because of it)."""
+        silences did not change); tell of those that became muted or unmuted, and record their muting.
+        `gone`: an alert that just resolved (what it inhibited is unmuted because of it). `quiet`: alerts
+        whose muting nobody recorded (an older release's rows), worked out without telling."""
         source = self._source(gone)
         for updated in self.muting.refresh(list(self._active), self._clock(), silences=silences):
             was = self._active.get(updated.fingerprint)
             self._active.put(updated)
-            told = muting_change(updated, was, self.silences, source) if notify else None
+            told = muting_change(updated, was, self.silences, source) \
+                if notify and updated.id not in quiet else None
             if told is not None:
                 change, cause = told
                 self._changes[(change,)] += 1
                 self.delivery.record(updated, change, save=False, cause=cause)
+            elif notify:
+                self.delivery.record_muting(updated)
 
     def _source(self, gone: Alert | None) -> Callable[[str], Alert | None]:
         """The active alert of a fingerprint, or `gone` (an alert that just resolved) for its own."""

@@ -46,8 +46,9 @@ on a follower must reach whichever node leads next, even if the leader dies befo
   leader also works the muting out when it hears of the silence; it remembers the (notifier, id) pairs it
   handed over lately (its own rows and those it picked up), so each change is sent once: a row of a change
   it already sent is settled unsent, a change it already sent from a row is not written again.
-Left: muting that a silence's start or end causes by the clock while no node leads is taken as told by the
-next leader (it works muting out again at its promotion without telling).
+What was last told of an alert's muting is stored with the alert (migration 0006, in the transaction of the
+change's rows): a node promoted, or started, compares it with the silences now and tells the difference,
+so muting that a silence's start or end causes by the clock while no node leads is told once, by the next.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import replace
 
 from ioc.alerts.active import ActiveAlerts
@@ -36,7 +36,8 @@ class Replica:
     _term: int | None
     _clock: Callable[[], float]
 
-    def _refresh(self, *, notify: bool = True, silences: bool = True, gone: Alert | None = None) -> None:
+    def _refresh(self, *, notify: bool = True, silences: bool = True, gone: Alert | None = None,
+                 quiet: Container[str] = ()) -> None:
         raise NotImplementedError
 
     def _deferring(self) -> bool:
@@ -97,8 +98,11 @@ class Replica:
                 self._active.drop(alert)
             for alert in stored:
                 self._active.put(alert)
-            self._refresh(notify=False)
             self.delivery.take_over(term)
+            # What the last leader recorded of each alert's muting against the silences now: a silence that
+            # began or ended by the clock while nobody led is told now (under the id it would have had).
+            self._refresh(quiet=self.store.unrecorded_muting())
+            self.delivery.flush()
             self._term = term  # once promoted: a promotion tried again decides as the first did
 
 

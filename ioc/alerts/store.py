@@ -27,7 +27,7 @@ from ioc.alerts.audit import AuditEntry
 from ioc.store import Database, StoreTarget, ensure_schema, open_database, upsert
 
 _ALERT_COLUMNS = ("id, fingerprint, rule, severity, state, labels, summary, value, runbook, started_at, "
-                  "fired_at, resolved_at, acknowledged_by, acknowledged_at, updated_at, summary_en")
+                  "fired_at, resolved_at, acknowledged_by, acknowledged_at, updated_at, summary_en, muting")
 
 
 _SAVE_ALERT = upsert("alerts", _ALERT_COLUMNS.split(", "), ("id",))
@@ -81,12 +81,17 @@ class AlertStore:
         commit instead of one each, ~100 -> ~10 µs an alert)."""
         self.commit(alerts, ())
 
-    def commit(self, alerts: Sequence[Alert], outbox: Sequence[OutboxRow], audit: AuditEntry | None = None) -> None:
-        """In one transaction: insert or replace `alerts`, add the notifications they owe to `outbox`, and
-        record the operator's action `audit`. All or nothing (StoreError)."""
+    def commit(self, alerts: Sequence[Alert], outbox: Sequence[OutboxRow], audit: AuditEntry | None = None, *,
+               muting: Sequence[Alert] = ()) -> None:
+        """In one transaction: insert or replace `alerts`, record the muting of `muting` (that column alone:
+        an operator's ack another node stored meanwhile stays), add the notifications they owe to
+        `outbox`, and record the operator's action `audit`. All or nothing (StoreError)."""
         with self._lock, self._db.transaction():
             if alerts:
                 self._db.executemany(_SAVE_ALERT, [_alert_row(alert) for alert in alerts])
+            if muting:
+                self._db.executemany("UPDATE alerts SET muting = ? WHERE id = ?",
+                                     [(_muting(alert), alert.id) for alert in muting])
             if outbox:
                 self._db.executemany(ADD_OUTBOX, outbox)
             if audit is not None:
@@ -98,6 +103,13 @@ class AlertStore:
             cursor = self._db.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE state != 'resolved' "
                                       "ORDER BY started_at")
             return [_alert(row) for row in cursor]
+
+    def unrecorded_muting(self) -> set[str]:
+        """Ids of active alerts whose muting no node recorded (rows of a release before migration 0006):
+        their muting is worked out again without telling anyone, as those releases did at every start."""
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM alerts WHERE state != 'resolved' AND muting IS NULL").fetchall()
+        return {row[0] for row in rows}
 
     def get_alert(self, alert_id: str) -> Alert | None:
         with self._lock:
@@ -186,14 +198,20 @@ def _alert_row(alert: Alert) -> tuple[Any, ...]:
     return (alert.id, alert.fingerprint, alert.rule, alert.severity, alert.state,
             orjson.dumps(alert.labels).decode(), alert.summary, alert.value, alert.runbook,
             alert.started_at, alert.fired_at, alert.resolved_at, ack.by if ack else None,
-            ack.at if ack else None, alert.updated_at, alert.summary_en)
+            ack.at if ack else None, alert.updated_at, alert.summary_en, _muting(alert))
+
+
+def _muting(alert: Alert) -> str:
+    return orjson.dumps([alert.silenced_by, alert.inhibited_by]).decode()
 
 
 def _alert(row: tuple[Any, ...]) -> Alert:
     (alert_id, fingerprint, rule, severity, state, labels, summary, value, runbook, started_at, fired_at,
-     resolved_at, acknowledged_by, acknowledged_at, updated_at, summary_en) = row
+     resolved_at, acknowledged_by, acknowledged_at, updated_at, summary_en, muting) = row
     ack = Acknowledgement(acknowledged_by, acknowledged_at) if acknowledged_by is not None else None
+    silenced_by, inhibited_by = orjson.loads(muting) if muting is not None else ((), None)
     return Alert(id=alert_id, fingerprint=fingerprint, rule=rule, severity=severity, state=state,
                  labels=orjson.loads(labels), summary=summary, value=value, started_at=started_at,
                  fired_at=fired_at, resolved_at=resolved_at, runbook=runbook, acknowledged=ack,
-                 updated_at=updated_at, summary_en=summary_en)
+                 updated_at=updated_at, summary_en=summary_en, silenced_by=tuple(silenced_by),
+                 inhibited_by=inhibited_by)

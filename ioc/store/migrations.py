@@ -157,6 +157,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE TRIGGER silences_notify AFTER INSERT OR UPDATE OR DELETE ON silences
             FOR EACH STATEMENT EXECUTE FUNCTION ioc_notify_change()
     """, dialects=("postgresql",)),
+    # What the leader last recorded of an alert's muting (`[silenced_by, inhibited_by]` as JSON; NULL: a row
+    # of an older release, not recorded): a new leader, or the same node after a crash, tells the muting
+    # changes nobody recorded (`ioc.alerts.manager`).
+    Migration(6, "alert_muting", """
+        ALTER TABLE alerts ADD COLUMN muting TEXT
+    """),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -268,6 +268,50 @@ def test_a_restart_keeps_alerts_acks_and_silences_and_renotifies_nothing(
 
 # --- muting --------------------------------------------------------------------------------------------
 
+def test_a_silence_that_ended_while_the_daemon_was_down_is_told_at_the_restart_once(
+        db: Path, clock: Clock, recorder: Recorder) -> None:
+    """Muting follows the silences by the clock, and the store keeps what was last told of it: a silence
+    that ends while no manager runs (a stopped daemon; in a cluster, no leader) is told as `unmuted` by
+    the next one, once; and an older release's rows (no muting recorded) are worked out in silence."""
+    first = reopen(db, clock, recorder)
+    alert = first.apply(update("firing", T0, area="22723"))
+    assert alert is not None
+    first.create_silence(SilenceRequest.parse({"matchers": [{"name": "area", "value": "22723"}],
+                                               "duration": "30m"}), actor="truc-ban-1")
+    assert recorder.got[-1][1] == "muted"
+    first.close()
+
+    clock.now = T0 + 3600  # the silence ended an half hour ago, with nobody running
+    later = Recorder()
+    second = reopen(db, clock, later)
+    assert [(told.id, change) for told, change in later.got] == [(alert.id, "unmuted")]
+    assert not second.get(alert.id).silenced
+    second.close()
+    again = Recorder()
+    reopen(db, clock, again).close()
+    assert again.got == []  # recorded: told once
+
+    store = AlertStore(db)  # a row as a release before the muting column wrote it
+    with store.database.transaction():
+        store.database.execute("UPDATE alerts SET muting = NULL")
+    assert store.unrecorded_muting() == {alert.id}
+    store.close()
+    clock.now = T0 + 3700
+    third = reopen(db, clock, again)
+    third.create_silence(SilenceRequest.parse({"matchers": [{"name": "area", "value": "22723"}],
+                                               "duration": "1h"}), actor="truc-ban-1")
+    third.close()
+    store = AlertStore(db)
+    with store.database.transaction():
+        store.database.execute("UPDATE alerts SET muting = NULL")
+    store.close()
+    fourth = reopen(db, clock, again)
+    assert [change for _, change in again.got] == ["muted"]  # the silence's own, not one more at the start
+    assert fourth.get(alert.id).silenced
+    fourth.close()
+
+
+
 def test_a_silence_mutes_and_its_expiry_unmutes(manager: AlertManager, recorder: Recorder) -> None:
     alert = manager.apply(update("firing", T0, area="22723"))
     other = manager.apply(update("firing", T0, area="22724"))

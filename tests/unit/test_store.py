@@ -89,7 +89,7 @@ def test_migrations_apply_once_in_order_and_say_so(tmp_path: Path) -> None:
     states = migration_status(open_database(tmp_path / "s.db"))
     assert [(state.version, state.name, state.applied_at) for state in states] == [
         (1, "initial", 1000.0), (2, "nodes", 1000.0), (3, "alert_summary_en", 1000.0), (4, "cluster_lease", 1000.0),
-        (5, "notify_changes", 1000.0)]
+        (5, "notify_changes", 1000.0), (6, "alert_muting", 1000.0)]
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"alerts", "alert_outbox", "alert_audit", "silences", "agg_dossiers", "agg_clock", "agg_entities",
             "component_state", "cluster_nodes", "cluster_lease", "schema_migrations"} <= tables
