@@ -560,8 +560,11 @@ publish_all("127.0.0.1", port, ((topic, body[i % len(body)]) for i in range(coun
 def test_a_flooding_vendor_does_not_delay_another(mosquitto: Server, unique: str, tmp_path: Path) -> None:
     """Vendor `flood` (rate 200) sends 5,000 QoS 1 events a second, three times what the intake can take
     (each point costs it 0.6 ms here), while vendor `quiet` sends 10 a second: the excess is refused before
-    it costs anything, so every quiet event is accepted within 1 s of being published (docs/operations.md).
-    Without the limit the intake falls behind by two seconds every second."""
+    it costs anything, so every quiet event is accepted within 2 s of being published (docs/operations.md).
+    Without the limit the intake falls behind by two seconds every second, so over the quiet vendor's 3 s
+    of sending its delays pass 4 s. (The bound was 1 s: once in a CI run on 2 cores, shared by the
+    flood's publisher, Mosquitto and this process, the last quiet events waited 0.7-1.06 s. What the
+    intake costs per event is measured by bench/, not here.)"""
     flood_src, quiet_src = f"flood-{unique}", f"quiet-{unique}"
     settings = MqttSettings(url=mosquitto.url, client_id=f"ioc-{unique}", session_expiry=60,  # type: ignore[arg-type]
                             subscribe=[f"ioc/v1/events/{flood_src}", f"ioc/v1/events/{quiet_src}"])
@@ -599,7 +602,7 @@ def test_a_flooding_vendor_does_not_delay_another(mosquitto: Server, unique: str
     assert sent == 30
     assert flooded > 12_000, "the flood was too thin to prove anything"
     assert pipeline.rejected[(flood_src, "rate_limited")] > 10_000
-    assert max(delays) < 1.0, sorted(delays)[-5:]
+    assert max(delays) < 2.0, sorted(delays)[-5:]
 
 
 def _stamped(messages: list[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
