@@ -77,6 +77,10 @@ class Delivery:
         # Changes made and not yet stored and told (`flush`), in order.
         self._unsaved: dict[str, Alert] = {}
         self._muting: dict[str, Alert] = {}  # alerts whose muting to record (that column alone)
+        # Whether this node took the outbox over since it last led: until then the rows other nodes wrote
+        # are `take_over`'s to deliver, and a `pick_up` racing it (the lease is won, the promotion still
+        # under way) would deliver them a second time.
+        self._taken_over = self.leader()  # made to lead from the start (one node): nothing to take over
         self._untold: list[_Untold] = []
 
     @property
@@ -100,6 +104,7 @@ class Delivery:
     def keep_unsaved(self, keep: bool) -> None:
         """At a promotion: the alert rows this node could not store while it led last are written (`keep`:
         it held the lease itself in between) or dropped (another node led and wrote since)."""
+        self._taken_over = False
         if not keep:
             self._unsaved, self._muting = {}, {}
         self._outage.retry_now()  # the lease was just taken: the store answers
@@ -111,6 +116,7 @@ class Delivery:
         self._know_starts()  # the episodes the other leaders recorded
         self._next_seq = max(self._next_seq, _after_own(owed, 0), term << 40)
         self._taken = {row.seq for row in owed if row.seq >= FOREIGN}
+        self._taken_over = True
         if self._held is not None:  # not resumed yet: `resume` delivers them first
             self._owed = owed
             return
@@ -120,6 +126,8 @@ class Delivery:
         """The leader delivers the rows other nodes wrote (an operator's change on a follower) that it has
         not handed over yet (StoreError: the store does not answer; the next call tries again). Called
         when it hears the alerts change (`AlertManager.sync`), as such a row is written with the alert."""
+        if not self._taken_over:
+            return
         rows = self.store.outbox(FOREIGN)
         self._taken &= {row.seq for row in rows}  # those gone were delivered
         new = [row for row in rows if row.seq not in self._taken]
@@ -182,6 +190,7 @@ class Delivery:
             # before anyone else did (`keep_unsaved`), else dropped.
             untold, self._untold = self._untold, []
             self._muting = {}  # a leader compares the store's with its own at promotion (`promote`)
+            self._taken_over = False  # it leads again only through `take_over`
             self._tell([(alert, change, _id(alert, change, cause), {}) for alert, change, cause, _ in untold])
             return
         alerts = list(self._unsaved.values())

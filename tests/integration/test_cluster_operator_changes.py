@@ -127,7 +127,6 @@ def test_an_ack_on_the_follower_survives_the_leaders_stop_with_real_leases_and_l
     a = Node(url, "a")
     a.start()
     b = Node(url, "b")
-    b.cluster.on_role.append(lambda leading: leading and b.alerts.promote(b.cluster.term or 0))
     b.start()
     try:
         assert a.cluster.leader and not b.cluster.leader

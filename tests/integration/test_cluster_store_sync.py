@@ -54,6 +54,8 @@ class Node:
         self.alerts = AlertManager(AlertStore(url, node=name), notifiers=[self.hook],
                                    leader=lambda: self.cluster.leader)
         self.cluster.on_store_change.append(self.alerts.store_changed)
+        # As the daemon does (`ioc.alerts.leadership`): a node that wins the lease takes the outbox over.
+        self.cluster.on_role.append(lambda leading: leading and self.alerts.promote(self.cluster.term or 0))
         self.syncs = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._rounds, daemon=True)

@@ -250,5 +250,7 @@ async def test_resuming_under_concurrent_publishers_loses_and_repeats_nothing() 
         assert resumes(server)["reset_expired"] == 0
         disconnects = {s.labels["reason"]: s.value for m in server.stream.metrics() for s in m.samples
                        if s.name == "ioc_sse_disconnects_total"}
-        assert disconnects["slow"] == cut
+        # Every cut the reader saw was the server's for slowness; on a loaded box the server may also find a
+        # queue full just as the reader closes after its 97 frames, a cut the reader never sees.
+        assert disconnects.get("slow", 0) >= cut
         print(f"resumed {resumes(server)['replayed']:g} times, {cut} of them after a cut-off")
