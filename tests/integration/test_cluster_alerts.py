@@ -5,16 +5,15 @@ same notification ids; a leader's row it could not store is written if it leads 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
 from ioc.rules.updates import AlertUpdate
 
 from ioc.alerts.alert import Alert, Change
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.outbox import Notification
 from ioc.alerts.store import AlertStore
-from tests.postgres_server import Postgres, start_postgres
+from tests.postgres_server import Postgres
 
 
 class Hook:
@@ -40,19 +39,6 @@ class Flag:
 
     def __call__(self) -> bool:
         return self.value
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Postgres]:
-    postgres = start_postgres()
-    yield postgres
-    postgres.close()
-
-
-@pytest.fixture
-def url(server: Postgres) -> str:
-    server.start()
-    return server.new_database()
 
 
 def fire(area: str, at: float) -> AlertUpdate:

@@ -7,9 +7,7 @@ notification ids from the events they both evaluated, so a receiver that de-dupl
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 
-import pytest
 from ioc.rules.engine import RuleEngine
 from ioc.rules.loader import parse_rules
 
@@ -19,7 +17,7 @@ from ioc.alerts.outbox import Notification
 from ioc.alerts.store import AlertStore
 from ioc.envelope import AnyEvent
 from tests.integration.test_cluster_alerts import Flag, Hook
-from tests.postgres_server import Postgres, start_postgres
+from tests.postgres_server import Postgres
 from tests.unit.rules_support import at, tel
 
 RULES = """
@@ -34,20 +32,6 @@ rules:
     clear: 120
     for: 5m
 """
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Postgres]:
-    """A server of this module's own: a test stops it."""
-    postgres = start_postgres()
-    yield postgres
-    postgres.close()
-
-
-@pytest.fixture
-def url(server: Postgres) -> str:
-    server.start()
-    return server.new_database()
 
 
 class Node:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -15,21 +15,7 @@ import pytest
 from ioc.cluster import ClusterNode, acquire, members
 from ioc.cluster import node as cluster_node
 from ioc.store import open_shared
-from tests.postgres_server import Postgres, start_postgres
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Postgres]:
-    """A server of this module's own: a test stops it."""
-    postgres = start_postgres()
-    yield postgres
-    postgres.close()
-
-
-@pytest.fixture
-def url(server: Postgres) -> str:
-    server.start()
-    return server.new_database()
+from tests.postgres_server import Postgres
 
 
 def wait_until(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:

@@ -6,28 +6,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from ioc.cluster.listen import ChangeListener
 from ioc.store import open_shared
 from ioc.store.postgres import PostgresDatabase
-from tests.postgres_server import Postgres, start_postgres
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Postgres]:
-    postgres = start_postgres()
-    yield postgres
-    postgres.close()
-
-
-@pytest.fixture
-def url(server: Postgres) -> str:
-    server.start()
-    return server.new_database()
+from tests.postgres_server import Postgres
 
 
 def wait_until(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:

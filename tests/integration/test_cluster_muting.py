@@ -6,16 +6,12 @@ that with the silences now and tells the difference.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from ioc.rules.updates import AlertUpdate
 
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore
 from tests.integration.test_cluster_alerts import Flag, Hook
-from tests.postgres_server import Postgres, start_postgres
 
 T0 = 1_772_409_600.0
 
@@ -26,19 +22,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Postgres]:
-    postgres = start_postgres()
-    yield postgres
-    postgres.close()
-
-
-@pytest.fixture
-def url(server: Postgres) -> str:
-    server.start()
-    return server.new_database()
 
 
 def fire(area: str) -> AlertUpdate:

@@ -6,9 +6,6 @@ over with the rest of the outbox. One notification id per change at the receiver
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from ioc.rules.updates import AlertUpdate
 
 from ioc.alerts.alert import Alert, Change
@@ -18,7 +15,6 @@ from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore
 from tests.integration.test_cluster_alerts import Flag, Hook
 from tests.integration.test_cluster_store_sync import Node, wait_until
-from tests.postgres_server import Postgres, start_postgres
 
 
 class Stream:
@@ -30,19 +26,6 @@ class Stream:
 
     def notify(self, alert: Alert, change: Change) -> None:
         self.got.append((alert.id, change))
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Postgres]:
-    postgres = start_postgres()
-    yield postgres
-    postgres.close()
-
-
-@pytest.fixture
-def url(server: Postgres) -> str:
-    server.start()
-    return server.new_database()
 
 
 def fire(area: str, at: float) -> AlertUpdate:

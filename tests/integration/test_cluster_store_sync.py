@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,20 +18,6 @@ from ioc.alerts.store import AlertStore
 from ioc.cluster import ClusterNode
 from ioc.store import StoreError, open_shared
 from tests.integration.test_cluster_alerts import Hook
-from tests.postgres_server import Postgres, start_postgres
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Postgres]:
-    postgres = start_postgres()
-    yield postgres
-    postgres.close()
-
-
-@pytest.fixture
-def url(server: Postgres) -> str:
-    server.start()
-    return server.new_database()
 
 
 def wait_until(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:

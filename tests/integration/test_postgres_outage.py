@@ -11,7 +11,7 @@ written is written once it answers, and every connection comes back by itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -27,25 +27,11 @@ from ioc.areas import AreaRegistry
 from ioc.envelope import DossierEvent, StatusEvent
 from ioc.kpis import Kpi
 from ioc.store import StoreError, open_database, open_shared
-from tests.postgres_server import Postgres, start_postgres
+from tests.postgres_server import Postgres
 
 VN = timezone(timedelta(hours=7))
 MONDAY = datetime(2026, 3, 2, 8, 0, tzinfo=VN)
 AREAS = AreaRegistry.default()
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Postgres]:
-    """A server of this module's own: its tests stop it."""
-    postgres = start_postgres()
-    yield postgres
-    postgres.close()
-
-
-@pytest.fixture
-def url(server: Postgres) -> str:
-    server.start()
-    return server.new_database()
 
 
 def wait_until(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
