@@ -3,11 +3,16 @@
     python bench/live_bench.py --events 300000                 # the issue's size; the three consumers
     python bench/live_bench.py --events 20000 --only paho,ioc  # a smoke run
     python bench/live_bench.py --events 300000 --profile DIR   # also py-spy on `ioc run` (raw stacks)
+    python bench/live_bench.py --events 300000 --only ioc --profile DIR --gil   # where the GIL goes
+    python bench/live_bench.py --events 300000 --publisher paho  # vendors' paho clients on this box
 
 Method. One Mosquitto and one InfluxDB 1.6 (the tests' servers, `tests/servers.py`) for the whole run.
 The same stream for every consumer: N telemetry events of ~240 B (`livekit.make_payloads`), N/4 from
-each of 4 sources, published at **QoS 1** by 4 publisher processes (`publisher.py`, paho, a window of
-1000 unacknowledged publishes each, unpaced: as fast as the broker acknowledges). Each consumer
+each of 4 sources, published at **QoS 1** by 4 publisher processes (`publisher.py`, a window of 1000
+unacknowledged publishes each, unpaced: as fast as the broker acknowledges). By default they are the raw
+load generator (`--client raw`: packets encoded up front, ~6 µs of CPU an event), as vendors publish from
+machines of their own; `--publisher paho` makes them ordinary paho clients (~45 µs an event), which on a
+2-core box take a third of the machine from the consumer and bound every consumer alike. Each consumer
 subscribes at QoS 1 and writes to a fresh database of its own:
 
   (a) paho: bare paho-mqtt + orjson -> batched /write, acknowledging after the write (`paho_consumer.py`);
@@ -201,7 +206,7 @@ def warm_influxdb(url: str, files: dict[str, Path]) -> None:
 
 
 def run_one(consumer: Consumer, files: dict[str, Path], count: int, servers: dict[str, int], base_s: int,
-            run: str, areas: list[str], profile: Path | None) -> dict[str, float]:
+            run: str, areas: list[str], profile: Path | None, client: str, gil: bool) -> dict[str, float]:
     influx_post(consumer.influx_url, f'CREATE DATABASE "{consumer.database}"')
     lasts = last_times(files)
     consumer.start()
@@ -210,7 +215,7 @@ def run_one(consumer: Consumer, files: dict[str, Path], count: int, servers: dic
         warm_up(consumer, servers["mqtt_port"], base_s, run, areas)
         publishers = [subprocess.Popen(
             [sys.executable, str(HERE / "publisher.py"), "--port", str(servers["mqtt_port"]),
-             "--topic", f"ioc/v1/events/{source}", "--payloads", str(path), "--qos", "1"],
+             "--topic", f"ioc/v1/events/{source}", "--payloads", str(path), "--qos", "1", "--client", client],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE) for source, path in files.items()]
         for publisher in publishers:
             assert publisher.stdout is not None
@@ -218,7 +223,8 @@ def run_one(consumer: Consumer, files: dict[str, Path], count: int, servers: dic
                 raise RuntimeError("a publisher did not connect")
         if profile is not None and consumer.name == "ioc":
             profile.mkdir(parents=True, exist_ok=True)
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(consumer.pid), "--threads", "--idle",
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(consumer.pid), "--threads",
+                                    "--gil" if gil else "--idle",
                                     "--nonblocking", "--rate", "200", "--format", "raw",
                                     "--output", str(profile / f"ioc-{run}.txt")],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -290,6 +296,12 @@ def main() -> None:
                         help=f"comma-separated, in the order run: {', '.join(CONSUMERS)}")
     parser.add_argument("--commit", help="run `ioc run` from this commit (git archive), not the working tree")
     parser.add_argument("--profile", type=Path, help="py-spy raw stacks of `ioc run` into this folder")
+    parser.add_argument("--gil", action="store_true",
+                        help="with --profile: only the thread holding the GIL (where a GIL-bound daemon's time "
+                             "goes), not every thread's waits")
+    parser.add_argument("--publisher", choices=["raw", "paho"], default="raw",
+                        help="the publishers' client (publisher.py --client): raw, a cheap load generator, "
+                             "or paho, a vendor's ordinary client that takes a third of a 2-core box")
     args = parser.parse_args()
     livekit.exit_on_sigterm()
     names = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -322,12 +334,13 @@ def main() -> None:
                     files[source] = path
                 if round_ == 1:
                     warm_influxdb(influx.url, files)
-                print(f"round {round_}: {count:,} events of ~240 B from {len(SOURCES)} publishers at QoS 1",
-                      flush=True)
+                print(f"round {round_}: {count:,} events of ~240 B from {len(SOURCES)} publishers at QoS 1 "
+                      f"({args.publisher} client)", flush=True)
                 for name in names:
                     database = f"live_{name.replace('-', '_')}_{round_}"
                     consumer = kinds[name](workdir, broker.port, influx.url, database)
-                    result = run_one(consumer, files, count, servers, base_s, run, areas, args.profile)
+                    result = run_one(consumer, files, count, servers, base_s, run, areas, args.profile,
+                                     args.publisher, args.gil)
                     results.setdefault(name, []).append(result)
                     print(f"  {name:<9} {result['events_per_s']:>9,.0f} ev/s  ({result['seconds']:.2f} s; "
                           f"publishers done after {result['publish_s']:.2f} s at "
@@ -358,7 +371,7 @@ def main() -> None:
           "  steadier figure on a loaded box: a consumer given less CPU than it wants shows it in events/s.")
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "live.json").write_bytes(orjson.dumps({"events": count, "ioc": measured,
+    (out / "live.json").write_bytes(orjson.dumps({"events": count, "ioc": measured, "publisher": args.publisher,
                                                   "node_red": nodered.version(),
                                                   "results": results, "cpus": os.cpu_count()},
                                                  option=orjson.OPT_INDENT_2))

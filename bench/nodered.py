@@ -1,10 +1,10 @@
 """Node-RED as a live-bench consumer: installed from npm into a cache folder, one flow
-mqtt in (QoS 1) -> json -> function (event -> InfluxDB point) -> join (5000 or 1 s) -> influxdb batch.
+mqtt in (QoS 1) -> json -> function (event -> InfluxDB point) -> join (1000 or 1 s) -> influxdb batch.
 
 `node-red` 5 needs node >= 22.9; Debian's node 20 runs the 4.x line, so the bench installs `node-red@4`
 (the newest release node 20 can run) and `node-red-contrib-influxdb` (its `influxdb batch` node writes
 an array of points in one /write). The join node batches like the daemon and the paho baseline do
-(5000 points or 1 s). Node-RED's MQTT client (MQTT.js) acknowledges a QoS 1 message when it arrives,
+(1000 points or 1 s). Node-RED's MQTT client (MQTT.js) acknowledges a QoS 1 message when it arrives,
 before the flow has written it: it promises less than the other two consumers.
 """
 
@@ -70,10 +70,10 @@ def write_flow(user_dir: Path, *, http_port: int, mqtt_port: int, influx_port: i
          "pretty": False, "x": 250, "y": 100, "wires": [["point"]]},
         {"id": "point", "type": "function", "z": "bench", "name": "event -> point", "func": FUNCTION,
          "outputs": 1, "x": 400, "y": 100, "wires": [["join"]]},
-        {"id": "join", "type": "join", "z": "bench", "name": "5000 or 1 s", "mode": "custom",
+        {"id": "join", "type": "join", "z": "bench", "name": "1000 or 1 s", "mode": "custom",
          "build": "array", "property": "payload", "propertyType": "msg", "key": "topic", "joiner": "\\n",
          "joinerType": "str",
-         "accumulate": False, "timeout": "1", "count": "5000", "reduceRight": False,
+         "accumulate": False, "timeout": "1", "count": "1000", "reduceRight": False,
          "x": 550, "y": 100, "wires": [["out"]]},
         {"id": "out", "type": "influxdb batch", "z": "bench", "influxdb": "influx", "precision": "u",
          "retentionPolicy": "", "name": "write", "x": 700, "y": 100, "wires": []},

@@ -1,10 +1,10 @@
 """The live baseline: a minimal honest consumer, bare paho-mqtt + orjson -> batched InfluxDB 1.x /write.
 
-    python bench/paho_consumer.py --port P --influx URL --database DB [--batch 5000] [--flush 1.0]
+    python bench/paho_consumer.py --port P --influx URL --database DB [--batch 1000] [--flush 1.0]
 
 Subscribes to `ioc/v1/events/+` at QoS 1 with manual acknowledgement (paho 2's `manual_ack`), turns each
 event into one line of the schema of CONTRACT §4 (measurement = metric; tags source, area and the
-event's tags, escaped; field `value`; the event time in ns), batches 5000 lines or 1 s (the daemon's
+event's tags, escaped; field `value`; the event time in ns), batches 1000 lines or 1 s (the daemon's
 defaults), POSTs each batch to `/write` from a writer thread and acknowledges a batch's messages only
 after InfluxDB answered 204: what the daemon promises at QoS 1, with none of its validation, dedup,
 dead letters, spool, rules or API. Prints `ready` once subscribed; runs until stdin closes or SIGTERM.
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--influx", required=True)
     parser.add_argument("--database", required=True)
-    parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--flush", type=float, default=1.0)
     args = parser.parse_args()
 

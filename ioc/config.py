@@ -195,7 +195,10 @@ class InfluxSettings(_Section):
     bucket: str = ""
     token: SecretStr = SecretStr("")
     token_file: str = ""
-    batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    # 1000 (Telegraf's metric_batch_size too): at 5k ev/s a 5000-point write, and its 5000 MQTT acks, came
+    # once a second as one burst that delayed the alerts behind it (event -> alert p99 64-92 ms; with 1000,
+    # 22-26 ms: `bench/latency_bench.py`); the drain rate of `bench/ingest_bench.py` did not tell them apart.
+    batch_size: int = Field(default=1000, ge=1, le=1_000_000)
     flush_interval: Duration = parse_duration("1s")
     timeout: Duration = parse_duration("10s")
     retry_min: Duration = parse_duration("250ms")

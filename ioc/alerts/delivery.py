@@ -22,7 +22,6 @@ Not thread-safe on its own: the `AlertManager` calls it under its lock.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import TypeAlias
 
@@ -33,6 +32,7 @@ from ioc import failpoints
 from ioc.alerts import outbox as ids
 from ioc.alerts.alert import Alert, Change
 from ioc.alerts.audit import AuditEntry
+from ioc.alerts.episodes import EpisodeIds
 from ioc.alerts.notify import NotifierChain
 from ioc.alerts.outbox import FOREIGN, ForeignSeqs, Notification, Outbox, alert_from_record, alert_record
 from ioc.alerts.store import AlertStore, OutboxRow
@@ -67,10 +67,7 @@ class Delivery:
         # (notifier, notification id) this node handed over lately, from a row: a change heard twice (a
         # silence made on a follower: its rows, and the muting this node works out itself) is sent once.
         self._handed: dict[tuple[str, str], None] = {}
-        self._lookup_failed = False  # an episode id's lookup found the store away (until a flush stores)
-        self._latest_start = -math.inf  # no kept episode began later (`episode_id`)
-        self._at_latest: set[str] | None = set()  # the fingerprints whose episode began then (None: unknown)
-        self._know_starts()
+        self.episodes = EpisodeIds(store, store_down=lambda: self._outage.down)
         self._owed: list[OutboxRow] = store.outbox()  # what a crash left undelivered: sent first
         self._next_seq = _after_own(self._owed, 1)
         self._held: list[_Prepared] | None = []  # durable deliveries made before `resume()`
@@ -113,7 +110,7 @@ class Delivery:
         """This node leads from now (lease term `term`): what the outbox holds is delivered again (StoreError:
         the store does not answer; the caller tries again)."""
         owed = self.store.outbox()
-        self._know_starts()  # the episodes the other leaders recorded
+        self.episodes.know_starts()  # the episodes the other leaders recorded
         self._next_seq = max(self._next_seq, _after_own(owed, 0), term << 40)
         self._taken = {row.seq for row in owed if row.seq >= FOREIGN}
         self._taken_over = True
@@ -210,7 +207,7 @@ class Delivery:
                 self._outage.failed(error, buffered=len(alerts))
         if stored:
             self._outage.recovered(written=len(alerts))
-            self._lookup_failed = False
+            self.episodes.answered()
             self._hand(rows)
         else:
             self.store_errors += len(prepared)
@@ -285,39 +282,9 @@ class Delivery:
             prepared.append((alert, change, notification_id, seqs))
         return prepared, rows
 
-    def _know_starts(self) -> None:
-        try:
-            latest = self.store.latest_start()
-        except StoreError:
-            latest = math.inf  # unknown: every new episode's id is looked up
-        latest = -math.inf if latest is None else latest
-        if latest >= self._latest_start:
-            self._latest_start, self._at_latest = latest, (set() if latest == -math.inf else None)
-
     def episode_id(self, fingerprint: str, started_at: float) -> str:
-        """A new episode's id (`ioc.alerts.outbox.alert_id`), salted past the ids of other episodes the store
-        keeps (a late event began one at the very time an earlier one did; an active one is this episode).
-        Looked up only for an episode that does not begin after every kept one (a late event: rare), and not
-        while the store is away (the unsalted id, as every node would choose then)."""
-        if started_at > self._latest_start:  # the usual case: time moves on, no kept episode began then
-            self._latest_start, self._at_latest = started_at, {fingerprint}
-            return ids.alert_id(fingerprint, started_at)
-        if started_at == self._latest_start and self._at_latest is not None and fingerprint not in self._at_latest:
-            self._at_latest.add(fingerprint)  # a storm's alerts of one event time
-            return ids.alert_id(fingerprint, started_at)
-        salt = 0
-        while True:
-            candidate = ids.alert_id(fingerprint, started_at, salt)
-            if self._outage.down or self._lookup_failed:
-                return candidate
-            try:
-                taken = self.store.get_alert(candidate)
-            except StoreError:  # the next flush finds the store away and logs it; no lookup until it is back
-                self._lookup_failed = True
-                return candidate
-            if taken is None or taken.state != "resolved":
-                return candidate
-            salt += 1
+        """A new episode's id (`ioc.alerts.episodes`)."""
+        return self.episodes.new(fingerprint, started_at)
 
     def _tell(self, prepared: list[_Prepared]) -> None:
         """Tell stored changes, in order: the plain notifiers now; the durable ones now, or once resumed."""

@@ -24,7 +24,7 @@ def problems_of(tmp_path: Path, text: str) -> list[str]:
 def test_the_example_config_parses() -> None:
     settings = load_settings(ROOT / "deploy" / "ioc.example.toml")
     assert settings.vendors[0].name == "dvc-binhthuan" and settings.vendors[0].rate == 2000
-    assert settings.influx.batch_size == 5000 and settings.influx.flush_interval == 1.0
+    assert settings.influx.batch_size == 1000 and settings.influx.flush_interval == 1.0
     assert settings.http.max_body == 8 * 1024 * 1024
     assert settings.poll[0].entity == "ioc-api"
 
