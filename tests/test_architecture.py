@@ -14,6 +14,8 @@ contract (topics, envelope, HTTP API), so they import nothing of the daemon, and
 them. Every import counts, including those inside functions (a lazy import hides a cycle; it does not
 remove it); imports under `if TYPE_CHECKING:` do not, since they never run.
 
+Also held here: no class over CLASS_LINES_MAX lines (issue 10: each class fits on a screen or two).
+
 Run it alone: `python -m pytest tests/test_architecture.py`.
 """
 
@@ -52,6 +54,7 @@ ALLOWED: set[tuple[str, str]] = {
     ("ioc.rules", "ioc.aggregators"),
 }
 SIMULATORS = "ioc.simulators"
+CLASS_LINES_MAX = 300  # from `class` to its last line, docstring and comments included
 SIMULATOR_USERS = {"ioc.cli", "ioc.demo"}
 
 
@@ -212,6 +215,24 @@ def test_every_package_folder_is_installed() -> None:
         parent, _, last = name.rpartition(".")
         folder = found[parent].parent / last
         assert folder.is_dir() and not any(folder.glob("*.py")), f"{name}: not a data folder"
+
+
+def long_classes(source: str, where: str) -> list[str]:
+    return [f"{where}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+            for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ClassDef)
+            and node.end_lineno is not None and node.end_lineno - node.lineno + 1 > CLASS_LINES_MAX]
+
+
+def test_no_class_is_longer_than_a_screen_or_two() -> None:
+    found = [line for module, path in sorted(modules().items())
+             for line in long_classes(path.read_text(encoding="utf-8"), module)]
+    assert found == []
+
+
+def test_the_class_length_check_sees_a_long_class() -> None:
+    body = "\n".join(f"    x{n} = {n}" for n in range(CLASS_LINES_MAX))
+    assert long_classes(f"class Long:\n{body}\n", "m") == [f"m:1 Long: {CLASS_LINES_MAX + 1} lines"]
+    assert long_classes("class Short:\n    pass\n", "m") == []
 
 
 def test_the_checker_sees_a_cycle_and_an_upward_import() -> None:
