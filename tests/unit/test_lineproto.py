@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ioc import lineproto
 from ioc.envelope import EVENT_ADAPTER, event_time_ns, tag_value_problem
 from ioc.ingest.decode import Accepted, decode_payload
 from ioc.lineproto import escape_tag, render_event, render_point, string_field
@@ -24,6 +26,20 @@ def test_telemetry_line() -> None:
                               tags={"station": "Phan Thiết 1", "b": "x,y=z"}))
     assert line == (r"env.aqi,source=qtmt-aqi,area=22723,station=Phan\ Thiết\ 1,b=x\,y\=z value=160.0 "
                     "1772413200000001000")
+
+
+def test_escaped_tags_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Escaped keys and values are looked up, not translated again; a vendor sending ever new values
+    cannot grow the memory past the bound, and the lines stay right across the clearing."""
+    monkeypatch.setattr(lineproto, "_ESCAPED", {})
+    monkeypatch.setattr(lineproto, "_ESCAPED_MAX", 4)
+    for n in range(20):
+        line = render_event(event(type="telemetry", metric="env.aqi", value=1, area="22723",
+                                  tags={"station": f"Trạm {n}", "site": "a=b"}))
+        assert line == (rf"env.aqi,source=qtmt-aqi,area=22723,station=Trạm\ {n},site=a\=b value=1.0 "
+                        "1772413200000001000")
+        assert len(lineproto._ESCAPED) <= 4
+    assert lineproto._ESCAPED.get("a=b", r"a\=b") == r"a\=b"
 
 
 def test_status_line_writes_up_as_float() -> None:
