@@ -22,16 +22,7 @@ from ioc.alerts.silence_request import SilenceRequest
 from ioc.alerts.store import AlertStore
 from tests.alertmanager_server import am_alerts, start_alertmanager
 from tests.servers import Server, find_binary
-
-
-def wait_for(what: str, probe: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.waiting import wait_until
 
 
 def update(state: str, value: float = 180.0) -> AlertUpdate:
@@ -66,7 +57,7 @@ def test_changes_reach_alertmanager_and_a_resolve_ends_the_alert(tmp_path: Path,
     try:
         alert = manager.apply(update("firing"))
         assert alert is not None
-        [found] = wait_for("the alert in Alertmanager", lambda: listed(alertmanager))
+        [found] = wait_until("the alert in Alertmanager", lambda: listed(alertmanager), 20)
         assert found["labels"] == {"alertname": "aqi-bad", "severity": "critical", "area": "22723"}
         assert found["annotations"]["ioc_alert_id"] == alert.id and found["annotations"]["value"] == "180"
         assert found["status"]["state"] == "active"
@@ -78,21 +69,21 @@ def test_changes_reach_alertmanager_and_a_resolve_ends_the_alert(tmp_path: Path,
         assert [a["annotations"]["summary"] for a in json.loads(queried.stdout)] == ["VN_AQI 180"]
 
         manager.ack(alert.id, "truc-ban-1")
-        wait_for("the ack in its annotations", lambda: [
-            a for a in listed(alertmanager) if a["annotations"].get("acknowledged_by") == "truc-ban-1"])
+        wait_until("the ack in its annotations", lambda: [
+            a for a in listed(alertmanager) if a["annotations"].get("acknowledged_by") == "truc-ban-1"], 20)
 
         # Silenced on the daemon: still pushed (Alertmanager routes and silences for itself; an alert that
         # stopped coming would end there and page "resolved"), with the silence named.
         silence = manager.create_silence(SilenceRequest.parse({"matchers": [{"name": "area", "value": "22723"}],
                                                                "duration": "30m"}), actor="truc-ban-1")
-        wait_for("the silence in its annotations", lambda: [
-            a for a in listed(alertmanager) if a["annotations"].get("silenced_by") == silence.id])
+        wait_until("the silence in its annotations", lambda: [
+            a for a in listed(alertmanager) if a["annotations"].get("silenced_by") == silence.id], 20)
 
         manager.apply(update("resolved", 100))
-        wait_for("the alert ended in Alertmanager", lambda: not listed(alertmanager))
+        wait_until("the alert ended in Alertmanager", lambda: not listed(alertmanager), 20)
         assert push.wait_idle(10)
         # Every delivery settled (a post is marked done before its outbox rows are removed: poll for it).
-        wait_for("an empty outbox", lambda: manager.store.outbox() == [])
+        wait_until("an empty outbox", lambda: manager.store.outbox() == [], 20)
         assert push.posts["error"] == push.posts["refused"] == 0
     finally:
         push.close()
@@ -104,7 +95,7 @@ def test_a_change_owed_at_a_stop_is_delivered_after_the_restart(tmp_path: Path, 
     alertmanager.stop()
     manager, push = open_manager(db, alertmanager)
     manager.apply(update("firing"))
-    wait_for("a failed post", lambda: push.posts["error"] >= 1)
+    wait_until("a failed post", lambda: push.posts["error"] >= 1, 20)
     push.close(timeout=0.2)  # Alertmanager still away: the change stays owed
     manager.close()
     store = AlertStore(db)
@@ -114,8 +105,8 @@ def test_a_change_owed_at_a_stop_is_delivered_after_the_restart(tmp_path: Path, 
     alertmanager.start()
     manager, push = open_manager(db, alertmanager)
     try:
-        wait_for("the alert in Alertmanager after the restart", lambda: listed(alertmanager))
-        wait_for("the outbox emptied", lambda: manager.store.outbox() == [])
+        wait_until("the alert in Alertmanager after the restart", lambda: listed(alertmanager), 20)
+        wait_until("the outbox emptied", lambda: manager.store.outbox() == [], 20)
     finally:
         push.close()
         manager.close()

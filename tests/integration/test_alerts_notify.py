@@ -28,6 +28,7 @@ from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import Pipeline
 from tests.mqtt_tools import assemble_mqtt
 from tests.servers import Server, free_port
+from tests.waiting import wait_until
 
 T0 = 1_772_409_600.0
 
@@ -35,14 +36,6 @@ T0 = 1_772_409_600.0
 def update(rule: str, state: str, area: str = "22723", at: float = T0) -> AlertUpdate:
     return AlertUpdate(rule=rule, labels={"area": area}, severity="critical", state=state,  # type: ignore[arg-type]
                        summary=f"{rule} tại {area}", value=55.0, at=at)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 # --- MQTT ----------------------------------------------------------------------------------------------
@@ -92,7 +85,7 @@ def connector(mosquitto: Server, unique: str) -> Iterator[MqttConnector]:
                                             "subscribe": [f"ioc/v1/events/{unique}"]})
     connector, _ = assemble_mqtt(settings, pipeline)
     connector.start()
-    wait_until(lambda: connector.connected, "the broker connection")
+    wait_until("the broker connection", lambda: connector.connected)
     yield connector
     connector.close()
 
@@ -165,7 +158,7 @@ def test_an_mqtt_delivery_leaves_the_outbox_once_the_broker_acknowledged_it(
                                             "subscribe": [f"ioc/v1/events/{unique}"]})
     connector, _ = assemble_mqtt(settings, pipeline)
     connector.start()
-    wait_until(lambda: connector.connected, "the broker connection")
+    wait_until("the broker connection", lambda: connector.connected)
     assert connector.publisher is not None
     manager = AlertManager(AlertStore(store_url), notifiers=[MqttNotifier(connector.publisher)])
     rule = f"outbox-{unique}"
@@ -178,7 +171,7 @@ def test_an_mqtt_delivery_leaves_the_outbox_once_the_broker_acknowledged_it(
             assert alert is not None and owed(manager) == [("mqtt", "firing")]
         finally:
             private_mosquitto.resume()
-        wait_until(lambda: owed(manager) == [], "the outbox emptied after the PUBACKs")
+        wait_until("the outbox emptied after the PUBACKs", lambda: owed(manager) == [])
         live.wait_for(lambda got: len(got) >= 1)
         (payload, _, _), = live.on(f"ioc/v1/alerts/{rule}")
         body = orjson.loads(payload)

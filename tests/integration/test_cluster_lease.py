@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -16,16 +15,7 @@ from ioc.cluster import ClusterNode, acquire, members
 from ioc.cluster import node as cluster_node
 from ioc.store import open_shared
 from tests.postgres_server import Postgres
-
-
-def wait_until(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.waiting import wait_until
 
 
 def test_racing_nodes_elect_exactly_one(url: str) -> None:

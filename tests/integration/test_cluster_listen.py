@@ -6,24 +6,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 from ioc.cluster.listen import ChangeListener
 from ioc.store import open_shared
 from ioc.store.postgres import PostgresDatabase
 from tests.postgres_server import Postgres
-
-
-def wait_until(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
+from tests.waiting import wait_until
 
 SILENCE = ("INSERT INTO silences (id, matchers, starts_at, ends_at, comment, author, created_at, updated_at) "
            "VALUES (?, '[]', 0, 1, '', 'x', 0, 0)")
@@ -45,7 +33,7 @@ def test_writes_of_any_node_are_heard(url: str) -> None:
     try:
         time.sleep(0.5)  # LISTEN is in place once the thread has connected
         wait_until("listening", lambda: other.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'").fetchone()[0] == 1)
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'").fetchone()[0] == 1, 30)
         other.execute(SILENCE, ("s1",))
         wait_until("the silence heard", lambda: heard == [{"silences"}], timeout=5)
         with other.transaction():  # a burst of statements: heard once
@@ -53,7 +41,8 @@ def test_writes_of_any_node_are_heard(url: str) -> None:
                 other.execute(SILENCE, (f"b{n}",))
         other.execute("INSERT INTO agg_clock (name, clock_us) VALUES (?, ?)", ("c", 1))  # not listened to
         other.execute("DELETE FROM alerts WHERE id = ?", ("none",))
-        wait_until("the burst and the alerts heard", lambda: any("alerts" in tables for tables in heard), timeout=5)
+        wait_until("the burst and the alerts heard",
+                   lambda: any("alerts" in tables for tables in heard), timeout=5)
         assert heard[0] == {"silences"} and len(heard) <= 3 and set().union(*heard) == {"silences", "alerts"}
     finally:
         listener.close()

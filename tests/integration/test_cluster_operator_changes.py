@@ -14,7 +14,8 @@ from ioc.alerts.outbox import FOREIGN, notification_id
 from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore
 from tests.integration.test_cluster_alerts import Flag, Hook
-from tests.integration.test_cluster_store_sync import Node, wait_until
+from tests.integration.test_cluster_store_sync import Node
+from tests.waiting import wait_until
 
 
 class Stream:
@@ -115,7 +116,8 @@ def test_an_ack_on_the_follower_survives_the_leaders_stop_with_real_leases_and_l
         assert a.cluster.leader and not b.cluster.leader
         fired = a.alerts.apply(fire("22945", 100.0))
         assert fired is not None
-        wait_until("b hears of the alert", lambda: [alert.id for alert in b.alerts.active()] == [fired.id], timeout=10)
+        wait_until("b hears of the alert",
+                   lambda: [alert.id for alert in b.alerts.active()] == [fired.id], timeout=10)
         a.cluster.on_store_change.clear()  # a hears nothing more: it is dying
         a._stop.set()
         a._thread.join()

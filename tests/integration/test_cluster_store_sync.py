@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,16 +17,7 @@ from ioc.alerts.store import AlertStore
 from ioc.cluster import ClusterNode
 from ioc.store import StoreError, open_shared
 from tests.integration.test_cluster_alerts import Hook
-
-
-def wait_until(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.waiting import wait_until
 
 
 class Node:
@@ -84,7 +74,8 @@ def test_an_ack_on_one_node_holds_on_the_other_within_a_second_and_without_liste
         fired = a.alerts.apply(AlertUpdate(rule="aqi-bad", labels={"area": "22945"}, severity="critical",
                                            state="firing", summary="AQI", value=180.0, at=100.0))
         assert fired is not None
-        wait_until("b hears of the alert", lambda: [alert.id for alert in b.alerts.active()] == [fired.id], timeout=5)
+        wait_until("b hears of the alert",
+                   lambda: [alert.id for alert in b.alerts.active()] == [fired.id], timeout=5)
         time.sleep(2.5)  # the rounds' first syncs are done: from here LISTEN alone tells
         syncs = a.syncs, b.syncs
         b.alerts.ack(fired.id, "truc-ban")
@@ -106,7 +97,8 @@ def test_an_ack_on_one_node_holds_on_the_other_within_a_second_and_without_liste
         b.alerts.unack(fired.id, "truc-ban")
         wait_until("a sees the unack by its 1 s sync", lambda: a.acked_by(fired.id) is None, timeout=5)
         assert a.syncs > before
-        wait_until("the leader notifies it", lambda: [n.change for n in a.hook.got][-1] == "unacknowledged", timeout=5)
+        wait_until("the leader notifies it",
+                   lambda: [n.change for n in a.hook.got][-1] == "unacknowledged", timeout=5)
         assert len({note.id for note in a.hook.got}) == 3
     finally:
         watcher.close()

@@ -29,6 +29,7 @@ from ioc.lineproto import render_event, render_point
 from ioc.sinks.base import Sink
 from ioc.sinks.influx import InfluxSink
 from tests.servers import Server, free_port, influx_count, influx_query
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,15 +79,6 @@ def assert_counting_rule(sink: InfluxSink) -> None:
     queued, spooled = of("ioc_sink_queue_points"), of("ioc_sink_spool_points")
     assert handed == outcomes + queued + spooled, (
         f"handed {handed} != written/dead/dropped {outcomes} + queue {queued} + spool {spooled}")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(message)
 
 
 def quiet(sink: InfluxSink) -> bool:
@@ -228,7 +220,7 @@ def test_v1_round_trip_is_exact_and_creates_the_database(
     ]
     callbacks = Callbacks()
     sink.submit(points, callbacks.make(1))
-    wait_until(lambda: callbacks.ran == [1], 10, "the callback did not run")
+    wait_until("the callback", lambda: callbacks.ran == [1], 10)
 
     databases = query(influxdb, database, "SHOW DATABASES")[0]["values"]
     assert [database] in databases  # created on the first "database not found"
@@ -266,7 +258,7 @@ def test_a_refused_point_is_dead_lettered_and_the_rest_written(
     sinks.append(sink)
     first = Callbacks()
     sink.submit(['conflict,s=x f="text" 1'], first.make(0))  # the field is a string from now on
-    wait_until(lambda: first.ran == [0], 10, "the first point was not written")
+    wait_until("the first point written", lambda: first.ran == [0], 10)
 
     good = [f"good,s=x value={index}.0 {index + 1}" for index in range(11)]
     bad = "conflict,s=x f=1.0 2"
@@ -274,7 +266,7 @@ def test_a_refused_point_is_dead_lettered_and_the_rest_written(
     with capture_logs() as logs:
         sink.submit(batch, first.make(1))
         sink.submit([], first.make(2))  # an empty submit orders its callback behind the batch
-        wait_until(lambda: first.ran == [0, 1, 2], 10, "callbacks did not run in order")
+        wait_until("the callbacks in order", lambda: first.ran == [0, 1, 2], 10)
 
     assert influx_count(influxdb.url, database, "good") == 11
     assert influx_count(influxdb.url, database, "conflict", "f") == 1
@@ -315,7 +307,7 @@ def test_v2_writes_reach_victoria_metrics(
     ]
     callbacks = Callbacks()
     sink.submit(points, callbacks.make(1))
-    wait_until(lambda: callbacks.ran == [1], 10, "the callback did not run")
+    wait_until("the callback", lambda: callbacks.ran == [1], 10)
 
     series: list[dict[str, Any]] = []
 
@@ -323,7 +315,7 @@ def test_v2_writes_reach_victoria_metrics(
         series[:] = victoria_export(victoria, f'{{__name__="env.aqi_value",run="{unique}"}}')
         return len(series) == 5
 
-    wait_until(arrived, 15, "VictoriaMetrics does not have the points")
+    wait_until("the points in VictoriaMetrics", arrived, 15)
     got = {}
     for item in series:
         labels = item["metric"]
@@ -342,7 +334,7 @@ def test_v2_failures_never_log_the_token(tmp_path: Path, unique: str, sinks: lis
                                   spool_path=tmp_path / "store.db"))
         sinks.append(sink)
         sink.submit(["m value=1.0 1"])
-        wait_until(lambda: metric(sink, "ioc_sink_spool_points") == 1, 10, "the point was not spooled")
+        wait_until("the point spooled", lambda: metric(sink, "ioc_sink_spool_points") == 1, 10)
         sink.close(timeout=5)
     assert metric(sink, "ioc_sink_write_errors_total", kind="connection") >= 1
     assert any(entry["event"] == "sink.outage_started" for entry in logs)
@@ -370,7 +362,7 @@ def test_503_with_retry_after_is_waited_for_and_nothing_is_lost(
             if number == 2:
                 sink.submit([], callbacks.make(100))  # orders behind submit 2, before submit 3
             time.sleep(0.05)
-        wait_until(lambda: quiet(sink) and len(callbacks.ran) == 7, 10, "the points did not arrive")
+        wait_until("the points", lambda: quiet(sink) and len(callbacks.ran) == 7, 10)
 
     assert callbacks.ran == [0, 1, 2, 100, 3, 4, 5]
     assert tiny.accepted_lines() == sent  # every point once, in order
@@ -396,9 +388,9 @@ def test_429_honours_an_http_date_retry_after(tiny: TinyInflux, tmp_path: Path, 
     sink = started(InfluxSink(settings(tiny.url, retry_min="10ms", retry_max="5s"), spool_path=tmp_path / "store.db"))
     sinks.append(sink)
     sink.submit(["m value=1.0 1"])
-    wait_until(lambda: len(tiny.requests) >= 2, 10, "no retry after the 429")
+    wait_until("a retry after the 429", lambda: len(tiny.requests) >= 2, 10)
     assert tiny.requests[1][0] - tiny.requests[0][0] >= 0.5  # a whole-second date: at least 1 s minus rounding
-    wait_until(lambda: quiet(sink), 5, "the point was not written")
+    wait_until("the point written", lambda: quiet(sink), 5)
     assert metric(sink, "ioc_sink_write_errors_total", kind="http_429") == 1
     assert_counting_rule(sink)
 
@@ -410,7 +402,7 @@ def test_a_timeout_spools_and_the_retry_writes(tiny: TinyInflux, tmp_path: Path,
     sinks.append(sink)
     callbacks = Callbacks()
     sink.submit(["m value=1.0 1"], callbacks.make(1))
-    wait_until(lambda: quiet(sink) and callbacks.ran == [1], 10, "the point was not written after a timeout")
+    wait_until("the point written after a timeout", lambda: quiet(sink) and callbacks.ran == [1], 10)
     assert metric(sink, "ioc_sink_write_errors_total", kind="timeout") == 1
     assert [status for _, status, _ in tiny.requests] == [0, 204]
     assert_counting_rule(sink)
@@ -425,7 +417,7 @@ def test_authentication_failure_spools_and_is_a_problem(
     sinks.append(sink)
     callbacks = Callbacks()
     sink.submit(["m value=1.0 1", "m value=2.0 2"], callbacks.make(1))
-    wait_until(lambda: callbacks.ran == [1], 10, "a spooled batch's callback did not run")
+    wait_until("a spooled batch's callback", lambda: callbacks.ran == [1], 10)
     assert metric(sink, "ioc_sink_spool_points") == 2
     assert metric(sink, "ioc_sink_write_errors_total", kind="auth") >= 1
     [problem] = sink.problems()
@@ -433,7 +425,7 @@ def test_authentication_failure_spools_and_is_a_problem(
     assert "wrong" not in problem
 
     tiny.fallback = (204, {})  # the operator fixed the password
-    wait_until(lambda: quiet(sink), 10, "the spool did not drain")
+    wait_until("the spool drained", lambda: quiet(sink), 10)
     assert sink.problems() == []
     assert tiny.accepted_lines() == ["m value=1.0 1", "m value=2.0 2"]
     assert_counting_rule(sink)
@@ -451,11 +443,11 @@ def test_a_refused_point_in_the_spool_is_dead_lettered_on_replay(
     good = [f"m value={i}.0 {i}" for i in range(9)]
     callbacks = Callbacks()
     sink.submit(good[:5] + ["m,x=bad value=1.0 1"] + good[5:], callbacks.make(1))
-    wait_until(lambda: metric(sink, "ioc_sink_spool_points") == 10, 5, "the batch was not spooled")
+    wait_until("the batch spooled", lambda: metric(sink, "ioc_sink_spool_points") == 10, 5)
     assert callbacks.ran == [1]
 
     tiny.fallback = (204, {})
-    wait_until(lambda: quiet(sink), 10, "the spool did not drain")
+    wait_until("the spool drained", lambda: quiet(sink), 10)
     assert refused == [("HTTP 400: partial write: field type conflict dropped=1", "m,x=bad value=1.0 1")]
     assert tiny.accepted_lines() == good  # in order, around the refused one
     assert metric(sink, "ioc_sink_points_total", outcome="written") == 9
@@ -494,10 +486,10 @@ def test_outage_under_a_steady_stream_loses_and_duplicates_nothing(
     with capture_logs() as logs:
         producer.start()
         try:
-            wait_until(lambda: metric(sink, "ioc_sink_points_total", outcome="written") > 500, 10,
-                       "nothing was written before the outage")
+            wait_until("points written before the outage",
+                       lambda: metric(sink, "ioc_sink_points_total", outcome="written") > 500, 10)
             private_influxdb.stop()
-            wait_until(lambda: metric(sink, "ioc_sink_spool_points") > 0, 10, "nothing was spooled")
+            wait_until("a spooled point", lambda: metric(sink, "ioc_sink_spool_points") > 0, 10)
             time.sleep(2)
             spooled_during_outage = metric(sink, "ioc_sink_spool_points")
             assert metric(sink, "ioc_sink_outage") == 1 and sink.problems() == []  # the spool takes points: still ready
@@ -507,7 +499,7 @@ def test_outage_under_a_steady_stream_loses_and_duplicates_nothing(
             stop.set()
             producer.join(10)
         total = sent[0]
-        wait_until(lambda: quiet(sink), 20, "the spool did not drain")
+        wait_until("the spool drained", lambda: quiet(sink), 20)
 
     assert spooled_during_outage > 0
     rows = query(private_influxdb, database, 'SELECT "seq" FROM "outage"')[0]["values"]
@@ -539,7 +531,8 @@ def test_spool_full_with_block_pushes_back_on_submit(
                             callbacks.make(number), timeout=0.3)
                 submitted += 5
         assert submitted == 30  # 20 in the spool, 10 in the queue
-        wait_until(lambda: sink.problems() == ["influx: spool full (20 points)"], 5, str(sink.problems()))
+        wait_until("the spool full", lambda: sink.problems() == ["influx: spool full (20 points)"], 5,
+                   explain=sink.problems)
     assert not sink.has_room(1)
     assert callbacks.ran == [0, 1, 2, 3]  # the spooled batches are durable; the queued ones not yet
     assert metric(sink, "ioc_sink_spool_points") == 20 and metric(sink, "ioc_sink_queue_points") == 10
@@ -547,7 +540,7 @@ def test_spool_full_with_block_pushes_back_on_submit(
     assert_counting_rule(sink)
 
     tiny.fallback = (204, {})
-    wait_until(lambda: quiet(sink), 10, "the spool and queue did not drain")
+    wait_until("the spool and queue drained", lambda: quiet(sink), 10)
     assert callbacks.ran == [0, 1, 2, 3, 4, 5]
     assert sink.has_room(1) and sink.problems() == []
     assert tiny.accepted_lines() == [f"m value={i}.0 {i}" for i in range(30)]
@@ -567,7 +560,7 @@ def test_spool_full_with_drop_counts_what_it_drops(
     for number in range(10):  # never blocks: batches that do not fit are dropped
         sink.submit([f"m value={number * 5 + i}.0 {number * 5 + i}" for i in range(5)], callbacks.make(number),
                     timeout=2)
-    wait_until(lambda: len(callbacks.ran) == 10, 10, "callbacks of dropped batches did not run")
+    wait_until("the callbacks of dropped batches", lambda: len(callbacks.ran) == 10, 10)
     assert callbacks.ran == list(range(10))
     assert metric(sink, "ioc_sink_points_total", outcome="dropped", reason="spool_full") == 30
     assert metric(sink, "ioc_sink_spool_points") == 20
@@ -575,7 +568,7 @@ def test_spool_full_with_drop_counts_what_it_drops(
     assert_counting_rule(sink)
 
     tiny.fallback = (204, {})
-    wait_until(lambda: quiet(sink), 10, "the spool did not drain")
+    wait_until("the spool drained", lambda: quiet(sink), 10)
     assert tiny.accepted_lines() == [f"m value={i}.0 {i}" for i in range(20)]  # the oldest were kept
     assert metric(sink, "ioc_sink_points_total", outcome="written") == 20
     assert sink.problems() == []
@@ -620,7 +613,7 @@ def test_close_in_an_outage_spools_and_the_next_start_replays(
     assert metric(again, "ioc_sink_spool_points") == 2  # counted as handed to this run too
     assert_counting_rule(again)
     again.start()
-    wait_until(lambda: quiet(again), 10, "the spool of the earlier run was not replayed")
+    wait_until("the spool of the earlier run replayed", lambda: quiet(again), 10)
     assert tiny.accepted_lines() == ["m value=1.0 1", "m value=2.0 2"]
     assert metric(again, "ioc_sink_points_total", outcome="written") == 2
     assert_counting_rule(again)
@@ -697,7 +690,7 @@ def test_a_spool_the_old_daemon_wrote_replays_after_the_upgrade(
     sinks.append(sink)
     assert metric(sink, "ioc_sink_spool_points") == 3 and metric(sink, "ioc_sink_outage") == 1
     sink.start()
-    wait_until(lambda: quiet(sink), 10, "the old spool was not replayed")
+    wait_until("the old spool replayed", lambda: quiet(sink), 10)
     assert tiny.accepted_lines() == ["m value=1.0 1", "m value=3.0 3"]
     assert refused == [("m,x=bad value=2.0 2", None)]
     assert metric(sink, "ioc_sink_points_total", outcome="written") == 2

@@ -29,6 +29,7 @@ from ioc.metrics import Metrics, MetricSource
 from ioc.sinks.base import DurableCallback, Sink
 from tests.mqtt_tools import Collector, assemble_mqtt, publish_all
 from tests.servers import Server, find_binary, free_port, start_mosquitto
+from tests.waiting import wait_until
 
 TIME = "2026-03-02T08:00:00+07:00"
 CLIENTS = ["fast", "paho"]  # [mqtt] client: FastClient, and stock paho (the way back should paho break it)
@@ -40,14 +41,6 @@ CLIENTS = ["fast", "paho"]  # [mqtt] client: FastClient, and stock paho (the way
 def event(source: str, index: int, **extra: object) -> bytes:
     return orjson.dumps({"id": f"e-{index}", "source": source, "type": "telemetry", "time": TIME,
                          "metric": "env.aqi", "value": index, **extra})
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class HoldingSink:
@@ -146,7 +139,7 @@ def connectors() -> Iterator[Make]:
         if start:
             connector.start()
             if wait:
-                wait_until(lambda: connector.subscribed, "the SUBACK")
+                wait_until("the SUBACK", lambda: connector.subscribed)
         return connector, pipeline
 
     yield make
@@ -179,8 +172,8 @@ def test_good_event_is_accepted_and_acknowledged(mosquitto: Server, unique: str,
     assert connector.problems() == []
     publish_all("127.0.0.1", mosquitto.port, [(f"ioc/v1/events/{source}", event(source, 1))])
     publish_all("127.0.0.1", mosquitto.port, [(f"ioc/v1/events/{source}", event(source, 2))], qos=0)
-    wait_until(lambda: pipeline.accepted[(source,)] == 2, "two accepted events")
-    wait_until(lambda: sample(connector, "ioc_mqtt_acks_sent_total") == 1, "the ack")
+    wait_until("two accepted events", lambda: pipeline.accepted[(source,)] == 2)
+    wait_until("the ack", lambda: sample(connector, "ioc_mqtt_acks_sent_total") == 1)
     assert sample(connector, "ioc_mqtt_messages_received_total", qos="1") == 1
     assert sample(connector, "ioc_mqtt_messages_received_total", qos="0") == 1
     assert sample(connector, "ioc_mqtt_connected") == 1
@@ -209,7 +202,7 @@ def test_bad_events_become_dead_letters_and_good_ones_all_pass(
     try:
         publish_all("127.0.0.1", mosquitto.port, messages)
         letters = dead.wait_for(4)
-        wait_until(lambda: pipeline.accepted[(source,)] == 40, "all 40 good events")
+        wait_until("all 40 good events", lambda: pipeline.accepted[(source,)] == 40)
     finally:
         dead.close()
     assert len(letters) == 4
@@ -236,29 +229,31 @@ def test_ack_waits_for_durability_and_survives_a_broken_connection(
     sink = HoldingSink()
     connector, pipeline = connectors(mosquitto, sink, client_id=f"ioc-{unique}", subscribe=[topic], client=client)
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, i)) for i in range(5)])
-    wait_until(lambda: pipeline.accepted[(source,)] == 5, "five held events")
+    wait_until("five held events", lambda: pipeline.accepted[(source,)] == 5)
     assert sample(connector, "ioc_mqtt_acks_sent_total") == 0  # not durable: not acknowledged
 
     # The connection breaks before the points are durable: the broker must send all five again.
     drop_connection(connector)
-    wait_until(lambda: sample(connector, "ioc_mqtt_connects_total") == 2 and connector.connected, "a reconnect")
-    wait_until(lambda: pipeline.duplicates[(source,)] == 5, "the redelivery of the five")
+    wait_until("a reconnect",
+               lambda: sample(connector, "ioc_mqtt_connects_total") == 2 and connector.connected)
+    wait_until("the redelivery of the five", lambda: pipeline.duplicates[(source,)] == 5)
     # The repeats add no points, only callbacks ordered behind the first ones (one per burst at least).
     assert sink.count() >= 2 and sink.points == 5
 
     # Now durable: the old connection's acks are skipped (their ids mean nothing now), the new ones go.
     assert sink.release() >= 2
-    wait_until(lambda: sample(connector, "ioc_mqtt_acks_sent_total") == 5, "five acks")
+    wait_until("five acks", lambda: sample(connector, "ioc_mqtt_acks_sent_total") == 5)
     assert sample(connector, "ioc_mqtt_acks_skipped_total") == 5
 
     # Acknowledged for good: after another break nothing comes back, while a new event does.
     client_ = connector.session.client
-    wait_until(lambda: client_ is not None and not client_.want_write(), "the PUBACKs out")
+    wait_until("the PUBACKs out", lambda: client_ is not None and not client_.want_write())
     drop_connection(connector)
-    wait_until(lambda: sample(connector, "ioc_mqtt_connects_total") == 3 and connector.connected, "a reconnect")
-    wait_until(lambda: connector.subscribed, "the SUBACK")
+    wait_until("a reconnect",
+               lambda: sample(connector, "ioc_mqtt_connects_total") == 3 and connector.connected)
+    wait_until("the SUBACK", lambda: connector.subscribed)
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, 99))])
-    wait_until(lambda: pipeline.accepted[(source,)] == 6, "the new event")
+    wait_until("the new event", lambda: pipeline.accepted[(source,)] == 6)
     assert pipeline.duplicates[(source,)] == 5
     assert sample(connector, "ioc_mqtt_disconnects_total") == 2
 
@@ -271,10 +266,11 @@ def test_receive_maximum_bounds_what_the_broker_sends_before_acks(
     sink = HoldingSink()
     _, pipeline = connectors(mosquitto, sink, client_id=f"ioc-{unique}", subscribe=[topic], receive_maximum=3)
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, i)) for i in range(10)])
-    wait_until(lambda: pipeline.accepted[(source,)] == 3, "three deliveries")
+    wait_until("three deliveries", lambda: pipeline.accepted[(source,)] == 3)
     time.sleep(0.2)  # a negative: the broker must not send a fourth before an ack
     assert pipeline.accepted[(source,)] == 3
-    wait_until(lambda: sink.release() >= 0 and pipeline.accepted[(source,)] == 10, "the rest, as acks go out")
+    wait_until("the rest, as acks go out",
+               lambda: sink.release() >= 0 and pipeline.accepted[(source,)] == 10)
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -286,16 +282,16 @@ def test_closing_with_unacknowledged_messages_gets_them_again(
     sink = HoldingSink()
     connector, pipeline = connectors(mosquitto, sink, client_id=f"ioc-{unique}", subscribe=[topic], client=client)
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, i)) for i in range(3)])
-    wait_until(lambda: pipeline.accepted[(source,)] == 3, "three held events")
+    wait_until("three held events", lambda: pipeline.accepted[(source,)] == 3)
     connector.close(1)
     connector.close(1)  # twice is fine
     assert connector.problems() == [f"mqtt: not connected to {connector.url} (closed)"]
     sink.release()  # too late: the connection is gone, so these acks are skipped
     assert sample(connector, "ioc_mqtt_acks_skipped_total") == 3
     connector.start()  # same client id: the session and its unacknowledged messages are still there
-    wait_until(lambda: pipeline.duplicates[(source,)] == 3, "the redelivery")
+    wait_until("the redelivery", lambda: pipeline.duplicates[(source,)] == 3)
     sink.release()
-    wait_until(lambda: sample(connector, "ioc_mqtt_acks_sent_total") == 3, "three acks")
+    wait_until("three acks", lambda: sample(connector, "ioc_mqtt_acks_sent_total") == 3)
 
 
 def test_paused_intake_neither_processes_nor_acknowledges(
@@ -309,7 +305,7 @@ def test_paused_intake_neither_processes_nor_acknowledges(
     assert pipeline.received[(source,)] == 0
     connector.close(1)
     connector.start()
-    wait_until(lambda: pipeline.accepted[(source,)] == 3, "the three after the restart")
+    wait_until("the three after the restart", lambda: pipeline.accepted[(source,)] == 3)
 
 
 # --- sessions and outages --------------------------------------------------------------------------------
@@ -324,13 +320,13 @@ def test_events_published_while_down_arrive_on_return(
     first, pipeline = connectors(mosquitto, client_id=f"ioc-{unique}", subscribe=[topic], protocol=protocol,
                                  client=client)
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, 0))])
-    wait_until(lambda: pipeline.accepted[(source,)] == 1, "the first event")
+    wait_until("the first event", lambda: pipeline.accepted[(source,)] == 1)
     first.close(2)
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, i)) for i in range(1, 21)])
     # A new connector (a restarted daemon) with the same client id resumes the session.
     connectors(mosquitto, pipeline=pipeline, client_id=f"ioc-{unique}", subscribe=[topic], protocol=protocol,
                client=client)
-    wait_until(lambda: pipeline.accepted[(source,)] == 21, "the 20 events published while down")
+    wait_until("the 20 events published while down", lambda: pipeline.accepted[(source,)] == 21)
     assert pipeline.duplicates[(source,)] == 0
 
 
@@ -341,7 +337,7 @@ def test_broker_down_at_start_then_restarted(private_mosquitto: Server, unique: 
     private_mosquitto.stop()
     with capture_logs() as logs:
         connector, pipeline = connectors(private_mosquitto, client_id=f"ioc-{unique}", wait=False)
-        wait_until(lambda: any(e["event"] == "mqtt.reconnecting" for e in logs), "a reconnect attempt")
+        wait_until("a reconnect attempt", lambda: any(e["event"] == "mqtt.reconnecting" for e in logs))
     assert not connector.connected
     assert connector.problems()[0].startswith(f"mqtt: not connected to mqtt://127.0.0.1:{private_mosquitto.port} (")
     assert sample(connector, "ioc_mqtt_connected") == 0
@@ -349,19 +345,19 @@ def test_broker_down_at_start_then_restarted(private_mosquitto: Server, unique: 
     assert 0.05 <= retry["delay"] <= 0.3
 
     private_mosquitto.restart()
-    wait_until(lambda: connector.subscribed, "the first connection")
+    wait_until("the first connection", lambda: connector.subscribed)
     publish_all("127.0.0.1", private_mosquitto.port, [(topic, event(source, i)) for i in range(5)])
-    wait_until(lambda: pipeline.accepted[(source,)] == 5, "five events")
+    wait_until("five events", lambda: pipeline.accepted[(source,)] == 5)
 
     with capture_logs() as logs:
         private_mosquitto.restart()
-        wait_until(lambda: sample(connector, "ioc_mqtt_connects_total") == 2 and connector.connected,
-                   "the reconnect after the broker's restart")
+        wait_until("the reconnect after the broker's restart",
+                   lambda: sample(connector, "ioc_mqtt_connects_total") == 2 and connector.connected)
     disconnected = next(e for e in logs if e["event"] == "mqtt.disconnected")
     assert "reason_code" in disconnected
-    wait_until(lambda: connector.subscribed, "the SUBACK")
+    wait_until("the SUBACK", lambda: connector.subscribed)
     publish_all("127.0.0.1", private_mosquitto.port, [(topic, event(source, i)) for i in range(5, 10)])
-    wait_until(lambda: pipeline.accepted[(source,)] == 10, "the events after the restart")
+    wait_until("the events after the restart", lambda: pipeline.accepted[(source,)] == 10)
     assert sample(connector, "ioc_mqtt_disconnects_total") == 1
 
 
@@ -384,8 +380,8 @@ def test_dead_letters_wait_while_disconnected_within_a_bound(tmp_path: Path) -> 
         assert sample(connector, "ioc_mqtt_dead_letters_dropped_total") == 3
         server = start_mosquitto(tmp_path / "late", port=port)
         try:
-            wait_until(lambda: connector.connected, "the connection")
-            wait_until(lambda: publisher.pending() == 0, "the queued dead letters to be acknowledged")
+            wait_until("the connection", lambda: connector.connected)
+            wait_until("the queued dead letters to be acknowledged", lambda: publisher.pending() == 0)
             assert publisher.publish("ioc/v1/alerts/x", b"{}")
         finally:
             connector.close(2)
@@ -420,7 +416,7 @@ def test_shared_subscription(mosquitto: Server, unique: str, connectors: Make) -
     topic = f"ioc/v1/events/{source}"
     _, pipeline = connectors(mosquitto, client_id=f"ioc-{unique}", subscribe=[topic], share_group=f"g{unique}")
     publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, i)) for i in range(10)])
-    wait_until(lambda: pipeline.accepted[(source,)] == 10, "ten events through the shared subscription")
+    wait_until("ten events through the shared subscription", lambda: pipeline.accepted[(source,)] == 10)
 
 
 def _openssl_certificates(directory: Path) -> tuple[Path, Path, Path]:
@@ -504,8 +500,8 @@ def test_failpoints_before_ack_and_at_hand_over(mosquitto: Server, unique: str,
         failpoints.configure("mqtt.before_ack=1*error")
         with capture_logs() as logs:
             publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, 1))])
-            wait_until(lambda: pipeline.duplicates[(source,)] == 1, "the redelivery after the failed ack")
-            wait_until(lambda: sample(connector, "ioc_mqtt_acks_sent_total") == 1, "the second ack")
+            wait_until("the redelivery after the failed ack", lambda: pipeline.duplicates[(source,)] == 1)
+            wait_until("the second ack", lambda: sample(connector, "ioc_mqtt_acks_sent_total") == 1)
         assert [entry["event"] for entry in logs if entry["event"] == "mqtt.ack_failed"] == ["mqtt.ack_failed"]
         assert sample(connector, "ioc_mqtt_acks_skipped_total") == 1
         assert sample(connector, "ioc_mqtt_connects_total") == 2
@@ -514,10 +510,10 @@ def test_failpoints_before_ack_and_at_hand_over(mosquitto: Server, unique: str,
         failpoints.configure("mqtt.handle=1*error")
         with capture_logs() as logs:
             publish_all("127.0.0.1", mosquitto.port, [(topic, event(source, 2))])
-            wait_until(lambda: failpoints.hits("mqtt.handle") == 1, "the failed hand-over")
+            wait_until("the failed hand-over", lambda: failpoints.hits("mqtt.handle") == 1)
         assert pipeline.received[(source,)] == 2  # the failed one was not counted
         assert any(entry["event"] == "mqtt.message_failed" for entry in logs)
         drop_connection(connector)  # unacknowledged: the broker sends it again on the next connection
-        wait_until(lambda: pipeline.accepted[(source,)] == 2, "the event after the reconnect")
+        wait_until("the event after the reconnect", lambda: pipeline.accepted[(source,)] == 2)
     finally:
         failpoints.configure("")

@@ -11,9 +11,7 @@ written is written once it answers, and every connection comes back by itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 import pytest
 from ioc.rules.updates import AlertUpdate
@@ -28,20 +26,11 @@ from ioc.envelope import DossierEvent, StatusEvent
 from ioc.kpis import Kpi
 from ioc.store import StoreError, open_database, open_shared
 from tests.postgres_server import Postgres
+from tests.waiting import wait_until
 
 VN = timezone(timedelta(hours=7))
 MONDAY = datetime(2026, 3, 2, 8, 0, tzinfo=VN)
 AREAS = AreaRegistry.default()
-
-
-def wait_until(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def status(entity: str, state: str, minute: int) -> StatusEvent:
@@ -103,7 +92,7 @@ def test_the_trackers_count_through_an_outage_and_write_their_rows_after_it(serv
         dossiers.advance(MONDAY.timestamp() + 180)
         return count("agg_entities") == 3 and count("agg_dossiers") == 2
 
-    wait_until("the buffered rows written", written)
+    wait_until("the buffered rows written", written, 30)
     entities.close()
     dossiers.close()
     again: list[Kpi] = []
@@ -145,7 +134,8 @@ def test_alerts_are_told_during_an_outage_and_stored_after_it(server: Postgres, 
     server.start()
 
     check = AlertStore(url)
-    wait_until("the alert stored after the outage", lambda: (manager.tick(), check.get_alert(second.id))[1])
+    wait_until("the alert stored after the outage",
+               lambda: (manager.tick(), check.get_alert(second.id))[1], 30)
     manager.ack(first.id, by="truc-ban-1")
     stored = check.get_alert(first.id)
     assert stored is not None and stored.acknowledged is not None and stored.acknowledged.by == "truc-ban-1"

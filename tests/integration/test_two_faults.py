@@ -4,8 +4,7 @@ the source the event claims (issue 13)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -16,6 +15,7 @@ from ioc.ingest.dedup import DedupIndex
 from ioc.ingest.pipeline import DeadLetterTarget, Pipeline
 from tests.mqtt_tools import Collector, assemble_mqtt, publish_all
 from tests.servers import Server
+from tests.waiting import wait_until
 
 TIME = "2026-03-02T08:00:00+07:00"
 
@@ -42,20 +42,13 @@ def intake(mosquitto: Server, unique: str) -> Iterator[tuple[MqttConnector, Pipe
         connector.close(1)
 
 
-def _wait(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("bad_time", ["2026-03-02T08:00:00",  # no offset: refused by validation
                                       "2126-03-02T08:00:00+07:00"],  # a century ahead: refused by the check
                          ids=["invalid", "future"])
 def test_the_topic_decides_whose_dead_letter_it_is(intake: tuple[MqttConnector, Pipeline], mosquitto: Server,
                                                    unique: str, bad_time: str) -> None:
     connector, pipeline = intake
-    _wait(lambda: connector.subscribed, "the SUBACK")
+    wait_until("the SUBACK", lambda: connector.subscribed, 20)
     vendor, claimed = f"v-{unique}", f"other-{unique}"
     letters = Collector("127.0.0.1", mosquitto.port, "ioc/v1/deadletter/#")
     try:
@@ -64,8 +57,8 @@ def test_the_topic_decides_whose_dead_letter_it_is(intake: tuple[MqttConnector, 
             # and the same inside a batch, beside a good event of the vendor
             (f"ioc/v1/events/{vendor}", b"[" + event(vendor, "good") + b"," + event(claimed, "b", bad_time) + b"]"),
         ])
-        _wait(lambda: len(letters.messages) >= 2, "two dead letters")
-        _wait(lambda: pipeline.accepted.get((vendor,)) == 1, "the good event")
+        wait_until("two dead letters", lambda: len(letters.messages) >= 2, 20)
+        wait_until("the good event", lambda: pipeline.accepted.get((vendor,)) == 1, 20)
     finally:
         letters.close()
     assert [topic for topic, _ in letters.messages] == [f"ioc/v1/deadletter/{vendor}"] * 2
@@ -80,13 +73,13 @@ def test_the_topic_decides_whose_dead_letter_it_is(intake: tuple[MqttConnector, 
 def test_an_invalid_event_of_the_topics_own_source_keeps_its_reason(
         intake: tuple[MqttConnector, Pipeline], mosquitto: Server, unique: str) -> None:
     connector, pipeline = intake
-    _wait(lambda: connector.subscribed, "the SUBACK")
+    wait_until("the SUBACK", lambda: connector.subscribed, 20)
     vendor = f"v-{unique}"
     letters = Collector("127.0.0.1", mosquitto.port, f"ioc/v1/deadletter/{vendor}")
     try:
         publish_all("127.0.0.1", mosquitto.port,
                     [(f"ioc/v1/events/{vendor}", event(vendor, "one-fault", "2026-03-02T08:00:00"))])
-        _wait(lambda: len(letters.messages) >= 1, "the dead letter")
+        wait_until("the dead letter", lambda: len(letters.messages) >= 1, 20)
     finally:
         letters.close()
     reason = orjson.loads(letters.messages[0][1])["reason"]

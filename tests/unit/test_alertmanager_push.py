@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +24,7 @@ from ioc.alerts.alertmanager_push import (
 )
 from ioc.alerts.config import AlertmanagerSettings, AlertsSettings
 from ioc.alerts.outbox import Notification
+from tests.waiting import wait_until
 
 NOW = 1_796_000_000.0
 
@@ -37,16 +37,6 @@ def alert(state: str = "firing", *, fingerprint: str = "fp1", alert_id: str = "a
         "resolved_at": NOW - 10 if state == "resolved" else None}
     values.update(changes)
     return Alert(**values)
-
-
-def wait_until(what: str, probe: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class FakeAlertmanager:

@@ -5,7 +5,6 @@ retry policy bounds, the delivery queue's shutdown, and when each durable notifi
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -27,6 +26,7 @@ from ioc.alerts.notify import (
 )
 from ioc.alerts.outbox import Notification, alert_from_record, alert_record
 from ioc.errors import SinkFull
+from tests.waiting import wait_until
 
 T0 = 1_772_409_600.0
 
@@ -271,7 +271,7 @@ def test_queued_settles_what_is_sent_failed_or_dropped_from_a_full_queue() -> No
 
     full = Queued(Slow(), policy=RetryPolicy(3, 0.001, 0.002), queue_max=1)
     full.deliver(Notification(FIRING, "firing", "n-3", seq=3), settled)  # taken by the thread
-    assert wait_until(lambda: full.pending() == 1 and not full._queue)
+    wait_until("n-3 taken by the thread", lambda: full.pending() == 1 and not full._queue, 5)
     full.deliver(Notification(FIRING, "firing", "n-4", seq=4), settled)  # queued
     full.deliver(Notification(FIRING, "firing", "n-5", seq=5), settled)  # no room: dropped for good
     assert settled.seqs == [1, 2, 5] and full.outcomes()["dropped"] == 1
@@ -280,14 +280,6 @@ def test_queued_settles_what_is_sent_failed_or_dropped_from_a_full_queue() -> No
     assert settled.at_once == [1, 2, 3, 4]  # a webhook's row goes right after its answer
     full.close(1.0)
 
-
-def wait_until(probe: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
 
 
 def test_close_keeps_in_the_outbox_what_it_cannot_deliver_in_time() -> None:

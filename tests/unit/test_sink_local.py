@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ioc.sinks.local import LocalSink
+from tests.waiting import wait_until
 
 
 def samples(sink: LocalSink) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -22,12 +21,6 @@ def value(sink: LocalSink, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples(sink).items() if n == name and all((k, x) in ls for k, x in labels.items()))
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
 
 def test_points_are_kept_in_order_and_callbacks_run_in_order(tmp_path: Path) -> None:
     sink = LocalSink(tmp_path / "store.db")
@@ -36,7 +29,7 @@ def test_points_are_kept_in_order_and_callbacks_run_in_order(tmp_path: Path) -> 
     sink.submit(["m value=1.0 1", "m value=2.0 2"], lambda: order.append(1))
     sink.submit([], lambda: order.append(2))  # no points: only orders the callback
     sink.submit(["kpi,area=60 value=3.0 3"], lambda: order.append(3))
-    wait_until(lambda: order == [1, 2, 3])
+    wait_until("the callbacks", lambda: order == [1, 2, 3])
     assert sink.recent() == ["m value=1.0 1", "m value=2.0 2", "kpi,area=60 value=3.0 3"]
     assert value(sink, "ioc_sink_points_handed_total") == 3 == value(sink, "ioc_sink_points_total", outcome="written")
     sink.close(5)
@@ -55,7 +48,7 @@ def test_the_ring_keeps_the_newest_and_survives_a_restart(tmp_path: Path) -> Non
     assert value(again, "ioc_local_points") == 5
     again.start()
     again.submit(["m value=8.0 8"])
-    wait_until(lambda: value(again, "ioc_sink_points_total", outcome="written") == 1)
+    wait_until("the point written", lambda: value(again, "ioc_sink_points_total", outcome="written") == 1)
     assert [line.split()[-1] for line in again.recent()] == ["4", "5", "6", "7", "8"]
     again.close(5)
 
@@ -79,12 +72,12 @@ def test_a_failing_disk_holds_the_batch_unacknowledged_then_writes_it(
     sink.start()
     done = threading.Event()
     sink.submit(["m value=1.0 1"], done.set)
-    wait_until(lambda: value(sink, "ioc_sink_write_errors_total", kind="io") >= 1)
+    wait_until("a write error", lambda: value(sink, "ioc_sink_write_errors_total", kind="io") >= 1)
     # Between the failures (the retries come after 0.25 s, then ~0.5 s): held, unacknowledged, said so.
-    wait_until(lambda: sink.problems() != [])
+    wait_until("a problem said", lambda: sink.problems() != [])
     assert sink.problems() == ["local: cannot write, no spool: holding 1 points in memory"]
     assert not done.is_set() and not sink.has_room(1)
-    wait_until(done.is_set)  # retried (0.25 s, then ~0.5 s) and written: only then acknowledged
+    wait_until("the retried write", done.is_set)  # retried (0.25 s, then ~0.5 s), written: only then acked
     assert failures == [0] and value(sink, "ioc_sink_write_errors_total", kind="io") == 2
     assert sink.recent() == ["m value=1.0 1"] and sink.problems() == []
     assert value(sink, "ioc_sink_state", state="writing") == 1

@@ -18,6 +18,7 @@ from ioc.sinks.outage import Outage, State
 from ioc.sinks.output import BatchingOutput, Policy
 from ioc.sinks.spool import Spool
 from ioc.sinks.writer import WriteError
+from tests.waiting import wait_until
 
 
 class ScriptedWriter:
@@ -64,13 +65,6 @@ def state(sink: BatchingOutput) -> str:
     return current
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def writer() -> ScriptedWriter:
     return ScriptedWriter()
@@ -110,18 +104,18 @@ def test_the_outage_goes_writing_spooling_holding_and_back(make: Callable[..., B
     sink = make(spool_max=10)
     done: list[int] = []
     sink.submit(lines(0, 5), lambda: done.append(0))
-    wait_until(lambda: done == [0], "not written")
+    wait_until("the write", lambda: done == [0])
     assert state(sink) == "writing" and writer.stored == lines(0, 5)
 
     writer.down = True
     with capture_logs() as logs:
         for number in (1, 2):  # 10 points: the spool takes them, their callbacks run (durable on disk)
             sink.submit(lines(number * 5, 5), lambda number=number: done.append(number))
-        wait_until(lambda: done == [0, 1, 2], "not spooled")
+        wait_until("the spooled points", lambda: done == [0, 1, 2])
         assert state(sink) == "spooling" and metric(sink, "ioc_sink_spool_points") == 10
         assert sink.has_room(1) and sink.problems() == []  # an outage alone is not a problem
         sink.submit(lines(15, 5), lambda: done.append(3))  # the spool is full: held, unacknowledged
-        wait_until(lambda: state(sink) == "holding", "not holding")
+        wait_until("holding", lambda: state(sink) == "holding")
     assert not sink.has_room(1) and sink.problems() == ["test: spool full (10 points)"]
     assert done == [0, 1, 2]
     assert_counting_rule(sink)
@@ -130,7 +124,7 @@ def test_the_outage_goes_writing_spooling_holding_and_back(make: Callable[..., B
 
     with capture_logs() as logs:
         writer.down = False
-        wait_until(lambda: done == [0, 1, 2, 3] and state(sink) == "writing", "did not recover")
+        wait_until("the recovery", lambda: done == [0, 1, 2, 3] and state(sink) == "writing")
     # The spool drained first (making room), the held batch went behind it: every point once, in order.
     assert writer.stored == lines(0, 20)
     assert sink.problems() == [] and sink.has_room(1)
@@ -148,14 +142,14 @@ def test_origins_reach_the_refusal_from_memory_and_from_the_spool(
                    [origin_key("src-a", "e1"), origin_key("src-a", "e2"), origin_key("src-b", "e3")])
     sink.submit(batch)
     sink.submit(["kpi,x=bad value=4.0 4"])  # the daemon's own point: no origin
-    wait_until(lambda: len(refused) == 2, "not refused")
+    wait_until("the refusals", lambda: len(refused) == 2)
     assert refused == [("m,x=bad value=2.0 2", Origin("src-a", "e2")), ("kpi,x=bad value=4.0 4", None)]
 
     writer.down = True
     sink.submit(Points(["m value=5.0 5", "m,x=bad value=6.0 6"], [origin_key("src-c", "e5"), origin_key("src-c", "e6")]))
-    wait_until(lambda: metric(sink, "ioc_sink_spool_points") == 2, "not spooled")
+    wait_until("the spooled points", lambda: metric(sink, "ioc_sink_spool_points") == 2)
     writer.down = False
-    wait_until(lambda: len(refused) == 3, "not refused on replay")
+    wait_until("the refusal on replay", lambda: len(refused) == 3)
     assert refused[2] == ("m,x=bad value=6.0 6", Origin("src-c", "e6"))  # the origin went through the spool
     assert writer.stored == ["m value=1.0 1", "m value=3.0 3", "m value=5.0 5"]
     assert metric(sink, "ioc_sink_points_total", outcome="dead_lettered") == 3
