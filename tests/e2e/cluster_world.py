@@ -27,7 +27,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e.daemon import VENDOR_TOKEN, DaemonProcess, make_daemon
+from tests.e2e.daemon import RULE_FILE, VENDOR_TOKEN, DaemonProcess, make_daemon
 from tests.e2e.webhook import Receiver
 from tests.mqtt_tools import Collector
 from tests.postgres_server import Postgres
@@ -48,8 +48,6 @@ LEASE = 3.0
 VENDOR = {"Authorization": f"Bearer {VENDOR_TOKEN}", "Content-Type": "application/json"}
 
 PUBLIC_RULES = RULES + "    public: true\n"  # the aqi rule, its alerts in the CAP feed too
-
-RULE_FILE = "rules.yaml"  # a node's rule file, next to its config
 
 Node = tuple[DaemonProcess, dict[str, str]]
 
@@ -84,13 +82,9 @@ def two_nodes(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str
     for node in ("ioc-a", "ioc-b"):
         folder = tmp_path / node
         folder.mkdir()
-        rule_file = folder / RULE_FILE
-        if rules is not None:
-            rule_file.write_text(rules, encoding="utf-8")
         daemon = make_daemon(folder, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
-                             client_id=f"{node}-{unique}",
+                             client_id=f"{node}-{unique}", rules=rules,
                              extra=f'\n[cluster]\nlease = "{LEASE:g}s"\n'
-                             + (f'\n[rules]\npaths = ["{rule_file}"]\n' if rules is not None else "")
                              + (f'\n[[alerts.webhooks]]\nurl = "{webhook}"\n' if webhook else "") + extra)
         daemon.env = {"IOC_STORE__URL": url, "IOC_CLUSTER__NODE": node}
         found[node] = (daemon, daemon.env)
@@ -123,8 +117,7 @@ def notified(collector: Collector) -> dict[tuple[str, str], int]:
 
 
 def rule_file(daemon: DaemonProcess) -> Path:
-    """The rule file of a node of `two_nodes` (or of any daemon whose rule file is `rules.yaml` by its
-    config)."""
+    """The rule file of a daemon made with `rules` (make_daemon's, or a node of `two_nodes`)."""
     return daemon.config.parent / RULE_FILE
 
 

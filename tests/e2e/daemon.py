@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,10 +14,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ioc.config import token_sha256
 from tests.servers import free_port
+from tests.waiting import wait_until
 
 VENDOR_TOKEN = "vendor-token-qtmt"
 OTHER_VENDOR_TOKEN = "vendor-token-viettel"
 OPERATOR_TOKEN = "operator-token-1"
+RULE_FILE = "rules.yaml"  # a daemon's rule file (make_daemon's `rules`), next to its config
 
 
 def config_text(*, http_port: int, mqtt_url: str, influx_url: str, database: str, store: Path,
@@ -90,33 +91,20 @@ class DaemonProcess:
             self.wait_ready()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"ioc run exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.api}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"ioc run not ready after {timeout}s:\n{self.log()}")
+        wait_until("ioc run ready", lambda: self._answers("/readyz"), timeout, transient=(httpx.HTTPError,),
+                   explain=self.log)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Wait for `/healthz` (the process serves), not `/readyz` (its broker or database may be away)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"ioc run exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.api}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"ioc run not healthy after {timeout}s")
+        wait_until("ioc run healthy", lambda: self._answers("/healthz"), timeout, transient=(httpx.HTTPError,),
+                   explain=self.log)
+
+    def _answers(self, path: str) -> bool:
+        """Whether `path` answers 200; an AssertionError (no use waiting) once the process has exited."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"ioc run exited with {self.process.returncode}:\n{self.log()}")
+        return httpx.get(f"{self.api}{path}", timeout=1).status_code == 200
 
     @property
     def pid(self) -> int | None:
@@ -158,9 +146,16 @@ class DaemonProcess:
 
 
 def make_daemon(tmp_path: Path, *, mqtt_url: str, influx_url: str, database: str, client_id: str,
-                extra: str = "") -> DaemonProcess:
+                rules: str | None = None, extra: str = "") -> DaemonProcess:
+    """A daemon (not started) with its config, store and log in `tmp_path`; `rules`, if given, is the text
+    of its rule file (`tmp_path / RULE_FILE`, instead of the shipped rule packs); `extra` is added to the
+    config (TOML tables: the `[rules]` table follows it)."""
     http_port = free_port()
     config = tmp_path / "ioc.toml"
+    if rules is not None:
+        rule_file = tmp_path / RULE_FILE
+        rule_file.write_text(rules, encoding="utf-8")
+        extra += f'\n[rules]\npaths = ["{rule_file}"]\n'
     config.write_text(config_text(http_port=http_port, mqtt_url=mqtt_url, influx_url=influx_url,
                                   database=database, store=tmp_path / "var" / "ioc.db", client_id=client_id,
                                   extra=extra))

@@ -6,7 +6,6 @@ PostgreSQL (tests/e2e/cluster_world.py's World): the leader pushes, the follower
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.e2e.cluster_world import World, running_cluster
 from tests.e2e.daemon import VENDOR_TOKEN, DaemonProcess, make_daemon
 from tests.e2e.webhook import Receiver
 from tests.servers import Server
+from tests.waiting import wait_until
 
 RULES = """\
 rules:
@@ -34,16 +34,6 @@ rules:
     clear: 120
     summary: "VN_AQI {{ value }} tại {{ area_name }}"
 """
-
-
-def wait_for(what: str, probe: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -62,12 +52,8 @@ def alertmanager(tmp_path: Path, receiver: Receiver) -> Iterator[Server]:
 
 def daemon_for(tmp_path: Path, alertmanager: Server, mosquitto: Server, influxdb: Server, database: str,
                unique: str, *, resend: str = "2s") -> DaemonProcess:
-    rules = tmp_path / "rules" / "aqi.yaml"
-    rules.parent.mkdir(exist_ok=True)
-    rules.write_text(RULES, encoding="utf-8")
     return make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
-                       client_id=f"ioc-{unique}", extra=f'\n[rules]\npaths = ["{rules}"]\n'
-                       + pushing_to(alertmanager, resend=resend))
+                       client_id=f"ioc-{unique}", rules=RULES, extra=pushing_to(alertmanager, resend=resend))
 
 
 def pushing_to(alertmanager: Server, *, resend: str = "2s") -> str:
@@ -126,8 +112,8 @@ def test_alerts_reach_a_real_alertmanager_and_end_there(world: World, alertmanag
     """On two nodes the events are posted to the follower; the leader pushes, the follower posts nothing."""
     daemon = world.reader
     post_aqi(world.writer, f"{unique}-1", 180)
-    [alert] = wait_for("the alert firing", lambda: daemon_alert(daemon, "firing"))
-    [listed] = wait_for("the alert in Alertmanager", lambda: ours(alertmanager))
+    [alert] = wait_until("the alert firing", lambda: daemon_alert(daemon, "firing"), 30)
+    [listed] = wait_until("the alert in Alertmanager", lambda: ours(alertmanager), 30)
     assert listed["labels"] == {"alertname": "aqi-bad", "severity": "critical", "province": "60",
                                 **alert["labels"]}  # the group labels: `area`
     assert listed["annotations"]["summary"] == alert["summary"]
@@ -137,17 +123,17 @@ def test_alerts_reach_a_real_alertmanager_and_end_there(world: World, alertmanag
     assert listed["status"]["state"] == "active"
     ends = datetime.fromisoformat(listed["endsAt"])
     assert ends > datetime.now(UTC)  # firing: valid for a few resend intervals ahead
-    assert wait_for("the firing notification", lambda: "firing" in receiver.statuses())
+    assert wait_until("the firing notification", lambda: "firing" in receiver.statuses(), 30)
 
     # Re-sent while firing: Alertmanager's endsAt moves ahead.
-    wait_for("a re-send", lambda: [a for a in ours(alertmanager)
-                                   if datetime.fromisoformat(a["endsAt"]) > ends])
+    wait_until("a re-send", lambda: [a for a in ours(alertmanager)
+                                     if datetime.fromisoformat(a["endsAt"]) > ends], 30)
 
     post_aqi(world.writer, f"{unique}-2", 100)
-    wait_for("the alert resolved", lambda: daemon_alert(daemon, "resolved"))
-    wait_for("the alert gone from Alertmanager's active alerts", lambda: not ours(alertmanager))
-    resolved = wait_for("the resolved notification", lambda: [
-        n for n in list(receiver.notifications) if n["status"] == "resolved"])
+    wait_until("the alert resolved", lambda: daemon_alert(daemon, "resolved"), 30)
+    wait_until("the alert gone from Alertmanager's active alerts", lambda: not ours(alertmanager), 30)
+    resolved = wait_until("the resolved notification", lambda: [
+        n for n in list(receiver.notifications) if n["status"] == "resolved"], 30)
     assert resolved[0]["alerts"][0]["labels"]["area"] == alert["labels"]["area"]
 
     assert daemon.metric_sum("ioc_alertmanager_posts_total", outcome="ok") >= 3
@@ -171,19 +157,20 @@ def test_an_alertmanager_away_gets_the_alert_when_back_and_a_restart_keeps_it_ac
     try:
         alertmanager.stop()
         post_aqi(daemon, f"{unique}-1", 200)
-        wait_for("the alert firing", lambda: daemon_alert(daemon, "firing"))
-        wait_for("failed posts", lambda: daemon.metric_sum("ioc_alertmanager_posts_total", outcome="error") >= 2)
+        wait_until("the alert firing", lambda: daemon_alert(daemon, "firing"), 30)
+        wait_until("failed posts",
+                   lambda: daemon.metric_sum("ioc_alertmanager_posts_total", outcome="error") >= 2, 30)
         assert daemon.metric_sum("ioc_alertmanager_queue_length") == 1
         alertmanager.start()
-        wait_for("the alert in Alertmanager once it is back", lambda: ours(alertmanager))
+        wait_until("the alert in Alertmanager once it is back", lambda: ours(alertmanager), 30)
         assert daemon.metric_sum("ioc_alertmanager_queue_length") == 0
 
         # A stopped daemon sends nothing: Alertmanager lets the alert end at its endsAt (4 x 1s ahead).
         assert daemon.terminate() == 0
-        wait_for("the alert expired in Alertmanager", lambda: not ours(alertmanager))
+        wait_until("the alert expired in Alertmanager", lambda: not ours(alertmanager), 30)
         # Restarted, nothing is re-notified, yet Alertmanager hears at once of what still fires.
         daemon.start(env=NO_MQTT)
-        [listed] = wait_for("the alert active again", lambda: ours(alertmanager))
+        [listed] = wait_until("the alert active again", lambda: ours(alertmanager), 30)
         assert listed["annotations"]["ioc_alert_id"] == daemon_alert(daemon, "firing")[0]["id"]
     finally:
         daemon.stop()

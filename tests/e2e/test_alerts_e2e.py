@@ -31,6 +31,7 @@ from tests.e2e.daemon import OPERATOR_TOKEN, VENDOR_TOKEN, DaemonProcess, assert
 from tests.mqtt_tools import Collector, publish_all
 from tests.postgres_server import Postgres
 from tests.servers import Server, influx_query
+from tests.waiting import wait_until
 
 RULES = """\
 rules:
@@ -64,16 +65,6 @@ def aqi(event_id: str, value: float, offset: float = 0.0) -> tuple[str, bytes]:
         "value": value, "area": "22945"}))
 
 
-def wait_for(what: str, probe: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def alerts(daemon: DaemonProcess, **params: str) -> list[dict[str, Any]]:
     response = httpx.get(f"{daemon.api}/api/v1/alerts", params=params, timeout=5)
     assert response.status_code == 200, response.text
@@ -83,10 +74,8 @@ def alerts(daemon: DaemonProcess, **params: str) -> list[dict[str, Any]]:
 @pytest.fixture
 def daemon(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str
            ) -> Iterator[DaemonProcess]:
-    rules = tmp_path / RULE_FILE
-    rules.write_text(RULES, encoding="utf-8")
     process = make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
-                          client_id=f"ioc-{unique}", extra=f'\n[rules]\npaths = ["{rules}"]\n')
+                          client_id=f"ioc-{unique}", rules=RULES)
     process.start()
     yield process
     process.stop()
@@ -115,20 +104,20 @@ def test_alert_lifecycle_through_the_daemon(world: World, mosquitto: Server, inf
     try:
         # Bad air 90 s ago: pending (`for: 1m`, by event time); still bad now: firing, the same alert.
         publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-0", 180, offset=-90)], qos=1)
-        [pending] = wait_for("the alert pending", lambda: alerts(daemon, state="pending"))
+        [pending] = wait_until("the alert pending", lambda: alerts(daemon, state="pending"), 15)
         for node in world.nodes:
-            wait_for("the pending alert on each node", lambda node=node: [
-                a["id"] for a in alerts(node, state="pending")] == [pending["id"]])
+            wait_until("the pending alert on each node", lambda node=node: [
+                a["id"] for a in alerts(node, state="pending")] == [pending["id"]], 15)
         publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-1", 180)], qos=1)
-        [alert] = wait_for("the alert firing", lambda: alerts(daemon, state="firing"))
+        [alert] = wait_until("the alert firing", lambda: alerts(daemon, state="firing"), 15)
         assert alert["id"] == pending["id"]
         assert alert["rule"] == "aqi-bad" and alert["labels"] == {"area": "22945"}
         assert alert["severity"] == "critical" and alert["value"] == 180
         assert alert["summary"] == "Chất lượng không khí xấu tại Phường Phan Thiết: VN_AQI 180"
         assert alert["acknowledged"] is None and alert["silenced"] is False
         for node in world.nodes:  # one alert, one id, on every node
-            wait_for("the alert on each node", lambda node=node: [a["id"] for a in alerts(node, state="firing")]
-                     == [alert["id"]])
+            wait_until("the alert on each node",
+                       lambda node=node: [a["id"] for a in alerts(node, state="firing")] == [alert["id"]], 15)
         paged = pages.wait_for(2)
         assert [(topic, orjson.loads(body)["id"], orjson.loads(body)["change"]) for topic, body in paged] == [
             ("ioc/v1/alerts/aqi-bad", alert["id"], "pending"), ("ioc/v1/alerts/aqi-bad", alert["id"], "firing")]
@@ -149,11 +138,11 @@ def test_alert_lifecycle_through_the_daemon(world: World, mosquitto: Server, inf
         assert acked.status_code == 200, acked.text
         assert acked.json()["acknowledged"]["by"] == "truc-ban-1"
         for node in world.nodes:  # on every node within a second (CONTRACT §8)
-            wait_for("the ack on each node", lambda node=node: [a["id"] for a in alerts(
+            wait_until("the ack on each node", lambda node=node: [a["id"] for a in alerts(
                 node, state="acknowledged")] == [alert["id"]], timeout=5)
         for tap in taps.values():
-            wait_for("pending, firing and acknowledged on each stream", lambda tap=tap: tap.of(alert["id"]) == [
-                "pending", "firing", "acknowledged"])
+            wait_until("pending, firing and acknowledged on each stream",
+                       lambda tap=tap: tap.of(alert["id"]) == ["pending", "firing", "acknowledged"], 15)
 
         # A dossier makes KPIs for its commune and the province, served and fed back into the rules.
         dossier = {"id": f"{unique}-d1", "source": "qtmt-aqi", "type": "dossier", "time": now_iso(),
@@ -169,10 +158,10 @@ def test_alert_lifecycle_through_the_daemon(world: World, mosquitto: Server, inf
             kpis = httpx.get(f"{daemon.api}/api/v1/kpis", params={"area": area}, timeout=5).json()
             return next((k["value"] for k in kpis if k["kpi"] == "kpi.dossier.open"), None)
 
-        assert wait_for("kpi.dossier.open of the commune", lambda: open_kpi("22945")) == 1
+        assert wait_until("kpi.dossier.open of the commune", lambda: open_kpi("22945"), 15) == 1
         assert open_kpi("68") == 1  # rolled up to the province
-        backlog = wait_for("the KPI rule firing", lambda: [a for a in alerts(daemon, state="firing")
-                                                            if a["rule"] == "backlog-open"])
+        backlog = wait_until("the KPI rule firing", lambda: [a for a in alerts(daemon, state="firing")
+                                                              if a["rule"] == "backlog-open"], 15)
         assert {a["labels"]["area"] for a in backlog} == {"22945", "68"}
 
         # InfluxDB holds the alert's state change and the KPI points.
@@ -184,17 +173,18 @@ def test_alert_lifecycle_through_the_daemon(world: World, mosquitto: Server, inf
             found = rows("SELECT state, fingerprint FROM alert WHERE rule = 'aqi-bad'")
             return found if len(found) >= 2 else None
 
-        assert [row[1:] for row in wait_for("the alert points", changes)] == [
+        assert [row[1:] for row in wait_until("the alert points", changes, 15)] == [
             ["pending", alert["fingerprint"]], ["firing", alert["fingerprint"]]]
-        assert wait_for("the KPI points", lambda: rows(
-            "SELECT value FROM kpi WHERE kpi = 'kpi.dossier.open' AND area = '68'"))[-1][1] == 1.0
+        assert wait_until("the KPI points", lambda: rows(
+            "SELECT value FROM kpi WHERE kpi = 'kpi.dossier.open' AND area = '68'"), 15)[-1][1] == 1.0
 
         # SIGHUP with a broken rule file: refused, counted, old rules kept.
         rules = rule_file(daemon)
         rules.write_text(RULES + "  - id: broken\n    kind: nonsense\n", encoding="utf-8")
         assert daemon.process is not None
         daemon.process.send_signal(signal.SIGHUP)
-        wait_for("the reload failure", lambda: daemon.metric_sum("ioc_rules_reload_failures_total") == 1)
+        wait_until("the reload failure",
+                   lambda: daemon.metric_sum("ioc_rules_reload_failures_total") == 1, 15)
         assert "rules.reload_failed" in daemon.log() and f"{RULE_FILE}:" in daemon.log()
         assert [a["id"] for a in alerts(daemon, state="firing") if a["rule"] == "aqi-bad"] == [alert["id"]]
         rules.write_text(RULES, encoding="utf-8")
@@ -210,20 +200,21 @@ def test_alert_lifecycle_through_the_daemon(world: World, mosquitto: Server, inf
         assert kept["id"] == alert["id"] and kept["acknowledged"]["by"] == "truc-ban-1"
         assert open_kpi("22945") == 1 and open_kpi("68") == 1  # the KPIs are served at once after it
         if world.clustered:
-            wait_for("the follower leads", lambda: role(world.writer) == "leader", timeout=LEASE + 5)
+            wait_until("the follower leads", lambda: role(world.writer) == "leader", timeout=LEASE + 5)
         time.sleep(1.5)
         assert len(pages.messages) == pages_before
 
         # Clean air resolves it; the retained state is cleared.
         publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-2", 100)], qos=1)
         for node in world.nodes:
-            [resolved] = wait_for("the alert resolved", lambda node=node: [
-                a for a in alerts(node, state="resolved") if a["rule"] == "aqi-bad"])
+            [resolved] = wait_until("the alert resolved", lambda node=node: [
+                a for a in alerts(node, state="resolved") if a["rule"] == "aqi-bad"], 15)
             assert resolved["id"] == alert["id"] and resolved["resolved_at"]
         assert orjson.loads(pages.wait_for(pages_before + 1)[-1][1])["state"] == "resolved"
         assert not [a for a in alerts(daemon) if a["rule"] == "aqi-bad"]
         for tap in taps.values():
-            wait_for("the resolution on each stream", lambda tap=tap: tap.of(alert["id"])[-1:] == ["resolved"])
+            wait_until("the resolution on each stream",
+                       lambda tap=tap: tap.of(alert["id"])[-1:] == ["resolved"], 15)
         cleared = Collector("127.0.0.1", mosquitto.port, f"ioc/v1/alerts/state/{alert['fingerprint']}")
         try:
             time.sleep(0.5)

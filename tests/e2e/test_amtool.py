@@ -19,9 +19,10 @@ import pytest
 
 from tests.e2e.cluster_world import World, running_cluster, world_of
 from tests.e2e.daemon import OPERATOR_TOKEN, DaemonProcess, make_daemon
-from tests.e2e.test_alertmanager_push import NO_MQTT, RULES, post_aqi, wait_for
+from tests.e2e.test_alertmanager_push import NO_MQTT, RULES, post_aqi
 from tests.postgres_server import Postgres
 from tests.servers import Server
+from tests.waiting import wait_until
 
 
 def amtool_binary() -> str:
@@ -67,11 +68,8 @@ class Amtool:
 def daemon(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str
            ) -> Iterator[DaemonProcess]:
     amtool_binary()  # skip before starting anything
-    rules = tmp_path / "rules" / "aqi.yaml"
-    rules.parent.mkdir()
-    rules.write_text(RULES, encoding="utf-8")
     process = make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
-                          client_id=f"ioc-{unique}", extra=f'\n[rules]\npaths = ["{rules}"]\n')
+                          client_id=f"ioc-{unique}", rules=RULES)
     process.start(env=NO_MQTT)
     yield process
     process.stop()
@@ -107,11 +105,11 @@ def test_amtool_queries_alerts_and_adds_queries_and_expires_silences(world: Worl
                                                                      unique: str) -> None:
     daemon = world.reader
     post_aqi(world.writer, f"{unique}-1", 180)
-    [firing] = wait_for("aqi-bad firing", lambda: [a for a in v1(daemon, "/api/v1/alerts?state=firing")
-                                                   if a["rule"] == "aqi-bad"])
+    [firing] = wait_until("aqi-bad firing", lambda: [a for a in v1(daemon, "/api/v1/alerts?state=firing")
+                                                     if a["rule"] == "aqi-bad"], 30)
     area = firing["labels"]["area"]  # the registry's code for the event's area
 
-    [listed] = wait_for("the alert on amtool's node", lambda: amtool.json("alert", "query"))
+    [listed] = wait_until("the alert on amtool's node", lambda: amtool.json("alert", "query"), 30)
     assert listed["labels"] == {"alertname": "aqi-bad", "area": area, "severity": "critical"}
     assert listed["status"]["state"] == "active" and listed["fingerprint"] == firing["fingerprint"]
     assert listed["annotations"]["summary"] == firing["summary"]
@@ -121,13 +119,13 @@ def test_amtool_queries_alerts_and_adds_queries_and_expires_silences(world: Worl
 
     silence_id = amtool.ok("silence", "add", "alertname=aqi-bad", f'area=~"{area[:3]}.*"', "--comment=bảo trì trạm",
                            "--author=truc-ban-1", "--duration=2h", token=amtool.operator).strip()
-    [made] = wait_for("the silence on the v1 API", lambda: [  # one set of silences, on every node
+    [made] = wait_until("the silence on the v1 API", lambda: [  # one set of silences, on every node
         s for s in v1(daemon, "/api/v1/silences") if s["id"] == silence_id], timeout=5)
     assert made["status"] == "active" and made["author"] == "truc-ban-1" and made["comment"] == "bảo trì trạm"
     assert made["matchers"] == [{"name": "alertname", "value": "aqi-bad", "op": "="},
                                 {"name": "area", "value": f"{area[:3]}.*", "op": "=~"}]
-    muted = wait_for("the alert silenced", lambda: [a for a in v1(daemon, "/api/v1/alerts")
-                                                    if a["rule"] == "aqi-bad" and a["silenced"]])
+    muted = wait_until("the alert silenced", lambda: [a for a in v1(daemon, "/api/v1/alerts")
+                                                      if a["rule"] == "aqi-bad" and a["silenced"]], 30)
     assert muted[0]["silenced_by"] == [silence_id]
     assert amtool.json("alert", "query") == []  # amtool shows active alerts only by default
     [silenced] = amtool.json("alert", "query", "--silenced")
@@ -139,11 +137,11 @@ def test_amtool_queries_alerts_and_adds_queries_and_expires_silences(world: Worl
     assert amtool.json("silence", "query", "alertname=other") == []
 
     amtool.ok("silence", "expire", silence_id, token=amtool.operator)
-    wait_for("the silence expired on the v1 API", lambda: [
+    wait_until("the silence expired on the v1 API", lambda: [
         s["status"] for s in v1(daemon, "/api/v1/silences") if s["id"] == silence_id] == ["expired"], timeout=5)
     assert amtool.ok("silence", "query", "-q").split() == []
     assert silence_id in amtool.ok("silence", "query", "--expired", "-q").split()
-    wait_for("the alert unmuted", lambda: amtool.json("alert", "query"))
+    wait_until("the alert unmuted", lambda: amtool.json("alert", "query"), 30)
 
 
 def test_a_change_without_the_operators_token_is_refused(world: World, amtool: Amtool) -> None:
@@ -162,8 +160,8 @@ def test_a_change_without_the_operators_token_is_refused(world: World, amtool: A
     refused = amtool("silence", "expire", silence_id)
     assert refused.returncode != 0
     assert refusals("/api/v2/silence/{silence_id}") == refused_before[1] + 1
-    wait_for("the silence on the v1 API", lambda: [s["status"] for s in v1(world.reader, "/api/v1/silences")
-                                                   if s["id"] == silence_id] == ["active"], timeout=5)
+    wait_until("the silence on the v1 API", lambda: [s["status"] for s in v1(world.reader, "/api/v1/silences")
+                                                     if s["id"] == silence_id] == ["active"], timeout=5)
     assert [s["status"] for s in v1(daemon, "/api/v1/silences") if s["id"] == silence_id] == ["active"]
     amtool.ok("alert", "query")  # reads need no token ([http] public_read, the default)
     amtool.ok("silence", "expire", silence_id, token=amtool.operator)  # a world shared by the module

@@ -26,11 +26,12 @@ import pytest
 
 from tests.e2e.cluster_world import LEASE, VENDOR, Node, leader, notified, role, roster, two_nodes
 from tests.e2e.daemon import OPERATOR_TOKEN, assert_counting_rule
-from tests.e2e.test_postgres_store import alerts, aqi, wait_for
+from tests.e2e.test_postgres_store import alerts, aqi
 from tests.e2e.webhook import Receiver
 from tests.mqtt_tools import Collector, publish_all
 from tests.postgres_server import start_postgres
 from tests.servers import Server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +49,9 @@ def test_one_leader_and_a_follower_that_takes_over_after_a_sigkill(
     events = [aqi(f"{unique}-{n}", 50 + n) for n in range(3)]
     publish_all("127.0.0.1", mosquitto.port, [*events, events[0]], qos=1)
     for daemon in (a, b):
-        wait_for("the events on both nodes", lambda daemon=daemon: (
+        wait_until("the events on both nodes", lambda daemon=daemon: (
             daemon.metric_sum("ioc_events_accepted_total", source="qtmt-aqi") == 3
-            and daemon.metric_sum("ioc_events_duplicate_total", source="qtmt-aqi") == 1))
+            and daemon.metric_sum("ioc_events_duplicate_total", source="qtmt-aqi") == 1), 20)
         assert_counting_rule(daemon)
     # Posted to the follower over HTTP: published to the broker before the 202, so it reaches both nodes;
     # the bad item is answered and dead-lettered by the follower alone; the follower does not count its own
@@ -60,7 +61,8 @@ def test_one_leader_and_a_follower_that_takes_over_after_a_sigkill(
                         content=orjson.dumps([*posted, {"id": "bad", "source": "qtmt-aqi", "type": "nope"}]))
     assert answer.status_code == 202, answer.text
     assert answer.json()["accepted"] == 2 and [item["index"] for item in answer.json()["rejected"]] == [2]
-    wait_for("the posted events on a", lambda: a.metric_sum("ioc_events_accepted_total", source="qtmt-aqi") == 5)
+    wait_until("the posted events on a",
+               lambda: a.metric_sum("ioc_events_accepted_total", source="qtmt-aqi") == 5, 20)
     time.sleep(1.0)  # b's own publish, had it been counted again, would be by now
     assert b.metric_sum("ioc_events_received_total", source="qtmt-aqi") == 7  # 3, the repeat, 3 posted
     assert b.metric_sum("ioc_events_duplicate_total", source="qtmt-aqi") == 1
@@ -73,16 +75,16 @@ def test_one_leader_and_a_follower_that_takes_over_after_a_sigkill(
 
     a.kill()
     killed = time.monotonic()
-    wait_for("ioc-b leads", lambda: role(b) == "leader", timeout=LEASE + 10)
+    wait_until("ioc-b leads", lambda: role(b) == "leader", timeout=LEASE + 10)
     took = time.monotonic() - killed
     assert took <= LEASE + 5, took
-    wait_for("ioc-a down in the roster (silent for longer than the lease)", lambda: roster(b) == {
+    wait_until("ioc-a down in the roster (silent for longer than the lease)", lambda: roster(b) == {
         "ioc-a": "down", "ioc-b": "leader"}, timeout=LEASE + 5)
 
     a.start(env=a_env)  # back, as a follower: the lease is b's
     assert (role(a), role(b)) == ("follower", "leader")
     assert b.terminate() == 0  # a graceful stop gives the lease up: a leads at its next round
-    wait_for("ioc-a leads", lambda: role(a) == "leader", timeout=LEASE + 5)
+    wait_until("ioc-a leads", lambda: role(a) == "leader", timeout=LEASE + 5)
 
 
 def test_only_the_leader_notifies_and_the_next_one_takes_over(
@@ -95,33 +97,33 @@ def test_only_the_leader_notifies_and_the_next_one_takes_over(
         b.start(env=b_env)
         assert (role(a), role(b)) == ("leader", "follower")
         publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-1", 180)], qos=1)
-        [fired] = wait_for("the alert firing on a", lambda: alerts(a, state="firing"))
-        wait_for("the alert on b, same id", lambda: [alert["id"] for alert in alerts(b, state="firing")] == [
-            fired["id"]])
+        [fired] = wait_until("the alert firing on a", lambda: alerts(a, state="firing"), 20)
+        wait_until("the alert on b, same id",
+                   lambda: [alert["id"] for alert in alerts(b, state="firing")] == [fired["id"]], 20)
         for daemon in (a, b):  # every node serves the (node-local) CAP feed
-            wait_for("the CAP message", lambda daemon=daemon: httpx.get(
-                f"{daemon.api}/api/v1/cap", timeout=5).text.count("<entry") == 1)
+            wait_until("the CAP message", lambda daemon=daemon: httpx.get(
+                f"{daemon.api}/api/v1/cap", timeout=5).text.count("<entry") == 1, 20)
         acked = httpx.post(f"{b.api}/api/v1/alerts/{fired['id']}/ack", timeout=5,
                            headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
         assert acked.status_code == 200, acked.text
-        wait_for("the ack on a", lambda: alerts(a, state="acknowledged"), timeout=5)
+        wait_until("the ack on a", lambda: alerts(a, state="acknowledged"), timeout=5)
         made = httpx.post(f"{b.api}/api/v1/silences", timeout=5, headers={
             "Authorization": f"Bearer {OPERATOR_TOKEN}"}, json={
             "matchers": [{"name": "area", "value": "22918"}], "duration": "2h", "comment": "bảo trì trạm"})
         assert made.status_code in (200, 201), made.text
-        wait_for("the silence on a", lambda: [silence["id"] for silence in httpx.get(
+        wait_until("the silence on a", lambda: [silence["id"] for silence in httpx.get(
             f"{a.api}/api/v1/silences", timeout=5).json()] == [made.json()["id"]], timeout=5)
 
         changes = lambda: notified(collector)
-        wait_for("firing and acknowledged sent", lambda: set(changes()) == {
-            (fired["id"], "firing"), (fired["id"], "acknowledged")})
+        wait_until("firing and acknowledged sent", lambda: set(changes()) == {
+            (fired["id"], "firing"), (fired["id"], "acknowledged")}, 20)
         a.kill()
-        wait_for("b leads", lambda: role(b) == "leader", timeout=LEASE + 10)
+        wait_until("b leads", lambda: role(b) == "leader", timeout=LEASE + 10)
         publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-2", 100)], qos=1)
-        wait_for("the alert resolved on b", lambda: alerts(b, state="resolved"))
-        wait_for("resolved sent", lambda: (fired["id"], "resolved") in changes())
-        wait_for("resolved at the webhook", lambda: any(
-            call["change"] == "resolved" for call in list(receiver.notifications)))
+        wait_until("the alert resolved on b", lambda: alerts(b, state="resolved"), 20)
+        wait_until("resolved sent", lambda: (fired["id"], "resolved") in changes(), 20)
+        wait_until("resolved at the webhook", lambda: any(
+            call["change"] == "resolved" for call in list(receiver.notifications)), 20)
         time.sleep(1.0)  # a grace in which a duplicate (under a new notification id) would arrive
         assert sorted(changes().items()) == sorted({(fired["id"], "firing"): 1, (fired["id"], "acknowledged"): 1,
                                                     (fired["id"], "resolved"): 1}.items())
@@ -145,18 +147,20 @@ def test_postgresql_away_and_back_no_leader_meanwhile_and_the_change_made_meanwh
         a.start(env=a_env)
         b.start(env=b_env)
         publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-1", 180)], qos=1)
-        [fired] = wait_for("the alert firing", lambda: alerts(a, state="firing"))
+        [fired] = wait_until("the alert firing", lambda: alerts(a, state="firing"), 20)
         server.stop()
         for daemon in (a, b):  # cut from the store: not ready, and nobody leads
-            wait_for("not ready", lambda daemon=daemon: httpx.get(f"{daemon.api}/readyz", timeout=5).status_code
-                     == 503 and role(daemon) == "follower", timeout=LEASE + 30)
+            wait_until("not ready", lambda daemon=daemon: httpx.get(
+                f"{daemon.api}/readyz", timeout=5).status_code == 503 and role(daemon) == "follower",
+                timeout=LEASE + 30)
         publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-2", 100)], qos=1)  # it resolves meanwhile
         for daemon in (a, b):  # both ingest on
-            wait_for("the event taken", lambda daemon=daemon: daemon.metric_sum(
-                "ioc_events_accepted_total", source="qtmt-aqi") == 2)
+            wait_until("the event taken", lambda daemon=daemon: daemon.metric_sum(
+                "ioc_events_accepted_total", source="qtmt-aqi") == 2, 20)
         server.start()
-        now_leading = wait_for("a leader again", lambda: leader(a, b), timeout=LEASE + 30)
-        wait_for("the resolution recorded and sent", lambda: (fired["id"], "resolved") in notified(collector))
+        now_leading = wait_until("a leader again", lambda: leader(a, b), timeout=LEASE + 30)
+        wait_until("the resolution recorded and sent",
+                   lambda: (fired["id"], "resolved") in notified(collector), 20)
         assert [alert["id"] for alert in alerts(now_leading, state="resolved")] == [fired["id"]]
         time.sleep(1.0)  # a grace in which a duplicate (under a new notification id) would arrive
         assert notified(collector) == {(fired["id"], "firing"): 1, (fired["id"], "resolved"): 1}

@@ -21,9 +21,10 @@ import pytest
 
 from tests.e2e.cluster_world import LEASE, VENDOR, Node, role, roster
 from tests.e2e.daemon import DaemonProcess, assert_counting_rule
-from tests.e2e.test_postgres_store import aqi, wait_for
+from tests.e2e.test_postgres_store import aqi
 from tests.mqtt_tools import Collector, publish_all
 from tests.servers import Server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -67,9 +68,9 @@ def test_a_bad_mqtt_message_is_dead_lettered_once_by_the_leader_and_again_by_the
     bad = orjson.dumps({"id": f"{unique}-bad", "source": "qtmt-aqi", "type": "nope"})
     publish_all("127.0.0.1", mosquitto.port, [(TOPIC, bad)], qos=1)
     for daemon in (a, b):  # each node rejected it and counts it: the node's own truth
-        wait_for("the dead letter counted on both nodes", lambda daemon=daemon: (
-            daemon.metric_sum("ioc_dead_letters_total", source="qtmt-aqi") == 1))
-    wait_for("the leader's dead letter", lambda: bodies(letters, f"{unique}-bad"))
+        wait_until("the dead letter counted on both nodes", lambda daemon=daemon: (
+            daemon.metric_sum("ioc_dead_letters_total", source="qtmt-aqi") == 1), 20)
+    wait_until("the leader's dead letter", lambda: bodies(letters, f"{unique}-bad"), 20)
     time.sleep(QUIET)  # a second copy (the follower's) would have come by now
     (letter,) = bodies(letters, f"{unique}-bad")
     assert letter["payload"] == bad.decode() and len(str(letter["id"])) == 32
@@ -83,8 +84,8 @@ def test_a_bad_mqtt_message_is_dead_lettered_once_by_the_leader_and_again_by_the
     # The leader dies; for all the follower knows, before it published: the new leader publishes what it
     # holds, under the same id (a reader drops the repeat by it).
     a.kill()
-    wait_for("ioc-b leads", lambda: role(b) == "leader", timeout=LEASE + 10)
-    wait_for("the held letter published", lambda: len(bodies(letters, f"{unique}-bad")) == 2, timeout=10)
+    wait_until("ioc-b leads", lambda: role(b) == "leader", timeout=LEASE + 10)
+    wait_until("the held letter published", lambda: len(bodies(letters, f"{unique}-bad")) == 2, timeout=10)
     assert bodies(letters, f"{unique}-bad") == [letter, letter]
     assert b.metric_sum("ioc_cluster_dead_letters_total", outcome="released") == 1
     assert b.metric_sum("ioc_cluster_dead_letters_held") == 0
@@ -107,8 +108,8 @@ def test_events_posted_to_a_node_are_counted_once_on_it(
         delivered everything before it, the posting node's own publish included (if it sends it back)."""
         publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-{name}", 40)], qos=1)
         for daemon in (a, b):
-            wait_for(f"{name} on both nodes", lambda daemon=daemon: (
-                daemon.metric_sum("ioc_events_accepted_total", source="qtmt-aqi") == accepted))
+            wait_until(f"{name} on both nodes", lambda daemon=daemon: (
+                daemon.metric_sum("ioc_events_accepted_total", source="qtmt-aqi") == accepted), 20)
 
     def counts(daemon: DaemonProcess) -> tuple[float, float, float, float]:
         return tuple(daemon.metric_sum(f"ioc_events_{what}_total", source="qtmt-aqi")  # type: ignore[return-value]
@@ -136,7 +137,7 @@ def test_events_posted_to_a_node_are_counted_once_on_it(
         else:  # the broker sent nothing back: nothing awaited, nothing recognised
             assert daemon.metric_sum("ioc_cluster_echoes_total") == 0
     # The refused item is the follower's to dead-letter (it answered the vendor), at once, and only its.
-    wait_for("the follower's dead letter", lambda: bodies(letters, f"{unique}-bad"))
+    wait_until("the follower's dead letter", lambda: bodies(letters, f"{unique}-bad"), 20)
     time.sleep(QUIET)
     assert len(bodies(letters, f"{unique}-bad")) == 1
     assert b.metric_sum("ioc_cluster_dead_letters_total") == 0  # not held: published at once

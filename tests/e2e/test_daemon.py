@@ -27,6 +27,7 @@ from tests.e2e.daemon import (
 from tests.mqtt_tools import Collector, publish_all
 from tests.postgres_server import Postgres
 from tests.servers import Server, influx_count, influx_query
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
@@ -37,15 +38,6 @@ def telemetry(index: int, *, source: str = "qtmt-aqi", run: str = "r", **extra: 
     time_ = (BASE + timedelta(microseconds=index)).isoformat()
     return orjson.dumps({"id": f"{run}-{index}", "source": source, "type": "telemetry", "time": time_,
                          "metric": "env.aqi", "value": index, "area": "22723", **extra})
-
-
-def wait_until(predicate: object, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(message)
 
 
 @pytest.fixture
@@ -101,13 +93,14 @@ def test_mqtt_and_http_events_land_in_influxdb_with_dead_letters(
         assert response.json()["rejected"][0]["index"] == 30
         assert "in the future" in response.json()["rejected"][0]["error"]
 
-        wait_until(lambda: influx_count(influxdb.url, database, "env.aqi") == 80, 20,
-                   "the 80 good events did not all reach InfluxDB")
+        wait_until("the 80 good events in InfluxDB",
+                   lambda: influx_count(influxdb.url, database, "env.aqi") == 80, 20)
         # Every node has refused the bad MQTT messages (the writer the HTTP item too): all its dead letters
         # are on their way; a second one of a message would come within the grace.
-        wait_until(lambda: [node.metric_sum("ioc_events_rejected_total") - before for node, before in zip(
-            world.nodes, rejected_before, strict=True)] == [4] * (len(world.nodes) - 1) + [5], 20,
-            "the bad events were not all refused")
+        refused = [4] * (len(world.nodes) - 1) + [5]
+        wait_until("all the bad events refused", lambda: [
+            node.metric_sum("ioc_events_rejected_total") - before
+            for node, before in zip(world.nodes, rejected_before, strict=True)] == refused, 20)
         received = dead.wait_for(5)
         if world.clustered:
             time.sleep(1.0)
@@ -161,8 +154,8 @@ def test_sigterm_flushes_and_exits_zero(daemon: DaemonProcess, mosquitto: Server
     # Everything accepted before the stop was flushed; the rest stayed unacknowledged at the broker.
     assert influx_count(influxdb.url, database, "env.aqi") == stopped["accepted"] > 0
     daemon.start()
-    wait_until(lambda: influx_count(influxdb.url, database, "env.aqi") == 2000, 30,
-               "events left with the broker at the stop were not delivered after the restart")
+    wait_until("the events left with the broker at the stop, delivered after the restart",
+               lambda: influx_count(influxdb.url, database, "env.aqi") == 2000, 30)
     assert daemon.metric_sum("ioc_events_accepted_total") == 2000 - stopped["accepted"]
 
 
@@ -175,7 +168,7 @@ def test_sigkill_while_qos1_flows_loses_nothing_and_duplicates_nothing(
     publisher = threading.Thread(target=publish_all, args=("127.0.0.1", mosquitto.port, messages),
                                  kwargs={"rate": 4000, "timeout": 120})
     publisher.start()
-    wait_until(lambda: influx_count(influxdb.url, database, "env.aqi") > 2000, 30, "intake never started")
+    wait_until("the intake to start", lambda: influx_count(influxdb.url, database, "env.aqi") > 2000, 30)
     daemon.kill()  # SIGKILL: no flush, no goodbye; unacknowledged messages stay with the broker
     killed_at = influx_count(influxdb.url, database, "env.aqi")
     assert killed_at < total, "the kill came too late to test anything"
@@ -183,8 +176,8 @@ def test_sigkill_while_qos1_flows_loses_nothing_and_duplicates_nothing(
     daemon.start()
     publisher.join(120)
     assert not publisher.is_alive()
-    wait_until(lambda: influx_count(influxdb.url, database, "env.aqi") >= total, 60,
-               "events published around the kill never reached InfluxDB")
+    wait_until("the events published around the kill in InfluxDB",
+               lambda: influx_count(influxdb.url, database, "env.aqi") >= total, 60)
     time.sleep(1.0)  # anything redelivered twice would show up as extra points by now
     assert influx_count(influxdb.url, database, "env.aqi") == total
     [series] = influx_query(influxdb.url, database, 'SELECT count("value") FROM "env.aqi" GROUP BY "source"')
@@ -213,18 +206,18 @@ def test_influxdb_outage_under_load_delays_but_loses_nothing(
         publisher = threading.Thread(target=publish_all, args=("127.0.0.1", mosquitto.port, messages),
                                      kwargs={"rate": 3000, "timeout": 120})
         publisher.start()
-        wait_until(lambda: influx_count(private_influxdb.url, database, "env.aqi") > 1000, 30,
-                   "intake never started")
+        wait_until("the intake to start",
+                   lambda: influx_count(private_influxdb.url, database, "env.aqi") > 1000, 30)
         private_influxdb.stop()
-        wait_until(lambda: daemon.metric_sum("ioc_sink_spool_points") > 0, 20, "nothing was spooled")
+        wait_until("a spooled point", lambda: daemon.metric_sum("ioc_sink_spool_points") > 0, 20)
         assert httpx.get(f"{daemon.api}/readyz", timeout=5).status_code == 200  # the spool takes points
         time.sleep(3)
         private_influxdb.restart()
         publisher.join(120)
         assert not publisher.is_alive()
-        wait_until(lambda: influx_count(private_influxdb.url, database, "env.aqi") >= total, 90,
-                   "points spooled during the outage were not replayed")
-        wait_until(lambda: daemon.metric_sum("ioc_sink_spool_points") == 0, 30, "the spool did not drain")
+        wait_until("the points spooled during the outage, replayed",
+                   lambda: influx_count(private_influxdb.url, database, "env.aqi") >= total, 90)
+        wait_until("the spool drained", lambda: daemon.metric_sum("ioc_sink_spool_points") == 0, 30)
         assert influx_count(private_influxdb.url, database, "env.aqi") == total
         assert_counting_rule(daemon)
         assert daemon.metric_sum("ioc_sink_points_total", outcome="written") >= total

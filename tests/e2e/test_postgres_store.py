@@ -12,8 +12,7 @@
 from __future__ import annotations
 
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from tests.e2e.daemon import OPERATOR_TOKEN, VENDOR_TOKEN, DaemonProcess, assert
 from tests.mqtt_tools import Collector, publish_all
 from tests.postgres_server import Postgres, start_postgres
 from tests.servers import Server, influx_query
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -52,16 +52,6 @@ def dossier(event_id: str, dossier_id: str) -> bytes:
                          "channel": "online", "level": "commune"})
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def alerts(daemon: DaemonProcess, **params: str) -> list[dict[str, Any]]:
     response = httpx.get(f"{daemon.api}/api/v1/alerts", params=params, timeout=5)
     assert response.status_code == 200, response.text
@@ -70,11 +60,8 @@ def alerts(daemon: DaemonProcess, **params: str) -> list[dict[str, Any]]:
 
 def postgres_daemon(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str,
                     url: str) -> tuple[DaemonProcess, dict[str, str]]:
-    rules = tmp_path / "rules" / "e2e.yaml"
-    rules.parent.mkdir()
-    rules.write_text(RULES, encoding="utf-8")
     process = make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
-                          client_id=f"ioc-{unique}", extra=f'\n[rules]\npaths = ["{rules}"]\n')
+                          client_id=f"ioc-{unique}", rules=RULES)
     return process, {"IOC_STORE__URL": url, "IOC_CLUSTER__NODE": "ioc-e2e"}
 
 
@@ -102,7 +89,7 @@ def test_alerts_acks_and_silences_live_in_postgresql_across_a_restart(
     name = daemon.env["IOC_STORE__URL"].rsplit("/", 1)[1]
     sql = lambda query: postgres.psql(query, database=name)
     publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-1", 180)], qos=1)
-    [alert] = wait_for("the alert firing", lambda: alerts(world.reader, state="firing"))
+    [alert] = wait_until("the alert firing", lambda: alerts(world.reader, state="firing"), 20)
     acked = httpx.post(f"{daemon.api}/api/v1/alerts/{alert['id']}/ack", headers=OPERATOR, timeout=5)
     assert acked.status_code == 200, acked.text
     made = httpx.post(f"{daemon.api}/api/v1/silences", headers=OPERATOR, timeout=5, json={
@@ -134,10 +121,10 @@ def test_alerts_acks_and_silences_live_in_postgresql_across_a_restart(
     assert [(s["id"], s["comment"], s["status"]) for s in silences] == [(silence_id, "bảo trì trạm", "active")]
     publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-2", 100)], qos=1)
     for each in world.nodes:
-        [resolved] = wait_for("the alert resolved", lambda each=each: alerts(each, state="resolved"))
+        [resolved] = wait_until("the alert resolved", lambda each=each: alerts(each, state="resolved"), 20)
         assert resolved["id"] == alert["id"]
-    assert wait_for("the resolution stored", lambda: sql(
-        f"SELECT state FROM alerts WHERE id = '{alert['id']}'") == "resolved")
+    assert wait_until("the resolution stored", lambda: sql(
+        f"SELECT state FROM alerts WHERE id = '{alert['id']}'") == "resolved", 20)
     for each in world.nodes:
         assert_counting_rule(each)
 
@@ -160,29 +147,29 @@ def test_a_postgresql_restart_while_running_loses_nothing(
     daemon.start(env=env)
     try:
         publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-1", 180)], qos=1)
-        [first] = wait_for("the first alert", lambda: alerts(daemon, state="firing"))
+        [first] = wait_until("the first alert", lambda: alerts(daemon, state="firing"), 20)
         pages.wait_for(1)
 
         own_postgres.stop()
         # Intake and points go on: an alert fires meanwhile, served and paged; a dossier is taken.
         publish_all("127.0.0.1", mosquitto.port, [aqi(f"{unique}-2", 190, area="22918")], qos=1)
-        [second] = wait_for("the alert fired during the outage", lambda: [
-            a for a in alerts(daemon, state="firing") if a["labels"]["area"] == "22918"])
+        [second] = wait_until("the alert fired during the outage", lambda: [
+            a for a in alerts(daemon, state="firing") if a["labels"]["area"] == "22918"], 20)
         assert orjson.loads(pages.wait_for(2)[-1][1])["id"] == second["id"]
         posted = httpx.post(f"{daemon.api}/api/v1/events", content=dossier(f"{unique}-d1", f"HS-{unique}"),
                             headers=VENDOR, timeout=10)
         assert posted.status_code == 202, posted.text
-        assert wait_for("the points of the outage in InfluxDB", lambda: influx_query(
-            influxdb.url, database, "SELECT value FROM \"env.aqi\" WHERE area = '22918'"))
+        assert wait_until("the points of the outage in InfluxDB", lambda: influx_query(
+            influxdb.url, database, "SELECT value FROM \"env.aqi\" WHERE area = '22918'"), 20)
         assert httpx.get(f"{daemon.api}/healthz", timeout=5).status_code == 200
         refused = httpx.post(f"{daemon.api}/api/v1/alerts/{first['id']}/ack", headers=OPERATOR, timeout=10)
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "2", refused.text
         assert "nothing was changed" in refused.json()["error"]
 
         own_postgres.start()
-        assert wait_for("the alert of the outage stored", lambda: sql(
+        assert wait_until("the alert of the outage stored", lambda: sql(
             f"SELECT state FROM alerts WHERE id = '{second['id']}'") == "firing", timeout=30)
-        assert wait_for("the dossier row stored", lambda: sql(
+        assert wait_until("the dossier row stored", lambda: sql(
             f"SELECT count(*) FROM agg_dossiers WHERE dossier_id = 'HS-{unique}'") == "1", timeout=30)
         assert sql(f"SELECT state FROM alerts WHERE id = '{first['id']}'") == "firing"
         assert alerts(daemon, state="acknowledged") == []  # the refused ack left nothing behind

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from tests.e2e.cluster_world import World, running_cluster
 from tests.e2e.daemon import DaemonProcess, make_daemon
-from tests.e2e.test_alerts_e2e import wait_for
 from tests.servers import Server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_verify_smoke_against_a_daemon(world: World, mosquitto: Server) -> None:
             return {key: (alert["state"], alert["fired_at"], alert["resolved_at"])
                     for key, alert in fetch_alerts(node.api, client).items()}
 
-        wait_for("the same alerts on every node", lambda: all(
+        wait_until("the same alerts on every node", lambda: all(
             seen(node) == seen(daemon) for node in world.nodes), timeout=10)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,18 +36,9 @@ import pytest
 from tests.e2e.daemon import VENDOR_TOKEN, DaemonProcess, make_daemon
 from tests.mqtt_tools import Collector, publish_all
 from tests.servers import Server, influx_count
+from tests.waiting import wait_until
 
 THRESHOLD = 100.0
-
-
-def wait_until(what: str, probe: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Receiver:
@@ -155,7 +146,7 @@ class Rig:
 
     def settled(self) -> None:
         """Until no notification waits in the daemon's outbox (nothing is owed to a receiver)."""
-        wait_until("an empty outbox", lambda: self.daemon.metric_sum("ioc_alert_outbox") == 0)
+        wait_until("an empty outbox", lambda: self.daemon.metric_sum("ioc_alert_outbox") == 0, 20)
 
     def active(self) -> list[dict[str, Any]]:
         response = httpx.get(f"{self.daemon.api}/api/v1/alerts", timeout=5)
@@ -183,8 +174,7 @@ class Rig:
 @pytest.fixture
 def rig(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str) -> Iterator[Rig]:
     rule = f"alarm-{unique}"
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(f"""\
+    rules = f"""\
 rules:
   - id: {rule}
     kind: threshold
@@ -193,12 +183,9 @@ rules:
     op: ">="
     threshold: {THRESHOLD}
     summary: "alarm at {{{{ value }}}}"
-""", encoding="utf-8")
+"""
     hooks = Receiver()
     extra = f"""
-[rules]
-paths = ["{rules}"]
-
 [[alerts.webhooks]]
 url = "{hooks.url}"
 timeout = "10s"
@@ -207,7 +194,7 @@ backoff_min = "100ms"
 backoff_max = "1s"
 """
     daemon = make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
-                         client_id=f"ioc-{unique}", extra=extra)
+                         client_id=f"ioc-{unique}", rules=rules, extra=extra)
     pages = Collector("127.0.0.1", mosquitto.port, f"ioc/v1/alerts/{rule}")
     daemon.start()
     try:
@@ -293,12 +280,12 @@ def test_a_delivery_cut_before_its_answer_is_sent_again_with_the_same_key(rig: R
     with the same `Idempotency-Key` and `notification_id` (at least once; the receiver de-duplicates)."""
     rig.hooks.holding.set()
     rig.post(150)
-    wait_until("the firing POST", lambda: rig.hooks.changes(rig.rule))
+    wait_until("the firing POST", lambda: rig.hooks.changes(rig.rule), 20)
     rig.crash()
     rig.hooks.holding.clear()
     rig.hooks.release.set()
     rig.daemon.start()
-    wait_until("the firing sent again", lambda: len(rig.hooks.changes(rig.rule)) >= 2)
+    wait_until("the firing sent again", lambda: len(rig.hooks.changes(rig.rule)) >= 2, 20)
     (first_headers, first), (again_headers, again) = rig.hooks.posts[:2]
     assert first == again and first["change"] == "firing"
     assert first_headers["idempotency-key"] == again_headers["idempotency-key"] == first["notification_id"]
@@ -323,7 +310,7 @@ def test_an_acknowledged_event_is_an_evaluated_event(rig: Rig, influxdb: Server,
     event = {"id": f"{rig.rule}-mqtt", "source": "qtmt-aqi", "type": "telemetry",
              "time": datetime.now(UTC).isoformat(), "metric": "test.alarm", "value": 170.0}
     publish_all("127.0.0.1", rig.mosquitto.port, [("ioc/v1/events/qtmt-aqi", orjson.dumps(event))], qos=1)
-    wait_until("the point in InfluxDB", lambda: influx_count(influxdb.url, database, "test.alarm") == 1)
+    wait_until("the point in InfluxDB", lambda: influx_count(influxdb.url, database, "test.alarm") == 1, 20)
     time.sleep(1.0)  # time for an acknowledgement to reach the broker, were one sent
     assert rig.active() == []  # not evaluated yet
     rig.crash()
@@ -332,6 +319,6 @@ def test_an_acknowledged_event_is_an_evaluated_event(rig: Rig, influxdb: Server,
     [alert] = rig.active()
     assert alert["value"] == 170.0
     rig.settled()
-    wait_until("the point in InfluxDB", lambda: influx_count(influxdb.url, database, "test.alarm") >= 1)
+    wait_until("the point in InfluxDB", lambda: influx_count(influxdb.url, database, "test.alarm") >= 1, 20)
     assert influx_count(influxdb.url, database, "test.alarm") == 1
     rig.assert_each_change_once([("firing", 170.0)])

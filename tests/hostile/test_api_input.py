@@ -42,12 +42,9 @@ def now_iso(offset: float = 0.0) -> str:
 
 
 def start_daemon(tmp_path: Path, mosquitto: Server, influxdb: Server) -> DaemonProcess:
-    rules = tmp_path / "rules" / "station.yaml"
-    rules.parent.mkdir(parents=True)
-    rules.write_text(RULES, encoding="utf-8")
     daemon = make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url,
                          database=f"t_{uuid.uuid4().hex[:12]}", client_id=f"ioc-hostile-{uuid.uuid4().hex[:8]}",
-                         extra=f'\n[rules]\npaths = ["{rules}"]\n')
+                         rules=RULES)
     daemon.start()
     return daemon
 

@@ -41,6 +41,7 @@ from tests.e2e.daemon import DaemonProcess, assert_counting_rule, make_daemon
 from tests.evaluation_tap import EventTap
 from tests.mqtt_tools import Collector, assemble_mqtt, publish_all
 from tests.servers import Server, influx_count, start_mosquitto
+from tests.waiting import wait_until
 
 MAX_DELIVERIES = 3  # the default of [intake] max_deliveries
 POISON_MARKER = "IOC-FAILPOINT-POISON"  # what the failpoint `mqtt.poison` looks for in a payload
@@ -52,14 +53,6 @@ def telemetry(index: int, *, source: str = "qtmt-aqi", run: str = "r", **extra: 
     return orjson.dumps({"id": f"{run}-{index}", "source": source, "type": "telemetry",
                          "time": (BASE + timedelta(microseconds=index)).isoformat(), "metric": "env.aqi",
                          "value": index, "area": "22723", **extra})
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def make_pipeline(*sinks: object, dead_letters: list[DeadLetterTarget] | None = None) -> Pipeline:
@@ -286,7 +279,7 @@ def test_every_topic_a_vendor_may_publish_is_received(acl_broker: Server, acl_se
                      password=TOKENS["vendor-a"])  # a vendor reads its own dead letters
     connector.start()
     try:
-        wait_until(lambda: connector.subscribed, "the SUBACK")
+        wait_until("the SUBACK", lambda: connector.subscribed, 15)
         messages = [
             ("ioc/v1/events/a-src", telemetry(1, source="a-src")),
             ("ioc/v1/events/a-src/x", telemetry(2, source="a-src")),
@@ -297,7 +290,7 @@ def test_every_topic_a_vendor_may_publish_is_received(acl_broker: Server, acl_se
             ("ioc/v1/events/a-src/deep/er", b"{not json"),
         ]
         publish_all("127.0.0.1", acl_broker.port, messages, username="vendor-a", password=TOKENS["vendor-a"])
-        wait_until(lambda: sum(pipeline.received.values()) == 7, "every message counted")
+        wait_until("every message counted", lambda: sum(pipeline.received.values()) == 7, 15)
         letters = dead.wait_for(2)
     finally:
         connector.close(2)
@@ -322,7 +315,7 @@ def test_an_old_session_with_the_former_filter_gives_no_duplicates(mosquitto: Se
         made, _ = assemble_mqtt(MqttSettings(url=mosquitto.url, client_id=f"ioc-{unique}",  # type: ignore[arg-type]
                                              session_expiry=60, subscribe=subscribe), pipeline)
         made.start()
-        wait_until(lambda: made.subscribed, "the SUBACK")
+        wait_until("the SUBACK", lambda: made.subscribed, 15)
         return made
 
     old = connector(["ioc/v1/events/+"])
@@ -330,10 +323,10 @@ def test_an_old_session_with_the_former_filter_gives_no_duplicates(mosquitto: Se
     publish_all("127.0.0.1", mosquitto.port, [(topic, telemetry(1, source=source))])  # queued while down
     new = connector(["ioc/v1/events/#"])
     try:
-        wait_until(lambda: pipeline.accepted[(source,)] == 1, "the queued event")
+        wait_until("the queued event", lambda: pipeline.accepted[(source,)] == 1, 15)
         time.sleep(0.3)  # the UNSUBSCRIBE is on its way; the next event must match one filter only
         publish_all("127.0.0.1", mosquitto.port, [(topic, telemetry(2, source=source))])
-        wait_until(lambda: pipeline.accepted[(source,)] == 2, "the live event")
+        wait_until("the live event", lambda: pipeline.accepted[(source,)] == 2, 15)
         time.sleep(0.3)  # a negative: no second copy
         assert pipeline.duplicates[(source,)] == 0
     finally:
@@ -385,9 +378,9 @@ def test_a_crashed_bursts_redeliveries_are_recognised_by_packet_id(
     assert first.intake._guard is not None
     first.intake._guard.journal.clear = lambda: None  # type: ignore[method-assign]  # as if killed mid-burst
     first.start()
-    wait_until(lambda: first.subscribed, "the SUBACK")
+    wait_until("the SUBACK", lambda: first.subscribed, 15)
     publish_all("127.0.0.1", mosquitto.port, [(topic, telemetry(i, source=source)) for i in range(5)])
-    wait_until(lambda: pipeline.accepted[(source,)] == 5, "five events")
+    wait_until("five events", lambda: pipeline.accepted[(source,)] == 5, 15)
     first.close(2)  # nothing was acknowledged: the session keeps all five
     in_flight = InflightJournal(f"{store}.mqtt-inflight").read().ids
     assert 1 <= len(in_flight) <= 5  # the last burst (the five may have come in more than one)
@@ -396,7 +389,7 @@ def test_a_crashed_bursts_redeliveries_are_recognised_by_packet_id(
     second, _ = assemble_mqtt(settings, pipeline, state_path=store)
     second.start()
     try:
-        wait_until(lambda: pipeline.received[(source,)] == 13, "the five again and three new")
+        wait_until("the five again and three new", lambda: pipeline.received[(source,)] == 13, 15)
         metrics = {family.name: family for family in second.metrics()()}
         assert metrics["ioc_mqtt_poison_suspects"].samples[0].value == len(in_flight)
         assert metrics["ioc_mqtt_poison_quarantined"].samples[0].value == 0
@@ -501,8 +494,8 @@ def test_a_vendors_rate_holds_on_mqtt(tmp_path: Path, private_mosquitto: Server,
         other = [("ioc/v1/events/qtmt-aqi", telemetry(i)) for i in range(20)]
         started = time.monotonic()
         publish_all("127.0.0.1", private_mosquitto.port, flood[:1500] + other + flood[1500:])
-        wait_until(lambda: daemon.metric_sum("ioc_events_received_total", source="flood-src") == 3000,
-                   "every flood message counted", timeout=60)
+        wait_until("every flood message counted",
+                   lambda: daemon.metric_sum("ioc_events_received_total", source="flood-src") == 3000, 60)
         elapsed = time.monotonic() - started
         accepted = daemon.metric_sum("ioc_events_accepted_total", source="flood-src")
         limited = daemon.metric_sum("ioc_events_rejected_total", source="flood-src", reason="rate_limited")
@@ -511,11 +504,12 @@ def test_a_vendors_rate_holds_on_mqtt(tmp_path: Path, private_mosquitto: Server,
         assert accepted + limited == 3000
         assert daemon.metric_sum("ioc_mqtt_rate_limited_total", vendor="flood") == limited
         assert daemon.metric_sum("ioc_mqtt_rate_limited_total", vendor="qtmt") == 0
-        wait_until(lambda: daemon.metric_sum("ioc_events_accepted_total", source="qtmt-aqi") == 20,
-                   "the other vendor's events")
+        wait_until("the other vendor's events",
+                   lambda: daemon.metric_sum("ioc_events_accepted_total", source="qtmt-aqi") == 20, 15)
         # Every refusal is visible: a dead letter, unless too many waited for the broker (then counted).
-        wait_until(lambda: len(dead.messages) + daemon.metric_sum("ioc_mqtt_dead_letters_dropped_total")
-                   >= limited, "the dead letters", timeout=30)
+        wait_until("the dead letters",
+                   lambda: len(dead.messages) + daemon.metric_sum("ioc_mqtt_dead_letters_dropped_total")
+                   >= limited, 30)
         assert {orjson.loads(body)["reason"] for _, body in dead.messages} == {"rate_limited"}
         assert {topic for topic, _ in dead.messages} == {"ioc/v1/deadletter/flood-src"}
         assert_counting_rule(daemon)
@@ -587,14 +581,14 @@ def test_a_flooding_vendor_does_not_delay_another(mosquitto: Server, unique: str
                               f"ioc/v1/events/{flood_src}", "5000", "25000", str(bodies)],
                              cwd=Path(__file__).resolve().parents[2])
     try:
-        wait_until(lambda: connector.subscribed, "the SUBACK")
-        wait_until(lambda: pipeline.received[(flood_src,)] > 2000, "the flood")
+        wait_until("the SUBACK", lambda: connector.subscribed, 15)
+        wait_until("the flood", lambda: pipeline.received[(flood_src,)] > 2000, 15)
         quiet = [("ioc/v1/events/" + quiet_src, orjson.dumps({
             "id": f"q-{i}", "source": quiet_src, "type": "telemetry", "time": datetime.now(UTC).isoformat(),
             "metric": "env.aqi", "value": 0.0})) for i in range(30)]
         sent = publish_all("127.0.0.1", mosquitto.port, _stamped(quiet), rate=10)
         flooded = pipeline.received[(flood_src,)]
-        wait_until(lambda: len(delays) == sent, "every quiet event", timeout=60)
+        wait_until("every quiet event", lambda: len(delays) == sent, 60)
     finally:
         flood.kill()
         flood.wait()

@@ -20,7 +20,7 @@ import base64
 import resource
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +35,7 @@ from ioc.areas import AreaRegistry
 from tests.e2e.daemon import VENDOR_TOKEN, DaemonProcess, assert_counting_rule, make_daemon
 from tests.mqtt_tools import Collector, publish_all
 from tests.servers import Server, influx_query
+from tests.waiting import wait_until
 
 SOURCE = "qtmt-aqi"  # the e2e config's vendor `qtmt` may send for it
 TOPIC = f"ioc/v1/events/{SOURCE}"
@@ -116,15 +117,6 @@ def rig(running: Rig) -> Rig:
     return running
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(message)
-
-
 def telemetry(event_id: str, **fields: object) -> dict[str, object]:
     return {"id": event_id, "source": SOURCE, "type": "telemetry", "time": NOW.isoformat(),
             "metric": "env.aqi", "value": 42, "area": "22723", **fields}
@@ -181,7 +173,7 @@ def test_eight_mebibytes_of_empty_objects_over_mqtt_is_one_truncated_dead_letter
     assert body["truncated"] is True
     assert body["payload"] == payload[:64 * 1024].decode()
     assert len(letter) < 70 * 1024
-    wait_until(lambda: rejected(rig, "too_many_items") == before + 1, 10, "the refusal was not counted")
+    wait_until("the refusal counted", lambda: rejected(rig, "too_many_items") == before + 1, 10)
     peak = rig.status("VmHWM") - baseline
     assert peak < 10 * len(payload), f"peak RSS grew by {peak / MiB:.0f} MiB for an 8 MiB message"
     assert rig.settled_rss() < baseline * 1.1
@@ -195,8 +187,8 @@ def test_ten_thousand_bad_items_in_one_message_are_one_dead_letter_and_none_drop
     dead = Collector("127.0.0.1", rig.mosquitto.port, f"ioc/v1/deadletter/{SOURCE}")
     try:
         publish_all("127.0.0.1", rig.mosquitto.port, [(TOPIC, payload)])
-        wait_until(lambda: rig.daemon.metric_sum("ioc_events_received_total", source=SOURCE) == received + 10_000,
-                   30, "the 10,000 items were not all counted")
+        wait_until("the 10,000 items counted", lambda: rig.daemon.metric_sum(
+            "ioc_events_received_total", source=SOURCE) == received + 10_000, 30)
         time.sleep(1)  # any further dead letter would arrive by now
         letters = dead.wait_for(1, timeout=10)
     finally:
@@ -312,9 +304,10 @@ def test_the_ends_of_the_time_range_are_stored_and_tracked(rig: Rig) -> None:
         series = influx_query(rig.influx_url, rig.database, 'SELECT "value" FROM "env.epoch"')
         return bool(series) and series[0]["values"][0][0] == 0
 
-    wait_until(stored, 20, "the point at 1970-01-01T00:00:00Z did not reach InfluxDB")
-    wait_until(lambda: rig.daemon.metric_sum("ioc_aggregator_dossier_events_total", outcome="applied") >= 1, 20,
-               "the dossier tracker did not apply the dossier due in 2199")
+    wait_until("the point at 1970-01-01T00:00:00Z in InfluxDB", stored, 20)
+    wait_until("the dossier due in 2199 applied by the tracker",
+               lambda: rig.daemon.metric_sum("ioc_aggregator_dossier_events_total", outcome="applied") >= 1,
+               20)
     failures = [line for line in rig.daemon.log().splitlines()
                 if '"level":"error"' in line or "out of range" in line]
     assert failures == []
@@ -327,8 +320,8 @@ def test_unknown_areas_are_counted_per_source_and_logged_a_bounded_number_of_tim
     body = orjson.dumps([dossier(f"unknown-{i}", area=f"X{i % 500:04d}") for i in range(3000)])
     response = rig.post(body)
     assert response.status_code == 202 and response.json()["accepted"] == 3000, response.text[:500]
-    wait_until(lambda: rig.daemon.metric_sum("ioc_aggregator_dossier_unknown_area_events_total") >= 3000, 30,
-               "the 3000 events of unknown areas were not counted")
+    wait_until("the 3000 events of unknown areas counted",
+               lambda: rig.daemon.metric_sum("ioc_aggregator_dossier_unknown_area_events_total") >= 3000, 30)
     lines = rig.daemon.log().count('"aggregator.unknown_area"') - lines_before
     assert lines <= 2, f"{lines} warning lines for 500 unknown area codes"
     counted = rig.daemon.metric_sum("ioc_aggregator_dossier_unknown_area_events_total", source=SOURCE)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from ioc.metrics import Metrics
 from tests.e2e.cluster_world import World, running_cluster
 from tests.e2e.daemon import VENDOR_TOKEN, DaemonProcess, make_daemon
 from tests.servers import free_port
+from tests.waiting import wait_until
 
 ATOM = "http://www.w3.org/2005/Atom"
 NS = {"atom": ATOM, "cap": CAP_NS}
@@ -258,10 +258,8 @@ def world(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Any, influx
         yield from running_cluster(tmp_path / "cluster", mosquitto, influxdb, request.getfixturevalue("postgres"),
                                    rules=DAEMON_RULES, extra=extra)
         return
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(DAEMON_RULES, encoding="utf-8")
     daemon = make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
-                         client_id=f"ioc-cap-{unique}", extra=f'\n[rules]\npaths = ["{rules}"]\n' + extra)
+                         client_id=f"ioc-cap-{unique}", rules=DAEMON_RULES, extra=extra)
     daemon.start()
     yield World((daemon,), database)
     daemon.stop()
@@ -286,13 +284,11 @@ def test_the_daemon_publishes_its_public_rules_on_the_feed(world: World, unique:
         assert answer.status_code == 202 and answer.json()["accepted"] == 1, answer.text
 
     def feed_entries(node: DaemonProcess, count: int) -> list[ET.Element]:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        def enough() -> list[ET.Element] | None:
             found = entries(httpx.get(f"{node.api}/api/v1/cap", timeout=10).content)
-            if len(found) >= count:
-                return found
-            time.sleep(0.1)
-        raise AssertionError(f"the feed of {node.api} has not {count} entries")
+            return found if len(found) >= count else None
+
+        return wait_until(f"{count} entries in the feed of {node.api}", enough, 30)
 
     post(1, 180.0)
     for node in world.nodes:
