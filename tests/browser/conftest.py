@@ -53,17 +53,15 @@ rules:
 def wall(
     tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str
 ) -> Iterator[DaemonProcess]:
-    rules = tmp_path / "rules" / "wall.yaml"
-    rules.parent.mkdir()
-    rules.write_text(RULES, encoding="utf-8")
     process = make_daemon(
         tmp_path,
         mqtt_url=mosquitto.url,
         influx_url=influxdb.url,
         database=database,
         client_id=f"ioc-wall-{unique}",
+        rules=RULES,
         # A quick heartbeat, so a stream that hangs without closing shows stale within seconds.
-        extra=f'\n[rules]\npaths = ["{rules}"]\n[alerts]\nstream_heartbeat = "1s"\n'
+        extra='\n[alerts]\nstream_heartbeat = "1s"\n'
         '[areas]\nprovinces = ["68"]\n',  # the wall of one real province: Lâm Đồng, 124 communes
     )
     process.start()

@@ -7,8 +7,7 @@ on them breaks it."""
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 
 from tests.browser.conftest import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS
 from tests.e2e.daemon import DaemonProcess
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -55,17 +55,6 @@ def closed_browser(tmp_path: Path) -> Iterator[Driver]:
         driver.quit()
 
 
-def wait(what: str, probe: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def requested_urls(driver: Driver) -> list[str]:
     """The URL of every request the browser sent since the last call (from its network log)."""
     urls = []
@@ -101,7 +90,8 @@ def test_docs_render_every_operation_offline_under_their_csp(wall: DaemonProcess
 
     driver.get(f"{wall.api}/docs")
     # Swagger UI rendered the document: one block per operation, with its method and path.
-    wait("Swagger UI's operations", lambda: len(driver.find_elements("css selector", ".opblock")) >= len(operations))
+    wait_until("Swagger UI's operations",
+               lambda: len(driver.find_elements("css selector", ".opblock")) >= len(operations), 20)
     rendered = {tuple(item) for item in driver.execute_script(
         "return Array.from(document.querySelectorAll('.opblock')).map(b => ["
         "b.querySelector('.opblock-summary-method').textContent,"
@@ -110,15 +100,17 @@ def test_docs_render_every_operation_offline_under_their_csp(wall: DaemonProcess
     assert driver.find_element("css selector", ".info .title").text.startswith(spec["info"]["title"])
     # An operation opens, with its parameters and responses (the UI works, not only its first paint).
     driver.find_element("css selector", "#operations-alerts-list_alerts_api_v1_alerts_get .opblock-summary").click()
-    wait("an opened operation", lambda: driver.find_elements("css selector", ".opblock.is-open .responses-table"))
+    wait_until("an opened operation",
+               lambda: driver.find_elements("css selector", ".opblock.is-open .responses-table"), 20)
     # "Try it out" works under the policy: Swagger UI calls the daemon and shows its answer.
     driver.find_element("css selector", "#operations-health-healthz_healthz_get .opblock-summary").click()
-    wait("the try-it-out button", lambda: driver.find_elements(
-        "css selector", "#operations-health-healthz_healthz_get .try-out__btn"))[0].click()
-    wait("the execute button", lambda: driver.find_elements(
-        "css selector", "#operations-health-healthz_healthz_get .execute"))[0].click()
-    wait("the live answer", lambda: driver.find_elements(
-        "css selector", "#operations-health-healthz_healthz_get .live-responses-table tr.response .response-col_status"))
+    wait_until("the try-it-out button", lambda: driver.find_elements(
+        "css selector", "#operations-health-healthz_healthz_get .try-out__btn"), 20)[0].click()
+    wait_until("the execute button", lambda: driver.find_elements(
+        "css selector", "#operations-health-healthz_healthz_get .execute"), 20)[0].click()
+    wait_until("the live answer", lambda: driver.find_elements(
+        "css selector", "#operations-health-healthz_healthz_get .live-responses-table tr.response .response-col_status"),
+        20)
     status = driver.find_element(
         "css selector", "#operations-health-healthz_healthz_get .live-responses-table tr.response .response-col_status")
     assert status.text.strip().startswith("200")
@@ -135,9 +127,9 @@ def test_docs_render_every_operation_offline_under_their_csp(wall: DaemonProcess
 def test_the_wall_renders_offline_under_its_csp(wall: DaemonProcess, closed_browser: Driver) -> None:
     driver = closed_browser
     driver.get(f"{wall.api}/")
-    wait("the wall's stream to be live",
-         lambda: driver.execute_script("return document.body.dataset.state") == "live")
-    wait("the wall's areas", lambda: driver.find_elements("css selector", "[data-area]"))
+    wait_until("the wall's stream to be live",
+               lambda: driver.execute_script("return document.body.dataset.state") == "live", 20)
+    wait_until("the wall's areas", lambda: driver.find_elements("css selector", "[data-area]"), 20)
     urls = requested_urls(driver)
     assert f"{wall.api}/api/v1/stream" in urls
     assert outside(urls, wall.api) == []

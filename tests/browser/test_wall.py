@@ -23,6 +23,7 @@ from ioc.config import token_sha256
 from tests.browser.conftest import RULES
 from tests.e2e.daemon import OPERATOR_TOKEN, VENDOR_TOKEN, DaemonProcess, make_daemon
 from tests.servers import Server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -73,26 +74,17 @@ def dossier(event_id: str, area: str, channel: str) -> dict[str, Any]:
 
 
 def wait(driver: Driver, what: str, probe: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll `probe` until it answers something truthy; fail naming `what` (selenium's stale elements and
-    missing ones count as not yet)."""
+    """`wait_until` in the browser: selenium's stale elements and missing ones count as not yet; a timeout
+    tells the page, its toast and the browser console."""
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            found = probe()
-            if found:
-                return found
-        except (NoSuchElementException, StaleElementReferenceException):
-            pass
-        if time.monotonic() > deadline:
-            console = "\n".join(entry["message"] for entry in driver.get_log("browser"))
-            toast = driver.execute_script("return document.querySelector('[data-toast]')?.textContent")
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {what} on {driver.current_url}; toast: {toast!r}; "
-                f"browser console:\n{console}"
-            )
-        time.sleep(0.05)
+    def page() -> str:
+        console = "\n".join(entry["message"] for entry in driver.get_log("browser"))
+        toast = driver.execute_script("return document.querySelector('[data-toast]')?.textContent")
+        return f"on {driver.current_url}; toast: {toast!r}; browser console:\n{console}"
+
+    return wait_until(what, probe, timeout, transient=(NoSuchElementException, StaleElementReferenceException),
+                      explain=page)
 
 
 def css(driver: Driver, selector: str) -> Any:
@@ -406,16 +398,14 @@ def closed_wall(
     tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str
 ) -> Iterator[DaemonProcess]:
     """The wall's daemon with `[http] public_read = false` and a viewer."""
-    rules = tmp_path / "rules" / "wall.yaml"
-    rules.parent.mkdir()
-    rules.write_text(RULES, encoding="utf-8")
     process = make_daemon(
         tmp_path,
         mqtt_url=mosquitto.url,
         influx_url=influxdb.url,
         database=database,
         client_id=f"ioc-closed-wall-{unique}",
-        extra=f'\n[rules]\npaths = ["{rules}"]\n[alerts]\nstream_heartbeat = "1s"\n'
+        rules=RULES,
+        extra='\n[alerts]\nstream_heartbeat = "1s"\n'
         f'[[viewers]]\nname = "wall-1"\ntoken_sha256 = "{token_sha256(VIEWER_TOKEN)}"\n'
         '[areas]\nprovinces = ["68"]\n',
     )

@@ -107,9 +107,6 @@ def big_wall(
     tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str
 ) -> Iterator[DaemonProcess]:
     """The wall's daemon (Lâm Đồng) with a vendor of many subsystems, so every panel has more than it holds."""
-    rules = tmp_path / "rules" / "wall.yaml"
-    rules.parent.mkdir()
-    rules.write_text(RULES, encoding="utf-8")
     sources = ", ".join(f'"{source}"' for source in MANY_SOURCES)
     process = make_daemon(
         tmp_path,
@@ -117,8 +114,8 @@ def big_wall(
         influx_url=influxdb.url,
         database=database,
         client_id=f"ioc-big-wall-{unique}",
-        extra=f'\n[rules]\npaths = ["{rules}"]\n'
-        f'[[vendors]]\nname = "many"\ntoken_sha256 = "{token_sha256(MANY_TOKEN)}"\nsources = [{sources}]\n'
+        rules=RULES,
+        extra=f'\n[[vendors]]\nname = "many"\ntoken_sha256 = "{token_sha256(MANY_TOKEN)}"\nsources = [{sources}]\n'
         '[areas]\nprovinces = ["68"]\n',
     )
     process.start()

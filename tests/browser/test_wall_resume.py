@@ -6,8 +6,7 @@ After a restart of the daemon the old id is gone: the page gets a `reset` and lo
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from tests.chaos.proxy import ProxyProcess
 from tests.e2e.daemon import VENDOR_TOKEN, DaemonProcess
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -29,17 +29,6 @@ def proxy(wall: DaemonProcess, tmp_path: Path) -> Iterator[ProxyProcess]:
     process = ProxyProcess("wall", wall.http_port, tmp_path)
     yield process
     process.close()
-
-
-def wait(what: str, probe: Callable[[], Any], timeout: float = 45.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def body(driver: Driver, name: str) -> int:
@@ -65,33 +54,37 @@ def test_the_wall_resumes_its_stream_and_reloads_after_a_reset(
     areas = httpx.get(f"{wall.api}/api/v1/areas", timeout=10).json()
     communes = [area["code"] for area in areas if area["level"] == "commune"][:2]
     driver.get(f"http://127.0.0.1:{proxy.listen_port}/")
-    wait("the stream to be live", lambda: driver.execute_script("return document.body.dataset.state") == "live")
-    wait("the first alert list", lambda: body(driver, "alertsLoads") >= 1)
+    wait_until("the stream to be live",
+               lambda: driver.execute_script("return document.body.dataset.state") == "live", 45)
+    wait_until("the first alert list", lambda: body(driver, "alertsLoads") >= 1, 45)
     loads = body(driver, "alertsLoads")
 
     # The way to the daemon breaks: the stream is cut and every request answered 503 for a while.
     proxy.set("http", status=503)
-    wait("the stale marker", lambda: driver.execute_script("return document.body.dataset.state") == "stale")
+    wait_until("the stale marker",
+               lambda: driver.execute_script("return document.body.dataset.state") == "stale", 45)
     fire(wall, f"{unique}-1", communes[0])
-    (alert,) = wait("the alert in the daemon", lambda: [a for a in httpx.get(f"{wall.api}/api/v1/alerts",
-                                                                               timeout=5).json()
-                                                        if a["labels"].get("area") == communes[0]])
+    (alert,) = wait_until("the alert in the daemon",
+                          lambda: [a for a in httpx.get(f"{wall.api}/api/v1/alerts", timeout=5).json()
+                                   if a["labels"].get("area") == communes[0]], 45)
     assert not shown(driver, alert["fingerprint"])
     proxy.set("pass")
-    wait("the stream back", lambda: driver.execute_script("return document.body.dataset.state") == "live")
-    wait("the missed alert, from the resumed stream", lambda: shown(driver, alert["fingerprint"]))
+    wait_until("the stream back",
+               lambda: driver.execute_script("return document.body.dataset.state") == "live", 45)
+    wait_until("the missed alert, from the resumed stream", lambda: shown(driver, alert["fingerprint"]), 45)
     assert body(driver, "streamResumes") >= 1
     assert body(driver, "streamResets") == 0
     assert body(driver, "alertsLoads") == loads  # nothing fetched again: the stream carried it
 
     # The daemon restarts: the page's last id is of the run before, so it gets a reset and reloads.
     assert wall.terminate() == 0
-    wait("the stale marker", lambda: driver.execute_script("return document.body.dataset.state") == "stale")
+    wait_until("the stale marker",
+               lambda: driver.execute_script("return document.body.dataset.state") == "stale", 45)
     wall.start()
-    wait("the reset", lambda: body(driver, "streamResets") == 1)
-    wait("the alert list loaded again", lambda: body(driver, "alertsLoads") > loads)
+    wait_until("the reset", lambda: body(driver, "streamResets") == 1, 45)
+    wait_until("the alert list loaded again", lambda: body(driver, "alertsLoads") > loads, 45)
     fire(wall, f"{unique}-2", communes[1])
-    (second,) = wait("the second alert", lambda: [a for a in httpx.get(f"{wall.api}/api/v1/alerts",
-                                                                        timeout=5).json()
-                                                  if a["labels"].get("area") == communes[1]])
-    wait("the second alert, live", lambda: shown(driver, second["fingerprint"]), timeout=10)
+    (second,) = wait_until("the second alert", lambda: [a for a in httpx.get(f"{wall.api}/api/v1/alerts",
+                                                                              timeout=5).json()
+                                                        if a["labels"].get("area") == communes[1]], 45)
+    wait_until("the second alert, live", lambda: shown(driver, second["fingerprint"]), timeout=10)
