@@ -36,6 +36,7 @@ from tests.chaos.checker import counting_rule_problems
 from tests.chaos.generator import Stream
 from tests.e2e.daemon import DaemonProcess
 from tests.servers import influx_query
+from tests.waiting import wait_until
 
 Told = dict[tuple[str, str], dict[str, list[float]]]  # (alert id, change) -> notification id -> arrivals
 
@@ -240,17 +241,5 @@ def stream_points(url: str, database: str, stream: Stream) -> tuple[Counter[int]
 
 def poll(what: str, probe: Callable[[], Any], *, timeout: float, every: float = 0.2,
          explain: Callable[[], object] | None = None) -> Any:
-    """`probe()`'s first truthy answer (HTTP errors count as not yet), or AssertionError after `timeout`
-    (with what `explain()` tells, if given)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            found = probe()
-        except httpx.HTTPError:
-            found = None
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            detail = f": {explain()}" if explain is not None else ""
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{detail}")
-        time.sleep(every)
+    """`wait_until` for a cluster under faults: HTTP errors (a node killed or restarting) count as not yet."""
+    return wait_until(what, probe, timeout, every=every, transient=(httpx.HTTPError,), explain=explain)
