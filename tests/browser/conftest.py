@@ -49,21 +49,21 @@ rules:
 """
 
 
+def wall_daemon(tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, client_id: str,
+                extra: str = "") -> DaemonProcess:
+    """The wall's daemon (not started) with RULES; `extra` adds to its config."""
+    return make_daemon(tmp_path, mqtt_url=mosquitto.url, influx_url=influxdb.url, database=database,
+                       client_id=client_id, rules=RULES,
+                       # A quick heartbeat, so a stream that hangs without closing shows stale within seconds;
+                       # the wall of one real province: Lâm Đồng, 124 communes.
+                       extra='\n[alerts]\nstream_heartbeat = "1s"\n[areas]\nprovinces = ["68"]\n' + extra)
+
+
 @pytest.fixture
 def wall(
     tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str
 ) -> Iterator[DaemonProcess]:
-    process = make_daemon(
-        tmp_path,
-        mqtt_url=mosquitto.url,
-        influx_url=influxdb.url,
-        database=database,
-        client_id=f"ioc-wall-{unique}",
-        rules=RULES,
-        # A quick heartbeat, so a stream that hangs without closing shows stale within seconds.
-        extra='\n[alerts]\nstream_heartbeat = "1s"\n'
-        '[areas]\nprovinces = ["68"]\n',  # the wall of one real province: Lâm Đồng, 124 communes
-    )
+    process = wall_daemon(tmp_path, mosquitto, influxdb, database, f"ioc-wall-{unique}")
     process.start()
     yield process
     process.stop()

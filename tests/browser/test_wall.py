@@ -20,8 +20,8 @@ import orjson
 import pytest
 
 from ioc.config import token_sha256
-from tests.browser.conftest import RULES
-from tests.e2e.daemon import OPERATOR_TOKEN, VENDOR_TOKEN, DaemonProcess, make_daemon
+from tests.browser.conftest import wall_daemon
+from tests.e2e.daemon import OPERATOR_TOKEN, VENDOR_TOKEN, DaemonProcess
 from tests.servers import Server
 from tests.waiting import wait_until
 
@@ -398,17 +398,8 @@ def closed_wall(
     tmp_path: Path, mosquitto: Server, influxdb: Server, database: str, unique: str
 ) -> Iterator[DaemonProcess]:
     """The wall's daemon with `[http] public_read = false` and a viewer."""
-    process = make_daemon(
-        tmp_path,
-        mqtt_url=mosquitto.url,
-        influx_url=influxdb.url,
-        database=database,
-        client_id=f"ioc-closed-wall-{unique}",
-        rules=RULES,
-        extra='\n[alerts]\nstream_heartbeat = "1s"\n'
-        f'[[viewers]]\nname = "wall-1"\ntoken_sha256 = "{token_sha256(VIEWER_TOKEN)}"\n'
-        '[areas]\nprovinces = ["68"]\n',
-    )
+    viewer = f'\n[[viewers]]\nname = "wall-1"\ntoken_sha256 = "{token_sha256(VIEWER_TOKEN)}"\n'
+    process = wall_daemon(tmp_path, mosquitto, influxdb, database, f"ioc-closed-wall-{unique}", extra=viewer)
     process.config.write_text(process.config.read_text().replace("[http]\n", "[http]\npublic_read = false\n"))
     process.start()
     yield process

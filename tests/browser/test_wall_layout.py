@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from ioc.config import token_sha256
-from tests.browser.conftest import RULES
+from tests.browser.conftest import wall_daemon
 from tests.browser.test_wall import (
     Driver,
     attribute,
@@ -31,7 +31,7 @@ from tests.browser.test_wall import (
     viewport,
     wait,
 )
-from tests.e2e.daemon import OPERATOR_TOKEN, DaemonProcess, make_daemon
+from tests.e2e.daemon import OPERATOR_TOKEN, DaemonProcess
 from tests.servers import Server
 
 pytestmark = pytest.mark.slow
@@ -108,16 +108,9 @@ def big_wall(
 ) -> Iterator[DaemonProcess]:
     """The wall's daemon (Lâm Đồng) with a vendor of many subsystems, so every panel has more than it holds."""
     sources = ", ".join(f'"{source}"' for source in MANY_SOURCES)
-    process = make_daemon(
-        tmp_path,
-        mqtt_url=mosquitto.url,
-        influx_url=influxdb.url,
-        database=database,
-        client_id=f"ioc-big-wall-{unique}",
-        rules=RULES,
-        extra=f'\n[[vendors]]\nname = "many"\ntoken_sha256 = "{token_sha256(MANY_TOKEN)}"\nsources = [{sources}]\n'
-        '[areas]\nprovinces = ["68"]\n',
-    )
+    vendor = (f'\n[[vendors]]\nname = "many"\ntoken_sha256 = "{token_sha256(MANY_TOKEN)}"\n'
+              f'sources = [{sources}]\n')
+    process = wall_daemon(tmp_path, mosquitto, influxdb, database, f"ioc-big-wall-{unique}", extra=vendor)
     process.start()
     yield process
     process.stop()
