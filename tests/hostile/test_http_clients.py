@@ -28,6 +28,7 @@ import pytest
 from ioc.config import token_sha256
 from tests.e2e.daemon import DaemonProcess
 from tests.servers import free_port
+from tests.waiting import wait_until
 
 VENDOR_TOKEN = "vendor-token-hostile"
 MAX_CONNECTIONS = 50
@@ -144,13 +145,8 @@ def closed_within(sock: socket.socket, seconds: float, *, drip: bytes = b"",
 
 def wait_for_free_slots(daemon: DaemonProcess, timeout: float = 10.0) -> None:
     """Until /healthz answers: every connection an earlier test held has timed out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{daemon.api}/healthz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise AssertionError("/healthz did not answer")
+    wait_until("/healthz answering", lambda: httpx.get(f"{daemon.api}/healthz", timeout=1).status_code == 200,
+               timeout, transient=(httpx.HTTPError,))
 
 
 def post_event(daemon: DaemonProcess, event_id: str, timeout: float = 5.0) -> httpx.Response:

@@ -23,6 +23,7 @@ from ioc.ingest.pipeline import Pipeline
 from ioc.mosquitto_acl import mosquitto_password_hash, write_mosquitto_files
 from tests.mqtt_tools import assemble_mqtt
 from tests.servers import Server, find_binary, start_mosquitto
+from tests.waiting import wait_until
 
 TOKENS = {"vendor-a": "token-a", "vendor-b": "token-b", "ioc": "daemon-password"}
 A_TOPIC = "ioc/v1/events/a-src"
@@ -229,10 +230,8 @@ def test_connector_as_daemon_user_end_to_end(broker: Server, clients: dict[str, 
     vendor.subscribe("ioc/v1/deadletter/a-src")
     connector.start()
     try:
-        deadline = time.monotonic() + 5
-        while not connector.subscribed and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert connector.subscribed and connector.problems() == []
+        wait_until("the SUBACK", lambda: connector.subscribed, 5, explain=connector.problems)
+        assert connector.problems() == []
         good = {"id": f"g-{unique}", "source": "a-src", "type": "telemetry", "time": "2026-03-02T08:00:00+07:00",
                 "metric": "env.aqi", "value": 42}
         vendor.publish(A_TOPIC, orjson.dumps(good))

@@ -10,7 +10,6 @@ refusal; with the ACL granting it, the same republish succeeds.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from ioc.envelope import EVENT_ADAPTER
 from ioc.ingest.decode import Accepted
 from ioc.mosquitto_acl import render_password_file
 from tests.servers import Server, start_mosquitto
+from tests.waiting import wait_until
 
 USER, PASSWORD = "ioc", "daemon-secret"
 
@@ -56,10 +56,7 @@ def session_to() -> Iterator:
                                            password=PASSWORD, protocol="5", subscribe=["ioc/v1/nothing"]))
         sessions.append(session)
         session.start(Quiet())
-        deadline = time.monotonic() + 15
-        while not session.connected:
-            assert time.monotonic() < deadline, session.problems()
-            time.sleep(0.05)
+        wait_until("the session connected", lambda: session.connected, 15, explain=session.problems)
         return session
 
     yield connect
