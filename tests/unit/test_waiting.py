@@ -28,8 +28,9 @@ def test_transient_errors_count_as_not_yet_and_are_told_on_a_timeout() -> None:
 
 
 def test_other_errors_fail_at_once() -> None:
+    empty: dict[str, int] = {}
     with pytest.raises(KeyError):
-        wait_until("a key", lambda: {}["x"], 5, transient=(ConnectionError,))
+        wait_until("a key", lambda: empty["x"], 5, transient=(ConnectionError,))
 
 
 def test_a_timeout_names_what_the_last_answer_and_the_explanation() -> None:
