@@ -24,8 +24,8 @@ from tests.integration.test_influx_sink import (
     quiet,
     settings,
     started,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -79,17 +79,17 @@ def test_a_failing_spool_disk_holds_the_batch_unacknowledged_and_loses_nothing(
         for number in range(4):
             sink.submit(sent[number * 5:(number + 1) * 5], callbacks.make(number))
         # The database is down and the disk refuses the batch: nothing may be acknowledged.
-        wait_until(lambda: attempts[0] >= 3, 10, "the spool was never tried")
+        wait_until("three tries of the spool", lambda: attempts[0] >= 3, 10)
         assert callbacks.ran == []
         assert any(problem.startswith("influx: spool write failed (OSError") for problem in sink.problems())
         assert_counting_rule(sink)
         # The disk comes back (the 4th append works): the held batch and the rest are spooled, acknowledged.
-        wait_until(lambda: callbacks.ran == [0, 1, 2, 3], 10, f"not spooled after the disk came back: "
-                   f"{callbacks.ran}, {sink.problems()}")
+        wait_until("every batch spooled once the disk came back", lambda: callbacks.ran == [0, 1, 2, 3], 10,
+                   explain=lambda: f"callbacks {callbacks.ran}, problems {sink.problems()}")
         assert sink.problems() == []
         assert metric(sink, "ioc_sink_points_total", outcome="dropped") == 0
         tiny.fallback = (204, {})
-        wait_until(lambda: quiet(sink), 10, "the spool did not drain")
+        wait_until("the spool drained", lambda: quiet(sink), 10)
     assert tiny.accepted_lines() == sent  # every point once, in order
     assert metric(sink, "ioc_sink_points_total", outcome="written") == 20
     assert [entry["event"] for entry in logs].count("sink.spool_failed") == 1  # one line per episode
@@ -108,11 +108,12 @@ def test_a_held_batch_goes_to_the_database_when_it_returns_before_the_disk(
     sent = [f"m value={i}.0 {i}" for i in range(10)]
     sink.submit(sent[:5], callbacks.make(1))
     sink.submit(sent[5:], callbacks.make(2))
-    wait_until(lambda: sink.problems() != [], 10, "the spool failure was not reported")
+    wait_until("the spool failure reported", lambda: sink.problems() != [], 10)
     assert callbacks.ran == []
     assert not sink.has_room(1000)  # back-pressure to intake while a batch is held
     tiny.fallback = (204, {})
-    wait_until(lambda: quiet(sink) and callbacks.ran == [1, 2], 10, f"not written: {sink.problems()}")
+    wait_until("both batches written", lambda: quiet(sink) and callbacks.ran == [1, 2], 10,
+               explain=lambda: f"problems {sink.problems()}")
     assert tiny.accepted_lines() == sent
     assert sink.problems() == []
     assert_counting_rule(sink)
@@ -128,11 +129,11 @@ def test_spool_write_failpoint_error_is_a_disk_error(
     sinks.append(sink)
     callbacks = Callbacks()
     sink.submit(["m value=1.0 1"], callbacks.make(1))
-    wait_until(lambda: callbacks.ran == [1], 10, "the batch was not spooled after the failpoint turned off")
+    wait_until("the batch spooled once the failpoint turned off", lambda: callbacks.ran == [1], 10)
     assert failpoints.hits("spool.write") == 2
     assert metric(sink, "ioc_sink_spool_points") == 1
     tiny.fallback = (204, {})
-    wait_until(lambda: quiet(sink), 10, "the spool did not drain")
+    wait_until("the spool drained", lambda: quiet(sink), 10)
     assert tiny.accepted_lines() == ["m value=1.0 1"]
     assert_counting_rule(sink)
 
@@ -147,9 +148,9 @@ def test_sink_before_write_failpoint_error_is_a_failed_write_and_spools(
     callbacks = Callbacks()
     sink.submit(["m value=1.0 1"], callbacks.make(1))
     # The failed write sends the batch to the spool; the callback waits behind spool.after_write.
-    wait_until(lambda: failpoints.hits("spool.after_write") == 1, 10, "the batch was not spooled")
+    wait_until("the batch spooled", lambda: failpoints.hits("spool.after_write") == 1, 10)
     assert callbacks.ran == []
-    wait_until(lambda: quiet(sink) and callbacks.ran == [1], 10, "the spooled batch was not replayed")
+    wait_until("the spooled batch replayed", lambda: quiet(sink) and callbacks.ran == [1], 10)
     assert metric(sink, "ioc_sink_write_errors_total", kind="connection") == 1
     assert tiny.accepted_lines() == ["m value=1.0 1"]
     assert_counting_rule(sink)
