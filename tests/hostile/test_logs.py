@@ -20,18 +20,11 @@ import structlog
 from structlog.testing import capture_logs
 
 from ioc.logs import REPEAT_WINDOW, RepeatFilter, RepeatLimiter, RepeatProcessor
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.doubles import SettableClock
 
 
 def test_the_first_passes_repeats_are_held_and_counted_until_the_window_has_passed() -> None:
-    clock = FakeClock()
+    clock = SettableClock(1000.0)
     limiter = RepeatLimiter(10.0, clock=clock)
     assert limiter.check("a") == 0
     for _ in range(5):
@@ -50,7 +43,7 @@ def test_the_first_passes_repeats_are_held_and_counted_until_the_window_has_pass
 
 
 def test_the_limiter_remembers_a_bounded_number_of_keys() -> None:
-    clock = FakeClock()
+    clock = SettableClock(1000.0)
     limiter = RepeatLimiter(10.0, clock=clock, max_keys=100)
     for key in range(10_000):
         limiter.check(key)
@@ -59,7 +52,7 @@ def test_the_limiter_remembers_a_bounded_number_of_keys() -> None:
 
 
 def test_the_structlog_processor_limits_warnings_and_errors_by_logger_and_event() -> None:
-    clock = FakeClock()
+    clock = SettableClock(1000.0)
     processor = RepeatProcessor(RepeatLimiter(REPEAT_WINDOW, clock=clock))
     log = structlog.get_logger("ioc.test")
     with capture_logs(processors=[processor]) as captured:
@@ -82,7 +75,7 @@ def test_the_structlog_processor_limits_warnings_and_errors_by_logger_and_event(
 
 
 def test_the_logging_filter_limits_library_records_with_numbers_masked() -> None:
-    clock = FakeClock()
+    clock = SettableClock(1000.0)
     records: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):

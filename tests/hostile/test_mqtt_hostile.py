@@ -37,6 +37,7 @@ from ioc.ingest.pipeline import DeadLetterTarget, Pipeline
 from ioc.mosquitto_acl import write_mosquitto_files
 from ioc.ratelimit import RateLimiter, TokenBucket
 from ioc.sinks.base import DurableCallback
+from tests.doubles import SettableClock
 from tests.e2e.daemon import DaemonProcess, assert_counting_rule, make_daemon
 from tests.evaluation_tap import EventTap
 from tests.mqtt_tools import Collector, assemble_mqtt, publish_all
@@ -88,14 +89,6 @@ def test_the_journal_keeps_the_burst_in_flight_and_ignores_what_is_not_one(tmp_p
     assert InflightJournal(path).read() == InFlight()
     path.write_bytes(b"IOCJ\x00")  # cut short
     assert InflightJournal(path).read() == InFlight()
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_crash_is_pinned_on_one_message_and_its_burst_is_spared(tmp_path: Path) -> None:
@@ -188,7 +181,7 @@ def test_a_lost_session_drops_the_suspects_and_the_ledger_expires(tmp_path: Path
     from ioc.connectors.mqtt.poison import PoisonGuard, PoisonLedger
 
     store = tmp_path / "ioc.db"
-    clock = FakeClock()
+    clock = SettableClock(1_000_000.0)
     guard = PoisonGuard(store, max_deliveries=3, expiry=3600, clock=clock)
     guard.journal.write([1, 2], alone=False)
     guard = PoisonGuard(store, max_deliveries=3, expiry=3600, clock=clock)
@@ -209,7 +202,7 @@ def test_a_lost_session_drops_the_suspects_and_the_ledger_expires(tmp_path: Path
 
 
 def test_take_up_to_grants_what_the_bucket_holds() -> None:
-    clock = FakeClock()
+    clock = SettableClock(1_000_000.0)
     bucket = TokenBucket(100, 10, clock=clock)
     assert bucket.take_up_to(4) == 4
     assert bucket.take_up_to(20) == 6

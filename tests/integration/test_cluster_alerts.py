@@ -5,32 +5,12 @@ same notification ids; a leader's row it could not store is written if it leads 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from ioc.rules.updates import AlertUpdate
 
-from ioc.alerts.alert import Alert, Change
 from ioc.alerts.manager import AlertManager
-from ioc.alerts.outbox import Notification
 from ioc.alerts.store import AlertStore
+from tests.doubles import RecordingHook
 from tests.postgres_server import Postgres
-
-
-class Hook:
-    """A durable notifier; `hold`: it never settles (a delivery under way when its node dies)."""
-
-    def __init__(self, *, hold: bool = False) -> None:
-        self.name = "hook"
-        self.hold = hold
-        self.got: list[Notification] = []
-
-    def wants(self, alert: Alert, change: Change) -> bool:
-        return True
-
-    def deliver(self, note: Notification, settle: Callable[[int], None]) -> None:
-        self.got.append(note)
-        if not self.hold:
-            settle(note.seq)
 
 
 class Flag:
@@ -47,7 +27,7 @@ def fire(area: str, at: float) -> AlertUpdate:
 
 
 def test_the_follower_records_nothing_and_an_ack_on_it_is_notified_once_by_the_leader(url: str) -> None:
-    a_hook, b_hook = Hook(), Hook()
+    a_hook, b_hook = RecordingHook(), RecordingHook()
     a = AlertManager(AlertStore(url, node="a"), notifiers=[a_hook], leader=Flag(True))
     b = AlertManager(AlertStore(url, node="b"), notifiers=[b_hook], leader=Flag(False))
     try:
@@ -68,7 +48,7 @@ def test_the_follower_records_nothing_and_an_ack_on_it_is_notified_once_by_the_l
 
 
 def test_a_new_leader_sends_again_what_the_old_one_left_under_the_same_ids(url: str) -> None:
-    a_hook, b_hook = Hook(hold=True), Hook()
+    a_hook, b_hook = RecordingHook(hold=True), RecordingHook()
     a_leads, b_leads = Flag(True), Flag(False)
     a = AlertManager(AlertStore(url, node="a"), notifiers=[a_hook], leader=a_leads)
     b = AlertManager(AlertStore(url, node="b"), notifiers=[b_hook], leader=b_leads)
@@ -92,7 +72,7 @@ def test_a_new_leader_sends_again_what_the_old_one_left_under_the_same_ids(url: 
 def test_rows_a_leader_could_not_store_are_written_when_it_leads_again_in_the_same_term(
         server: Postgres, url: str) -> None:
     leads = Flag(True)
-    hook = Hook()
+    hook = RecordingHook()
     a = AlertManager(AlertStore(url, node="a"), notifiers=[hook], leader=leads)
     try:
         a.promote(1)

@@ -16,7 +16,8 @@ from ioc.alerts.manager import AlertManager
 from ioc.alerts.outbox import Notification
 from ioc.alerts.store import AlertStore
 from ioc.envelope import AnyEvent
-from tests.integration.test_cluster_alerts import Flag, Hook
+from tests.doubles import RecordingHook
+from tests.integration.test_cluster_alerts import Flag
 from tests.postgres_server import Postgres
 from tests.unit.rules_support import at, tel
 
@@ -38,7 +39,7 @@ class Node:
     """An alert manager and the rule engine that feeds it, as a daemon wires them."""
 
     def __init__(self, url: str, name: str, leads: bool) -> None:
-        self.hook = Hook()
+        self.hook = RecordingHook()
         self.leads = Flag(leads)
         self.alerts = AlertManager(AlertStore(url, node=name), notifiers=[self.hook], leader=self.leads)
         self.engine = RuleEngine(parse_rules(RULES), areas=None, on_change=self.alerts.apply, started_at=at(0))
@@ -61,7 +62,7 @@ def aqi(offset: str, value: float, area: str) -> AnyEvent:
     return tel(offset, value, metric="aqi", area=area)
 
 
-def received(*hooks: Hook) -> list[Notification]:
+def received(*hooks: RecordingHook) -> list[Notification]:
     return [note for hook in hooks for note in hook.got]
 
 

@@ -11,17 +11,10 @@ from ioc.rules.updates import AlertUpdate
 from ioc.alerts.manager import AlertManager
 from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore
-from tests.integration.test_cluster_alerts import Flag, Hook
+from tests.doubles import RecordingHook, SettableClock
+from tests.integration.test_cluster_alerts import Flag
 
 T0 = 1_772_409_600.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def fire(area: str) -> AlertUpdate:
@@ -30,8 +23,8 @@ def fire(area: str) -> AlertUpdate:
 
 
 class Node:
-    def __init__(self, url: str, name: str, leads: bool, clock: Clock) -> None:
-        self.hook, self.leads = Hook(), Flag(leads)
+    def __init__(self, url: str, name: str, leads: bool, clock: SettableClock) -> None:
+        self.hook, self.leads = RecordingHook(), Flag(leads)
         self.alerts = AlertManager(AlertStore(url, node=name), notifiers=[self.hook], leader=self.leads,
                                    clock=clock)
 
@@ -40,7 +33,7 @@ class Node:
 
 
 def test_a_silence_that_ends_while_nobody_leads_is_told_by_the_next_leader_once(url: str) -> None:
-    clock = Clock()
+    clock = SettableClock(T0)
     a, b = Node(url, "a", True, clock), Node(url, "b", False, clock)
     try:
         fired = a.alerts.apply(fire("22945"))
@@ -76,7 +69,7 @@ def test_a_silence_that_ends_while_nobody_leads_is_told_by_the_next_leader_once(
 def test_the_old_leaders_id_for_the_same_unmute_is_the_new_leaders(url: str) -> None:
     """Had the old leader told the unmute before dying (without storing it: PostgreSQL away), the next
     leader's is the same notification id, so receivers drop the repeat."""
-    clock = Clock()
+    clock = SettableClock(T0)
     a, b = Node(url, "a", True, clock), Node(url, "b", False, clock)
     try:
         fired = a.alerts.apply(fire("22945"))

@@ -13,7 +13,8 @@ from ioc.alerts.manager import AlertManager
 from ioc.alerts.outbox import FOREIGN, notification_id
 from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore
-from tests.integration.test_cluster_alerts import Flag, Hook
+from tests.doubles import RecordingHook
+from tests.integration.test_cluster_alerts import Flag
 from tests.integration.test_cluster_store_sync import Node
 from tests.waiting import wait_until
 
@@ -34,7 +35,7 @@ def fire(area: str, at: float) -> AlertUpdate:
                        summary=f"AQI {area}", value=180.0, at=at)
 
 
-def changes(hook: Hook) -> list[tuple[str, str]]:
+def changes(hook: RecordingHook) -> list[tuple[str, str]]:
     return [(note.alert.id, note.change) for note in hook.got]
 
 
@@ -42,7 +43,7 @@ class Manager:
     """An alert manager whose leadership the test decides, with a durable hook and a plain stream."""
 
     def __init__(self, url: str, name: str, leads: bool) -> None:
-        self.hook, self.stream, self.leads = Hook(), Stream(), Flag(leads)
+        self.hook, self.stream, self.leads = RecordingHook(), Stream(), Flag(leads)
         self.alerts = AlertManager(AlertStore(url, node=name), notifiers=[self.hook, self.stream],
                                    leader=self.leads)
 
@@ -140,7 +141,7 @@ def silence_area(manager: Manager, area: str) -> str:
     return manager.alerts.create_silence(request, actor="truc-ban").id
 
 
-def muting(hook: Hook) -> list[tuple[str, str, str]]:
+def muting(hook: RecordingHook) -> list[tuple[str, str, str]]:
     return [(note.alert.id, note.change, note.id) for note in hook.got if note.change in ("muted", "unmuted")]
 
 

@@ -16,7 +16,7 @@ from ioc.alerts.manager import AlertManager
 from ioc.alerts.store import AlertStore
 from ioc.cluster import ClusterNode
 from ioc.store import StoreError, open_shared
-from tests.integration.test_cluster_alerts import Hook
+from tests.doubles import RecordingHook
 from tests.waiting import wait_until
 
 
@@ -26,7 +26,7 @@ class Node:
     def __init__(self, url: str, name: str) -> None:
         self.db = open_shared(url, node=name)
         self.cluster = ClusterNode(self.db, name, lease=3.0)
-        self.hook = Hook()
+        self.hook = RecordingHook()
         self.alerts = AlertManager(AlertStore(url, node=name), notifiers=[self.hook],
                                    leader=lambda: self.cluster.leader)
         self.cluster.on_store_change.append(self.alerts.store_changed)

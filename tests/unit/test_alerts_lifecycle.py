@@ -25,19 +25,12 @@ from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore, OutboxRow
 from ioc.config import load_settings
 from ioc.envelope import AnyEvent
+from tests.doubles import SettableClock
 from tests.unit import rules_support as rs
 
 T0 = 1_772_409_600.0  # 2026-03-02T00:00:00Z
 CONTRACT_KEYS = {"id", "fingerprint", "rule", "severity", "state", "labels", "summary", "value", "started_at",
                  "fired_at", "resolved_at", "acknowledged", "silenced"}
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Recorder:
@@ -63,8 +56,8 @@ def update(state: str, at: float, *, rule: str = "aqi-bad", area: str = "22723",
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> SettableClock:
+    return SettableClock(T0)
 
 
 @pytest.fixture
@@ -78,13 +71,13 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture
-def manager(db: Path, clock: Clock, recorder: Recorder) -> Iterator[AlertManager]:
+def manager(db: Path, clock: SettableClock, recorder: Recorder) -> Iterator[AlertManager]:
     manager = AlertManager(AlertStore(db), notifiers=[recorder], clock=clock)
     yield manager
     manager.close()
 
 
-def reopen(db: Path, clock: Clock, recorder: Recorder, **options: Any) -> AlertManager:
+def reopen(db: Path, clock: SettableClock, recorder: Recorder, **options: Any) -> AlertManager:
     return AlertManager(AlertStore(db), notifiers=[recorder], clock=clock, **options)
 
 
@@ -164,7 +157,7 @@ def test_group_labels_make_separate_alerts(manager: AlertManager) -> None:
 
 # --- acknowledgements ----------------------------------------------------------------------------------
 
-def test_ack_records_who_and_when_and_keeps_it_firing(manager: AlertManager, clock: Clock,
+def test_ack_records_who_and_when_and_keeps_it_firing(manager: AlertManager, clock: SettableClock,
                                                        recorder: Recorder) -> None:
     alert = manager.apply(update("firing", T0))
     assert alert is not None
@@ -239,7 +232,7 @@ def test_get_unknown_is_not_found(manager: AlertManager) -> None:
 # --- restart -------------------------------------------------------------------------------------------
 
 def test_a_restart_keeps_alerts_acks_and_silences_and_renotifies_nothing(
-        db: Path, clock: Clock, recorder: Recorder) -> None:
+        db: Path, clock: SettableClock, recorder: Recorder) -> None:
     first = reopen(db, clock, recorder)
     firing = first.apply(update("firing", T0, area="22723"))
     pending = first.apply(update("pending", T0, area="22724"))
@@ -269,7 +262,7 @@ def test_a_restart_keeps_alerts_acks_and_silences_and_renotifies_nothing(
 # --- muting --------------------------------------------------------------------------------------------
 
 def test_a_silence_that_ended_while_the_daemon_was_down_is_told_at_the_restart_once(
-        db: Path, clock: Clock, recorder: Recorder) -> None:
+        db: Path, clock: SettableClock, recorder: Recorder) -> None:
     """Muting follows the silences by the clock, and the store keeps what was last told of it: a silence
     that ends while no manager runs (a stopped daemon; in a cluster, no leader) is told as `unmuted` by
     the next one, once; and an older release's rows (no muting recorded) are worked out in silence."""
@@ -332,7 +325,7 @@ def test_a_silence_mutes_and_its_expiry_unmutes(manager: AlertManager, recorder:
     assert not manager.get(again.id).silenced
 
 
-def test_tick_follows_silences_that_start_and_end_on_the_clock(manager: AlertManager, clock: Clock,
+def test_tick_follows_silences_that_start_and_end_on_the_clock(manager: AlertManager, clock: SettableClock,
                                                                 recorder: Recorder) -> None:
     alert = manager.apply(update("firing", T0))
     assert alert is not None
@@ -352,7 +345,7 @@ def test_tick_follows_silences_that_start_and_end_on_the_clock(manager: AlertMan
     assert [s.status(clock.now) for s in manager.list_silences()] == ["expired"]
 
 
-def test_resolved_alerts_are_purged_by_age_and_by_count(db: Path, clock: Clock, recorder: Recorder) -> None:
+def test_resolved_alerts_are_purged_by_age_and_by_count(db: Path, clock: SettableClock, recorder: Recorder) -> None:
     settings = AlertsSettings.model_validate({"resolved_retention": "1d", "resolved_max": 2})
     manager = reopen(db, clock, recorder, settings=settings)
     for index in range(4):
@@ -394,7 +387,7 @@ class Broken:
         raise NotifyError("down", retryable=False)
 
 
-def test_a_failing_notifier_costs_the_others_nothing(db: Path, clock: Clock, recorder: Recorder) -> None:
+def test_a_failing_notifier_costs_the_others_nothing(db: Path, clock: SettableClock, recorder: Recorder) -> None:
     manager = AlertManager(AlertStore(db), notifiers=[Broken(), recorder], clock=clock)
     assert manager.apply(update("firing", T0)) is not None
     assert [c for _, c in recorder.got] == ["firing"]
@@ -437,7 +430,7 @@ def test_the_sample_config_loads() -> None:
 # --- batches -------------------------------------------------------------------------------------------
 
 def test_a_batch_stores_its_changes_together_at_its_end_then_notifies(
-        manager: AlertManager, db: Path, clock: Clock, recorder: Recorder) -> None:
+        manager: AlertManager, db: Path, clock: SettableClock, recorder: Recorder) -> None:
     outside = AlertStore(db)  # another connection: what is committed
     with manager.batch():
         first = manager.apply(update("firing", T0 + 60))
@@ -505,7 +498,7 @@ def owed(db: Path) -> list[tuple[str, str]]:
         outside.close()
 
 
-def test_a_change_is_stored_with_its_outbox_rows_before_anyone_is_told(db: Path, clock: Clock) -> None:
+def test_a_change_is_stored_with_its_outbox_rows_before_anyone_is_told(db: Path, clock: SettableClock) -> None:
     seen: list[tuple[int, list[tuple[str, str]]]] = []
 
     class Watcher:
@@ -526,7 +519,7 @@ def test_a_change_is_stored_with_its_outbox_rows_before_anyone_is_told(db: Path,
     manager.close()
 
 
-def test_what_a_crash_left_undelivered_is_delivered_first_after_the_restart(db: Path, clock: Clock) -> None:
+def test_what_a_crash_left_undelivered_is_delivered_first_after_the_restart(db: Path, clock: SettableClock) -> None:
     hook = Durable(hold=True)  # the receiver never answers before the crash
     crashed = AlertManager(AlertStore(db), notifiers=[hook], clock=clock)
     crashed.apply(update("firing", T0, area="1", value=1.0))
@@ -552,7 +545,7 @@ def test_what_a_crash_left_undelivered_is_delivered_first_after_the_restart(db: 
     assert later.got == []  # delivered once: nothing owed any more
 
 
-def test_rows_of_a_notifier_no_longer_configured_are_dropped(db: Path, clock: Clock) -> None:
+def test_rows_of_a_notifier_no_longer_configured_are_dropped(db: Path, clock: SettableClock) -> None:
     crashed = AlertManager(AlertStore(db), notifiers=[Durable("webhook:old", hold=True)], clock=clock)
     crashed.apply(update("firing", T0))
     crashed.store.close()
@@ -561,7 +554,7 @@ def test_rows_of_a_notifier_no_longer_configured_are_dropped(db: Path, clock: Cl
     restarted.close()
 
 
-def test_a_failpoint_error_before_notifying_leaves_the_change_owed(db: Path, clock: Clock,
+def test_a_failpoint_error_before_notifying_leaves_the_change_owed(db: Path, clock: SettableClock,
                                                                  recorder: Recorder) -> None:
     hook = Durable()
     manager = AlertManager(AlertStore(db), notifiers=[recorder, hook], clock=clock)
@@ -577,7 +570,7 @@ def test_a_failpoint_error_before_notifying_leaves_the_change_owed(db: Path, clo
     assert [note.change for note in again.got] == ["firing"]
 
 
-def test_the_outbox_gauge_counts_what_is_owed(db: Path, clock: Clock) -> None:
+def test_the_outbox_gauge_counts_what_is_owed(db: Path, clock: SettableClock) -> None:
     hook = Durable(hold=True)
     manager = AlertManager(AlertStore(db), notifiers=[hook, Durable("mqtt")], clock=clock)
     manager.apply(update("firing", T0))

@@ -10,16 +10,9 @@ from ioc.alerts.config import InhibitRuleSettings
 from ioc.alerts.inhibit import Inhibitor, InhibitRule
 from ioc.alerts.muting import InhibitStage, Muter, Muting, SilenceStage
 from ioc.alerts.silence import SilenceRequest, Silences
+from tests.doubles import SettableClock
 
 T0 = 1_772_409_600.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def alert(rule: str, area: str = "22723", state: str = "firing") -> Alert:
@@ -28,7 +21,7 @@ def alert(rule: str, area: str = "22723", state: str = "firing") -> Alert:
                  state=state, labels=labels, summary="", value=None, started_at=T0)  # type: ignore[arg-type]
 
 
-def muting(clock: Clock) -> Muting:
+def muting(clock: SettableClock) -> Muting:
     rule = InhibitRule.from_settings(InhibitRuleSettings.model_validate(
         {"source_matchers": ["rule = coverage-outage"], "target_matchers": ["rule = cell-down"], "equal": ["area"]}))
     return Muting(Silences(None, clock=clock), Inhibitor([rule]))
@@ -40,7 +33,7 @@ def silence(found: Muting, area: str, **times: str) -> str:
 
 
 def test_silences_and_the_inhibitor_are_both_muters_saying_who_mutes() -> None:
-    clock = Clock()
+    clock = SettableClock(T0)
     found = muting(clock)
     outage, cell = alert("coverage-outage"), alert("cell-down")
     found.inhibitor.set_sources([outage])
@@ -52,7 +45,7 @@ def test_silences_and_the_inhibitor_are_both_muters_saying_who_mutes() -> None:
 
 
 def test_the_stages_write_who_mutes_and_return_the_same_alert_when_nothing_changes() -> None:
-    clock = Clock()
+    clock = SettableClock(T0)
     found = muting(clock)
     outage, cell = alert("coverage-outage"), alert("cell-down")
     found.inhibitor.set_sources([outage])
@@ -65,7 +58,7 @@ def test_the_stages_write_who_mutes_and_return_the_same_alert_when_nothing_chang
 
 
 def test_a_firing_source_changes_only_the_inhibition_targets() -> None:
-    clock = Clock()
+    clock = SettableClock(T0)
     found = muting(clock)
     cell, aqi = alert("cell-down"), alert("aqi-bad")
     pending = alert("coverage-outage", state="pending")
@@ -78,7 +71,7 @@ def test_a_firing_source_changes_only_the_inhibition_targets() -> None:
 
 
 def test_a_silence_starting_later_is_due_then_and_mutes_on_refresh() -> None:
-    clock = Clock()
+    clock = SettableClock(T0)
     found = muting(clock)
     cell = alert("cell-down")
     silence(found, "22723", starts_at="2026-03-02T08:00:00+07:00")  # T0 + 1h

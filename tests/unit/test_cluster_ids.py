@@ -10,27 +10,15 @@ from pathlib import Path
 
 from ioc.rules.updates import AlertUpdate
 
-from ioc.alerts.alert import Acknowledgement, Alert, Change
+from ioc.alerts.alert import Acknowledgement, Alert
 from ioc.alerts.manager import AlertManager
-from ioc.alerts.outbox import Notification, alert_id, notification_id
+from ioc.alerts.outbox import alert_id, notification_id
 from ioc.alerts.store import AlertStore
+from tests.doubles import RecordingHook
 
 BASE = Alert(id="a1", fingerprint="f1", rule="aqi-bad", severity="critical", state="firing",
              labels={"area": "22945"}, summary="AQI", value=180.0, started_at=100.0, fired_at=100.0,
              updated_at=10.0)
-
-
-class Hook:
-    name = "hook"
-
-    def __init__(self) -> None:
-        self.got: list[Notification] = []
-
-    def wants(self, alert: Alert, change: Change) -> bool:
-        return True
-
-    def deliver(self, note: Notification, settle: object) -> None:
-        self.got.append(note)
 
 
 def update(state: str, at: float, since: float | None = None, area: str = "22945") -> AlertUpdate:
@@ -58,7 +46,7 @@ def test_ids_are_digests_of_what_every_node_agrees_on() -> None:
 def test_two_nodes_give_one_episode_and_its_changes_the_same_ids(tmp_path: Path) -> None:
     told: list[list[tuple[str, str, str]]] = []
     for name in ("a", "b"):
-        hook = Hook()
+        hook = RecordingHook(hold=True)
         manager = AlertManager(AlertStore(tmp_path / f"{name}.db"), notifiers=[hook])
         manager.apply(update("pending", 100.0, since=100.0))
         manager.apply(update("firing", 400.0, since=100.0))

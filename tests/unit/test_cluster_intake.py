@@ -16,15 +16,8 @@ from ioc.config import MqttSettings
 from ioc.ingest.deadletter import dead_letter_body, letter_id
 from ioc.ingest.letter_gate import HeldLetters, LeaderGate
 from ioc.ingest.letters import DeadLetterOffice, node_local, node_local_letters
+from tests.doubles import SettableClock
 from tests.unit.test_mqtt_parts import FakeSession, RecordingIntake
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Bodies:
@@ -62,7 +55,7 @@ def test_without_a_source_the_body_is_as_before() -> None:
 # --- what a follower holds -------------------------------------------------------------------------------
 
 def test_held_letters_expire_after_hold_oldest_first() -> None:
-    clock = Clock()
+    clock = SettableClock(1000.0)
     held = HeldLetters(hold=25.0, clock=clock)
     held.add("a", b"1")
     clock.now += 10
@@ -74,7 +67,7 @@ def test_held_letters_expire_after_hold_oldest_first() -> None:
 
 
 def test_held_letters_are_bounded_by_count_and_bytes() -> None:
-    held = HeldLetters(hold=60.0, max_letters=3, max_bytes=10, clock=Clock())
+    held = HeldLetters(hold=60.0, max_letters=3, max_bytes=10, clock=SettableClock(1000.0))
     for index in range(5):
         held.add("s", b"%d" % index)
     assert held.take() == [("s", b"2"), ("s", b"3"), ("s", b"4")]  # the oldest went first
@@ -86,7 +79,7 @@ def test_held_letters_are_bounded_by_count_and_bytes() -> None:
 
 
 def test_nothing_held_expires_while_nobody_can_lead() -> None:
-    clock = Clock()
+    clock = SettableClock(1000.0)
     held = HeldLetters(hold=25.0, clock=clock)
     held.add("s", b"1")
     clock.now += 20
@@ -97,7 +90,7 @@ def test_nothing_held_expires_while_nobody_can_lead() -> None:
 
 
 def test_the_leader_publishes_a_follower_holds_and_publishes_once_promoted() -> None:
-    clock, bodies = Clock(), Bodies()
+    clock, bodies = SettableClock(1000.0), Bodies()
     leading = [False]
     gate = LeaderGate(bodies, leader=lambda: leading[0], hold=25.0, clock=clock)
     office = DeadLetterOffice([gate])
@@ -146,7 +139,7 @@ def test_a_letter_held_as_the_node_is_promoted_is_not_left_behind() -> None:
 
 
 def test_a_gate_holds_nothing_expired_while_its_store_is_away() -> None:
-    clock, bodies = Clock(), Bodies()
+    clock, bodies = SettableClock(1000.0), Bodies()
     settled = [False]
     gate = LeaderGate(bodies, leader=lambda: False, hold=25.0, settled=lambda: settled[0], clock=clock)
     gate.publish_dead_letter("s", "bad", b"1")
@@ -161,7 +154,7 @@ def test_a_gate_holds_nothing_expired_while_its_store_is_away() -> None:
 # --- the echo of the HTTP republish ------------------------------------------------------------------
 
 def test_an_echo_is_recognised_once_each_time_it_was_published() -> None:
-    echoes = Echoes(clock=Clock())
+    echoes = Echoes(clock=SettableClock(1000.0))
     assert echoes.waiting == 0 and not echoes.take("s", b"e")
     echoes.expect("s", b"e")
     echoes.expect("s", b"e")  # published twice (a retry after a 503)
@@ -173,7 +166,7 @@ def test_an_echo_is_recognised_once_each_time_it_was_published() -> None:
 
 
 def test_echoes_expire_and_are_bounded() -> None:
-    clock = Clock()
+    clock = SettableClock(1000.0)
     echoes = Echoes(expiry=60.0, max_echoes=2, max_bytes=5, clock=clock)
     echoes.expect("s", b"1")
     echoes.expect("s", b"2")

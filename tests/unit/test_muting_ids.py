@@ -6,62 +6,40 @@ receiver drops the repeat. Two managers with stores of their own stand for the t
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from ioc.rules.updates import AlertUpdate, fingerprint
 
-from ioc.alerts.alert import Alert, Change
+from ioc.alerts.alert import Alert
 from ioc.alerts.config import AlertsSettings, InhibitRuleSettings
 from ioc.alerts.inhibit import Inhibitor, InhibitRule
 from ioc.alerts.manager import AlertManager
-from ioc.alerts.outbox import Notification
 from ioc.alerts.silence import SilenceRequest
 from ioc.alerts.store import AlertStore
+from tests.doubles import RecordingHook, SettableClock
 
 T0 = 1_772_409_600.0  # 2026-03-02T00:00:00Z
 INHIBIT = {"source_matchers": ["rule = coverage-outage"], "target_matchers": ["rule = cell-down"], "equal": ["area"]}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Hook:
-    """A durable notifier of every change: what a receiver gets, with its ids."""
-
-    name = "hook"
-
-    def __init__(self) -> None:
-        self.got: list[Notification] = []
-
-    def wants(self, alert: Alert, change: Change) -> bool:
-        return True
-
-    def deliver(self, note: Notification, settle: Callable[[int], None]) -> None:
-        self.got.append(note)
-        settle(note.seq)
-
-    def muting(self) -> list[tuple[str, str, str]]:
-        return [(note.alert.rule, note.change, note.id) for note in self.got if note.change in ("muted", "unmuted")]
+def muting(hook: RecordingHook) -> list[tuple[str, str, str]]:
+    """What a receiver got of muting: (rule, change, notification id)."""
+    return [(note.alert.rule, note.change, note.id) for note in hook.got if note.change in ("muted", "unmuted")]
 
 
 class Leader:
-    def __init__(self, path: Path, clock: Clock) -> None:
-        self.hook = Hook()
+    def __init__(self, path: Path, clock: SettableClock) -> None:
+        self.hook = RecordingHook()
         settings = AlertsSettings(inhibit=[InhibitRuleSettings.model_validate(INHIBIT)])
         self.alerts = AlertManager(AlertStore(path), settings=settings, notifiers=[self.hook], clock=clock)
 
 
 @pytest.fixture
 def leaders(tmp_path: Path) -> Iterator[tuple[Leader, Leader]]:
-    made = Leader(tmp_path / "a.db", Clock()), Leader(tmp_path / "b.db", Clock())
+    made = Leader(tmp_path / "a.db", SettableClock(T0)), Leader(tmp_path / "b.db", SettableClock(T0))
     yield made
     for leader in made:
         leader.alerts.close()
@@ -79,7 +57,7 @@ def test_an_inhibition_mutes_and_unmutes_under_the_same_ids_on_two_leaders(leade
         apply(update("coverage-outage", "firing", T0 + 60))  # mutes the cell
         apply(update("coverage-outage", "resolved", T0 + 120))  # unmutes it
         apply(update("coverage-outage", "firing", T0 + 180))  # a new outage episode mutes it again
-    a, b = (leader.hook.muting() for leader in leaders)
+    a, b = (muting(leader.hook) for leader in leaders)
     assert [(rule, change) for rule, change, _ in a] == [("cell-down", "muted"), ("cell-down", "unmuted"),
                                                         ("cell-down", "muted")]
     assert a == b  # the same ids: a receiver keeps each once
@@ -87,7 +65,7 @@ def test_an_inhibition_mutes_and_unmutes_under_the_same_ids_on_two_leaders(leade
 
 
 def test_a_silence_mutes_and_unmutes_under_the_same_ids_on_two_leaders(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = SettableClock(T0)
     first = Leader(tmp_path / "a.db", clock)
     first.alerts.apply(update("cell-down", "firing", T0))
     starts = datetime.fromtimestamp(T0 + 60, UTC).isoformat()
@@ -104,8 +82,8 @@ def test_a_silence_mutes_and_unmutes_under_the_same_ids_on_two_leaders(tmp_path:
         clock.now = T0 + 3700
         for leader in (a, b):
             leader.alerts.tick()
-        assert [change for _, change, _ in a.hook.muting()] == ["muted", "unmuted"]
-        assert a.hook.muting() == b.hook.muting()
+        assert [change for _, change, _ in muting(a.hook)] == ["muted", "unmuted"]
+        assert muting(a.hook) == muting(b.hook)
         assert all(note.alert.silenced_by in ((silence.id,), ()) for note in a.hook.got)
     finally:
         a.alerts.close()

@@ -6,23 +6,13 @@ import pytest
 
 from ioc.config import VendorSettings
 from ioc.ratelimit import RateLimiter, TokenBucket
+from tests.doubles import SettableClock
 
 HASH = "0" * 64
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def test_a_new_bucket_is_full_and_burst_defaults_to_the_rate() -> None:
-    clock = FakeClock()
+    clock = SettableClock(1000.0)
     bucket = TokenBucket(10, clock=clock)
     assert bucket.burst == 10
     assert bucket.take(10) is None
@@ -30,7 +20,7 @@ def test_a_new_bucket_is_full_and_burst_defaults_to_the_rate() -> None:
 
 
 def test_refused_requests_take_nothing_and_say_how_long_to_wait() -> None:
-    clock = FakeClock()
+    clock = SettableClock(1000.0)
     bucket = TokenBucket(10, 20, clock=clock)
     assert bucket.take(15) is None  # 5 left
     assert bucket.take(8) == pytest.approx(0.3)  # 3 more tokens needed at 10/s
@@ -41,7 +31,7 @@ def test_refused_requests_take_nothing_and_say_how_long_to_wait() -> None:
 
 
 def test_refill_is_capped_at_the_burst() -> None:
-    clock = FakeClock()
+    clock = SettableClock(1000.0)
     bucket = TokenBucket(100, 50, clock=clock)
     bucket.take(50)
     clock.advance(3600)
@@ -49,7 +39,7 @@ def test_refill_is_capped_at_the_burst() -> None:
 
 
 def test_a_batch_bigger_than_the_burst_passes_when_full_and_leaves_debt() -> None:
-    clock = FakeClock()
+    clock = SettableClock(1000.0)
     bucket = TokenBucket(10, 10, clock=clock)
     assert bucket.take(30) is None  # would never fit otherwise
     assert bucket.tokens == pytest.approx(-20)
@@ -60,7 +50,7 @@ def test_a_batch_bigger_than_the_burst_passes_when_full_and_leaves_debt() -> Non
 
 
 def test_a_batch_bigger_than_the_burst_waits_until_the_bucket_is_full() -> None:
-    clock = FakeClock()
+    clock = SettableClock(1000.0)
     bucket = TokenBucket(10, 10, clock=clock)
     bucket.take(4)  # 6 left
     assert bucket.take(30) == pytest.approx(0.4)  # until full, not until 30 tokens
@@ -69,7 +59,7 @@ def test_a_batch_bigger_than_the_burst_waits_until_the_bucket_is_full() -> None:
 
 
 def test_sustained_rate_is_respected() -> None:
-    clock = FakeClock()
+    clock = SettableClock(1000.0)
     bucket = TokenBucket(100, clock=clock)
     passed = 0
     for _ in range(1000):  # 10 s of requests of 5 events every 10 ms = 500 events/s offered
@@ -80,7 +70,7 @@ def test_sustained_rate_is_respected() -> None:
 
 
 def test_a_clock_stepping_back_does_not_drain_or_fill() -> None:
-    clock = FakeClock()
+    clock = SettableClock(1000.0)
     bucket = TokenBucket(10, clock=clock)
     bucket.take(5)
     clock.advance(-100)
@@ -88,7 +78,7 @@ def test_a_clock_stepping_back_does_not_drain_or_fill() -> None:
 
 
 def test_zero_events_always_pass_and_bad_parameters_are_refused() -> None:
-    bucket = TokenBucket(1, clock=FakeClock())
+    bucket = TokenBucket(1, clock=SettableClock(1000.0))
     bucket.take(1)
     assert bucket.take(0) is None
     with pytest.raises(ValueError):
@@ -98,7 +88,7 @@ def test_zero_events_always_pass_and_bad_parameters_are_refused() -> None:
 
 
 def test_rate_limiter_keeps_one_bucket_per_vendor() -> None:
-    clock = FakeClock()
+    clock = SettableClock(1000.0)
     vendors = [VendorSettings(name="a", token_sha256=HASH, sources=["a"], rate=5),
                VendorSettings(name="b", token_sha256="1" * 64, sources=["b"], rate=5, burst=1)]
     limiter = RateLimiter(vendors, clock=clock)

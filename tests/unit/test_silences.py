@@ -11,16 +11,9 @@ from ioc.alerts.errors import InvalidSilence, SilenceNotFound
 from ioc.alerts.silence import SilenceRequest, Silences, SilenceStore
 from ioc.alerts.store import AlertStore
 from ioc.matchers import Matcher, parse_matcher
+from tests.doubles import SettableClock
 
 T0 = 1_772_409_600.0  # 2026-03-02T00:00:00Z = 07:00 in Asia/Ho_Chi_Minh
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def alert(rule: str = "cell-down", **labels: str) -> Alert:
@@ -99,7 +92,7 @@ def test_what_re2_cannot_take_is_refused_with_a_reason(value: str, message: str)
 def test_times_and_durations_out_of_range_are_refused_naming_the_field(
     fields: dict[str, object], message: str
 ) -> None:
-    silences = Silences(None, clock=Clock())
+    silences = Silences(None, clock=SettableClock(T0))
     with pytest.raises(InvalidSilence) as caught:
         silences.create(SilenceRequest.parse({"matchers": [{"name": "area", "value": "1"}], "duration": "1h",
                                               **fields}), actor="op")
@@ -108,7 +101,7 @@ def test_times_and_durations_out_of_range_are_refused_naming_the_field(
 
 
 def test_the_longest_silence_is_ten_years() -> None:
-    silences = Silences(None, clock=Clock())
+    silences = Silences(None, clock=SettableClock(T0))
     made = silences.create(request(duration="3650d"), actor="op")
     assert made.ends_at - made.starts_at == 3650 * 86400
     assert made.as_json(T0)["ends_at"] == "2036-02-28T00:00:00+00:00"
@@ -133,7 +126,7 @@ def test_bad_matcher_text_is_refused(text: str) -> None:
 
 
 def test_silences_match_the_rule_and_severity_too() -> None:
-    silences = Silences(None, clock=Clock())
+    silences = Silences(None, clock=SettableClock(T0))
     silences.create(SilenceRequest.parse({"matchers": [{"name": "rule", "value": "cell-down"},
                                                        {"name": "severity", "value": "warning"}],
                                           "duration": "1h"}), actor="op")
@@ -177,7 +170,7 @@ def test_a_body_that_is_not_json_is_refused() -> None:
     ({"matchers": [{"name": "area", "value": ".*", "op": "=~"}]}, "would mute every alert"),
 ])
 def test_silences_that_make_no_sense_are_refused(body: dict[str, object], message: str) -> None:
-    silences = Silences(None, clock=Clock())
+    silences = Silences(None, clock=SettableClock(T0))
     with pytest.raises(InvalidSilence, match=message):
         silences.create(request(**body), actor="op")
     assert silences.list() == []
@@ -186,7 +179,7 @@ def test_silences_that_make_no_sense_are_refused(body: dict[str, object], messag
 # --- life of a silence ---------------------------------------------------------------------------------
 
 def test_status_follows_the_clock_and_expired_ones_are_purged_after_five_days() -> None:
-    clock = Clock()
+    clock = SettableClock(T0)
     silences = Silences(None, clock=clock)
     silence = silences.create(request(starts_at="2026-03-02T08:00:00+07:00", duration="2h"), actor="op")
     assert silence.starts_at == T0 + 3600 and silence.ends_at == T0 + 3 * 3600
@@ -205,7 +198,7 @@ def test_status_follows_the_clock_and_expired_ones_are_purged_after_five_days() 
 
 
 def test_expire_ends_a_silence_now_and_keeps_it_listed() -> None:
-    clock = Clock()
+    clock = SettableClock(T0)
     silences = Silences(None, clock=clock)
     silence = silences.create(request(author="someone-else"), actor="op")
     assert silence.author == "someone-else"
@@ -220,7 +213,7 @@ def test_expire_ends_a_silence_now_and_keeps_it_listed() -> None:
 
 
 def test_a_pending_silence_expired_never_starts() -> None:
-    clock = Clock()
+    clock = SettableClock(T0)
     silences = Silences(None, clock=clock)
     silence = silences.create(request(starts_at="2026-03-02T09:00:00+07:00"), actor="op")
     expired, _ = silences.expire(silence.id, actor="op")
@@ -230,7 +223,7 @@ def test_a_pending_silence_expired_never_starts() -> None:
 
 
 def test_silences_and_their_audit_survive_a_restart(store_url: str) -> None:
-    clock = Clock()
+    clock = SettableClock(T0)
     store = SilenceStore(store_url)
     silences = Silences(store, clock=clock)
     made = silences.create(SilenceRequest.parse({
@@ -258,7 +251,7 @@ def test_silences_and_their_audit_survive_a_restart(store_url: str) -> None:
 # --- Alertmanager's update (POST /api/v2/silences with an id) ---------------------------------------------
 
 def test_an_active_silence_is_updated_in_place_when_only_its_end_and_comment_change(store_url: str) -> None:
-    clock = Clock()
+    clock = SettableClock(T0)
     store = SilenceStore(store_url)
     silences = Silences(store, clock=clock)
     made = silences.create(request(duration="1h"), actor="op")
@@ -274,7 +267,7 @@ def test_an_active_silence_is_updated_in_place_when_only_its_end_and_comment_cha
 
 
 def test_changed_matchers_expire_the_old_silence_and_make_a_new_one(store_url: str) -> None:
-    clock = Clock()
+    clock = SettableClock(T0)
     store = SilenceStore(store_url)
     silences = Silences(store, clock=clock)
     made = silences.create(request(duration="1h"), actor="op")
@@ -291,7 +284,7 @@ def test_changed_matchers_expire_the_old_silence_and_make_a_new_one(store_url: s
 
 
 def test_a_moved_start_of_an_active_silence_makes_a_new_one_and_an_unknown_id_is_not_found() -> None:
-    clock = Clock()
+    clock = SettableClock(T0)
     silences = Silences(None, clock=clock)
     made = silences.create(request(duration="1h"), actor="op")
     clock.now += 60
