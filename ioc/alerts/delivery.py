@@ -131,10 +131,13 @@ class Delivery:
         if not new:
             return
         self._taken.update(row.seq for row in new)
-        handed = [row for row in new if (row.notifier, row.id) in self._handed]
-        for row in handed:  # this node sent that change already, from a row of its own
-            self.outbox.settle(row.seq)
-        new = [row for row in new if (row.notifier, row.id) not in self._handed]
+        unsent = []
+        for row in new:
+            if (row.notifier, row.id) in self._handed:  # this node sent that change already, from its own row
+                self.outbox.settle(row.seq)
+            else:
+                unsent.append(row)
+        new = unsent
         if not new:
             return
         if self._held is not None:  # not resumed yet: after what the outbox held at start-up

@@ -6,9 +6,10 @@ silences; each stage writes who mutes the alert onto it (`Alert.inhibited_by`, `
 every notifier after them reads one flag, `Alert.silenced`, and decides what a muted alert gets (the
 record-keepers take every change; the pagers skip muted alerts: docs/rules.md).
 
-Muting is derived; what was last told of it is stored with the alert (`ioc.alerts.manager`). `Muting.refresh` works it out again for the active alerts when what the
-stages look at changes: a silence made, updated or expired, or passing its start or end (`due`), or an
-inhibiting alert starting or stopping to fire (`sources_changed`). `muting_change` says whether an alert
+Muting is derived; what was last told of it is stored with the alert (`ioc.alerts.manager`).
+`Muting.refresh` works it out again for the active alerts when what the stages look at changes: a silence
+made, updated or expired, or passing its start or end (`due`), or an inhibiting alert starting or
+stopping to fire (`sources_changed`). `muting_change` says whether an alert
 became muted or unmuted, and names the change's cause as every node of a cluster does (its notification
 id is derived from it: `ioc.alerts.outbox`).
 """
