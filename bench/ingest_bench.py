@@ -2,6 +2,7 @@
 
     python bench/ingest_bench.py                 # 200k events, 2 rounds, all measurements
     python bench/ingest_bench.py --events 50000 --rounds 1 --only qos0
+    python bench/ingest_bench.py --events 100000 --rounds 1 --batch-size 5000   # the sink's old batches
     python bench/ingest_bench.py --events 100000 --rounds 1 --store both   # PostgreSQL / SQLite (issue 11)
 
 Method. For every measurement the broker is preloaded: a persistent session subscribes, goes away, the
@@ -213,11 +214,14 @@ def report_cpu(since: float, count: int) -> None:
 
 
 def daemon_settings(mqtt_port: int, influx_url: str, database: str, client_id: str, store: Path,
-                    http_port: int = 0, store_url: str = "") -> Settings:
+                    http_port: int = 0, store_url: str = "", batch_size: int | None = None) -> Settings:
+    influx: dict[str, object] = {"url": influx_url, "database": database}
+    if batch_size:
+        influx["batch_size"] = batch_size
     return Settings.model_validate({
         "http": {"listen": f"127.0.0.1:{http_port or free_port()}"},
         "mqtt": {"url": f"mqtt://127.0.0.1:{mqtt_port}", "client_id": client_id},
-        "influx": {"url": influx_url, "database": database},
+        "influx": influx,
         "store": {"path": str(store), "url": store_url},
         "vendors": [{"name": "bench", "token_sha256": token_sha256(TOKEN), "sources": SOURCES,
                      "rate": 10_000_000}],
@@ -277,7 +281,7 @@ def left_in_queue(port: int, client_id: str, wait: float = 2.0) -> int:
 
 
 def http_ingest(mqtt_port: int, influx_url: str, workdir: Path, count: int, database: str, run: str,
-                store_url: str = "") -> float:
+                store_url: str = "", batch_size: int | None = None) -> float:
     """(d) NDJSON over HTTP to `ioc run`, 2 client threads, 5000 events a request."""
     http_port = free_port()
     config = workdir / "http.toml"
@@ -290,6 +294,7 @@ client_id = "bench-http-{run}"  # a fresh session: an old one would hold the MQT
 [influx]
 url = "{influx_url}"
 database = "{database}"
+{f"batch_size = {batch_size}" if batch_size else ""}
 [store]
 path = "{workdir / f'http-{run}.db'}"
 url = "{store_url}"
@@ -372,6 +377,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--only", choices=["qos0", "qos1", "http"], action="append")
+    parser.add_argument("--batch-size", type=int, help="the daemon's [influx] batch_size (default: its own)")
     parser.add_argument("--store", choices=[*STORES, "both"], action="append",
                         help="the daemon's shared store (repeatable; default sqlite)")
     args = parser.parse_args()
@@ -405,7 +411,8 @@ def main() -> None:
                         client = f"ioc0-{store}-{round_}"
                         preload(broker.port, client, events, 0, workdir)
                         settings = daemon_settings(broker.port, influx.url, f"bench0_{store}_{round_}", client,
-                                                   workdir / f"{client}.db", store_url=backends.url(store))
+                                                   workdir / f"{client}.db", store_url=backends.url(store),
+                                                   batch_size=args.batch_size)
                         record(phase_name("b", store, stores), drain_daemon(settings, count))
                 if "qos1" in only:
                     for store in order:
@@ -413,7 +420,8 @@ def main() -> None:
                         record(f"   one paho publisher, QoS 1 [{store}]" if len(stores) > 1
                                else "   one paho publisher, QoS 1", preload(broker.port, client, events, 1, workdir))
                         settings = daemon_settings(broker.port, influx.url, f"bench1_{store}_{round_}", client,
-                                                   workdir / f"{client}.db", store_url=backends.url(store))
+                                                   workdir / f"{client}.db", store_url=backends.url(store),
+                                                   batch_size=args.batch_size)
                         record(phase_name("c", store, stores), drain_daemon(settings, count))
                         left = left_in_queue(broker.port, client)
                         if left:
@@ -422,7 +430,8 @@ def main() -> None:
                     for store in order:
                         record(phase_name("d", store, stores), http_ingest(
                             broker.port, influx.url, workdir, count, f"benchh_{store}_{round_}",
-                            f"{store}-r{round_}", store_url=backends.url(store)))
+                            f"{store}-r{round_}", store_url=backends.url(store),
+                            batch_size=args.batch_size))
         finally:
             backends.close()
             influx.stop()

@@ -2,6 +2,7 @@
 
     python bench/latency_bench.py --rate 5000 --seconds 60     # the issue's figure (target p99 <= 50 ms)
     python bench/latency_bench.py --rate 5000 --seconds 10     # a smoke run
+    python bench/latency_bench.py --rate 5000 --seconds 60 --batch-size 5000   # the sink's old batches
     python bench/latency_bench.py --rate 5000 --seconds 60 --gc --dump /tmp/lat.json   # where the tail comes from
 
 Method. `ioc run` (the shipped rule packs plus `latency_rules.yaml`: `bench-latency`, a threshold rule
@@ -218,6 +219,8 @@ def main() -> None:
                         help="py-spy raw stacks (wall clock, every thread) of `ioc run` while publishing")
     parser.add_argument("--dump", type=Path, help="write each trigger's publish time and latencies (JSON)")
     parser.add_argument("--commit", help="run `ioc run` from this commit (git archive), not the working tree")
+    parser.add_argument("--batch-size", type=int,
+                        help="the sink's [influx] batch_size (default: the daemon's); how it shapes the tail")
     parser.add_argument("--gc", action="store_true", help="log `ioc run`'s garbage collections and print them")
     args = parser.parse_args()
     livekit.exit_on_sigterm()
@@ -237,7 +240,7 @@ def main() -> None:
             config, http_port = livekit.ioc_config(
                 workdir, mqtt_port=broker.port, influx_url=influx.url, database="latency",
                 client_id="ioc-latency",
-                store=workdir / "ioc.db", rules=[str(HERE / "latency_rules.yaml")])
+                store=workdir / "ioc.db", rules=[str(HERE / "latency_rules.yaml")], batch_size=args.batch_size)
             daemon = livekit.start_ioc(config, http_port, workdir / "ioc.log")
             sse, over_mqtt = Seen(), Seen()
             threading.Thread(target=listen_sse, args=(daemon.api, sse, stop), daemon=True).start()

@@ -219,9 +219,11 @@ class Ioc:
 
 
 def ioc_config(workdir: Path, *, mqtt_port: int | None, influx_url: str, database: str, client_id: str,
-               store: Path, rules: list[str] | None = None, http_port: int | None = None) -> tuple[Path, int]:
+               store: Path, rules: list[str] | None = None, http_port: int | None = None,
+               batch_size: int | None = None) -> tuple[Path, int]:
     """An `ioc run` config for the bench: the four sources as one vendor with no rate limit, the
-    shipped rule packs (plus `rules`), logs at warning. Returns (path, HTTP port)."""
+    shipped rule packs (plus `rules`), logs at warning; `batch_size`: the sink's, if not its default.
+    Returns (path, HTTP port)."""
     http_port = http_port or free_port()
     paths = json.dumps(["@packs", *(rules or [])])
     mqtt = (f'url = "mqtt://127.0.0.1:{mqtt_port}"\nclient_id = "{client_id}"' if mqtt_port
@@ -235,6 +237,7 @@ listen = "127.0.0.1:{http_port}"
 [influx]
 url = "{influx_url}"
 database = "{database}"
+{f"batch_size = {batch_size}" if batch_size else ""}
 [store]
 path = "{store}"
 [rules]
